@@ -1,0 +1,77 @@
+//! Tern's runtime: runs WASI preview1 command modules on Wasmtime, sandboxed by a
+//! capability [`Policy`], bounded by [`Limits`], compiled ahead of time by an [`Engine`]
+//! (Cranelift, or the portable Pulley interpreter) and cached as artifacts.
+//!
+//! ```no_run
+//! use tern_runtime::{ArtifactCache, Engine, EngineOptions, Limits, Outcome, Policy, Program};
+//!
+//! # fn main() -> Result<(), tern_runtime::RuntimeError> {
+//! let engine = Engine::new(EngineOptions::default())?;
+//! let cache = ArtifactCache::new("/tmp/tern-cache");
+//! let loaded = tern_runtime::load_module(&engine, "hello.wasm".as_ref(), Some(&cache))?;
+//! let program = Program::new(&engine, loaded.module)?;
+//! let policy = Policy { args: vec!["hello".into()], inherit_stdio: true, ..Policy::default() };
+//! match program.run(&policy, &Limits::default())? {
+//!     Outcome::Exited(code) => println!("exited with {code}"),
+//!     other => println!("stopped: {other:?}"),
+//! }
+//! # Ok(())
+//! # }
+//! ```
+
+mod artifact;
+mod engine;
+mod limits;
+mod policy;
+mod run;
+
+use std::path::PathBuf;
+
+pub use artifact::{
+    ArtifactCache, CacheOutcome, LoadedModule, ModuleFormat, detect_format, digest, load_module,
+    precompile, wasm_binary,
+};
+pub use engine::{DEFAULT_MAX_STACK, Engine, EngineKind, EngineOptions};
+pub use limits::{
+    DEFAULT_MAX_TABLE_ELEMENTS, Dur, LimitExceeded, Limits, Size, parse_duration, parse_size,
+};
+pub use policy::{DirAccess, Policy, Preopen};
+pub use run::{Outcome, Program};
+
+/// Why the runtime could not start or set up a guest. What a guest does once running
+/// is an [`Outcome`], not an error.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum RuntimeError {
+    #[error("unknown engine `{0}` (expected cranelift or pulley)")]
+    UnknownEngine(String),
+    #[error("cannot set up the engine: {reason}")]
+    Engine { reason: String },
+    #[error("invalid {what} `{text}`: expected {expected}")]
+    InvalidValue {
+        what: &'static str,
+        text: String,
+        expected: &'static str,
+    },
+    #[error("cannot read module {}: {source}", path.display())]
+    ReadModule {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{} is not a module Tern can run: {reason}", path.display())]
+    BadModule { path: PathBuf, reason: String },
+    #[error("{} does not compile: {reason}", path.display())]
+    Compile { path: PathBuf, reason: String },
+    #[error("artifact {} cannot run on this engine: {reason}", path.display())]
+    IncompatibleArtifact { path: PathBuf, reason: String },
+    #[error("module is not a WASI command: {reason}")]
+    NotACommand { reason: String },
+    #[error(
+        "module cannot be linked: {reason} (Tern provides the wasi_snapshot_preview1 imports only)"
+    )]
+    Link { reason: String },
+    #[error("cannot preopen directory {}: {reason}", path.display())]
+    Preopen { path: PathBuf, reason: String },
+    #[error("a fuel budget needs an engine built with fuel metering")]
+    FuelNeedsFuelEngine,
+}

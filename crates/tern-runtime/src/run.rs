@@ -1,0 +1,299 @@
+//! Running a WASI command to completion under a policy and limits.
+//!
+//! [`Program`] is a compiled module linked against WASI preview1 once (an
+//! `InstancePre`), so each [`Program::run`] only builds a store, a WASI context and an
+//! instance. The result is an [`Outcome`]: the guest's exit code, a trap, or the limit
+//! that stopped it. Whatever the guest does is an outcome, never a host error.
+
+use std::time::Instant;
+
+use wasmtime::{InstancePre, Linker, Store, Trap, UpdateDeadline, WasmBacktrace};
+use wasmtime_wasi::I32Exit;
+use wasmtime_wasi::p1::WasiP1Ctx;
+
+use crate::limits::StoreLimiter;
+use crate::{Engine, LimitExceeded, Limits, Policy, RuntimeError};
+
+/// Deadline far enough away never to be reached, yet safe from overflow when Wasmtime
+/// adds the current epoch to it.
+const NO_DEADLINE: u64 = u64::MAX / 2;
+
+/// How a guest ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// The guest returned from `_start` (code 0) or called `proc_exit(code)`.
+    Exited(i32),
+    /// The guest trapped.
+    Trapped {
+        /// What trapped (`integer divide by zero`, `wasm 'unreachable' instruction executed`).
+        message: String,
+        /// The Wasm backtrace, with function names when the module has a name section.
+        backtrace: Option<String>,
+    },
+    /// A limit stopped the guest.
+    LimitExceeded(LimitExceeded),
+}
+
+/// State of one store: the guest's WASI context and its resource limiter.
+struct Host {
+    wasi: WasiP1Ctx,
+    limiter: StoreLimiter,
+}
+
+/// A compiled WASI command, linked and ready to instantiate many times.
+#[derive(Clone)]
+pub struct Program {
+    engine: Engine,
+    module: wasmtime::Module,
+    pre: InstancePre<Host>,
+}
+
+impl std::fmt::Debug for Program {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Program")
+            .field("module", &self.module.name())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Program {
+    /// Links a compiled module against WASI preview1.
+    ///
+    /// # Errors
+    /// [`RuntimeError::NotACommand`] when the module exports no `_start`, and
+    /// [`RuntimeError::Link`] when it imports something Tern does not provide.
+    pub fn new(engine: &Engine, module: wasmtime::Module) -> Result<Program, RuntimeError> {
+        match module.get_export("_start") {
+            Some(wasmtime::ExternType::Func(f))
+                if f.params().len() == 0 && f.results().len() == 0 => {}
+            Some(_) => {
+                return Err(RuntimeError::NotACommand {
+                    reason: "its `_start` export is not a function of no parameters and no results"
+                        .into(),
+                });
+            }
+            None => {
+                let reason = if module.get_export("_initialize").is_some() {
+                    "it is a WASI reactor (exports `_initialize`, no `_start`)"
+                } else {
+                    "it exports no `_start` function"
+                };
+                return Err(RuntimeError::NotACommand {
+                    reason: reason.into(),
+                });
+            }
+        }
+        let mut linker: Linker<Host> = Linker::new(engine.wasmtime());
+        wasmtime_wasi::p1::add_to_linker_sync(&mut linker, |h: &mut Host| &mut h.wasi).map_err(
+            |e| RuntimeError::Link {
+                reason: format!("{e:#}"),
+            },
+        )?;
+        let pre = linker
+            .instantiate_pre(&module)
+            .map_err(|e| RuntimeError::Link {
+                reason: format!("{e:#}"),
+            })?;
+        Ok(Program {
+            engine: engine.clone(),
+            module,
+            pre,
+        })
+    }
+
+    /// The compiled module.
+    pub fn module(&self) -> &wasmtime::Module {
+        &self.module
+    }
+
+    /// Instantiates the program and runs `_start` to completion on this thread.
+    ///
+    /// # Errors
+    /// Host-side set-up failures only ([`RuntimeError::Preopen`], a fuel budget on an
+    /// engine built without fuel). Everything the guest does is an [`Outcome`].
+    pub fn run(&self, policy: &Policy, limits: &Limits) -> Result<Outcome, RuntimeError> {
+        let wasi = policy.wasi_context()?;
+        let mut store = Store::new(
+            self.engine.wasmtime(),
+            Host {
+                wasi,
+                limiter: StoreLimiter::new(limits),
+            },
+        );
+        store.limiter(|h| &mut h.limiter);
+        let fuel = match (self.engine.options().fuel, limits.fuel) {
+            (true, budget) => Some(budget.unwrap_or(u64::MAX)),
+            (false, None) => None,
+            (false, Some(_)) => return Err(RuntimeError::FuelNeedsFuelEngine),
+        };
+        if let Some(f) = fuel {
+            store.set_fuel(f).map_err(|e| RuntimeError::Engine {
+                reason: format!("{e:#}"),
+            })?;
+        }
+        match limits.timeout {
+            Some(limit) => {
+                self.engine.ensure_ticker();
+                let deadline = Instant::now() + limit;
+                store.set_epoch_deadline(1);
+                store.epoch_deadline_callback(move |_| {
+                    if Instant::now() >= deadline {
+                        Err(LimitExceeded::Timeout { limit }.into())
+                    } else {
+                        Ok(UpdateDeadline::Continue(1))
+                    }
+                });
+            }
+            None => store.set_epoch_deadline(NO_DEADLINE),
+        }
+
+        let result = self.pre.instantiate(&mut store).and_then(|instance| {
+            let start = instance.get_typed_func::<(), ()>(&mut store, "_start")?;
+            start.call(&mut store, ())
+        });
+        Ok(match result {
+            Ok(()) => Outcome::Exited(0),
+            Err(e) => self.classify(e, limits),
+        })
+    }
+
+    fn classify(&self, err: wasmtime::Error, limits: &Limits) -> Outcome {
+        if let Some(exit) = err.downcast_ref::<I32Exit>() {
+            return Outcome::Exited(exit.0);
+        }
+        if let Some(limit) = err.downcast_ref::<LimitExceeded>() {
+            return Outcome::LimitExceeded(limit.clone());
+        }
+        match err.downcast_ref::<Trap>() {
+            Some(Trap::StackOverflow) => {
+                return Outcome::LimitExceeded(LimitExceeded::Stack {
+                    limit: self.engine.options().max_stack,
+                });
+            }
+            Some(Trap::OutOfFuel) => {
+                return Outcome::LimitExceeded(LimitExceeded::Fuel {
+                    limit: limits.fuel.unwrap_or(u64::MAX),
+                });
+            }
+            _ => {}
+        }
+        let backtrace = err
+            .downcast_ref::<WasmBacktrace>()
+            .filter(|bt| !bt.frames().is_empty())
+            .map(|bt| bt.to_string());
+        let message = match err.downcast_ref::<Trap>() {
+            Some(trap) => trap.to_string(),
+            // A host function failed in a way WASI cannot report as an errno: the guest
+            // cannot continue, which is a trap from its point of view.
+            None => format!("{:#}", err.root_cause()),
+        };
+        Outcome::Trapped { message, backtrace }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::EngineOptions;
+
+    fn program(wat: &str) -> Result<Program, RuntimeError> {
+        let engine = Engine::new(EngineOptions::default()).expect("default engine");
+        let module = wasmtime::Module::new(engine.wasmtime(), wat).expect("valid wat");
+        Program::new(&engine, module)
+    }
+
+    fn run(wat: &str, limits: Limits) -> Outcome {
+        program(wat)
+            .expect("links")
+            .run(&Policy::default(), &limits)
+            .expect("runs")
+    }
+
+    const EXIT_7: &str = r#"(module
+        (import "wasi_snapshot_preview1" "proc_exit" (func $exit (param i32)))
+        (memory (export "memory") 1)
+        (func (export "_start") (call $exit (i32.const 7))))"#;
+
+    #[test]
+    fn exit_code_is_the_outcome() {
+        assert_eq!(run(EXIT_7, Limits::default()), Outcome::Exited(7));
+        let ret = r#"(module (memory (export "memory") 1) (func (export "_start")))"#;
+        assert_eq!(run(ret, Limits::default()), Outcome::Exited(0));
+    }
+
+    #[test]
+    fn infinite_loop_times_out() {
+        let spin = r#"(module (memory (export "memory") 1)
+            (func (export "_start") (loop $l (br $l))))"#;
+        let limit = Duration::from_millis(100);
+        let outcome = run(
+            spin,
+            Limits {
+                timeout: Some(limit),
+                ..Limits::default()
+            },
+        );
+        assert_eq!(
+            outcome,
+            Outcome::LimitExceeded(LimitExceeded::Timeout { limit })
+        );
+    }
+
+    #[test]
+    fn memory_growth_past_limit_is_stopped() {
+        let grow = r#"(module (memory (export "memory") 1)
+            (func (export "_start") (loop $l (br_if $l (i32.ne (memory.grow (i32.const 16)) (i32.const -1))))))"#;
+        let outcome = run(
+            grow,
+            Limits {
+                max_memory: Some(1 << 20),
+                ..Limits::default()
+            },
+        );
+        assert_eq!(
+            outcome,
+            Outcome::LimitExceeded(LimitExceeded::Memory { limit: 1 << 20 })
+        );
+    }
+
+    #[test]
+    fn trap_carries_message_and_named_backtrace() {
+        let trap = r#"(module (memory (export "memory") 1)
+            (func $inner (unreachable))
+            (func (export "_start") (call $inner)))"#;
+        match run(trap, Limits::default()) {
+            Outcome::Trapped { message, backtrace } => {
+                assert!(message.contains("unreachable"), "{message}");
+                let bt = backtrace.expect("backtrace");
+                assert!(bt.contains("inner"), "{bt}");
+            }
+            other => panic!("expected a trap, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn non_commands_and_unknown_imports_are_refused() {
+        let reactor = r#"(module (func (export "_initialize")))"#;
+        let err = program(reactor).expect_err("reactor");
+        assert!(err.to_string().contains("reactor"), "{err}");
+        let foreign = r#"(module (import "env" "launch_missiles" (func))
+            (func (export "_start")))"#;
+        let err = program(foreign).expect_err("unknown import");
+        assert!(err.to_string().contains("launch_missiles"), "{err}");
+    }
+
+    #[test]
+    fn fuel_budget_needs_fuel_engine() {
+        let p = program(EXIT_7).expect("links");
+        let limits = Limits {
+            fuel: Some(10),
+            ..Limits::default()
+        };
+        let err = p
+            .run(&Policy::default(), &limits)
+            .expect_err("no fuel engine");
+        assert!(matches!(err, RuntimeError::FuelNeedsFuelEngine));
+    }
+}
