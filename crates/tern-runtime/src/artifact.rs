@@ -94,9 +94,9 @@ pub fn load_module(
     path: &Path,
     cache: Option<&ArtifactCache>,
 ) -> Result<LoadedModule, RuntimeError> {
-    let bytes = fs::read(path).map_err(|source| RuntimeError::ReadModule {
+    let bytes = fs::read(path).map_err(|io| RuntimeError::ReadModule {
         path: path.to_owned(),
-        source,
+        io,
     })?;
     let format = detect_format(path, &bytes)?;
     if format == ModuleFormat::Precompiled {
@@ -140,12 +140,35 @@ pub fn wasm_binary(
             .map(|b| b.into_owned())
             .map_err(|e| RuntimeError::BadModule {
                 path: path.to_owned(),
-                reason: format!("not a WebAssembly binary, and not valid WebAssembly text: {e}"),
+                reason: format!(
+                    "not a WebAssembly binary, and not valid WebAssembly text: {}",
+                    one_line_wat_error(&e)
+                ),
             }),
         ModuleFormat::Precompiled => Err(RuntimeError::BadModule {
             path: path.to_owned(),
             reason: "it is already a precompiled artifact; give the .wasm instead".into(),
         }),
+    }
+}
+
+/// `wat` reports errors over several lines with a source excerpt; keep the message and
+/// its `line:column`.
+fn one_line_wat_error(e: &wat::Error) -> String {
+    let text = e.to_string();
+    let message = text.lines().next().unwrap_or_default().trim();
+    let at = text
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("--> "))
+        .and_then(|loc| {
+            loc.rsplit_once(':').and_then(|(rest, col)| {
+                rest.rsplit_once(':')
+                    .map(|(_, line)| format!("{line}:{col}"))
+            })
+        });
+    match at {
+        Some(at) => format!("{message} at {at}"),
+        None => message.to_owned(),
     }
 }
 

@@ -53,11 +53,8 @@ pub enum RuntimeError {
         text: String,
         expected: &'static str,
     },
-    #[error("cannot read module {}: {source}", path.display())]
-    ReadModule {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    #[error("cannot read module {}: {io}", path.display())]
+    ReadModule { path: PathBuf, io: std::io::Error },
     #[error("{} is not a module Tern can run: {reason}", path.display())]
     BadModule { path: PathBuf, reason: String },
     #[error("{} does not compile: {reason}", path.display())]

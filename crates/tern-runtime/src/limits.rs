@@ -141,7 +141,7 @@ impl fmt::Display for Size {
         ];
         for (name, unit) in UNITS {
             if self.0 >= unit {
-                return if self.0 % unit == 0 {
+                return if self.0.is_multiple_of(unit) {
                     write!(f, "{} {name}", self.0 / unit)
                 } else {
                     write!(f, "{:.1} {name}", self.0 as f64 / unit as f64)
@@ -159,7 +159,7 @@ pub struct Dur(pub Duration);
 impl fmt::Display for Dur {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let ms = self.0.as_millis();
-        if ms >= 1000 && ms % 1000 == 0 {
+        if ms >= 1000 && ms.is_multiple_of(1000) {
             write!(f, "{}s", ms / 1000)
         } else if ms >= 1000 {
             write!(f, "{:.3}s", self.0.as_secs_f64())

@@ -179,16 +179,39 @@ impl Program {
         }
         let backtrace = err
             .downcast_ref::<WasmBacktrace>()
-            .filter(|bt| !bt.frames().is_empty())
-            .map(|bt| bt.to_string());
+            .and_then(format_backtrace);
         let message = match err.downcast_ref::<Trap>() {
-            Some(trap) => trap.to_string(),
+            Some(trap) => {
+                let text = trap.to_string();
+                text.strip_prefix("wasm trap: ").unwrap_or(&text).to_owned()
+            }
             // A host function failed in a way WASI cannot report as an errno: the guest
             // cannot continue, which is a trap from its point of view.
             None => format!("{:#}", err.root_cause()),
         };
         Outcome::Trapped { message, backtrace }
     }
+}
+
+/// One line per frame, innermost first: `    0: check_invariant at 0x1cc`. `None` when
+/// the module has no name section, since bare function indices help no one reading it.
+fn format_backtrace(bt: &WasmBacktrace) -> Option<String> {
+    let frames = bt.frames();
+    if frames.iter().all(|f| f.func_name().is_none()) {
+        return None;
+    }
+    let mut out = String::from("wasm backtrace:");
+    for (i, f) in frames.iter().enumerate() {
+        let name = f
+            .func_name()
+            .map(str::to_owned)
+            .unwrap_or_else(|| format!("<function {}>", f.func_index()));
+        match f.module_offset() {
+            Some(off) => out.push_str(&format!("\n    {i}: {name} at {off:#x}")),
+            None => out.push_str(&format!("\n    {i}: {name}")),
+        }
+    }
+    Some(out)
 }
 
 #[cfg(test)]

@@ -1,1 +1,53 @@
-fn main() {}
+//! `tern`: the command line. It parses, dispatches to a command, prints and sets the
+//! exit code; the work is done by the library crates.
+
+mod commands;
+mod exit;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// Run WebAssembly programs anywhere on the cloud-edge continuum: sandboxed by WASI
+/// capabilities, bounded by limits, compiled ahead of time.
+#[derive(Debug, Parser)]
+#[command(name = "tern", version, about, long_about = None)]
+#[command(after_help = "Logging goes to stderr, filtered by TERN_LOG (e.g. TERN_LOG=debug).")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    Run(commands::run::RunCommand),
+    Compile(commands::compile::CompileCommand),
+}
+
+fn main() -> ExitCode {
+    init_logging();
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Run(c) => c.execute(),
+        Command::Compile(c) => c.execute().map(|()| ExitCode::SUCCESS),
+    };
+    match result {
+        Ok(code) => code,
+        Err(err) => {
+            eprintln!("error: {err:#}");
+            ExitCode::from(exit::TERN_ERROR)
+        }
+    }
+}
+
+fn init_logging() {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_env("TERN_LOG").unwrap_or_else(|_| EnvFilter::new("warn"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_target(false)
+        .without_time()
+        .init();
+}

@@ -1,0 +1,11 @@
+//! One module per subcommand; each is a clap `Args` struct with `execute`.
+
+pub mod compile;
+pub mod run;
+
+use tern_runtime::{EngineKind, RuntimeError};
+
+/// Parses `--engine`.
+pub fn parse_engine(s: &str) -> Result<EngineKind, RuntimeError> {
+    s.parse()
+}

@@ -1,0 +1,10 @@
+//! Integration tests of the `tern` binary on real C guests built by clang-19 with
+//! wasi-libc (see `guests/`). One test binary, one module per area.
+
+mod cache;
+mod compile;
+mod errors;
+mod limits;
+mod run;
+mod sandbox;
+mod support;

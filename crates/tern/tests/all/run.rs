@@ -1,0 +1,156 @@
+//! `tern run` on well-behaved guests: output, arguments, environment, exit codes, stdio,
+//! clocks, randomness, text modules and both engines.
+
+use crate::support::{guest, scratch, tern};
+
+#[test]
+fn hello_prints_and_exits_zero() {
+    let d = scratch();
+    let out = tern(d.path()).arg("run").arg(guest("hello")).run();
+    assert_eq!(out.succeeds(), "hello from WebAssembly\n");
+    assert_eq!(out.stderr, "");
+}
+
+#[test]
+fn arguments_reach_the_guest_with_or_without_double_dash() {
+    let d = scratch();
+    let wasm = guest("args_env");
+    let with = tern(d.path())
+        .arg("run")
+        .arg(&wasm)
+        .args(["--", "one", "--flag", "-x"])
+        .run();
+    let text = with.succeeds();
+    assert!(text.contains("argc=4\n"), "{text}");
+    assert!(
+        text.contains("argv[0]=args_env-"),
+        "argv[0] is the module's file name: {text}"
+    );
+    assert!(text.contains("argv[2]=--flag\nargv[3]=-x\n"), "{text}");
+    let without = tern(d.path())
+        .arg("run")
+        .arg(&wasm)
+        .args(["one", "two"])
+        .run();
+    assert!(without.succeeds().contains("argc=3\nargv[0]=args_env-"));
+    let named = tern(d.path())
+        .args(["run", "--argv0", "app"])
+        .arg(&wasm)
+        .run();
+    assert!(named.succeeds().contains("argv[0]=app\n"));
+}
+
+#[test]
+fn environment_is_only_what_is_given() {
+    let d = scratch();
+    let out = tern(d.path())
+        .env("HOST_SECRET", "do-not-leak")
+        .args([
+            "run",
+            "--env",
+            "URL=postgres://u@h/db?a=b",
+            "--env",
+            "EMPTY=",
+        ])
+        .arg(guest("args_env"))
+        .run();
+    let text = out.succeeds();
+    assert!(text.contains("env: URL=postgres://u@h/db?a=b\n"), "{text}");
+    assert!(text.contains("env: EMPTY=\n"), "{text}");
+    assert!(text.contains("envc=2\n"), "{text}");
+    assert!(
+        !text.contains("HOST_SECRET") && !text.contains("PATH="),
+        "{text}"
+    );
+}
+
+#[test]
+fn guest_exit_code_is_terns_exit_code() {
+    let d = scratch();
+    for code in ["0", "1", "3", "42", "120"] {
+        let out = tern(d.path())
+            .args(["run", "--env", &format!("EXIT_CODE={code}")])
+            .arg(guest("args_env"))
+            .run();
+        assert_eq!(out.code, Some(code.parse().expect("number")), "{out:?}");
+        assert_eq!(out.stderr, "", "a guest's own exit is not an error");
+    }
+    // WASI preview1 allows exit statuses below 126 only, as in Wasmtime.
+    let out = tern(d.path())
+        .args(["run", "--env", "EXIT_CODE=200"])
+        .arg(guest("args_env"))
+        .run();
+    assert_eq!(out.code, Some(125), "{out:?}");
+    assert!(
+        out.stderr
+            .starts_with("error: guest trapped: exit with invalid exit status"),
+        "{}",
+        out.stderr
+    );
+}
+
+#[test]
+fn stdin_stdout_and_stderr_are_the_processs() {
+    let d = scratch();
+    let out = tern(d.path())
+        .arg("run")
+        .arg(guest("stdin_upper"))
+        .stdin(b"tern moves work\nto the edge\n")
+        .run();
+    assert_eq!(out.succeeds(), "TERN MOVES WORK\nTO THE EDGE\n");
+    assert_eq!(out.stderr, "28 bytes\n");
+}
+
+#[test]
+fn clocks_and_randomness_work() {
+    let d = scratch();
+    let out = tern(d.path()).arg("run").arg(guest("clocks_random")).run();
+    assert_eq!(
+        out.succeeds(),
+        "realtime after 2020: yes\nmonotonic never goes back: yes\n\
+         slept at least 20ms: yes\nrandom draws differ: yes\n"
+    );
+}
+
+#[test]
+fn text_modules_run() {
+    let d = scratch();
+    let wat = d.path().join("exit.wat");
+    std::fs::write(
+        &wat,
+        r#"(module
+            (import "wasi_snapshot_preview1" "proc_exit" (func $exit (param i32)))
+            (memory (export "memory") 1)
+            (func (export "_start") (call $exit (i32.const 9))))"#,
+    )
+    .expect("write wat");
+    let out = tern(d.path()).arg("run").arg(&wat).run();
+    assert_eq!(out.code, Some(9), "{out:?}");
+}
+
+/// Pulley, the portable interpreter, gives the same output and exit code as Cranelift.
+#[test]
+fn pulley_matches_cranelift() {
+    let d = scratch();
+    for name in ["hello", "args_env", "clocks_random"] {
+        let wasm = guest(name);
+        let run = |engine: &str| {
+            tern(d.path())
+                .args([
+                    "run",
+                    "--engine",
+                    engine,
+                    "--env",
+                    "EXIT_CODE=5",
+                    "--argv0",
+                    "x",
+                ])
+                .arg(&wasm)
+                .args(["a", "b"])
+                .run()
+        };
+        let (c, p) = (run("cranelift"), run("pulley"));
+        assert_eq!((c.code, &c.stdout), (p.code, &p.stdout), "{name}");
+        assert!(!c.stdout.is_empty());
+    }
+}

@@ -1,0 +1,191 @@
+//! Test support: building C guests and running the real `tern` binary hermetically.
+
+use std::collections::hash_map::DefaultHasher;
+use std::hash::{Hash, Hasher};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::sync::Mutex;
+
+/// The repository root.
+pub fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+/// Compiler for guests: `$TERN_CLANG` or clang-19.
+fn clang() -> String {
+    std::env::var("TERN_CLANG").unwrap_or_else(|_| "clang-19".into())
+}
+
+static BUILD: Mutex<()> = Mutex::new(());
+
+/// Builds `guests/<name>.c` to Wasm (once per source content) and returns its path.
+///
+/// Compiles with -O2 and links without -O so that clang does not run Binaryen's
+/// wasm-opt after linking, which drops the name section the backtrace tests read.
+pub fn guest(name: &str) -> PathBuf {
+    let src = repo().join("guests").join(format!("{name}.c"));
+    let text = std::fs::read(&src).unwrap_or_else(|e| panic!("reading {}: {e}", src.display()));
+    let mut h = DefaultHasher::new();
+    text.hash(&mut h);
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("guests");
+    let out = dir.join(format!("{name}-{:016x}.wasm", h.finish()));
+    let _lock = BUILD.lock().unwrap_or_else(|e| e.into_inner());
+    if out.exists() {
+        return out;
+    }
+    // Test processes may build the same guest at once: each builds in a directory of its
+    // own under the same file names, so the outputs are byte-identical and the final
+    // rename is atomic whoever wins.
+    let work = dir.join(format!("build-{}", std::process::id()));
+    std::fs::create_dir_all(&work).expect("creating guest build dir");
+    let obj = work.join(format!("{name}.o"));
+    let tmp = work.join(format!("{name}.wasm"));
+    let sysroot = ["--target=wasm32-wasi", "--sysroot=/usr"];
+    run_clang(
+        Command::new(clang())
+            .args(sysroot)
+            .args(["-O2", "-Wall", "-c"])
+            .arg(&src)
+            .arg("-o")
+            .arg(&obj),
+    );
+    run_clang(
+        Command::new(clang())
+            .args(sysroot)
+            .arg(&obj)
+            .arg("-o")
+            .arg(&tmp),
+    );
+    std::fs::rename(&tmp, &out).expect("publishing guest");
+    let _ = std::fs::remove_dir_all(&work);
+    out
+}
+
+fn run_clang(cmd: &mut Command) {
+    let out = cmd.output().unwrap_or_else(|e| {
+        panic!(
+            "cannot run {}: {e}; install the toolchain with scripts/setup.sh",
+            clang()
+        )
+    });
+    assert!(
+        out.status.success(),
+        "clang failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A `tern` invocation with its own artifact cache and a clean environment.
+pub struct Tern {
+    cmd: Command,
+    stdin: Option<Vec<u8>>,
+}
+
+impl Tern {
+    pub fn new(cache: &Path) -> Tern {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_tern"));
+        cmd.env_clear()
+            .env("TERN_CACHE_DIR", cache)
+            .env("PATH", std::env::var_os("PATH").unwrap_or_default());
+        Tern { cmd, stdin: None }
+    }
+
+    pub fn args<I, S>(mut self, args: I) -> Tern
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<std::ffi::OsStr>,
+    {
+        self.cmd.args(args);
+        self
+    }
+
+    pub fn arg(mut self, arg: impl AsRef<std::ffi::OsStr>) -> Tern {
+        self.cmd.arg(arg);
+        self
+    }
+
+    pub fn env(mut self, k: &str, v: &str) -> Tern {
+        self.cmd.env(k, v);
+        self
+    }
+
+    pub fn stdin(mut self, data: &[u8]) -> Tern {
+        self.stdin = Some(data.to_vec());
+        self
+    }
+
+    pub fn run(mut self) -> Run {
+        use std::io::Write as _;
+        self.cmd
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .stdin(Stdio::piped());
+        let mut child = self.cmd.spawn().expect("spawning tern");
+        let mut pipe = child.stdin.take().expect("stdin piped");
+        if let Some(data) = self.stdin.take() {
+            pipe.write_all(&data).expect("writing stdin");
+        }
+        drop(pipe);
+        let out = child.wait_with_output().expect("waiting for tern");
+        Run::from(out)
+    }
+}
+
+/// What a `tern` process did.
+#[derive(Debug)]
+pub struct Run {
+    pub code: Option<i32>,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl From<Output> for Run {
+    fn from(o: Output) -> Run {
+        let run = Run {
+            code: o.status.code(),
+            stdout: String::from_utf8_lossy(&o.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&o.stderr).into_owned(),
+        };
+        // Whatever the guest or input did, the host process ends by itself, never by a
+        // signal and never by a panic.
+        assert!(run.code.is_some(), "tern was killed by a signal: {run:?}");
+        assert!(
+            !run.stderr.contains("panicked"),
+            "tern panicked: {}",
+            run.stderr
+        );
+        run
+    }
+}
+
+impl Run {
+    /// Asserts the exit code and that stderr is exactly one `error: …` line containing
+    /// `needle`; returns that line.
+    pub fn fails_with(&self, code: i32, needle: &str) -> &str {
+        assert_eq!(self.code, Some(code), "{self:?}");
+        let line = self.stderr.trim_end();
+        assert!(
+            !line.contains('\n'),
+            "expected one line on stderr, got: {}",
+            self.stderr
+        );
+        assert!(line.starts_with("error: "), "{line}");
+        assert!(line.contains(needle), "expected {needle:?} in {line:?}");
+        line
+    }
+
+    pub fn succeeds(&self) -> &str {
+        assert_eq!(self.code, Some(0), "{self:?}");
+        &self.stdout
+    }
+}
+
+/// A scratch directory that holds the artifact cache (`cache/`) and test files.
+pub fn scratch() -> tempfile::TempDir {
+    tempfile::tempdir().expect("creating a temp dir")
+}
+
+/// `tern` with the cache under `dir`.
+pub fn tern(dir: &Path) -> Tern {
+    Tern::new(&dir.join("cache"))
+}
