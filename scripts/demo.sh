@@ -1,0 +1,50 @@
+#!/usr/bin/env bash
+# Installs what is missing, builds Tern and shows its main job on real C programs:
+# a WASI program run sandboxed on two engines, hostile guests stopped, and an artifact
+# compiled for another architecture. Ends by itself; everything it makes is under
+# target/demo.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/setup.sh
+
+step() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
+show() { printf '$ %s\n' "$*"; }
+
+step "building tern (first build compiles Wasmtime: a few minutes)"
+cargo build --quiet -p tern
+tern=target/debug/tern
+demo=target/demo
+rm -rf "$demo" && mkdir -p "$demo/out"
+cc=(clang-19 --target=wasm32-wasi --sysroot=/usr -O2)
+"${cc[@]}" examples/wordfreq.c -o "$demo/wordfreq.wasm"
+for g in spin membomb escape; do "${cc[@]}" "guests/$g.c" -o "$demo/$g.wasm"; done
+mkdir -p "$demo/jail/inner" && echo "host secret" > "$demo/jail/secret.txt" && ln -s .. "$demo/jail/inner/link-out"
+
+step "1. a C program, sandboxed: reads the docs read-only, writes its report to /out"
+show tern run --ro-dir .::/repo --dir "$demo/out::/out" wordfreq.wasm /out/report.txt /repo/README.md /repo/ARCHITECTURE.md
+$tern run --ro-dir .::/repo --dir "$demo/out::/out" "$demo/wordfreq.wasm" /out/report.txt /repo/README.md /repo/ARCHITECTURE.md
+cat "$demo/out/report.txt"
+
+step "2. the same module on Pulley, the portable interpreter: same report"
+$tern run --engine pulley --ro-dir .::/repo --dir "$demo/out::/out" "$demo/wordfreq.wasm" /out/report-pulley.txt /repo/README.md /repo/ARCHITECTURE.md
+cmp "$demo/out/report.txt" "$demo/out/report-pulley.txt" && echo "reports are identical"
+
+step "3. hostile guests end with a message naming the limit; the host is untouched"
+show tern run --timeout 1s spin.wasm
+set +e
+$tern run --timeout 1s "$demo/spin.wasm"; echo "exit code $?"
+show tern run --max-memory 64MiB membomb.wasm
+$tern run --max-memory 64MiB "$demo/membomb.wasm"; echo "exit code $?"
+set -e
+show tern run --dir "$demo/jail/inner::/data" escape.wasm /data
+$tern run --dir "$demo/jail/inner::/data" "$demo/escape.wasm" /data
+
+step "4. compile once in the cloud for an arm64 edge box (no arm64 toolchain needed)"
+show tern compile --target aarch64-unknown-linux-gnu wordfreq.wasm
+$tern compile --target aarch64-unknown-linux-gnu "$demo/wordfreq.wasm" -o "$demo/wordfreq.aarch64.cwasm"
+set +e
+show tern run wordfreq.aarch64.cwasm
+$tern run "$demo/wordfreq.aarch64.cwasm"; echo "exit code $? (this machine is $(uname -m))"
+set -e
+
+step "done: see README.md for tern run, tern compile and their flags"

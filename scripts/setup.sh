@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# Installs what Tern's build, tests and demo need on Debian/Ubuntu, skipping what is
+# already there: clang-19 and lld-19 with Debian's wasi-libc and wasm32 compiler-rt to
+# build C guests, and Binaryen. The Rust toolchain (cargo) must already be installed.
+set -euo pipefail
+
+packages=(clang-19 lld-19 wasi-libc libclang-rt-19-dev-wasm32 binaryen)
+
+missing=()
+for p in "${packages[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "setup: installing ${missing[*]}" >&2
+  sudo=""
+  [ "$(id -u)" -eq 0 ] || sudo="sudo"
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+command -v cargo >/dev/null || { echo "setup: cargo not found; install Rust first" >&2; exit 1; }
+command -v cargo-nextest >/dev/null || echo "setup: cargo-nextest not found; tests will use cargo test" >&2
+exit 0
