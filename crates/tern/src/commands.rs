@@ -1,5 +1,6 @@
 //! One module per subcommand; each is a clap `Args` struct with `execute`.
 
+pub mod bench;
 pub mod compile;
 pub mod run;
 

@@ -22,6 +22,7 @@ struct Cli {
 enum Command {
     Run(commands::run::RunCommand),
     Compile(commands::compile::CompileCommand),
+    Bench(commands::bench::BenchCommand),
 }
 
 fn main() -> ExitCode {
@@ -30,6 +31,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Run(c) => c.execute(),
         Command::Compile(c) => c.execute().map(|()| ExitCode::SUCCESS),
+        Command::Bench(c) => c.execute().map(|()| ExitCode::SUCCESS),
     };
     match result {
         Ok(code) => code,

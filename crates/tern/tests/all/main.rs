@@ -1,6 +1,7 @@
 //! Integration tests of the `tern` binary on real C guests built by clang-19 with
 //! wasi-libc (see `guests/`). One test binary, one module per area.
 
+mod bench;
 mod cache;
 mod compile;
 mod errors;

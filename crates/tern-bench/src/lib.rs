@@ -1,0 +1,13 @@
+//! Tern's benchmark harness. It drives `tern-runtime` through its public API like any
+//! embedder, and runs whole commands (native programs, `tern`, peer runtimes) as
+//! processes, interleaved so that machine drift spreads over every runner alike.
+//!
+//! - [`stats`]: medians and spreads of samples.
+//! - [`table`]: plain-text result tables.
+//! - [`toolchain`]: building C programs natively and for `wasm32-wasi`.
+//! - [`startup`]: `tern bench startup`, instantiation latency and process wall time.
+
+pub mod startup;
+pub mod stats;
+pub mod table;
+pub mod toolchain;
