@@ -6,7 +6,14 @@
 //! - [`table`]: plain-text result tables.
 //! - [`toolchain`]: building C programs natively and for `wasm32-wasi`.
 //! - [`startup`]: `tern bench startup`, instantiation latency and process wall time.
+//! - [`runner`]: native, Tern and peer runners.
+//! - [`polybench`]: `tern bench polybench`.
+//! - [`report`]: suite results, ratio tables.
 
+pub mod polybench;
+pub mod progress;
+pub mod report;
+pub mod runner;
 pub mod startup;
 pub mod stats;
 pub mod table;

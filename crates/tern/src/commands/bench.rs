@@ -5,6 +5,10 @@ use std::path::PathBuf;
 
 use anyhow::Context as _;
 use clap::{Args, Subcommand};
+use tern_bench::polybench::{self, Dataset};
+use tern_bench::progress::Progress;
+use tern_bench::report::SuiteReport;
+use tern_bench::runner::{self, Build, Runner};
 use tern_bench::startup::{self, StartupOptions};
 
 /// Measure Tern end to end and print tables with medians and spreads.
@@ -19,6 +23,98 @@ enum Suite {
     /// Start-up: in-process instantiation from a cached artifact, and `tern run
     /// hello.wasm` wall time against a native hello and the Wasmtime CLI.
     Startup(StartupArgs),
+    /// PolyBench/C 4.2.1: 30 kernels, native (clang -O3) against Tern and peer
+    /// runtimes, scalar and SIMD Wasm builds; checksums must match native.
+    Polybench(PolybenchArgs),
+}
+
+/// Options shared by the suites that compare runtimes.
+#[derive(Debug, Args)]
+struct RuntimeArgs {
+    /// Runs per item and runner (interleaved across runners).
+    #[arg(long, default_value_t = 5)]
+    runs: usize,
+    /// Wasm builds to run: scalar, simd or both.
+    #[arg(long, value_name = "WHICH", default_value = "both", value_parser = ["scalar", "simd", "both"])]
+    builds: String,
+    /// Also run Tern on Pulley, Wasmtime's interpreter (tens of times slower).
+    #[arg(long)]
+    pulley: bool,
+    /// Do not look for peer runtimes (Wasmtime CLI, Wasmtime's Python bindings, Node).
+    #[arg(long)]
+    no_peers: bool,
+    /// A peer runtime as NAME=TEMPLATE, run by `sh -c` with {wasm}, {aot} (a scratch
+    /// path for an ahead-of-time artifact), {dir} (directory to preopen as /data) and
+    /// {args}; e.g. `wamr='wamrc -o {aot} {wasm} >/dev/null && iwasm {aot} {args}'`.
+    /// Repeatable.
+    #[arg(long = "peer", value_name = "NAME=TEMPLATE")]
+    peers: Vec<String>,
+    /// Where scripts/peers.sh installed peer runtimes.
+    #[arg(long, value_name = "DIR", default_value = "target/peers")]
+    peers_dir: PathBuf,
+    /// Write every raw sample as JSON to FILE.
+    #[arg(long, value_name = "FILE")]
+    json: Option<PathBuf>,
+    /// Hide progress bars.
+    #[arg(long, short)]
+    quiet: bool,
+}
+
+#[derive(Debug, Args)]
+struct PolybenchArgs {
+    /// Dataset size: mini, small, medium, large or extralarge.
+    #[arg(long, default_value = "large")]
+    size: Dataset,
+    /// Kernels to run, comma-separated [default: all 30].
+    #[arg(long, value_delimiter = ',', value_name = "NAMES")]
+    kernels: Vec<String>,
+    #[command(flatten)]
+    common: RuntimeArgs,
+}
+
+impl RuntimeArgs {
+    fn wasm_builds(&self) -> Vec<Build> {
+        polybench::builds(self.builds != "simd", self.builds != "scalar")
+    }
+
+    /// Native first (the baseline), then Tern, then peers.
+    fn runners(&self, scratch: &std::path::Path) -> anyhow::Result<(Vec<Runner>, runner::Skipped)> {
+        let tern = std::env::current_exe().context("locating the tern binary")?;
+        let builds = self.wasm_builds();
+        let mut runners = vec![Runner::native()];
+        let mut skipped = Vec::new();
+        for &b in &builds {
+            runners.push(Runner::tern(&tern, "cranelift", b));
+            if self.pulley {
+                runners.push(Runner::tern(&tern, "pulley", b));
+            }
+        }
+        if !self.no_peers {
+            let (found, missing) = runner::discover_peers(scratch, &self.peers_dir, &builds);
+            runners.extend(found);
+            skipped.extend(missing);
+        }
+        for spec in &self.peers {
+            let (name, template) = spec
+                .split_once('=')
+                .filter(|(n, t)| !n.is_empty() && !t.is_empty())
+                .with_context(|| format!("--peer: expected NAME=TEMPLATE, got `{spec}`"))?;
+            for &b in &builds {
+                runners.push(Runner::template(name, template, b));
+            }
+        }
+        Ok((runners, skipped))
+    }
+
+    fn finish(&self, report: &SuiteReport) -> anyhow::Result<()> {
+        println!("{}", machine_line());
+        print!("{}", report.render());
+        if let Some(path) = &self.json {
+            let text = serde_json::to_string_pretty(report)?;
+            std::fs::write(path, text).with_context(|| format!("writing {}", path.display()))?;
+        }
+        Ok(())
+    }
 }
 
 #[derive(Debug, Args)]
@@ -53,6 +149,26 @@ impl BenchCommand {
                         .with_context(|| format!("writing {}", path.display()))?;
                 }
                 Ok(())
+            }
+            Suite::Polybench(a) => {
+                if a.common.runs == 0 {
+                    anyhow::bail!("--runs must be at least 1");
+                }
+                let scratch = tempfile::tempdir().context("creating a scratch directory")?;
+                let progress = Progress::new(
+                    !a.common.quiet && std::io::IsTerminal::is_terminal(&std::io::stderr()),
+                );
+                let programs = polybench::build(scratch.path(), a.size, &a.kernels, &progress)?;
+                let (runners, skipped) = a.common.runners(scratch.path())?;
+                let mut report = SuiteReport {
+                    suite: "polybench".into(),
+                    setting: format!("{}, {} runs, clang-19 -O3", a.size.name(), a.common.runs),
+                    runners: runners.iter().map(|r| r.name.clone()).collect(),
+                    skipped,
+                    ..SuiteReport::default()
+                };
+                polybench::measure(&programs, &runners, a.common.runs, &mut report, &progress)?;
+                a.common.finish(&report)
             }
         }
     }
