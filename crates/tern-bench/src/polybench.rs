@@ -201,7 +201,10 @@ mod tests {
     #[test]
     fn all_thirty_kernels_are_embedded() {
         let names = kernel_names();
-        assert!(names.contains(&"gemm"), "{names:?}");
+        assert_eq!(names.len(), 30, "{names:?}");
+        for k in ["2mm", "floyd-warshall", "seidel-2d", "trmm"] {
+            assert!(names.contains(&k), "{k} missing: {names:?}");
+        }
         assert!(!sources::HEADER.is_empty());
     }
 
