@@ -4,7 +4,7 @@
 # build C guests, and Binaryen. The Rust toolchain (cargo) must already be installed.
 set -euo pipefail
 
-packages=(clang-19 lld-19 wasi-libc libclang-rt-19-dev-wasm32 binaryen)
+packages=(clang-19 lld-19 wasi-libc libclang-rt-19-dev-wasm32 binaryen fonts-dejavu-core python3-venv)
 
 missing=()
 for p in "${packages[@]}"; do

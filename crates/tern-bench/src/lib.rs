@@ -10,6 +10,7 @@
 //! - [`polybench`]: `tern bench polybench`.
 //! - [`report`]: suite results, ratio tables.
 
+pub mod plot;
 pub mod polybench;
 pub mod progress;
 pub mod report;

@@ -55,6 +55,9 @@ struct RuntimeArgs {
     /// Write every raw sample as JSON to FILE.
     #[arg(long, value_name = "FILE")]
     json: Option<PathBuf>,
+    /// Draw normalised time per item and runner to FILE.svg and FILE.png.
+    #[arg(long, value_name = "FILE.svg")]
+    plot: Option<PathBuf>,
     /// Hide progress bars.
     #[arg(long, short)]
     quiet: bool,
@@ -112,6 +115,14 @@ impl RuntimeArgs {
         if let Some(path) = &self.json {
             let text = serde_json::to_string_pretty(report)?;
             std::fs::write(path, text).with_context(|| format!("writing {}", path.display()))?;
+        }
+        if let Some(path) = &self.plot {
+            tern_bench::plot::write(report, path)?;
+            eprintln!(
+                "plot written to {} and {}",
+                path.with_extension("svg").display(),
+                path.with_extension("png").display()
+            );
         }
         Ok(())
     }
