@@ -18,8 +18,11 @@ use crate::{Engine, RuntimeError};
 const WASM_MAGIC: &[u8; 4] = b"\0asm";
 const MODULE_VERSION: [u8; 4] = [1, 0, 0, 0];
 const ELF_MAGIC: &[u8; 4] = b"\x7fELF";
-const CACHE_MAGIC: &[u8; 8] = b"TERNART\x01";
-const CACHE_HEADER: usize = CACHE_MAGIC.len() + 32;
+/// Tern artifacts (from `tern compile` and in the cache) are this magic, the SHA-256 of
+/// the payload, then Wasmtime's artifact. The checksum is verified before Wasmtime sees
+/// a byte: a damaged artifact is native code that would crash or misbehave if loaded.
+const ARTIFACT_MAGIC: &[u8; 8] = b"TERNART\x01";
+const ARTIFACT_HEADER: usize = ARTIFACT_MAGIC.len() + 32;
 
 /// What kind of input a module file holds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -55,8 +58,14 @@ pub fn detect_format(path: &Path, bytes: &[u8]) -> Result<ModuleFormat, RuntimeE
             _ => Err(bad("unsupported WebAssembly binary version")),
         };
     }
-    if bytes.starts_with(ELF_MAGIC) {
+    if bytes.starts_with(ARTIFACT_MAGIC) {
         return Ok(ModuleFormat::Precompiled);
+    }
+    if bytes.starts_with(ELF_MAGIC) {
+        return Err(bad(
+            "an ELF file (a native program, or an artifact not made by `tern compile`), \
+             not a WebAssembly module",
+        ));
     }
     if std::str::from_utf8(bytes).is_ok() {
         return Ok(ModuleFormat::Text);
@@ -178,10 +187,62 @@ fn one_line_wat_error(e: &wat::Error) -> String {
 /// # Errors
 /// [`RuntimeError::Compile`] when the module is invalid or uses unsupported features.
 pub fn precompile(engine: &Engine, path: &Path, wasm: &[u8]) -> Result<Vec<u8>, RuntimeError> {
-    engine
+    let payload = engine
         .wasmtime()
         .precompile_module(wasm)
-        .map_err(|e| compile_error(path, e))
+        .map_err(|e| compile_error(path, e))?;
+    Ok(seal(&payload))
+}
+
+/// Wraps Wasmtime's artifact in Tern's header (magic and SHA-256).
+fn seal(payload: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(ARTIFACT_HEADER + payload.len());
+    out.extend_from_slice(ARTIFACT_MAGIC);
+    out.extend_from_slice(&Sha256::digest(payload));
+    out.extend_from_slice(payload);
+    out
+}
+
+/// Why a Tern artifact was not loaded.
+enum Refusal {
+    /// The bytes are damaged: wrong header or checksum.
+    Corrupt(String),
+    /// Intact, but built for another Wasmtime version, target or setting.
+    Incompatible(String),
+}
+
+/// Checks the header and checksum of a Tern artifact, then hands the payload to
+/// Wasmtime.
+fn unseal_and_load(engine: &Engine, bytes: &[u8]) -> Result<wasmtime::Module, Refusal> {
+    if bytes.len() < ARTIFACT_HEADER || !bytes.starts_with(ARTIFACT_MAGIC) {
+        return Err(Refusal::Corrupt("not a Tern artifact (bad header)".into()));
+    }
+    let (header, payload) = bytes.split_at(ARTIFACT_HEADER);
+    if Sha256::digest(payload).as_slice() != &header[ARTIFACT_MAGIC.len()..] {
+        return Err(Refusal::Corrupt(
+            "checksum mismatch: the file is damaged".into(),
+        ));
+    }
+    match wasmtime::Engine::detect_precompiled(payload) {
+        Some(wasmtime::Precompiled::Module) => {}
+        Some(wasmtime::Precompiled::Component) => {
+            return Err(Refusal::Incompatible(
+                "it is a precompiled component; Tern runs WASI preview1 core modules".into(),
+            ));
+        }
+        None => {
+            return Err(Refusal::Corrupt(
+                "the payload is not a Wasmtime artifact".into(),
+            ));
+        }
+    }
+    // SAFETY: the payload is byte for byte what `Engine::precompile_module` wrote (its
+    // SHA-256 matches the header written with it) and Wasmtime identified it as a module
+    // artifact; `deserialize` checks the Wasmtime version, target and settings, and
+    // copies the code into fresh executable memory. Whoever gave the artifact vouches
+    // for its origin, as for any native program; signatures bind that origin (tern-trust).
+    unsafe { wasmtime::Module::deserialize(engine.wasmtime(), payload) }
+        .map_err(|e| Refusal::Incompatible(format!("{e:#}")))
 }
 
 fn compile(engine: &Engine, path: &Path, wasm: &[u8]) -> Result<wasmtime::Module, RuntimeError> {
@@ -200,40 +261,32 @@ fn deserialize_artifact(
     path: &Path,
     bytes: &[u8],
 ) -> Result<wasmtime::Module, RuntimeError> {
-    match wasmtime::Engine::detect_precompiled(bytes) {
-        Some(wasmtime::Precompiled::Module) => {}
-        Some(wasmtime::Precompiled::Component) => {
-            return Err(RuntimeError::BadModule {
-                path: path.to_owned(),
-                reason: "it is a precompiled component; Tern runs WASI preview1 core modules"
-                    .into(),
-            });
-        }
-        None => {
-            return Err(RuntimeError::BadModule {
-                path: path.to_owned(),
-                reason: "an ELF file, but not an artifact made by `tern compile`".into(),
-            });
-        }
-    }
-    // SAFETY: `bytes` is an ELF object that Wasmtime identified as one of its own module
-    // artifacts; `deserialize` checks the Wasmtime version, target and settings and
-    // copies the bytes into fresh executable memory. The user vouches for the code by
-    // running the artifact, as with any native program.
-    unsafe { wasmtime::Module::deserialize(engine.wasmtime(), bytes) }.map_err(|e| {
-        let reason = format!("{e:#}");
-        let hint = if reason.contains("pulley") {
-            "; run it with `--engine pulley`, or run the .wasm"
-        } else if reason.contains("architecture") || reason.contains("compiled for") {
-            "; compile the .wasm for this machine with `tern compile`, or run the .wasm"
-        } else {
-            "; recompile it from the .wasm with this `tern compile`"
-        };
-        RuntimeError::IncompatibleArtifact {
+    unseal_and_load(engine, bytes).map_err(|refusal| match refusal {
+        Refusal::Corrupt(reason) => RuntimeError::CorruptArtifact {
             path: path.to_owned(),
-            reason: format!("{reason}{hint}"),
-        }
+            reason,
+        },
+        Refusal::Incompatible(reason) => RuntimeError::IncompatibleArtifact {
+            path: path.to_owned(),
+            hint: incompatibility_hint(&reason),
+            reason,
+        },
     })
+}
+
+/// What to do about an artifact Wasmtime refuses, from Wasmtime's reason.
+fn incompatibility_hint(reason: &str) -> &'static str {
+    if reason.contains("pulley") {
+        "run it with `--engine pulley`, or run the .wasm"
+    } else if reason.contains("compiled for architecture") {
+        "compile the .wasm for this machine with `tern compile`, or run the .wasm"
+    } else if reason.contains("with fuel support") {
+        "it was compiled with `--fuel`: run it with `--fuel N`, or recompile without `--fuel`"
+    } else if reason.contains("without fuel support") {
+        "recompile it with `tern compile --fuel` to run it with `--fuel`"
+    } else {
+        "recompile it from the .wasm with this `tern compile`"
+    }
 }
 
 /// How [`ArtifactCache::load_or_compile`] served a module.
@@ -323,12 +376,12 @@ impl ArtifactCache {
         if let Err(e) = self.store(&entry, &artifact) {
             tracing::warn!(entry = %entry.display(), error = %e, "could not write artifact cache entry");
         }
-        let module = self
-            .check_entry_payload(engine, &artifact)
-            .map_err(|reason| RuntimeError::Compile {
-                path: path.to_owned(),
-                reason: format!("fresh artifact did not load: {reason}"),
-            })?;
+        let module =
+            self.check_entry(engine, &artifact)
+                .map_err(|reason| RuntimeError::Compile {
+                    path: path.to_owned(),
+                    reason: format!("fresh artifact did not load: {reason}"),
+                })?;
         tracing::debug!(entry = %entry.display(), "artifact compiled and cached");
         let outcome = match refused {
             Some(reason) => CacheOutcome::Replaced { reason },
@@ -338,37 +391,15 @@ impl ArtifactCache {
     }
 
     fn check_entry(&self, engine: &Engine, bytes: &[u8]) -> Result<wasmtime::Module, String> {
-        if bytes.len() < CACHE_HEADER || &bytes[..CACHE_MAGIC.len()] != CACHE_MAGIC {
-            return Err("not a Tern cache entry".into());
-        }
-        let (header, payload) = bytes.split_at(CACHE_HEADER);
-        if Sha256::digest(payload).as_slice() != &header[CACHE_MAGIC.len()..] {
-            return Err("checksum mismatch (corrupt entry)".into());
-        }
-        self.check_entry_payload(engine, payload)
-    }
-
-    fn check_entry_payload(
-        &self,
-        engine: &Engine,
-        payload: &[u8],
-    ) -> Result<wasmtime::Module, String> {
-        if wasmtime::Engine::detect_precompiled(payload) != Some(wasmtime::Precompiled::Module) {
-            return Err("not a module artifact".into());
-        }
-        // SAFETY: the payload was produced by `Engine::precompile_module` in this or an
-        // earlier Tern process and its SHA-256 matches the one written beside it, so it is
-        // the artifact Wasmtime wrote; `deserialize` also checks version and settings.
-        unsafe { wasmtime::Module::deserialize(engine.wasmtime(), payload) }
-            .map_err(|e| format!("{e:#}"))
+        unseal_and_load(engine, bytes).map_err(|r| match r {
+            Refusal::Corrupt(reason) | Refusal::Incompatible(reason) => reason,
+        })
     }
 
     fn store(&self, entry: &Path, artifact: &[u8]) -> std::io::Result<()> {
         let parent = entry.parent().unwrap_or(&self.dir);
         fs::create_dir_all(parent)?;
         let mut tmp = tempfile::NamedTempFile::new_in(parent)?;
-        tmp.write_all(CACHE_MAGIC)?;
-        tmp.write_all(&Sha256::digest(artifact))?;
         tmp.write_all(artifact)?;
         tmp.persist(entry).map_err(|e| e.error)?;
         Ok(())
@@ -396,9 +427,11 @@ mod tests {
             Some(ModuleFormat::Text)
         );
         assert_eq!(
-            detect_format(p, b"\x7fELF....").ok(),
+            detect_format(p, b"TERNART\x01....").ok(),
             Some(ModuleFormat::Precompiled)
         );
+        let err = detect_format(p, b"\x7fELF....").expect_err("raw ELF");
+        assert!(err.to_string().contains("an ELF file"), "{err}");
         let component = b"\0asm\x0d\x00\x01\x00";
         let err = detect_format(p, component).expect_err("component");
         assert!(err.to_string().contains("component"), "{err}");
@@ -434,7 +467,7 @@ mod tests {
             .load_or_compile(&engine, &wasm, &d, p)
             .expect("recompiles");
         assert!(
-            matches!(&third, CacheOutcome::Replaced { reason } if reason.contains("checksum")),
+            matches!(&third, CacheOutcome::Replaced { reason } if reason.contains("checksum mismatch")),
             "{third:?}"
         );
         let (_, fourth) = cache.load_or_compile(&engine, &wasm, &d, p).expect("loads");

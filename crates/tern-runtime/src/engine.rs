@@ -120,6 +120,9 @@ impl Engine {
         config.epoch_interruption(true);
         config.consume_fuel(options.fuel);
         config.max_wasm_stack(options.max_stack);
+        // Wasmtime requires the async fiber stack to hold the whole Wasm stack bound, even
+        // though Tern runs guests synchronously (WASI's async support is compiled in).
+        config.async_stack_size(options.max_stack.max(DEFAULT_MAX_STACK) + (1 << 20));
         let target = match (options.kind, &options.target) {
             (EngineKind::Pulley, _) => Some(pulley_target()),
             (EngineKind::Cranelift, Some(t)) => Some(t.clone()),

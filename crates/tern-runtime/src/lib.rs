@@ -55,12 +55,18 @@ pub enum RuntimeError {
     },
     #[error("cannot read module {}: {io}", path.display())]
     ReadModule { path: PathBuf, io: std::io::Error },
-    #[error("{} is not a module Tern can run: {reason}", path.display())]
+    #[error("{} is not a WebAssembly module or Tern artifact: {reason}", path.display())]
     BadModule { path: PathBuf, reason: String },
     #[error("{} does not compile: {reason}", path.display())]
     Compile { path: PathBuf, reason: String },
-    #[error("artifact {} cannot run on this engine: {reason}", path.display())]
-    IncompatibleArtifact { path: PathBuf, reason: String },
+    #[error("artifact {} cannot run on this engine: {reason}; {hint}", path.display())]
+    IncompatibleArtifact {
+        path: PathBuf,
+        reason: String,
+        hint: &'static str,
+    },
+    #[error("artifact {} is corrupt, nothing was loaded: {reason}; recompile it with `tern compile`", path.display())]
+    CorruptArtifact { path: PathBuf, reason: String },
     #[error("module is not a WASI command: {reason}")]
     NotACommand { reason: String },
     #[error(

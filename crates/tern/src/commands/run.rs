@@ -11,7 +11,7 @@ use anyhow::Context as _;
 use clap::Args;
 use tern_runtime::{
     ArtifactCache, DirAccess, Engine, EngineKind, EngineOptions, LimitExceeded, Limits, Outcome,
-    Policy, Preopen, Program, load_module, parse_duration, parse_size,
+    Policy, Preopen, Program, RuntimeError, load_module, parse_duration, parse_size,
 };
 
 use crate::exit;
@@ -23,38 +23,38 @@ use crate::exit;
 /// 123 fuel exhausted, 124 timeout, 125 trap; 1 when Tern cannot start the guest.
 #[derive(Debug, Args)]
 pub struct RunCommand {
-    /// Module to run: a Wasm binary, WebAssembly text, or an artifact from `tern compile`.
-    #[arg(value_name = "MODULE")]
-    module: PathBuf,
-
-    /// Arguments passed to the guest (after `--`, or after MODULE).
+    /// Module to run (a Wasm binary, WebAssembly text, or an artifact from `tern
+    /// compile`), then the guest's arguments. Everything after MODULE goes to the guest,
+    /// flags included; Tern's own options come before MODULE.
     #[arg(
-        value_name = "ARGS",
+        value_name = "MODULE [ARGS]...",
+        required = true,
+        num_args = 1..,
         trailing_var_arg = true,
         allow_hyphen_values = true
     )]
-    args: Vec<String>,
+    command: Vec<String>,
 
     /// Preopen a host directory read-write, as GUEST inside (default: same path).
     /// Repeatable.
-    #[arg(long = "dir", value_name = "HOST[::GUEST]")]
-    dirs: Vec<String>,
+    #[arg(long = "dir", value_name = "HOST[::GUEST]", value_parser = read_write_dir)]
+    dirs: Vec<Preopen>,
 
     /// Preopen a host directory read-only: writes fail inside the guest. Repeatable.
-    #[arg(long = "ro-dir", value_name = "HOST[::GUEST]")]
-    ro_dirs: Vec<String>,
+    #[arg(long = "ro-dir", value_name = "HOST[::GUEST]", value_parser = read_only_dir)]
+    ro_dirs: Vec<Preopen>,
 
-    /// Set an environment variable for the guest (KEY=VALUE; the value may contain `=`).
-    /// No host variable is passed unless given here. Repeatable.
-    #[arg(long = "env", value_name = "KEY=VALUE")]
-    envs: Vec<String>,
+    /// Set an environment variable for the guest (KEY=VALUE; the value may contain `=`;
+    /// the last of a repeated KEY wins). No host variable is passed unless given here.
+    #[arg(long = "env", value_name = "KEY=VALUE", value_parser = Policy::parse_env)]
+    envs: Vec<(String, String)>,
 
     /// Cap on the guest's linear memory, e.g. 64MiB, 512K, 2G.
     #[arg(long, value_name = "SIZE", value_parser = parse_size)]
     max_memory: Option<u64>,
 
     /// Wall-clock limit, e.g. 2s, 500ms, 5m. Stops guests that never call the host too.
-    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    #[arg(long, value_name = "DURATION", value_parser = positive_duration)]
     timeout: Option<Duration>,
 
     /// CPU budget in units of fuel (about one per Wasm instruction). Fuel metering
@@ -62,9 +62,9 @@ pub struct RunCommand {
     #[arg(long, value_name = "N")]
     fuel: Option<u64>,
 
-    /// Bound on the native stack used by Wasm frames, e.g. 512KiB, 1MiB.
-    #[arg(long, value_name = "SIZE", value_parser = parse_size, default_value = "512KiB")]
-    max_stack: u64,
+    /// Bound on the native stack used by Wasm frames, from 16KiB to 64MiB.
+    #[arg(long, value_name = "SIZE", value_parser = stack_size, default_value = "512KiB")]
+    max_stack: usize,
 
     /// Execution engine: cranelift (native code) or pulley (portable interpreter).
     #[arg(long, value_name = "ENGINE", value_parser = super::parse_engine, default_value = "cranelift")]
@@ -86,15 +86,12 @@ pub struct RunCommand {
 
 impl RunCommand {
     pub fn execute(self) -> anyhow::Result<ExitCode> {
-        let max_stack = usize::try_from(self.max_stack)
-            .ok()
-            .filter(|s| (16 * 1024..=256 << 20).contains(s))
-            .context("--max-stack must be between 16KiB and 256MiB")?;
+        let module = PathBuf::from(&self.command[0]);
         let engine = Engine::new(EngineOptions {
             kind: self.engine,
             target: None,
             fuel: self.fuel.is_some(),
-            max_stack,
+            max_stack: self.max_stack,
         })?;
         let cache = if self.no_cache {
             None
@@ -104,12 +101,12 @@ impl RunCommand {
                 .or_else(ArtifactCache::default_dir)
                 .map(ArtifactCache::new)
         };
-        let loaded = load_module(&engine, &self.module, cache.as_ref())?;
+        let policy = self.policy(&module)?;
+        let loaded = load_module(&engine, &module, cache.as_ref())?;
         tracing::debug!(digest = %loaded.digest, cache = ?loaded.cache, "module loaded");
         let program = Program::new(&engine, loaded.module)
-            .with_context(|| format!("cannot run {}", self.module.display()))?;
+            .with_context(|| format!("cannot run {}", module.display()))?;
 
-        let policy = self.policy()?;
         let limits = Limits {
             max_memory: self.max_memory,
             timeout: self.timeout,
@@ -117,39 +114,84 @@ impl RunCommand {
             ..Limits::default()
         };
         let watchdog = self.timeout.map(spawn_watchdog);
-        let outcome = program.run(&policy, &limits)?;
+        // Wasm frames live on the calling thread's stack: give the guest a thread whose
+        // stack holds the whole Wasm stack bound plus room for host frames, so that the
+        // bound, not the thread's own guard page, is what a deep guest hits.
+        let stack = self.max_stack + HOST_STACK;
+        let outcome = thread::Builder::new()
+            .name("guest".into())
+            .stack_size(stack)
+            .spawn(move || program.run(&policy, &limits))
+            .context("starting the guest thread")?
+            .join()
+            .map_err(|_| anyhow::anyhow!("the guest thread panicked"))??;
         drop(watchdog);
         Ok(report(outcome))
     }
 
-    fn policy(&self) -> anyhow::Result<Policy> {
+    fn policy(&self, module: &std::path::Path) -> anyhow::Result<Policy> {
         let argv0 = self.argv0.clone().unwrap_or_else(|| {
-            self.module
+            module
                 .file_name()
                 .map(|n| n.to_string_lossy().into_owned())
-                .unwrap_or_else(|| self.module.display().to_string())
+                .unwrap_or_else(|| module.display().to_string())
         });
-        let mut preopens = Vec::new();
-        for d in &self.dirs {
-            preopens.push(Preopen::parse(d, DirAccess::ReadWrite).context("--dir")?);
+        let preopens: Vec<Preopen> = self.dirs.iter().chain(&self.ro_dirs).cloned().collect();
+        for (i, p) in preopens.iter().enumerate() {
+            if preopens[..i].iter().any(|q| q.guest == p.guest) {
+                anyhow::bail!(
+                    "guest path `{}` is preopened twice (--dir/--ro-dir)",
+                    p.guest
+                );
+            }
         }
-        for d in &self.ro_dirs {
-            preopens.push(Preopen::parse(d, DirAccess::ReadOnly).context("--ro-dir")?);
+        // The last of a repeated key wins, as in a shell.
+        let mut env: Vec<(String, String)> = Vec::new();
+        for (k, v) in &self.envs {
+            env.retain(|(key, _)| key != k);
+            env.push((k.clone(), v.clone()));
         }
-        let env = self
-            .envs
-            .iter()
-            .map(|e| Policy::parse_env(e).context("--env"))
-            .collect::<anyhow::Result<_>>()?;
+        // `tern run app.wasm -- args`: the first `--` after MODULE only separates.
+        let mut guest_args = &self.command[1..];
+        if guest_args.first().is_some_and(|a| a == "--") {
+            guest_args = &guest_args[1..];
+        }
         Ok(Policy {
             args: std::iter::once(argv0)
-                .chain(self.args.iter().cloned())
+                .chain(guest_args.iter().cloned())
                 .collect(),
             env,
             preopens,
             inherit_stdio: true,
         })
     }
+}
+
+/// Stack reserved for host frames (Tern, Wasmtime, WASI) on the guest thread.
+const HOST_STACK: usize = 8 << 20;
+
+fn read_write_dir(spec: &str) -> Result<Preopen, RuntimeError> {
+    Preopen::parse(spec, DirAccess::ReadWrite)
+}
+
+fn read_only_dir(spec: &str) -> Result<Preopen, RuntimeError> {
+    Preopen::parse(spec, DirAccess::ReadOnly)
+}
+
+fn positive_duration(text: &str) -> Result<Duration, String> {
+    match parse_duration(text) {
+        Ok(d) if d.is_zero() => Err("the timeout must be longer than zero".into()),
+        Ok(d) => Ok(d),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+fn stack_size(text: &str) -> Result<usize, String> {
+    let bytes = parse_size(text).map_err(|e| e.to_string())?;
+    usize::try_from(bytes)
+        .ok()
+        .filter(|b| (16 << 10..=64 << 20).contains(b))
+        .ok_or_else(|| "the stack bound must be between 16KiB and 64MiB".into())
 }
 
 /// Prints how the guest ended (nothing for a normal exit) and picks the exit code.

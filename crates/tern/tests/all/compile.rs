@@ -7,9 +7,30 @@ use std::path::Path;
 use crate::support::{guest, scratch, tern};
 
 /// ELF `e_machine` of an artifact.
-fn elf_machine(path: &Path) -> u16 {
+/// Tern's artifact header: magic, then the SHA-256 of the Wasmtime artifact after it.
+const HEADER: usize = 8 + 32;
+
+/// Splits a Tern artifact into its header and Wasmtime's ELF payload.
+fn payload(path: &Path) -> Vec<u8> {
     let b = fs::read(path).expect("artifact");
-    assert_eq!(&b[..4], b"\x7fELF");
+    assert_eq!(&b[..8], b"TERNART\x01");
+    let elf = b[HEADER..].to_vec();
+    assert_eq!(&elf[..4], b"\x7fELF");
+    elf
+}
+
+/// Writes `elf` as a Tern artifact with a valid checksum, as another build would.
+fn reseal(path: &Path, elf: &[u8]) {
+    use sha2::Digest as _;
+    let mut b = b"TERNART\x01".to_vec();
+    b.extend_from_slice(&sha2::Sha256::digest(elf));
+    b.extend_from_slice(elf);
+    fs::write(path, b).expect("write artifact");
+}
+
+/// ELF `e_machine` of an artifact.
+fn elf_machine(path: &Path) -> u16 {
+    let b = payload(path);
     u16::from_le_bytes([b[18], b[19]])
 }
 
@@ -112,16 +133,60 @@ fn artifact_from_another_wasmtime_version_is_refused() {
         .arg(&out_path)
         .run()
         .succeeds();
-    let mut b = fs::read(&out_path).expect("artifact");
+    let mut b = payload(&out_path);
     // The engine section is [format version, length, Wasmtime major version, metadata].
     let engine = section_range(&b, ".wasmtime.engine");
     let len = b[engine.start + 1] as usize;
     let version = engine.start + 2..engine.start + 2 + len;
     let old = (b[version.start] - b'0' - 1 + b'0', b[version.end - 1]);
     b[version.start] = old.0;
-    fs::write(&out_path, &b).expect("write");
+    reseal(&out_path, &b);
     let r = tern(d.path()).arg("run").arg(&out_path).run();
     r.fails_with(1, "incompatible version");
+}
+
+/// A damaged artifact is refused before any of it is loaded, wherever the damage is:
+/// loading it would run corrupted native code.
+#[test]
+fn damaged_artifact_is_refused_not_run() {
+    let d = scratch();
+    let good = d.path().join("good.cwasm");
+    tern(d.path())
+        .arg("compile")
+        .arg(guest("files"))
+        .arg("-o")
+        .arg(&good)
+        .run()
+        .succeeds();
+    let bytes = fs::read(&good).expect("artifact");
+    let bad = d.path().join("bad.cwasm");
+    for offset in [
+        3,
+        20,
+        100,
+        1000,
+        5000,
+        10_000,
+        20_000,
+        50_000,
+        bytes.len() - 1,
+    ] {
+        let mut b = bytes.clone();
+        for x in &mut b[offset..(offset + 8).min(bytes.len())] {
+            *x ^= 0x5a;
+        }
+        fs::write(&bad, &b).expect("write");
+        let r = tern(d.path()).arg("run").arg(&bad).arg("/").run();
+        assert_eq!(r.stdout, "", "offset {offset}: nothing may run");
+        r.fails_with(1, "bad.cwasm");
+    }
+    let truncated = &bytes[..bytes.len() / 2];
+    fs::write(&bad, truncated).expect("write");
+    tern(d.path())
+        .arg("run")
+        .arg(&bad)
+        .run()
+        .fails_with(1, "is corrupt");
 }
 
 #[test]
@@ -139,7 +204,11 @@ fn artifact_compiled_without_fuel_is_refused_by_a_fuel_run() {
         .args(["run", "--fuel", "1000"])
         .arg(&out_path)
         .run();
-    r.fails_with(1, "nofuel.cwasm");
+    let line = r.fails_with(1, "nofuel.cwasm");
+    assert!(
+        line.contains("recompile it with `tern compile --fuel`"),
+        "{line}"
+    );
     let fuel_path = d.path().join("fuel.cwasm");
     tern(d.path())
         .args(["compile", "--fuel"])
@@ -153,6 +222,8 @@ fn artifact_compiled_without_fuel_is_refused_by_a_fuel_run() {
         .arg(&fuel_path)
         .run();
     assert_eq!(r.succeeds(), "hello from WebAssembly\n");
+    let r = tern(d.path()).arg("run").arg(&fuel_path).run();
+    r.fails_with(1, "run it with `--fuel N`");
 }
 
 #[test]

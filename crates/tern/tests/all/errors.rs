@@ -34,8 +34,9 @@ fn malformed_modules() {
         (
             "elf.cwasm",
             b"\x7fELF\x02\x01\x01\x00\x00\x00\x00\x00\x00\x00\x00\x00",
-            "not an artifact made by `tern compile`",
+            "an ELF file",
         ),
+        ("short.cwasm", b"TERNART\x01\x00", "is corrupt"),
         (
             "bad.wat",
             b"(module (func (export \"_start\") (i32.const 1)))",
@@ -95,16 +96,22 @@ fn bad_flag_values_name_the_flag() {
         (&["--engine", "v8"], 2, "unknown engine `v8`"),
         (
             &["--env", "NOEQUALS"],
-            1,
-            "--env: invalid environment variable `NOEQUALS`",
+            2,
+            "invalid environment variable `NOEQUALS`",
         ),
-        (&["--dir", "::/x"], 1, "--dir: invalid directory"),
+        (&["--dir", "::/x"], 2, "invalid directory `::/x`"),
         (
             &["--dir", "/no/such/dir::/d"],
             1,
             "cannot preopen directory /no/such/dir",
         ),
-        (&["--max-stack", "1K"], 1, "--max-stack"),
+        (&["--max-stack", "1K"], 2, "between 16KiB and 64MiB"),
+        (&["--timeout", "0s"], 2, "longer than zero"),
+        (
+            &["--dir", "/tmp::/x", "--ro-dir", "/tmp::/x"],
+            1,
+            "`/x` is preopened twice",
+        ),
     ];
     for (flags, code, needle) in cases {
         let r = tern(d.path()).arg("run").args(*flags).arg(&hello).run();

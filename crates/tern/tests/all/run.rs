@@ -154,3 +154,35 @@ fn pulley_matches_cranelift() {
         assert!(!c.stdout.is_empty());
     }
 }
+
+/// Everything after MODULE belongs to the guest, even what looks like Tern's flags.
+#[test]
+fn flags_after_the_module_go_to_the_guest() {
+    let d = scratch();
+    let out = tern(d.path())
+        .arg("run")
+        .arg(guest("args_env"))
+        .args(["--env", "A=1", "--help", "--", "x"])
+        .run();
+    let text = out.succeeds();
+    assert!(
+        text.contains("argc=6\n") && text.contains("argv[1]=--env\nargv[2]=A=1\nargv[3]=--help\n"),
+        "{text}"
+    );
+    assert!(
+        text.contains("argv[4]=--\nargv[5]=x\n"),
+        "only the first `--` separates: {text}"
+    );
+    assert!(text.contains("envc=0\n"), "{text}");
+}
+
+#[test]
+fn repeated_environment_key_keeps_the_last_value() {
+    let d = scratch();
+    let out = tern(d.path())
+        .args(["run", "--env", "K=first", "--env", "K=second=2"])
+        .arg(guest("args_env"))
+        .run();
+    let text = out.succeeds();
+    assert!(text.contains("env: K=second=2\nenvc=1\n"), "{text}");
+}
