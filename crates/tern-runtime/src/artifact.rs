@@ -284,6 +284,10 @@ fn incompatibility_hint(reason: &str) -> &'static str {
         "it was compiled with `--fuel`: run it with `--fuel N`, or recompile without `--fuel`"
     } else if reason.contains("without fuel support") {
         "recompile it with `tern compile --fuel` to run it with `--fuel`"
+    } else if reason.contains("with epoch interruption") {
+        "it was compiled with `--interruptible`: run it with `--timeout`, or recompile without"
+    } else if reason.contains("without epoch interruption") {
+        "recompile it with `tern compile --interruptible` to run it with `--timeout`"
     } else {
         "recompile it from the .wasm with this `tern compile`"
     }

@@ -4,8 +4,10 @@
 //! [`Engine`] wraps a `wasmtime::Engine` with the [`EngineOptions`] that made it and a
 //! stable [`Engine::fingerprint`], the part of an artifact cache key that says "code
 //! compiled by this engine can be loaded by that one". Every engine is compiled with
-//! epoch interruption, so a wall-clock deadline can stop a guest that never calls the
-//! host; the epoch ticker thread starts only when a deadline is first asked for.
+//! epoch interruption when asked ([`EngineOptions::interruptible`]), so a wall-clock
+//! deadline can stop a guest that never calls the host; the epoch ticker thread starts
+//! only when a deadline is first asked for. Without it, generated code carries no
+//! deadline checks at all.
 
 use std::fmt;
 use std::hash::{Hash, Hasher};
@@ -77,6 +79,10 @@ pub struct EngineOptions {
     pub fuel: bool,
     /// Bound on the native stack Wasm frames may use, in bytes.
     pub max_stack: usize,
+    /// Compile in epoch checks at function entries and loop headers, so that
+    /// [`crate::Limits::timeout`] can stop a guest in a loop that never calls the host.
+    /// Costs a little speed in tight loops, so it is off unless a deadline is wanted.
+    pub interruptible: bool,
 }
 
 impl Default for EngineOptions {
@@ -86,6 +92,7 @@ impl Default for EngineOptions {
             target: None,
             fuel: false,
             max_stack: DEFAULT_MAX_STACK,
+            interruptible: false,
         }
     }
 }
@@ -117,7 +124,7 @@ impl Engine {
     /// settings is unsupported by Wasmtime.
     pub fn new(options: EngineOptions) -> Result<Engine, RuntimeError> {
         let mut config = wasmtime::Config::new();
-        config.epoch_interruption(true);
+        config.epoch_interruption(options.interruptible);
         config.consume_fuel(options.fuel);
         config.max_wasm_stack(options.max_stack);
         // Wasmtime requires the async fiber stack to hold the whole Wasm stack bound, even
@@ -235,6 +242,7 @@ fn fingerprint(engine: &wasmtime::Engine, options: &EngineOptions, target: &str)
     options.kind.as_str().hash(&mut h);
     target.hash(&mut h);
     options.fuel.hash(&mut h);
+    options.interruptible.hash(&mut h);
     hex::encode(&h.0.finalize()[..16])
 }
 
@@ -264,7 +272,12 @@ mod tests {
             target: Some("aarch64-unknown-linux-gnu".into()),
             ..EngineOptions::default()
         });
+        let epochs = engine(EngineOptions {
+            interruptible: true,
+            ..EngineOptions::default()
+        });
         let prints = [
+            epochs.fingerprint(),
             a.fingerprint(),
             pulley.fingerprint(),
             fuel.fingerprint(),

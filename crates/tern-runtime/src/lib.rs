@@ -77,4 +77,6 @@ pub enum RuntimeError {
     Preopen { path: PathBuf, reason: String },
     #[error("a fuel budget needs an engine built with fuel metering")]
     FuelNeedsFuelEngine,
+    #[error("a timeout needs an engine built with `interruptible` (epoch checks)")]
+    TimeoutNeedsInterruptibleEngine,
 }

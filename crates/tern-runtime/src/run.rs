@@ -132,6 +132,9 @@ impl Program {
             })?;
         }
         match limits.timeout {
+            Some(_) if !self.engine.options().interruptible => {
+                return Err(RuntimeError::TimeoutNeedsInterruptibleEngine);
+            }
             Some(limit) => {
                 self.engine.ensure_ticker();
                 let deadline = Instant::now() + limit;
@@ -144,7 +147,8 @@ impl Program {
                     }
                 });
             }
-            None => store.set_epoch_deadline(NO_DEADLINE),
+            None if self.engine.options().interruptible => store.set_epoch_deadline(NO_DEADLINE),
+            None => {}
         }
 
         let result = self.pre.instantiate(&mut store).and_then(|instance| {
@@ -222,7 +226,11 @@ mod tests {
     use crate::EngineOptions;
 
     fn program(wat: &str) -> Result<Program, RuntimeError> {
-        let engine = Engine::new(EngineOptions::default()).expect("default engine");
+        let engine = Engine::new(EngineOptions {
+            interruptible: true,
+            ..EngineOptions::default()
+        })
+        .expect("interruptible engine");
         let module = wasmtime::Module::new(engine.wasmtime(), wat).expect("valid wat");
         Program::new(&engine, module)
     }
@@ -305,6 +313,23 @@ mod tests {
             (func (export "_start")))"#;
         let err = program(foreign).expect_err("unknown import");
         assert!(err.to_string().contains("launch_missiles"), "{err}");
+    }
+
+    #[test]
+    fn timeout_needs_interruptible_engine() {
+        let engine = Engine::new(EngineOptions::default()).expect("default engine");
+        let module = wasmtime::Module::new(engine.wasmtime(), EXIT_7).expect("valid wat");
+        let p = Program::new(&engine, module).expect("links");
+        assert_eq!(
+            p.run(&Policy::default(), &Limits::default()).ok(),
+            Some(Outcome::Exited(7))
+        );
+        let limits = Limits {
+            timeout: Some(Duration::from_secs(1)),
+            ..Limits::default()
+        };
+        let err = p.run(&Policy::default(), &limits).expect_err("no epochs");
+        assert!(matches!(err, RuntimeError::TimeoutNeedsInterruptibleEngine));
     }
 
     #[test]

@@ -34,6 +34,10 @@ pub struct CompileCommand {
     /// Compile in fuel metering, for `tern run --fuel`.
     #[arg(long)]
     fuel: bool,
+
+    /// Compile in deadline checks, for `tern run --timeout`.
+    #[arg(long)]
+    interruptible: bool,
 }
 
 impl CompileCommand {
@@ -47,6 +51,7 @@ impl CompileCommand {
             kind: self.engine,
             target: self.target.clone(),
             fuel: self.fuel,
+            interruptible: self.interruptible,
             ..EngineOptions::default()
         })?;
         let bytes = std::fs::read(&self.module)
