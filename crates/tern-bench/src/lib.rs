@@ -8,6 +8,7 @@
 //! - [`startup`]: `tern bench startup`, instantiation latency and process wall time.
 //! - [`runner`]: native, Tern and peer runners.
 //! - [`polybench`]: `tern bench polybench`.
+//! - [`sqlite`]: `tern bench sqlite` (speedtest1).
 //! - [`report`]: suite results, ratio tables.
 
 pub mod plot;
@@ -15,6 +16,7 @@ pub mod polybench;
 pub mod progress;
 pub mod report;
 pub mod runner;
+pub mod sqlite;
 pub mod startup;
 pub mod stats;
 pub mod table;

@@ -44,11 +44,12 @@ impl SuiteReport {
         Summary::of(&d)
     }
 
-    /// Median time of `runner` over the baseline's, for one item.
+    /// Median time of `runner` over the baseline's, for one item; `None` when either is
+    /// zero (a test too short for its timer's resolution says nothing about speed).
     pub fn ratio(&self, item: &str, runner: &str) -> Option<f64> {
         let base = self.summary(item, self.runners.first()?)?.median;
         let r = self.summary(item, runner)?.median;
-        (base > 0.0).then(|| r / base)
+        (base > 0.0 && r > 0.0).then(|| r / base)
     }
 
     /// Geometric mean and median of the per-item ratios of `runner`.
@@ -147,7 +148,11 @@ mod tests {
     /// Ratios are medians over the baseline's; the geomean of 2 and 0.5 is 1.
     #[test]
     fn ratios_and_aggregates() {
-        let r = report();
+        let mut r = report();
+        r.items.push("too-short".into());
+        r.push("too-short", "native", 0.001);
+        r.push("too-short", "wasm", 0.0);
+        assert_eq!(r.ratio("too-short", "wasm"), None);
         assert_eq!(r.ratio("a", "wasm"), Some(2.0));
         assert_eq!(r.ratio("b", "wasm"), Some(0.5));
         let (g, m) = r.aggregate("wasm").expect("ratios");

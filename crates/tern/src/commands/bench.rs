@@ -9,6 +9,7 @@ use tern_bench::polybench::{self, Dataset};
 use tern_bench::progress::Progress;
 use tern_bench::report::SuiteReport;
 use tern_bench::runner::{self, Build, Runner};
+use tern_bench::sqlite::{self, Storage};
 use tern_bench::startup::{self, StartupOptions};
 
 /// Measure Tern end to end and print tables with medians and spreads.
@@ -26,6 +27,29 @@ enum Suite {
     /// PolyBench/C 4.2.1: 30 kernels, native (clang -O3) against Tern and peer
     /// runtimes, scalar and SIMD Wasm builds; checksums must match native.
     Polybench(PolybenchArgs),
+    /// SQLite's speedtest1 (from Debian's sqlite3 source package, with the amalgamation
+    /// of the libsqlite3-sys crate), in memory and on disk, native against Tern and peers.
+    Sqlite(SqliteArgs),
+}
+
+#[derive(Debug, Args)]
+struct SqliteArgs {
+    /// speedtest1 --size (100 is the usual benchmark; 5 is a quick check).
+    #[arg(long, default_value_t = 100)]
+    size: u32,
+    /// Database storage: memdb (the paper's setting), disk (a file in a preopened
+    /// directory) or both.
+    #[arg(long, default_value = "both", value_parser = ["memdb", "disk", "both"])]
+    storage: String,
+    /// Test numbers to report, comma-separated (e.g. 100,410) [default: all]; TOTAL is
+    /// always reported.
+    #[arg(long, value_delimiter = ',', value_name = "IDS")]
+    tests: Vec<String>,
+    /// Where fetched sources and builds are kept.
+    #[arg(long, value_name = "DIR", default_value = "target/sqlite-src")]
+    sources: PathBuf,
+    #[command(flatten)]
+    common: RuntimeArgs,
 }
 
 /// Options shared by the suites that compare runtimes.
@@ -179,6 +203,44 @@ impl BenchCommand {
                     ..SuiteReport::default()
                 };
                 polybench::measure(&programs, &runners, a.common.runs, &mut report, &progress)?;
+                a.common.finish(&report)
+            }
+            Suite::Sqlite(a) => {
+                if a.common.runs == 0 {
+                    anyhow::bail!("--runs must be at least 1");
+                }
+                let progress = Progress::new(
+                    !a.common.quiet && std::io::IsTerminal::is_terminal(&std::io::stderr()),
+                );
+                eprintln!("sqlite: sources and builds in {}", a.sources.display());
+                let sources = sqlite::obtain_sources(&a.sources)?;
+                let program = sqlite::build(&sources, &progress)?;
+                let scratch = tempfile::tempdir().context("creating a scratch directory")?;
+                let (runners, skipped) = a.common.runners(scratch.path())?;
+                let mut report = SuiteReport {
+                    suite: "sqlite speedtest1".into(),
+                    setting: format!("--size {}, {} runs, clang-19 -O2", a.size, a.common.runs),
+                    runners: runners.iter().map(|r| r.name.clone()).collect(),
+                    skipped,
+                    ..SuiteReport::default()
+                };
+                let storages: &[Storage] = match a.storage.as_str() {
+                    "memdb" => &[Storage::Memory],
+                    "disk" => &[Storage::Disk],
+                    _ => &[Storage::Memory, Storage::Disk],
+                };
+                for &storage in storages {
+                    sqlite::measure(
+                        &program,
+                        &runners,
+                        a.size,
+                        storage,
+                        &a.tests,
+                        a.common.runs,
+                        &mut report,
+                        &progress,
+                    )?;
+                }
                 a.common.finish(&report)
             }
         }

@@ -45,3 +45,93 @@ fn startup_bench_reports_every_runner_and_sample() {
         assert!(r["summary"]["median"].as_f64().expect("median") > 0.0);
     }
 }
+
+fn samples(report: &serde_json::Value, item: &str, runner: &str) -> usize {
+    report["samples"][item][runner]
+        .as_array()
+        .map_or(0, |s| s.len())
+}
+
+/// All 30 kernels build three ways and run on native and Tern (scalar and SIMD) with
+/// matching checksums; a mismatch would fail the command.
+#[test]
+fn polybench_mini_runs_every_kernel_with_matching_checksums() {
+    let d = scratch();
+    let json = d.path().join("polybench.json");
+    let out = tern(d.path())
+        .args([
+            "bench",
+            "polybench",
+            "--size",
+            "mini",
+            "--runs",
+            "1",
+            "--no-peers",
+            "-q",
+        ])
+        .arg("--json")
+        .arg(&json)
+        .arg("--plot")
+        .arg(d.path().join("polybench.svg"))
+        .run();
+    let text = out.succeeds();
+    assert!(text.contains("| **geomean**"), "{text}");
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&json).expect("json")).expect("valid json");
+    let items = report["items"].as_array().expect("items");
+    assert_eq!(items.len(), 30);
+    for item in items {
+        let item = item.as_str().expect("name");
+        for runner in ["native", "tern", "tern-simd"] {
+            assert_eq!(samples(&report, item, runner), 1, "{item} on {runner}");
+        }
+    }
+    assert!(d.path().join("polybench.png").exists());
+}
+
+/// speedtest1 is fetched, built, verified against native and timed in memory and on
+/// disk. The sources are kept across test runs in the target directory.
+#[test]
+fn sqlite_speedtest1_runs_in_memory_and_on_disk() {
+    let d = scratch();
+    let sources = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("sqlite-src");
+    let json = d.path().join("sqlite.json");
+    let out = tern(d.path())
+        // Fetching the amalgamation runs `cargo vendor`.
+        .inherit(&["HOME", "CARGO_HOME", "RUSTUP_HOME", "RUSTUP_TOOLCHAIN"])
+        .args([
+            "bench",
+            "sqlite",
+            "--size",
+            "5",
+            "--runs",
+            "1",
+            "--no-peers",
+            "-q",
+            "--sources",
+        ])
+        .arg(&sources)
+        .arg("--json")
+        .arg(&json)
+        .run();
+    let text = out.succeeds();
+    assert!(
+        text.contains("memdb: TOTAL") && text.contains("disk: TOTAL"),
+        "{text}"
+    );
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&json).expect("json")).expect("valid json");
+    for item in [
+        "memdb: TOTAL",
+        "disk: TOTAL",
+        "memdb: 100 2500 INSERTs into table with no index",
+    ] {
+        for runner in ["native", "tern", "tern-simd"] {
+            assert_eq!(
+                samples(&report, item, runner),
+                1,
+                "{item} on {runner}: {text}"
+            );
+        }
+    }
+}

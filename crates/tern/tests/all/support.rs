@@ -104,6 +104,16 @@ impl Tern {
         self
     }
 
+    /// Passes these variables of the test's environment through, when set.
+    pub fn inherit(mut self, vars: &[&str]) -> Tern {
+        for v in vars {
+            if let Some(value) = std::env::var_os(v) {
+                self.cmd.env(v, value);
+            }
+        }
+        self
+    }
+
     pub fn env(mut self, k: &str, v: &str) -> Tern {
         self.cmd.env(k, v);
         self
