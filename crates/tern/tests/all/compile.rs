@@ -55,20 +55,25 @@ fn section_range(b: &[u8], wanted: &str) -> std::ops::Range<usize> {
     panic!("no section {wanted}");
 }
 
+/// `tern compile FLAGS GUEST -o OUT`, which must succeed; returns its stdout.
+fn compile(dir: &Path, flags: &[&str], guest_name: &str, out: &Path) -> String {
+    tern(dir)
+        .arg("compile")
+        .args(flags)
+        .arg(guest(guest_name))
+        .arg("-o")
+        .arg(out)
+        .run()
+        .succeeds()
+        .to_owned()
+}
+
 #[test]
 fn native_artifact_runs_like_the_module() {
     let d = scratch();
     let out_path = d.path().join("hello.cwasm");
-    let c = tern(d.path())
-        .arg("compile")
-        .arg(guest("hello"))
-        .arg("-o")
-        .arg(&out_path)
-        .run();
-    assert!(
-        c.succeeds().contains("x86_64") || c.stdout.contains("aarch64"),
-        "{c:?}"
-    );
+    let c = compile(d.path(), &[], "hello", &out_path);
+    assert!(c.contains("x86_64") || c.contains("aarch64"), "{c}");
     let r = tern(d.path()).arg("run").arg(&out_path).run();
     assert_eq!(r.succeeds(), "hello from WebAssembly\n");
 }
@@ -86,13 +91,13 @@ fn default_output_replaces_the_extension() {
 fn cross_compiles_for_aarch64_and_refuses_to_run_it_here() {
     let d = scratch();
     let out_path = d.path().join("hello-arm64.cwasm");
-    let c = tern(d.path())
-        .args(["compile", "--target", "aarch64-unknown-linux-gnu"])
-        .arg(guest("hello"))
-        .arg("-o")
-        .arg(&out_path)
-        .run();
-    assert!(c.succeeds().contains("aarch64-unknown-linux-gnu"), "{c:?}");
+    let c = compile(
+        d.path(),
+        &["--target", "aarch64-unknown-linux-gnu"],
+        "hello",
+        &out_path,
+    );
+    assert!(c.contains("aarch64-unknown-linux-gnu"), "{c}");
     const EM_AARCH64: u16 = 183;
     assert_eq!(elf_machine(&out_path), EM_AARCH64);
     if cfg!(target_arch = "x86_64") {
@@ -106,13 +111,7 @@ fn cross_compiles_for_aarch64_and_refuses_to_run_it_here() {
 fn pulley_artifact_needs_the_pulley_engine() {
     let d = scratch();
     let out_path = d.path().join("hello.pulley.cwasm");
-    tern(d.path())
-        .args(["compile", "--engine", "pulley"])
-        .arg(guest("hello"))
-        .arg("-o")
-        .arg(&out_path)
-        .run()
-        .succeeds();
+    compile(d.path(), &["--engine", "pulley"], "hello", &out_path);
     let r = tern(d.path())
         .args(["run", "--engine", "pulley"])
         .arg(&out_path)
@@ -126,13 +125,7 @@ fn pulley_artifact_needs_the_pulley_engine() {
 fn artifact_from_another_wasmtime_version_is_refused() {
     let d = scratch();
     let out_path = d.path().join("old.cwasm");
-    tern(d.path())
-        .arg("compile")
-        .arg(guest("hello"))
-        .arg("-o")
-        .arg(&out_path)
-        .run()
-        .succeeds();
+    compile(d.path(), &[], "hello", &out_path);
     let mut b = payload(&out_path);
     // The engine section is [format version, length, Wasmtime major version, metadata].
     let engine = section_range(&b, ".wasmtime.engine");
@@ -151,13 +144,7 @@ fn artifact_from_another_wasmtime_version_is_refused() {
 fn damaged_artifact_is_refused_not_run() {
     let d = scratch();
     let good = d.path().join("good.cwasm");
-    tern(d.path())
-        .arg("compile")
-        .arg(guest("files"))
-        .arg("-o")
-        .arg(&good)
-        .run()
-        .succeeds();
+    compile(d.path(), &[], "files", &good);
     let bytes = fs::read(&good).expect("artifact");
     let bad = d.path().join("bad.cwasm");
     for offset in [
@@ -193,13 +180,7 @@ fn damaged_artifact_is_refused_not_run() {
 fn artifact_compiled_without_fuel_is_refused_by_a_fuel_run() {
     let d = scratch();
     let out_path = d.path().join("nofuel.cwasm");
-    tern(d.path())
-        .arg("compile")
-        .arg(guest("hello"))
-        .arg("-o")
-        .arg(&out_path)
-        .run()
-        .succeeds();
+    compile(d.path(), &[], "hello", &out_path);
     let r = tern(d.path())
         .args(["run", "--fuel", "1000"])
         .arg(&out_path)
@@ -210,13 +191,7 @@ fn artifact_compiled_without_fuel_is_refused_by_a_fuel_run() {
         "{line}"
     );
     let fuel_path = d.path().join("fuel.cwasm");
-    tern(d.path())
-        .args(["compile", "--fuel"])
-        .arg(guest("hello"))
-        .arg("-o")
-        .arg(&fuel_path)
-        .run()
-        .succeeds();
+    compile(d.path(), &["--fuel"], "hello", &fuel_path);
     let r = tern(d.path())
         .args(["run", "--fuel", "100000000"])
         .arg(&fuel_path)
