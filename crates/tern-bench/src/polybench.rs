@@ -155,15 +155,27 @@ pub fn measure(
     progress: &Progress,
 ) -> anyhow::Result<()> {
     let bar = progress.bar("running", (programs.len() * runs * runners.len()) as u64);
+    let mut active: Vec<&Runner> = runners.iter().collect();
     for (name, program) in programs {
         report.items.push(name.clone());
         let mut expected: Option<String> = None;
         for _ in 0..runs {
-            for runner in runners {
+            let mut failed = Vec::new();
+            for runner in &active {
                 bar.set_message(format!("{name} on {}", runner.name));
-                let out = runner.run(program, &[], None)?;
-                let (checksum, time) =
-                    parse_output(&out).with_context(|| format!("{name} on {}", runner.name))?;
+                let result = runner
+                    .run(program, &[], None)
+                    .and_then(|out| parse_output(&out))
+                    .with_context(|| format!("{name} on {}", runner.name));
+                let (checksum, time) = match result {
+                    Ok(r) => r,
+                    Err(e) if runner.is_peer() => {
+                        report.drop_runner(&runner.name, format!("failed: {e:#}"));
+                        failed.push(runner.name.clone());
+                        continue;
+                    }
+                    Err(e) => return Err(e),
+                };
                 match &expected {
                     None => expected = Some(checksum),
                     Some(e) if *e != checksum => bail!(
@@ -176,6 +188,7 @@ pub fn measure(
                 report.push(name, &runner.name, time);
                 bar.inc(1);
             }
+            active.retain(|r| !failed.contains(&r.name));
         }
     }
     bar.finish();
@@ -214,6 +227,69 @@ mod tests {
         assert_eq!((c.as_str(), t), ("00ff", 0.5));
         assert!(parse_output("time: 1\n").is_err());
         assert!(parse_output("checksum: 1\ntime: soon\n").is_err());
+    }
+
+    /// A peer that fails is dropped with its reason; a peer with another checksum fails
+    /// the whole run.
+    #[test]
+    fn failing_peer_is_dropped_and_wrong_checksum_fails() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let native = dir.path().join("kernel");
+        std::fs::write(
+            &native,
+            "#!/bin/sh\necho 'checksum: 00aa'; echo 'time: 0.5'\n",
+        )
+        .expect("script");
+        std::fs::set_permissions(&native, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+        let program = Program {
+            native: native.clone(),
+            wasm: native.clone(),
+            wasm_simd: native,
+        };
+        let programs = vec![("k".to_owned(), program)];
+        let runners = vec![
+            Runner::native(),
+            Runner::template(
+                "same",
+                "printf 'checksum: 00aa\\ntime: 0.6\\n'",
+                Build::Wasm,
+            ),
+            Runner::template("broken", "echo boom >&2; exit 3", Build::Wasm),
+        ];
+        let mut report = SuiteReport {
+            runners: runners.iter().map(|r| r.name.clone()).collect(),
+            ..SuiteReport::default()
+        };
+        measure(&programs, &runners, 2, &mut report, &Progress::new(false)).expect("runs");
+        assert_eq!(report.runners, ["native", "same"]);
+        assert!(
+            report.skipped[0].0 == "broken" && report.skipped[0].1.contains("boom"),
+            "{:?}",
+            report.skipped
+        );
+        assert_eq!(report.ratio("k", "same"), Some(1.2));
+
+        let liar = vec![
+            Runner::native(),
+            Runner::template(
+                "liar",
+                "printf 'checksum: 00bb\\ntime: 0.6\\n'",
+                Build::Wasm,
+            ),
+        ];
+        let err = measure(
+            &programs,
+            &liar,
+            1,
+            &mut SuiteReport::default(),
+            &Progress::new(false),
+        )
+        .expect_err("checksum differs");
+        assert!(
+            err.to_string().contains("checksum mismatch: k on liar"),
+            "{err}"
+        );
     }
 
     #[test]

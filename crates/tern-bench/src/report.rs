@@ -26,6 +26,15 @@ pub struct SuiteReport {
 }
 
 impl SuiteReport {
+    /// Drops a runner that failed, keeping why.
+    pub fn drop_runner(&mut self, runner: &str, why: String) {
+        self.runners.retain(|r| r != runner);
+        for per_runner in self.samples.values_mut() {
+            per_runner.remove(runner);
+        }
+        self.skipped.push((runner.to_owned(), why));
+    }
+
     pub fn push(&mut self, item: &str, runner: &str, seconds: f64) {
         self.samples
             .entry(item.to_owned())

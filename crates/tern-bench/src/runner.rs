@@ -101,6 +101,12 @@ impl Runner {
         }
     }
 
+    /// Whether this runner is a peer runtime: its failure drops it from the run (with the
+    /// reason reported), where a failure of native or Tern fails the run.
+    pub fn is_peer(&self) -> bool {
+        matches!(self.how, How::Script { .. } | How::Template(_))
+    }
+
     /// Runs `program` with `args`, with `dir` preopened as `/data` when given, and
     /// returns its stdout.
     ///

@@ -70,6 +70,8 @@ pub struct Sources {
 /// When apt or cargo cannot fetch them; the message says which step failed and why.
 pub fn obtain_sources(dir: &Path) -> anyhow::Result<Sources> {
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    // Runners start in a scratch directory: every path handed to them must be absolute.
+    let dir = &std::path::absolute(dir).with_context(|| format!("resolving {}", dir.display()))?;
     let speedtest1 = dir.join("speedtest1.c");
     if !speedtest1.exists() {
         fetch_speedtest1(dir, &speedtest1)?;
@@ -334,9 +336,20 @@ pub fn measure(
 
     let bar = progress.bar(storage.name(), (runners.len() * (runs + 1)) as u64);
     let mut expected: Option<String> = None;
+    let mut active: Vec<&Runner> = Vec::new();
     for runner in runners {
+        if !report.runners.contains(&runner.name) {
+            continue;
+        }
         bar.set_message(format!("verifying on {}", runner.name));
-        let hash = verification_hash(&run(runner, true)?)?;
+        let hash = match run(runner, true).and_then(|out| verification_hash(&out)) {
+            Ok(h) => h,
+            Err(e) if runner.is_peer() => {
+                report.drop_runner(&runner.name, format!("failed: {e:#}"));
+                continue;
+            }
+            Err(e) => return Err(e),
+        };
         match &expected {
             None => expected = Some(hash),
             Some(e) if *e != hash => bail!(
@@ -347,12 +360,23 @@ pub fn measure(
             ),
             Some(_) => {}
         }
+        active.push(runner);
         bar.inc(1);
     }
     for _ in 0..runs {
-        for runner in runners {
+        let mut failed = Vec::new();
+        for runner in &active {
             bar.set_message(format!("on {}", runner.name));
-            for (test, seconds) in parse_output(&run(runner, false)?)? {
+            let out = match run(runner, false).and_then(|o| parse_output(&o)) {
+                Ok(out) => out,
+                Err(e) if runner.is_peer() => {
+                    report.drop_runner(&runner.name, format!("failed: {e:#}"));
+                    failed.push(runner.name.clone());
+                    continue;
+                }
+                Err(e) => return Err(e),
+            };
+            for (test, seconds) in out {
                 let id = test.split(' ').next().unwrap_or_default();
                 if test != "TOTAL" && !tests.is_empty() && !tests.iter().any(|t| t == id) {
                     continue;
@@ -365,6 +389,7 @@ pub fn measure(
             }
             bar.inc(1);
         }
+        active.retain(|r| !failed.contains(&r.name));
     }
     bar.finish();
     Ok(())
