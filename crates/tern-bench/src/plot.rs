@@ -58,13 +58,24 @@ pub fn write(report: &SuiteReport, path: &Path) -> anyhow::Result<()> {
 }
 
 const BAR: u32 = 7;
-const LEFT: u32 = 130;
 const RIGHT: u32 = 170;
+
+/// Room left of the plot for the longest item name (about 7 px a character at 13 px).
+fn left_margin(report: &SuiteReport) -> u32 {
+    let longest = report
+        .items
+        .iter()
+        .map(|i| i.chars().count())
+        .max()
+        .unwrap_or(8)
+        .max(8);
+    30 + 7 * longest as u32
+}
 
 fn dimensions(report: &SuiteReport) -> (u32, u32) {
     let bars = report.runners.len().saturating_sub(1).max(1) as u32;
     let groups = report.items.len() as u32 + 1;
-    (1100, 140 + groups * (bars * BAR + 8))
+    (950 + left_margin(report), 140 + groups * (bars * BAR + 8))
 }
 
 fn draw<DB: DrawingBackend>(
@@ -114,7 +125,7 @@ where
             ("sans-serif", 18),
         )
         .margin(12)
-        .margin_left(LEFT)
+        .margin_left(left_margin(report))
         .margin_right(RIGHT)
         .x_label_area_size(40)
         .y_label_area_size(0)
@@ -125,8 +136,8 @@ where
         .disable_y_mesh()
         .y_labels(0)
         .x_desc(format!("time / {base} time"))
-        .x_labels(6)
-        .x_label_formatter(&|v| format!("{v:.1}"))
+        .x_labels(12)
+        .x_label_formatter(&|v| format!("{v:.2}"))
         .label_style(("sans-serif", 13))
         .draw()
         .map_err(err)?;
@@ -176,8 +187,12 @@ where
                 plotters::style::text_anchor::VPos::Center,
             ),
         );
-        root.draw(&Text::new(name.clone(), (LEFT as i32 + 4, py), style))
-            .map_err(err)?;
+        root.draw(&Text::new(
+            name.clone(),
+            (left_margin(report) as i32 - 10, py),
+            style,
+        ))
+        .map_err(err)?;
     }
     root.present().map_err(err)?;
     Ok(())

@@ -3,13 +3,13 @@
 
 use std::collections::BTreeMap;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::stats::{Summary, geomean, human};
 use crate::table::Table;
 
 /// Every sample of a suite run, in seconds.
-#[derive(Debug, Clone, Default, Serialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct SuiteReport {
     /// `polybench` or `sqlite`.
     pub suite: String,

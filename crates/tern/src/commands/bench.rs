@@ -30,6 +30,19 @@ enum Suite {
     /// SQLite's speedtest1 (from Debian's sqlite3 source package, with the amalgamation
     /// of the libsqlite3-sys crate), in memory and on disk, native against Tern and peers.
     Sqlite(SqliteArgs),
+    /// Print the table of a saved run (`--json` of polybench or sqlite) again, and
+    /// optionally plot it, without running anything.
+    Report(ReportArgs),
+}
+
+#[derive(Debug, Args)]
+struct ReportArgs {
+    /// A JSON file written by `tern bench polybench|sqlite --json`.
+    #[arg(value_name = "FILE.json")]
+    json: PathBuf,
+    /// Draw it to FILE.svg and FILE.png.
+    #[arg(long, value_name = "FILE.svg")]
+    plot: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -204,6 +217,21 @@ impl BenchCommand {
                 };
                 polybench::measure(&programs, &runners, a.common.runs, &mut report, &progress)?;
                 a.common.finish(&report)
+            }
+            Suite::Report(a) => {
+                let text = std::fs::read_to_string(&a.json)
+                    .with_context(|| format!("reading {}", a.json.display()))?;
+                let report: SuiteReport = serde_json::from_str(&text).with_context(|| {
+                    format!(
+                        "{} is not a saved polybench or sqlite run",
+                        a.json.display()
+                    )
+                })?;
+                print!("{}", report.render());
+                if let Some(path) = &a.plot {
+                    tern_bench::plot::write(&report, path)?;
+                }
+                Ok(())
             }
             Suite::Sqlite(a) => {
                 if a.common.runs == 0 {
