@@ -87,6 +87,18 @@ fn polybench_mini_runs_every_kernel_with_matching_checksums() {
         }
     }
     assert!(d.path().join("polybench.png").exists());
+
+    // A saved run renders the same table again, without running anything.
+    let again = tern(d.path()).args(["bench", "report"]).arg(&json).run();
+    let table = text
+        .split_once('\n')
+        .map(|(_, rest)| rest)
+        .unwrap_or_default();
+    assert_eq!(again.succeeds(), table, "the machine line is not saved");
+    let junk = d.path().join("junk.json");
+    std::fs::write(&junk, "{}").expect("write");
+    let bad = tern(d.path()).args(["bench", "report"]).arg(&junk).run();
+    assert_eq!(bad.code, Some(1), "{bad:?}");
 }
 
 /// speedtest1 is fetched, built, verified against native and timed in memory and on
