@@ -166,7 +166,11 @@ impl Runner {
                 c
             }
         };
+        // Rust runtimes (Tern, Wasmtime) capture a backtrace for every error when these
+        // are set, WASI errno returns included: a developer's shell must not slow them.
         let out = cmd
+            .env_remove("RUST_BACKTRACE")
+            .env_remove("RUST_LIB_BACKTRACE")
             .stdin(Stdio::null())
             .output()
             .with_context(|| format!("starting runner {}", self.name))?;
