@@ -167,14 +167,9 @@ pub fn measure(
                     .run(program, &[], None)
                     .and_then(|out| parse_output(&out))
                     .with_context(|| format!("{name} on {}", runner.name));
-                let (checksum, time) = match result {
-                    Ok(r) => r,
-                    Err(e) if runner.is_peer() => {
-                        report.drop_runner(&runner.name, format!("failed: {e:#}"));
-                        failed.push(runner.name.clone());
-                        continue;
-                    }
-                    Err(e) => return Err(e),
+                let Some((checksum, time)) = report.tolerate_peer(runner, result)? else {
+                    failed.push(runner.name.clone());
+                    continue;
                 };
                 match &expected {
                     None => expected = Some(checksum),

@@ -35,6 +35,26 @@ impl SuiteReport {
         self.skipped.push((runner.to_owned(), why));
     }
 
+    /// Passes a runner's result through, except that a failed peer is dropped (with its
+    /// reason) and gives `Ok(None)`; a failure of native or Tern stays an error.
+    ///
+    /// # Errors
+    /// `result`'s error when `runner` is not a peer.
+    pub fn tolerate_peer<T>(
+        &mut self,
+        runner: &crate::runner::Runner,
+        result: anyhow::Result<T>,
+    ) -> anyhow::Result<Option<T>> {
+        match result {
+            Ok(v) => Ok(Some(v)),
+            Err(e) if runner.is_peer() => {
+                self.drop_runner(&runner.name, format!("failed: {e:#}"));
+                Ok(None)
+            }
+            Err(e) => Err(e),
+        }
+    }
+
     pub fn push(&mut self, item: &str, runner: &str, seconds: f64) {
         self.samples
             .entry(item.to_owned())

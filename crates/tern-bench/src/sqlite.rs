@@ -342,13 +342,9 @@ pub fn measure(
             continue;
         }
         bar.set_message(format!("verifying on {}", runner.name));
-        let hash = match run(runner, true).and_then(|out| verification_hash(&out)) {
-            Ok(h) => h,
-            Err(e) if runner.is_peer() => {
-                report.drop_runner(&runner.name, format!("failed: {e:#}"));
-                continue;
-            }
-            Err(e) => return Err(e),
+        let verified = run(runner, true).and_then(|out| verification_hash(&out));
+        let Some(hash) = report.tolerate_peer(runner, verified)? else {
+            continue;
         };
         match &expected {
             None => expected = Some(hash),
@@ -367,14 +363,10 @@ pub fn measure(
         let mut failed = Vec::new();
         for runner in &active {
             bar.set_message(format!("on {}", runner.name));
-            let out = match run(runner, false).and_then(|o| parse_output(&o)) {
-                Ok(out) => out,
-                Err(e) if runner.is_peer() => {
-                    report.drop_runner(&runner.name, format!("failed: {e:#}"));
-                    failed.push(runner.name.clone());
-                    continue;
-                }
-                Err(e) => return Err(e),
+            let timed = run(runner, false).and_then(|o| parse_output(&o));
+            let Some(out) = report.tolerate_peer(runner, timed)? else {
+                failed.push(runner.name.clone());
+                continue;
             };
             for (test, seconds) in out {
                 let id = test.split(' ').next().unwrap_or_default();
