@@ -69,7 +69,7 @@ struct SqliteArgs {
 #[derive(Debug, Args)]
 struct RuntimeArgs {
     /// Runs per item and runner (interleaved across runners).
-    #[arg(long, default_value_t = 5)]
+    #[arg(long, default_value_t = 5, value_parser = at_least_one)]
     runs: usize,
     /// Wasm builds to run: scalar, simd or both.
     #[arg(long, value_name = "WHICH", default_value = "both", value_parser = ["scalar", "simd", "both"])]
@@ -146,6 +146,11 @@ impl RuntimeArgs {
         Ok((runners, skipped))
     }
 
+    /// Progress bars on stderr, unless `--quiet` or stderr is not a terminal.
+    fn progress(&self) -> Progress {
+        Progress::new(!self.quiet && std::io::IsTerminal::is_terminal(&std::io::stderr()))
+    }
+
     fn finish(&self, report: &SuiteReport) -> anyhow::Result<()> {
         println!("{}", machine_line());
         print!("{}", report.render());
@@ -168,7 +173,7 @@ impl RuntimeArgs {
 #[derive(Debug, Args)]
 struct StartupArgs {
     /// Samples per measurement.
-    #[arg(long, default_value_t = 200)]
+    #[arg(long, default_value_t = 200, value_parser = at_least_one)]
     runs: usize,
     /// Wasmtime CLI to compare with [default: `wasmtime` on PATH].
     #[arg(long, value_name = "PATH")]
@@ -199,13 +204,8 @@ impl BenchCommand {
                 Ok(())
             }
             Suite::Polybench(a) => {
-                if a.common.runs == 0 {
-                    anyhow::bail!("--runs must be at least 1");
-                }
                 let scratch = tempfile::tempdir().context("creating a scratch directory")?;
-                let progress = Progress::new(
-                    !a.common.quiet && std::io::IsTerminal::is_terminal(&std::io::stderr()),
-                );
+                let progress = a.common.progress();
                 let programs = polybench::build(scratch.path(), a.size, &a.kernels, &progress)?;
                 let (runners, skipped) = a.common.runners(scratch.path())?;
                 let mut report = SuiteReport {
@@ -234,12 +234,7 @@ impl BenchCommand {
                 Ok(())
             }
             Suite::Sqlite(a) => {
-                if a.common.runs == 0 {
-                    anyhow::bail!("--runs must be at least 1");
-                }
-                let progress = Progress::new(
-                    !a.common.quiet && std::io::IsTerminal::is_terminal(&std::io::stderr()),
-                );
+                let progress = a.common.progress();
                 eprintln!("sqlite: sources and builds in {}", a.sources.display());
                 let sources = sqlite::obtain_sources(&a.sources)?;
                 let program = sqlite::build(&sources, &progress)?;
@@ -272,6 +267,14 @@ impl BenchCommand {
                 a.common.finish(&report)
             }
         }
+    }
+}
+
+/// Parses `--runs`: a whole number of at least 1.
+fn at_least_one(text: &str) -> Result<usize, String> {
+    match text.parse::<usize>() {
+        Ok(n) if n >= 1 => Ok(n),
+        _ => Err("expected a whole number of at least 1".into()),
     }
 }
 
