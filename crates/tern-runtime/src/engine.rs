@@ -130,6 +130,14 @@ impl Engine {
         // Wasmtime requires the async fiber stack to hold the whole Wasm stack bound, even
         // though Tern runs guests synchronously (WASI's async support is compiled in).
         config.async_stack_size(options.max_stack.max(DEFAULT_MAX_STACK) + (1 << 20));
+        // Each linear memory gets its full 4 GiB of address space up front and never
+        // moves: its base stays valid for the instance's life, which lets a snapshot's
+        // watcher raise a guest's poll flag through a pointer from another thread. (This
+        // is Wasmtime's default on 64-bit hosts, made a guarantee.)
+        if cfg!(target_pointer_width = "64") {
+            config.memory_reservation(1 << 32);
+            config.memory_may_move(false);
+        }
         let target = match (options.kind, &options.target) {
             (EngineKind::Pulley, _) => Some(pulley_target()),
             (EngineKind::Cranelift, Some(t)) => Some(t.clone()),

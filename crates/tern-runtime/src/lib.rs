@@ -36,7 +36,7 @@ pub use limits::{
     DEFAULT_MAX_TABLE_ELEMENTS, Dur, LimitExceeded, Limits, Size, parse_duration, parse_size,
 };
 pub use policy::{DirAccess, Policy, Preopen};
-pub use run::{Outcome, Program};
+pub use run::{Host, Outcome, Program, RemoteFlag, Session};
 
 /// Why the runtime could not start or set up a guest. What a guest does once running
 /// is an [`Outcome`], not an error.

@@ -94,6 +94,15 @@ impl Policy {
     /// # Errors
     /// [`RuntimeError::Preopen`] when a host directory cannot be opened.
     pub fn wasi_context(&self) -> Result<WasiP1Ctx, RuntimeError> {
+        Ok(self.wasi_builder()?.build_p1())
+    }
+
+    /// The WASI context builder that grants exactly this policy, for an embedder to add
+    /// to (a clock, say) before building.
+    ///
+    /// # Errors
+    /// [`RuntimeError::Preopen`] when a host directory cannot be opened.
+    pub fn wasi_builder(&self) -> Result<WasiCtxBuilder, RuntimeError> {
         let mut b = WasiCtxBuilder::new();
         // Tern runs WASI calls synchronously on the guest's thread: let file I/O block
         // that thread instead of bouncing through a Tokio blocking pool.
@@ -117,7 +126,7 @@ impl Policy {
                     reason: format!("{e:#}"),
                 })?;
         }
-        Ok(b.build_p1())
+        Ok(b)
     }
 }
 

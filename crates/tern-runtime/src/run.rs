@@ -5,6 +5,9 @@
 //! instance. The result is an [`Outcome`]: the guest's exit code, a trap, or the limit
 //! that stopped it. Whatever the guest does is an outcome, never a host error.
 
+use std::any::Any;
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use wasmtime::{InstancePre, Linker, Store, Trap, UpdateDeadline, WasmBacktrace};
@@ -34,10 +37,104 @@ pub enum Outcome {
     LimitExceeded(LimitExceeded),
 }
 
-/// State of one store: the guest's WASI context and its resource limiter.
-struct Host {
+/// State of one store: the guest's WASI context, its resource limiter, and whatever an
+/// embedder that adds its own imports ([`Program::with_imports`]) keeps beside them.
+pub struct Host {
     wasi: WasiP1Ctx,
     limiter: StoreLimiter,
+    extension: Option<Box<dyn Any + Send>>,
+}
+
+impl std::fmt::Debug for Host {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Host").finish_non_exhaustive()
+    }
+}
+
+impl Host {
+    /// The guest's WASI context.
+    pub fn wasi(&mut self) -> &mut WasiP1Ctx {
+        &mut self.wasi
+    }
+
+    /// The embedder's state given to [`Program::instantiate`], if it is a `T`.
+    pub fn extension<T: 'static>(&mut self) -> Option<&mut T> {
+        self.extension.as_mut()?.downcast_mut::<T>()
+    }
+}
+
+/// A live instance of a [`Program`] with its store, for embedders that drive the guest
+/// themselves (call exports, read memory) rather than through [`Program::run`].
+pub struct Session {
+    /// The store holding the instance, its WASI context and limits.
+    pub store: Store<Host>,
+    /// The instance.
+    pub instance: wasmtime::Instance,
+    flags: Vec<RemoteFlag>,
+}
+
+impl Session {
+    /// A handle that lets any thread set the byte at `addr` of the guest's exported
+    /// `memory` to 1, for as long as this session lives (it does nothing afterwards).
+    ///
+    /// # Errors
+    /// [`RuntimeError::Engine`] when the guest exports no memory or `addr` is outside it.
+    pub fn remote_flag(&mut self, addr: u32) -> Result<RemoteFlag, RuntimeError> {
+        let memory = self
+            .instance
+            .get_memory(&mut self.store, "memory")
+            .ok_or_else(|| RuntimeError::Engine {
+                reason: "the guest exports no `memory`".into(),
+            })?;
+        if addr as usize >= memory.data_size(&self.store) {
+            return Err(RuntimeError::Engine {
+                reason: format!("flag address {addr} is outside the guest's memory"),
+            });
+        }
+        // The engine never moves linear memory (see `Engine::new`), so this address stays
+        // valid until the store is dropped, and `Drop for Session` disarms the flag first.
+        let ptr = memory.data_ptr(&self.store) as usize + addr as usize;
+        let flag = RemoteFlag(Arc::new(Mutex::new(Some(ptr))));
+        self.flags.push(flag.clone());
+        Ok(flag)
+    }
+}
+
+impl Drop for Session {
+    fn drop(&mut self) {
+        for f in &self.flags {
+            f.disarm();
+        }
+    }
+}
+
+/// A byte in a guest's linear memory that another thread may raise, made by
+/// [`Session::remote_flag`]. Raising it after its session is gone does nothing.
+#[derive(Debug, Clone)]
+pub struct RemoteFlag(Arc<Mutex<Option<usize>>>);
+
+impl RemoteFlag {
+    /// Sets the byte to 1.
+    pub fn raise(&self) {
+        let guard = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(ptr) = *guard {
+            // SAFETY: `ptr` points into a linear memory that never moves and is alive while
+            // the pointer is `Some` (the session clears it, under this lock, before its
+            // store is dropped). The guest reads the byte with plain loads; an atomic store
+            // is the same access Wasmtime's shared memories allow from other threads.
+            unsafe { AtomicU8::from_ptr(ptr as *mut u8).store(1, Ordering::SeqCst) };
+        }
+    }
+
+    fn disarm(&self) {
+        *self.0.lock().unwrap_or_else(|p| p.into_inner()) = None;
+    }
+}
+
+impl std::fmt::Debug for Session {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Session").finish_non_exhaustive()
+    }
 }
 
 /// A compiled WASI command, linked and ready to instantiate many times.
@@ -63,6 +160,19 @@ impl Program {
     /// [`RuntimeError::NotACommand`] when the module exports no `_start`, and
     /// [`RuntimeError::Link`] when it imports something Tern does not provide.
     pub fn new(engine: &Engine, module: wasmtime::Module) -> Result<Program, RuntimeError> {
+        Program::with_imports(engine, module, |_| Ok(()))
+    }
+
+    /// Links a compiled module against WASI preview1 and the imports `add` defines
+    /// (which may shadow WASI functions).
+    ///
+    /// # Errors
+    /// As [`Program::new`]; an error from `add` is a [`RuntimeError::Link`].
+    pub fn with_imports(
+        engine: &Engine,
+        module: wasmtime::Module,
+        add: impl FnOnce(&mut Linker<Host>) -> wasmtime::Result<()>,
+    ) -> Result<Program, RuntimeError> {
         match module.get_export("_start") {
             Some(wasmtime::ExternType::Func(f))
                 if f.params().len() == 0 && f.results().len() == 0 => {}
@@ -89,6 +199,10 @@ impl Program {
                 reason: format!("{e:#}"),
             },
         )?;
+        linker.allow_shadowing(true);
+        add(&mut linker).map_err(|e| RuntimeError::Link {
+            reason: format!("{e:#}"),
+        })?;
         let pre = linker
             .instantiate_pre(&module)
             .map_err(|e| RuntimeError::Link {
@@ -112,12 +226,36 @@ impl Program {
     /// Host-side set-up failures only ([`RuntimeError::Preopen`], a fuel budget on an
     /// engine built without fuel). Everything the guest does is an [`Outcome`].
     pub fn run(&self, policy: &Policy, limits: &Limits) -> Result<Outcome, RuntimeError> {
-        let wasi = policy.wasi_context()?;
+        let mut session = match self.instantiate(policy.wasi_context()?, limits, None)? {
+            Ok(session) => session,
+            Err(outcome) => return Ok(outcome),
+        };
+        let result = session
+            .instance
+            .get_typed_func::<(), ()>(&mut session.store, "_start")
+            .and_then(|start| start.call(&mut session.store, ()));
+        Ok(self.outcome(result, limits))
+    }
+
+    /// Builds a store with `wasi`, `limits` and the embedder's `extension` (see
+    /// [`Host::extension`]), and instantiates the program in it without running
+    /// anything. An instantiation that fails because of the guest (a memory over the
+    /// limit, a trapping start function) is an `Err(Outcome)`.
+    ///
+    /// # Errors
+    /// A fuel budget or deadline the engine cannot enforce.
+    pub fn instantiate(
+        &self,
+        wasi: WasiP1Ctx,
+        limits: &Limits,
+        extension: Option<Box<dyn Any + Send>>,
+    ) -> Result<Result<Session, Outcome>, RuntimeError> {
         let mut store = Store::new(
             self.engine.wasmtime(),
             Host {
                 wasi,
                 limiter: StoreLimiter::new(limits),
+                extension,
             },
         );
         store.limiter(|h| &mut h.limiter);
@@ -150,15 +288,22 @@ impl Program {
             None if self.engine.options().interruptible => store.set_epoch_deadline(NO_DEADLINE),
             None => {}
         }
+        Ok(match self.pre.instantiate(&mut store) {
+            Ok(instance) => Ok(Session {
+                store,
+                instance,
+                flags: Vec::new(),
+            }),
+            Err(e) => Err(self.outcome(Err(e), limits)),
+        })
+    }
 
-        let result = self.pre.instantiate(&mut store).and_then(|instance| {
-            let start = instance.get_typed_func::<(), ()>(&mut store, "_start")?;
-            start.call(&mut store, ())
-        });
-        Ok(match result {
+    /// What the result of calling into the guest means: an exit, a trap or a limit.
+    pub fn outcome(&self, result: wasmtime::Result<()>, limits: &Limits) -> Outcome {
+        match result {
             Ok(()) => Outcome::Exited(0),
             Err(e) => self.classify(e, limits),
-        })
+        }
     }
 
     fn classify(&self, err: wasmtime::Error, limits: &Limits) -> Outcome {
