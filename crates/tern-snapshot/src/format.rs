@@ -1,0 +1,306 @@
+//! The snapshot file: everything a stopped guest needs to continue elsewhere, in a form
+//! that depends on no engine and no host architecture.
+//!
+//! Layout (all integers little-endian), documented for users in `docs/snapshot-format.md`:
+//!
+//! ```text
+//! "TERNSNAP"  magic, 8 bytes
+//! u32         format version (FORMAT_VERSION)
+//! u32 + bytes metadata, JSON (Meta): digests, globals, WASI state, unwind buffer
+//! u32 + bytes the original module, LZ4-compressed with its size prepended
+//! u32         number of non-zero 64 KiB memory pages, then for each:
+//!             u32 page index, u32 length, LZ4 block of exactly 65536 bytes
+//! [32]        SHA-256 of every byte before it
+//! ```
+//!
+//! Decoding checks the magic, the version and the checksum before it reads anything
+//! else, and every length against what is left: a corrupt, truncated or future snapshot
+//! is refused whole, never half-read.
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest as _, Sha256};
+
+use crate::SnapshotError;
+
+/// The current format version; decoding refuses newer ones.
+pub const FORMAT_VERSION: u32 = 1;
+
+/// Size of a Wasm page.
+pub const PAGE: usize = 64 * 1024;
+
+const MAGIC: &[u8; 8] = b"TERNSNAP";
+
+/// A value of a global, by its Wasm type.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", content = "bits", rename_all = "lowercase")]
+pub enum GlobalValue {
+    I32(u32),
+    I64(u64),
+    F32(u32),
+    F64(u64),
+    V128(u128),
+}
+
+/// A preopened directory as the guest knows it: its name, not where it is on the host.
+/// A restore maps each volume to a host directory.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Volume {
+    /// The guest path (`/data`).
+    pub guest: String,
+    /// The descriptor the guest sees it as.
+    pub fd: u32,
+    /// Whether the guest could only read it.
+    pub read_only: bool,
+}
+
+/// A file or directory the guest opened with `path_open` and had not closed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OpenFile {
+    /// The descriptor number the guest uses.
+    pub fd: u32,
+    /// The guest path of the volume it was opened under.
+    pub volume: String,
+    /// Its path relative to that volume, as the guest gave it.
+    pub path: String,
+    /// WASI `lookupflags`, `oflags` (without create, exclusive and truncate, which must
+    /// not apply twice), rights and `fdflags` it was opened with.
+    pub lookup_flags: u32,
+    pub oflags: u32,
+    pub rights_base: u64,
+    pub rights_inheriting: u64,
+    pub fd_flags: u32,
+    /// The file offset at the checkpoint.
+    pub offset: u64,
+}
+
+/// What of WASI a snapshot carries.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WasiState {
+    pub args: Vec<String>,
+    pub env: Vec<(String, String)>,
+    pub volumes: Vec<Volume>,
+    pub files: Vec<OpenFile>,
+    /// The guest's monotonic clock at the checkpoint, in nanoseconds: after a restore it
+    /// continues from here, so it never goes backwards.
+    pub monotonic_ns: u64,
+}
+
+/// Everything but the memory pages and the module bytes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Meta {
+    /// SHA-256 of the original (not rewritten) module, hex.
+    pub module_digest: String,
+    /// Linear memory size in pages.
+    pub memory_pages: u32,
+    /// Mutable globals by index in the original module.
+    pub globals: Vec<(u32, GlobalValue)>,
+    /// Address of Asyncify's data structure (current and end pointers, then the saved
+    /// frames) in linear memory.
+    pub unwind_data: u32,
+    pub wasi: WasiState,
+    /// Tern version that wrote it, for messages only.
+    pub writer: String,
+}
+
+/// A decoded snapshot.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Snapshot {
+    pub meta: Meta,
+    /// The original module.
+    pub module: Vec<u8>,
+    /// Non-zero pages: (page index, 64 KiB of contents), by increasing index.
+    pub pages: Vec<(u32, Vec<u8>)>,
+}
+
+impl Snapshot {
+    /// Serialises the snapshot.
+    ///
+    /// # Errors
+    /// [`SnapshotError::Corrupt`] only if the metadata cannot be serialised.
+    pub fn encode(&self) -> Result<Vec<u8>, SnapshotError> {
+        let meta = serde_json::to_vec(&self.meta).map_err(|e| SnapshotError::Corrupt {
+            reason: format!("cannot encode metadata: {e}"),
+        })?;
+        let module = lz4_flex::compress_prepend_size(&self.module);
+        let mut out = Vec::with_capacity(meta.len() + module.len() + self.pages.len() * 8192);
+        out.extend_from_slice(MAGIC);
+        out.extend_from_slice(&FORMAT_VERSION.to_le_bytes());
+        put_block(&mut out, &meta);
+        put_block(&mut out, &module);
+        out.extend_from_slice(&(self.pages.len() as u32).to_le_bytes());
+        for (index, data) in &self.pages {
+            out.extend_from_slice(&index.to_le_bytes());
+            put_block(&mut out, &lz4_flex::compress(data));
+        }
+        let sum = Sha256::digest(&out);
+        out.extend_from_slice(&sum);
+        Ok(out)
+    }
+
+    /// Parses and checks a snapshot.
+    ///
+    /// # Errors
+    /// [`SnapshotError::NotASnapshot`], [`SnapshotError::FutureVersion`] or
+    /// [`SnapshotError::Corrupt`]; nothing is returned from a snapshot that fails any
+    /// check.
+    pub fn decode(bytes: &[u8]) -> Result<Snapshot, SnapshotError> {
+        if bytes.len() < MAGIC.len() || &bytes[..MAGIC.len()] != MAGIC {
+            return Err(SnapshotError::NotASnapshot);
+        }
+        let corrupt = |reason: &str| SnapshotError::Corrupt {
+            reason: reason.to_owned(),
+        };
+        if bytes.len() < MAGIC.len() + 4 + 32 {
+            return Err(corrupt("truncated"));
+        }
+        let mut r = Reader {
+            bytes: &bytes[..bytes.len() - 32],
+            at: MAGIC.len(),
+        };
+        let version = r.u32()?;
+        if version > FORMAT_VERSION {
+            return Err(SnapshotError::FutureVersion {
+                version,
+                supported: FORMAT_VERSION,
+            });
+        }
+        if version == 0 {
+            return Err(corrupt("version 0"));
+        }
+        let (body, sum) = bytes.split_at(bytes.len() - 32);
+        if Sha256::digest(body).as_slice() != sum {
+            return Err(corrupt("checksum mismatch (truncated or damaged)"));
+        }
+        let meta: Meta = serde_json::from_slice(r.block()?)
+            .map_err(|e| corrupt(&format!("bad metadata: {e}")))?;
+        let module = lz4_flex::decompress_size_prepended(r.block()?)
+            .map_err(|e| corrupt(&format!("bad module block: {e}")))?;
+        let digest = hex::encode(Sha256::digest(&module));
+        if digest != meta.module_digest {
+            return Err(corrupt("the embedded module does not match its digest"));
+        }
+        if meta.memory_pages > 65536 {
+            return Err(corrupt("memory larger than 4 GiB"));
+        }
+        let count = r.u32()?;
+        if count > meta.memory_pages {
+            return Err(corrupt("more pages than the memory holds"));
+        }
+        let mut pages = Vec::with_capacity(count as usize);
+        let mut last: Option<u32> = None;
+        for _ in 0..count {
+            let index = r.u32()?;
+            if index >= meta.memory_pages || last.is_some_and(|l| index <= l) {
+                return Err(corrupt("page index out of order or out of range"));
+            }
+            last = Some(index);
+            let data = lz4_flex::decompress(r.block()?, PAGE)
+                .map_err(|e| corrupt(&format!("bad page {index}: {e}")))?;
+            if data.len() != PAGE {
+                return Err(corrupt(&format!("page {index} is not 64 KiB")));
+            }
+            pages.push((index, data));
+        }
+        if r.at != r.bytes.len() {
+            return Err(corrupt("trailing bytes"));
+        }
+        Ok(Snapshot {
+            meta,
+            module,
+            pages,
+        })
+    }
+}
+
+fn put_block(out: &mut Vec<u8>, block: &[u8]) {
+    out.extend_from_slice(&(block.len() as u32).to_le_bytes());
+    out.extend_from_slice(block);
+}
+
+struct Reader<'a> {
+    bytes: &'a [u8],
+    at: usize,
+}
+
+impl<'a> Reader<'a> {
+    fn take(&mut self, n: usize) -> Result<&'a [u8], SnapshotError> {
+        let end = self.at.checked_add(n).filter(|e| *e <= self.bytes.len());
+        let Some(end) = end else {
+            return Err(SnapshotError::Corrupt {
+                reason: "truncated".into(),
+            });
+        };
+        let s = &self.bytes[self.at..end];
+        self.at = end;
+        Ok(s)
+    }
+
+    fn u32(&mut self) -> Result<u32, SnapshotError> {
+        let b = self.take(4)?;
+        Ok(u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+    }
+
+    fn block(&mut self) -> Result<&'a [u8], SnapshotError> {
+        let n = self.u32()? as usize;
+        self.take(n)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> Snapshot {
+        let module = b"\0asm\x01\0\0\0".to_vec();
+        let mut page = vec![0u8; PAGE];
+        page[10] = 7;
+        Snapshot {
+            meta: Meta {
+                module_digest: hex::encode(Sha256::digest(&module)),
+                memory_pages: 3,
+                globals: vec![(0, GlobalValue::I32(4096)), (2, GlobalValue::F64(1))],
+                unwind_data: 2 * PAGE as u32,
+                wasi: WasiState {
+                    args: vec!["app".into()],
+                    ..WasiState::default()
+                },
+                writer: "test".into(),
+            },
+            module,
+            pages: vec![(1, page)],
+        }
+    }
+
+    /// Property: decode(encode(s)) == s.
+    #[test]
+    fn round_trips() {
+        let s = sample();
+        let bytes = s.encode().expect("encodes");
+        assert_eq!(Snapshot::decode(&bytes).expect("decodes"), s);
+    }
+
+    /// Every single-byte change and every truncation is refused.
+    #[test]
+    fn damage_is_refused() {
+        let bytes = sample().encode().expect("encodes");
+        for i in (0..bytes.len()).step_by(7) {
+            let mut bad = bytes.clone();
+            bad[i] ^= 0x40;
+            assert!(Snapshot::decode(&bad).is_err(), "flip at {i} accepted");
+        }
+        for n in [0, 5, 12, 40, bytes.len() - 1] {
+            assert!(
+                Snapshot::decode(&bytes[..n]).is_err(),
+                "truncated to {n} accepted"
+            );
+        }
+    }
+
+    #[test]
+    fn future_version_is_named() {
+        let mut bytes = sample().encode().expect("encodes");
+        bytes[8..12].copy_from_slice(&9u32.to_le_bytes());
+        let err = Snapshot::decode(&bytes).expect_err("future");
+        assert!(err.to_string().contains("version 9"), "{err}");
+    }
+}

@@ -1,0 +1,610 @@
+//! Tern's own pre-pass of the migratable rewrite: it prepares a module so that Binaryen's
+//! Asyncify can then make every safe point an unwind point.
+//!
+//! Binaryen has no pass that inserts polls at loop headers, so this one is written here
+//! on `wasmparser` and `wasm-encoder`'s reencoder. It:
+//!
+//! - adds the import `tern.safepoint: [] -> []`, the one import Asyncify is told may
+//!   unwind the stack;
+//! - puts a poll at every loop header: `if (i32.load8_u [POLL_FLAG_ADDR]) call safepoint`.
+//!   The host raises that byte from another thread when it wants a checkpoint, so a
+//!   guest deep in a loop that never calls the host stops within one iteration; the
+//!   call sits on the cold side of a branch, so the hot path is a load and a branch;
+//! - routes every function import through a wrapper that calls `tern.safepoint` first,
+//!   so every WASI call is a safe point too (the call itself then runs after a restore);
+//! - tells the host about file descriptors the guest opens, closes and renumbers
+//!   (`tern.note_*` imports called by the wrappers), so a snapshot can name them;
+//! - exports the WASI calls a restore needs to reopen files (`tern:path_open`, …), and
+//!   every mutable global (`tern:global:N`), `__stack_pointer` included, which is
+//!   neither exported nor saved by Asyncify.
+//!
+//! Modules that use Wasm exception handling (setjmp/longjmp, C++ exceptions) are
+//! refused: Asyncify cannot unwind through `try` blocks.
+
+use std::collections::HashSet;
+use std::convert::Infallible;
+
+use wasm_encoder::reencode::{self, Reencode, RoundtripReencoder};
+use wasm_encoder::{
+    BlockType, CodeSection, ExportKind, ExportSection, Function, FunctionSection, ImportSection,
+    Instruction, MemArg, MemArgTarget, Module, TypeSection, ValType,
+};
+use wasmparser::{Operator, Parser, Payload, TypeRef, Validator, WasmFeatures};
+
+use crate::SnapshotError;
+
+/// Address in linear memory of the byte the host raises to ask for a checkpoint. wasm-ld
+/// leaves the first 1 KiB of memory unused (data starts at `--global-base`, 1024); the
+/// rewrite refuses a module with data there.
+pub const POLL_FLAG_ADDR: u32 = 8;
+
+/// Module and name of the safe-point import.
+pub const SAFEPOINT: (&str, &str) = ("tern", "safepoint");
+
+/// Prefix of the exports that give the host each mutable global.
+pub const GLOBAL_EXPORT_PREFIX: &str = "tern:global:";
+
+const WASI: &str = "wasi_snapshot_preview1";
+
+/// WASI functions whose effect on the descriptor table the host records.
+const NOTED: [&str; 3] = ["path_open", "fd_close", "fd_renumber"];
+
+/// WASI functions a restore calls (through `tern:NAME` exports) to reopen files.
+const RESTORE_CALLS: [&str; 4] = ["path_open", "fd_seek", "fd_renumber", "fd_close"];
+
+fn wasi_signature(name: &str) -> (Vec<ValType>, Vec<ValType>) {
+    use ValType::{I32, I64};
+    match name {
+        "path_open" => (vec![I32, I32, I32, I32, I32, I64, I64, I32, I32], vec![I32]),
+        "fd_seek" => (vec![I32, I64, I32, I32], vec![I32]),
+        "fd_renumber" => (vec![I32, I32], vec![I32]),
+        "fd_close" => (vec![I32], vec![I32]),
+        _ => unreachable!("only restore calls are declared here"),
+    }
+}
+
+/// What the first pass learns of the module.
+#[derive(Default)]
+struct Scan {
+    func_types: Vec<Option<(Vec<ValType>, Vec<ValType>)>>,
+    /// Function imports in order: (module, name, type index).
+    func_imports: Vec<(String, String, u32)>,
+    imported_globals: u32,
+    has_import_section: bool,
+    defined_funcs: u32,
+    /// Absolute indices of mutable globals defined by the module.
+    mutable_globals: Vec<u32>,
+    export_names: HashSet<String>,
+}
+
+/// Rewrites `wasm` as described in the module docs; the result is valid Wasm that
+/// behaves exactly as the input until the host raises the poll flag.
+///
+/// # Errors
+/// [`SnapshotError::Rewrite`] for an invalid module, one with exception handling, more
+/// than one memory or a 64-bit memory, imported mutable globals, or data at the poll
+/// flag's address.
+pub fn instrument(wasm: &[u8]) -> Result<Vec<u8>, SnapshotError> {
+    let scan = scan(wasm)?;
+    let mut r = Rewriter::new(scan);
+    let mut module = Module::new();
+    r.parse_core_module(&mut module, Parser::new(0), wasm)
+        .map_err(|e| refuse(format!("cannot re-encode: {e}")))?;
+    let out = module.finish();
+    Validator::new_with_features(WasmFeatures::all())
+        .validate_all(&out)
+        .map_err(|e| {
+            refuse(format!(
+                "the instrumented module is invalid (a Tern bug): {e}"
+            ))
+        })?;
+    Ok(out)
+}
+
+fn refuse(reason: impl Into<String>) -> SnapshotError {
+    SnapshotError::Rewrite {
+        reason: reason.into(),
+    }
+}
+
+fn val_type(t: wasmparser::ValType) -> Result<ValType, SnapshotError> {
+    RoundtripReencoder
+        .val_type(t)
+        .map_err(|e| refuse(format!("unsupported value type: {e}")))
+}
+
+fn scan(wasm: &[u8]) -> Result<Scan, SnapshotError> {
+    Validator::new_with_features(WasmFeatures::all())
+        .validate_all(wasm)
+        .map_err(|e| refuse(format!("not a valid WebAssembly module: {e}")))?;
+    let mut s = Scan::default();
+    let mut memories = 0;
+    for payload in Parser::new(0).parse_all(wasm) {
+        let payload = payload.map_err(|e| refuse(e.to_string()))?;
+        match payload {
+            Payload::Version {
+                encoding: wasmparser::Encoding::Component,
+                ..
+            } => return Err(refuse("components cannot be made migratable yet")),
+            Payload::TypeSection(reader) => {
+                for group in reader {
+                    let group = group.map_err(|e| refuse(e.to_string()))?;
+                    for ty in group.into_types() {
+                        s.func_types.push(match ty.composite_type.inner {
+                            wasmparser::CompositeInnerType::Func(f) => Some((
+                                f.params()
+                                    .iter()
+                                    .map(|t| val_type(*t))
+                                    .collect::<Result<_, _>>()?,
+                                f.results()
+                                    .iter()
+                                    .map(|t| val_type(*t))
+                                    .collect::<Result<_, _>>()?,
+                            )),
+                            _ => None,
+                        });
+                    }
+                }
+            }
+            Payload::ImportSection(reader) => {
+                s.has_import_section = true;
+                for import in reader.into_imports() {
+                    let import = import.map_err(|e| refuse(e.to_string()))?;
+                    match import.ty {
+                        TypeRef::Func(t) | TypeRef::FuncExact(t) => s.func_imports.push((
+                            import.module.to_owned(),
+                            import.name.to_owned(),
+                            t,
+                        )),
+                        TypeRef::Global(g) if g.mutable => {
+                            return Err(refuse(format!(
+                                "it imports the mutable global {}.{}, which a snapshot cannot save",
+                                import.module, import.name
+                            )));
+                        }
+                        TypeRef::Global(_) => s.imported_globals += 1,
+                        TypeRef::Memory(_) => memories += 1,
+                        TypeRef::Tag(_) => return Err(exception_handling()),
+                        TypeRef::Table(_) => {}
+                    }
+                }
+            }
+            Payload::FunctionSection(reader) => s.defined_funcs = reader.count(),
+            Payload::MemorySection(reader) => {
+                for m in reader {
+                    let m = m.map_err(|e| refuse(e.to_string()))?;
+                    if m.memory64 {
+                        return Err(refuse("64-bit memories are not supported"));
+                    }
+                    memories += 1;
+                }
+            }
+            Payload::TagSection(_) => return Err(exception_handling()),
+            Payload::GlobalSection(reader) => {
+                for (i, g) in reader.into_iter().enumerate() {
+                    let g = g.map_err(|e| refuse(e.to_string()))?;
+                    if g.ty.mutable {
+                        s.mutable_globals.push(s.imported_globals + i as u32);
+                    }
+                }
+            }
+            Payload::ExportSection(reader) => {
+                for e in reader {
+                    let e = e.map_err(|e| refuse(e.to_string()))?;
+                    s.export_names.insert(e.name.to_owned());
+                }
+            }
+            Payload::DataSection(reader) => {
+                for d in reader {
+                    let d = d.map_err(|e| refuse(e.to_string()))?;
+                    if let wasmparser::DataKind::Active { offset_expr, .. } = d.kind {
+                        let mut ops = offset_expr.get_operators_reader();
+                        if let Ok(Operator::I32Const { value }) = ops.read() {
+                            let start = value as u32 as u64;
+                            let end = start + d.data.len() as u64;
+                            if (start..end).contains(&u64::from(POLL_FLAG_ADDR)) {
+                                return Err(refuse(format!(
+                                    "it places data at address {POLL_FLAG_ADDR}, where Tern keeps its poll flag"
+                                )));
+                            }
+                        }
+                    }
+                }
+            }
+            Payload::CodeSectionEntry(body) => {
+                let mut ops = body
+                    .get_operators_reader()
+                    .map_err(|e| refuse(e.to_string()))?;
+                while !ops.eof() {
+                    let op = ops.read().map_err(|e| refuse(e.to_string()))?;
+                    if matches!(
+                        op,
+                        Operator::Try { .. }
+                            | Operator::TryTable { .. }
+                            | Operator::Throw { .. }
+                            | Operator::ThrowRef
+                            | Operator::Rethrow { .. }
+                            | Operator::Delegate { .. }
+                            | Operator::Catch { .. }
+                            | Operator::CatchAll
+                    ) {
+                        return Err(exception_handling());
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    if memories != 1 {
+        return Err(refuse(format!(
+            "it has {memories} memories; a migratable module has exactly one"
+        )));
+    }
+    if s.export_names.iter().any(|n| n.starts_with("tern:")) {
+        return Err(refuse("it already exports names starting with `tern:`"));
+    }
+    Ok(s)
+}
+
+fn exception_handling() -> SnapshotError {
+    refuse(
+        "it uses WebAssembly exception handling (setjmp/longjmp or C++ exceptions), \
+         which cannot be unwound at a safe point; rebuild without -fwasm-exceptions",
+    )
+}
+
+/// An import the rewrite adds.
+struct NewImport {
+    module: &'static str,
+    name: String,
+    ty: u32,
+}
+
+struct Rewriter {
+    s: Scan,
+    /// Types appended to the type section, in order.
+    new_types: Vec<(Vec<ValType>, Vec<ValType>)>,
+    new_imports: Vec<NewImport>,
+    /// Type index of `[] -> []`.
+    void_ty: u32,
+    /// For each WASI function a restore needs: the function index to call.
+    restore_targets: Vec<(&'static str, u32, u32)>,
+    /// For each noted WASI function the guest imports: its note import's index.
+    notes: Vec<(String, u32)>,
+    imports_emitted: bool,
+}
+
+impl Rewriter {
+    fn new(s: Scan) -> Rewriter {
+        let mut r = Rewriter {
+            new_types: Vec::new(),
+            new_imports: Vec::new(),
+            void_ty: 0,
+            restore_targets: Vec::new(),
+            notes: Vec::new(),
+            imports_emitted: false,
+            s,
+        };
+        r.void_ty = r.add_type(vec![], vec![]);
+        r.add_import("tern", SAFEPOINT.1, r.void_ty);
+        let wasi_imports: Vec<(String, u32)> =
+            r.s.func_imports
+                .iter()
+                .enumerate()
+                .filter(|(_, (m, _, _))| m == WASI)
+                .map(|(i, (_, n, _))| (n.clone(), i as u32))
+                .collect();
+        for name in NOTED {
+            if let Some((_, i)) = wasi_imports.iter().find(|(n, _)| n == name) {
+                let ty = r.s.func_types[r.s.func_imports[*i as usize].2 as usize].clone();
+                let Some((mut params, results)) = ty else {
+                    continue;
+                };
+                params.extend(results);
+                let note_ty = r.add_type(params, vec![]);
+                let idx = r.add_import("tern", &format!("note_{name}"), note_ty);
+                r.notes.push((name.to_owned(), idx));
+            }
+        }
+        for name in RESTORE_CALLS {
+            let (params, results) = wasi_signature(name);
+            let ty = r.add_type(params, results);
+            let target = match wasi_imports.iter().find(|(n, _)| n == name) {
+                Some((_, i)) => *i,
+                None => r.add_import(WASI, name, ty),
+            };
+            r.restore_targets.push((name, target, ty));
+        }
+        r
+    }
+
+    fn add_type(&mut self, params: Vec<ValType>, results: Vec<ValType>) -> u32 {
+        self.new_types.push((params, results));
+        (self.s.func_types.len() + self.new_types.len() - 1) as u32
+    }
+
+    /// Adds an import and returns its function index.
+    fn add_import(&mut self, module: &'static str, name: &str, ty: u32) -> u32 {
+        self.new_imports.push(NewImport {
+            module,
+            name: name.to_owned(),
+            ty,
+        });
+        (self.s.func_imports.len() + self.new_imports.len() - 1) as u32
+    }
+
+    fn n_imports(&self) -> u32 {
+        (self.s.func_imports.len() + self.new_imports.len()) as u32
+    }
+
+    fn safepoint(&self) -> u32 {
+        self.s.func_imports.len() as u32
+    }
+
+    fn wrapper(&self, import: u32) -> u32 {
+        self.n_imports() + self.s.defined_funcs + import
+    }
+
+    fn trampoline(&self, i: usize) -> u32 {
+        self.wrapper(self.s.func_imports.len() as u32) + i as u32
+    }
+
+    fn emit_imports(&mut self, section: &mut ImportSection) {
+        for imp in &self.new_imports {
+            section.import(
+                imp.module,
+                &imp.name,
+                wasm_encoder::EntityType::Function(imp.ty),
+            );
+        }
+        self.imports_emitted = true;
+    }
+
+    fn poll(&self, f: &mut Function) {
+        f.instruction(&Instruction::I32Const(0));
+        f.instruction(&Instruction::I32Load8U(MemArg {
+            offset: u64::from(POLL_FLAG_ADDR),
+            align: 0,
+            target: MemArgTarget::Memory(0),
+            ordering: None,
+        }));
+        f.instruction(&Instruction::If(BlockType::Empty));
+        f.instruction(&Instruction::Call(self.safepoint()));
+        f.instruction(&Instruction::End);
+    }
+
+    /// `wrapper(params) = { safepoint(); r = import(params); note(params, r)?; r }`
+    fn wrapper_body(&self, import: u32) -> Function {
+        let (module, name, ty) = &self.s.func_imports[import as usize];
+        let (params, results) = self.s.func_types[*ty as usize].clone().unwrap_or_default();
+        let note = (module == WASI)
+            .then(|| self.notes.iter().find(|(n, _)| n == name))
+            .flatten();
+        let result_local = params.len() as u32;
+        let locals = match (note, results.as_slice()) {
+            (Some(_), [t]) => vec![(1, *t)],
+            _ => vec![],
+        };
+        let mut f = Function::new(locals);
+        f.instruction(&Instruction::Call(self.safepoint()));
+        for i in 0..params.len() as u32 {
+            f.instruction(&Instruction::LocalGet(i));
+        }
+        f.instruction(&Instruction::Call(import));
+        if let (Some((_, note_idx)), [_]) = (note, results.as_slice()) {
+            f.instruction(&Instruction::LocalSet(result_local));
+            for i in 0..params.len() as u32 {
+                f.instruction(&Instruction::LocalGet(i));
+            }
+            f.instruction(&Instruction::LocalGet(result_local));
+            f.instruction(&Instruction::Call(*note_idx));
+            f.instruction(&Instruction::LocalGet(result_local));
+        }
+        f.instruction(&Instruction::End);
+        f
+    }
+
+    fn trampoline_body(&self, target: u32, ty: u32) -> Function {
+        let n = self.new_types[ty as usize - self.s.func_types.len()]
+            .0
+            .len() as u32;
+        let mut f = Function::new(vec![]);
+        for i in 0..n {
+            f.instruction(&Instruction::LocalGet(i));
+        }
+        f.instruction(&Instruction::Call(target));
+        f.instruction(&Instruction::End);
+        f
+    }
+}
+
+impl Reencode for Rewriter {
+    type Error = Infallible;
+
+    fn function_index(&mut self, func: u32) -> Result<u32, reencode::Error<Infallible>> {
+        let imported = self.s.func_imports.len() as u32;
+        Ok(if func < imported {
+            self.wrapper(func)
+        } else {
+            func + self.new_imports.len() as u32
+        })
+    }
+
+    fn parse_type_section(
+        &mut self,
+        types: &mut TypeSection,
+        section: wasmparser::TypeSectionReader<'_>,
+    ) -> Result<(), reencode::Error<Infallible>> {
+        reencode::utils::parse_type_section(self, types, section)?;
+        for (params, results) in &self.new_types {
+            types
+                .ty()
+                .function(params.iter().copied(), results.iter().copied());
+        }
+        Ok(())
+    }
+
+    fn parse_import_section(
+        &mut self,
+        imports: &mut ImportSection,
+        section: wasmparser::ImportSectionReader<'_>,
+    ) -> Result<(), reencode::Error<Infallible>> {
+        // Imports are written one by one so the new ones can follow in index order.
+        for import in section.into_imports() {
+            let import = import?;
+            let ty = self.entity_type(import.ty)?;
+            imports.import(import.module, import.name, ty);
+        }
+        self.emit_imports(imports);
+        Ok(())
+    }
+
+    fn intersperse_section_hook(
+        &mut self,
+        module: &mut Module,
+        _after: Option<wasm_encoder::SectionId>,
+        before: Option<wasm_encoder::SectionId>,
+    ) -> Result<(), reencode::Error<Infallible>> {
+        use wasm_encoder::SectionId;
+        if !self.s.has_import_section
+            && !self.imports_emitted
+            && !matches!(before, Some(SectionId::Type | SectionId::Custom))
+        {
+            let mut imports = ImportSection::new();
+            self.emit_imports(&mut imports);
+            module.section(&imports);
+        }
+        Ok(())
+    }
+
+    fn parse_function_section(
+        &mut self,
+        functions: &mut FunctionSection,
+        section: wasmparser::FunctionSectionReader<'_>,
+    ) -> Result<(), reencode::Error<Infallible>> {
+        reencode::utils::parse_function_section(self, functions, section)?;
+        for (_, _, ty) in &self.s.func_imports {
+            functions.function(*ty);
+        }
+        for (_, _, ty) in &self.restore_targets {
+            functions.function(*ty);
+        }
+        Ok(())
+    }
+
+    fn parse_export_section(
+        &mut self,
+        exports: &mut ExportSection,
+        section: wasmparser::ExportSectionReader<'_>,
+    ) -> Result<(), reencode::Error<Infallible>> {
+        reencode::utils::parse_export_section(self, exports, section)?;
+        for g in &self.s.mutable_globals {
+            exports.export(
+                &format!("{GLOBAL_EXPORT_PREFIX}{g}"),
+                ExportKind::Global,
+                *g,
+            );
+        }
+        for (i, (name, _, _)) in self.restore_targets.iter().enumerate() {
+            exports.export(
+                &format!("tern:{name}"),
+                ExportKind::Func,
+                self.trampoline(i),
+            );
+        }
+        Ok(())
+    }
+
+    fn parse_code_section(
+        &mut self,
+        code: &mut CodeSection,
+        section: wasmparser::CodeSectionReader<'_>,
+    ) -> Result<(), reencode::Error<Infallible>> {
+        reencode::utils::parse_code_section(self, code, section)?;
+        for i in 0..self.s.func_imports.len() as u32 {
+            code.function(&self.wrapper_body(i));
+        }
+        for (_, target, ty) in &self.restore_targets {
+            code.function(&self.trampoline_body(*target, *ty));
+        }
+        Ok(())
+    }
+
+    fn parse_function_body(
+        &mut self,
+        code: &mut CodeSection,
+        func: wasmparser::FunctionBody<'_>,
+    ) -> Result<(), reencode::Error<Infallible>> {
+        let mut f = self.new_function_with_parsed_locals(&func)?;
+        let mut reader = func.get_operators_reader()?;
+        while !reader.eof() {
+            let op = reader.read()?;
+            let is_loop = matches!(op, Operator::Loop { .. });
+            f.instruction(&self.instruction(op)?);
+            if is_loop {
+                self.poll(&mut f);
+            }
+        }
+        code.function(&f);
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn wat(text: &str) -> Vec<u8> {
+        wat::parse_str(text).expect("valid wat")
+    }
+
+    const COUNTER: &str = r#"(module
+        (import "wasi_snapshot_preview1" "fd_close" (func $close (param i32) (result i32)))
+        (memory (export "memory") 1)
+        (global $sp (mut i32) (i32.const 4096))
+        (func $main (export "_start") (local $i i32)
+            (loop $l
+                (local.set $i (i32.add (local.get $i) (i32.const 1)))
+                (br_if $l (i32.lt_u (local.get $i) (i32.const 10))))
+            (drop (call $close (i32.const 99)))))"#;
+
+    /// The instrumented module validates, adds the safe-point import, a poll after each
+    /// loop, a wrapper per import and the exports a snapshot needs.
+    #[test]
+    fn adds_polls_wrappers_and_exports() {
+        let out = instrument(&wat(COUNTER)).expect("instruments");
+        let text = wasmprinter::print_bytes(&out).expect("prints");
+        assert!(text.contains(r#"(import "tern" "safepoint""#), "{text}");
+        assert!(text.contains(r#"(import "tern" "note_fd_close""#), "{text}");
+        assert!(
+            text.contains(r#"(export "tern:global:0" (global 0))"#),
+            "{text}"
+        );
+        assert!(text.contains(r#"(export "tern:path_open""#), "{text}");
+        assert!(text.contains("i32.load8_u offset=8"), "{text}");
+        assert_eq!(text.matches("i32.load8_u offset=8").count(), 1, "{text}");
+    }
+
+    #[test]
+    fn exception_handling_is_refused() {
+        let m = wat(r#"(module (memory 1) (tag $e) (func (throw $e)))"#);
+        let err = instrument(&m).expect_err("exceptions cannot be unwound");
+        assert!(err.to_string().contains("exception handling"), "{err}");
+    }
+
+    #[test]
+    fn data_on_the_poll_flag_is_refused() {
+        let m = wat(r#"(module (memory 1) (data (i32.const 0) "0123456789"))"#);
+        let err = instrument(&m).expect_err("flag address is taken");
+        assert!(err.to_string().contains("poll flag"), "{err}");
+    }
+
+    #[test]
+    fn garbage_is_refused() {
+        let err = instrument(b"\0asm\x01\0\0\0\x05").expect_err("truncated");
+        assert!(
+            err.to_string().contains("not a valid WebAssembly module"),
+            "{err}"
+        );
+    }
+}

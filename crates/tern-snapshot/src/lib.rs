@@ -1,0 +1,49 @@
+//! Tern's checkpoint and restore: a running guest stopped at a safe point, saved as a
+//! [`Snapshot`] that depends on no engine and no architecture, and resumed elsewhere.
+//!
+//! A module is first made migratable ([`Rewriter`]: Tern's pre-pass, then Binaryen's
+//! Asyncify), so that at a safe point — any WASI call, any loop header — it can unwind
+//! its call stack into its own linear memory. [`Migratable::run`] runs it and, when its
+//! [`Trigger`] fires, captures memory, globals and WASI state; [`Migratable::restore`]
+//! rebuilds the instance from a snapshot and rewinds into the same frame.
+
+mod format;
+pub mod instrument;
+mod live;
+mod rewrite;
+
+pub use format::{FORMAT_VERSION, GlobalValue, Meta, OpenFile, PAGE, Snapshot, Volume, WasiState};
+pub use live::{Checkpoint, Migratable, RunEnd, Trigger};
+pub use rewrite::Rewriter;
+
+/// Why a module cannot be made migratable, or a snapshot cannot be taken or restored.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum SnapshotError {
+    #[error("module cannot be made migratable: {reason}")]
+    Rewrite { reason: String },
+    #[error("{reason}")]
+    Binaryen { reason: String },
+    #[error("not a Tern snapshot (bad magic)")]
+    NotASnapshot,
+    #[error(
+        "snapshot format version {version} is newer than this Tern reads (up to {supported}); upgrade Tern"
+    )]
+    FutureVersion { version: u32, supported: u32 },
+    #[error("snapshot is corrupt, nothing was restored: {reason}")]
+    Corrupt { reason: String },
+    #[error("snapshot does not fit this module: {reason}")]
+    Foreign { reason: String },
+    #[error("volume {guest} of the snapshot has no host directory; pass --dir HOST::{guest}")]
+    UnmappedVolume { guest: String },
+    #[error("cannot reopen {path} in volume {volume} after restore: WASI errno {errno}")]
+    Reopen {
+        volume: String,
+        path: String,
+        errno: i32,
+    },
+    #[error("checkpoint failed: {reason}")]
+    Capture { reason: String },
+    #[error(transparent)]
+    Runtime(#[from] tern_runtime::RuntimeError),
+}

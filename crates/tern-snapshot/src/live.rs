@@ -1,0 +1,857 @@
+//! Running a migratable guest, stopping it at a safe point, capturing its state, and
+//! restoring it from a [`Snapshot`].
+//!
+//! The host side of the rewrite lives here: the `tern.safepoint` import (start an
+//! unwind when a checkpoint is asked for, end a rewind after a restore), the `tern.note_*`
+//! imports that keep the table of files the guest has open, and the clock that keeps
+//! monotonic time running forward across a restore.
+//!
+//! Asyncify's unwind data lives in linear memory, in pages the host adds on the first
+//! checkpoint ([`UNWIND_PAGES`]); the guest's allocator never hands them out because it
+//! only uses pages it grew itself. Their address travels in the snapshot.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use sha2::{Digest as _, Sha256};
+use tern_runtime::{
+    DirAccess, Engine, Host, Limits, Outcome, Policy, Preopen, Program, RemoteFlag, Session,
+};
+use wasmtime::{Caller, Memory, TypedFunc, Val};
+
+use crate::format::{GlobalValue, Meta, OpenFile, PAGE, Snapshot, Volume, WasiState};
+use crate::instrument::{GLOBAL_EXPORT_PREFIX, POLL_FLAG_ADDR, SAFEPOINT};
+use crate::{Rewriter, SnapshotError};
+
+/// Pages added for Asyncify's unwind data on the first checkpoint (1 MiB).
+pub const UNWIND_PAGES: u32 = 16;
+/// Bytes at the end of the unwind area kept as scratch for the host's WASI calls.
+const SCRATCH: u32 = 8192;
+
+const ASYNCIFY_REWINDING: i32 = 2;
+/// WASI oflags a reopen must drop: the file exists now, and must not be emptied again.
+const OFLAGS_CREAT_EXCL_TRUNC: u32 = 0x1 | 0x4 | 0x8;
+
+/// Asks a running guest to stop at its next safe point. Cheap to clone; any thread may
+/// fire it.
+#[derive(Debug, Clone, Default)]
+pub struct Trigger {
+    requested: Arc<AtomicBool>,
+    flag: Arc<Mutex<Option<RemoteFlag>>>,
+}
+
+impl Trigger {
+    /// A trigger that has not fired.
+    pub fn new() -> Trigger {
+        Trigger::default()
+    }
+
+    /// Asks for a checkpoint: the guest reaches a safe point within one loop iteration or
+    /// at its next WASI call.
+    pub fn fire(&self) {
+        self.requested.store(true, Ordering::SeqCst);
+        if let Some(flag) = &*self.flag.lock().unwrap_or_else(|p| p.into_inner()) {
+            flag.raise();
+        }
+    }
+
+    fn arm(&self, flag: Option<RemoteFlag>) {
+        *self.flag.lock().unwrap_or_else(|p| p.into_inner()) = flag;
+        // A request made before the guest started still needs the flag raised.
+        if self.requested.load(Ordering::SeqCst) {
+            self.fire();
+        }
+    }
+}
+
+/// How [`Migratable::run`] ended.
+#[derive(Debug)]
+pub enum RunEnd {
+    /// The guest ran to its end.
+    Finished(Outcome),
+    /// The guest stopped at a checkpoint; this is its state.
+    Stopped(Box<Snapshot>),
+}
+
+/// What to do after a checkpoint was captured.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Checkpoint {
+    /// Stop the guest: [`Migratable::run`] returns the snapshot.
+    Stop,
+    /// Let the guest continue where it stopped.
+    Continue,
+}
+
+/// The guest's monotonic clock: host time plus an offset, so it continues from the
+/// snapshot's reading after a restore on any machine.
+#[derive(Clone)]
+struct Clock {
+    start: Instant,
+    offset_ns: Arc<AtomicU64>,
+}
+
+impl Clock {
+    fn new(offset_ns: u64) -> Clock {
+        Clock {
+            start: Instant::now(),
+            offset_ns: Arc::new(AtomicU64::new(offset_ns)),
+        }
+    }
+}
+
+impl wasmtime_wasi::HostMonotonicClock for Clock {
+    fn resolution(&self) -> u64 {
+        1
+    }
+    fn now(&self) -> u64 {
+        let elapsed = u64::try_from(self.start.elapsed().as_nanos()).unwrap_or(u64::MAX);
+        self.offset_ns
+            .load(Ordering::Relaxed)
+            .saturating_add(elapsed)
+    }
+}
+
+/// A file the guest opened, as the host learned it from `tern.note_path_open`.
+#[derive(Debug, Clone)]
+struct Opened {
+    volume: String,
+    path: String,
+    lookup_flags: u32,
+    oflags: u32,
+    rights_base: u64,
+    rights_inheriting: u64,
+    fd_flags: u32,
+}
+
+#[derive(Clone)]
+struct Asyncify {
+    get_state: TypedFunc<(), i32>,
+    start_unwind: TypedFunc<i32, ()>,
+    stop_unwind: TypedFunc<(), ()>,
+    start_rewind: TypedFunc<i32, ()>,
+    stop_rewind: TypedFunc<(), ()>,
+}
+
+/// The host's state beside the guest's, kept in the store.
+struct Ext {
+    trigger: Trigger,
+    asyncify: Option<Asyncify>,
+    memory: Option<Memory>,
+    unwind_data: Option<u32>,
+    unwinding: bool,
+    /// Preopened volumes by descriptor.
+    volumes: BTreeMap<u32, Volume>,
+    files: BTreeMap<u32, Opened>,
+    /// A safe-point failure to report once the guest has returned.
+    failure: Option<String>,
+}
+
+/// A module made migratable, compiled and linked, ready to run or restore many times.
+#[derive(Debug, Clone)]
+pub struct Migratable {
+    program: Program,
+    original: Arc<Vec<u8>>,
+    digest: String,
+}
+
+impl Migratable {
+    /// Makes `wasm` (the original binary module) migratable and compiles it.
+    ///
+    /// # Errors
+    /// [`SnapshotError::Rewrite`] or [`SnapshotError::Binaryen`] when it cannot be made
+    /// migratable; [`SnapshotError::Runtime`] when it does not compile or link.
+    pub fn new(
+        engine: &Engine,
+        rewriter: &Rewriter,
+        wasm: &[u8],
+    ) -> Result<Migratable, SnapshotError> {
+        let rewritten = rewriter.rewrite(wasm)?;
+        let module = wasmtime::Module::new(engine.wasmtime(), &rewritten).map_err(|e| {
+            SnapshotError::Rewrite {
+                reason: format!("the rewritten module does not compile: {e:#}"),
+            }
+        })?;
+        let program = Program::with_imports(engine, module, add_host_imports)?;
+        Ok(Migratable {
+            program,
+            original: Arc::new(wasm.to_vec()),
+            digest: hex::encode(Sha256::digest(wasm)),
+        })
+    }
+
+    /// SHA-256 of the original module, hex.
+    pub fn digest(&self) -> &str {
+        &self.digest
+    }
+
+    /// Runs the guest from its start. Each time `trigger` fires, the guest stops at its
+    /// next safe point, its state is captured and handed to `on_checkpoint`, which says
+    /// whether to stop there or continue.
+    ///
+    /// # Errors
+    /// Set-up failures and a checkpoint that cannot be captured. What the guest does is
+    /// a [`RunEnd::Finished`] outcome.
+    pub fn run(
+        &self,
+        policy: &Policy,
+        limits: &Limits,
+        trigger: &Trigger,
+        on_checkpoint: impl FnMut(Snapshot) -> Checkpoint,
+    ) -> Result<RunEnd, SnapshotError> {
+        let clock = Clock::new(0);
+        let wasi = policy
+            .wasi_builder()?
+            .monotonic_clock(clock.clone())
+            .build_p1();
+        let volumes = policy
+            .preopens
+            .iter()
+            .enumerate()
+            .map(|(i, p)| {
+                let fd = 3 + i as u32;
+                let volume = Volume {
+                    guest: p.guest.clone(),
+                    fd,
+                    read_only: p.access == DirAccess::ReadOnly,
+                };
+                (fd, volume)
+            })
+            .collect();
+        let mut session = match self.start(wasi, limits, trigger, volumes)? {
+            Ok(s) => s,
+            Err(outcome) => return Ok(RunEnd::Finished(outcome)),
+        };
+        let wasi_state = WasiState {
+            args: policy.args.clone(),
+            env: policy.env.clone(),
+            ..WasiState::default()
+        };
+        self.drive(
+            &mut session,
+            limits,
+            trigger,
+            &clock,
+            wasi_state,
+            on_checkpoint,
+        )
+    }
+
+    /// Rebuilds the guest of `snapshot` and runs it on from where it stopped. `dirs`
+    /// maps each of the snapshot's volumes (by guest path) to a host directory.
+    ///
+    /// # Errors
+    /// [`SnapshotError::Foreign`] when the snapshot was taken of another module,
+    /// [`SnapshotError::UnmappedVolume`] when a volume has no directory,
+    /// [`SnapshotError::Reopen`] when an open file cannot be opened again. Nothing of the
+    /// guest runs unless all of its state was restored.
+    pub fn restore(
+        &self,
+        snapshot: &Snapshot,
+        dirs: &[Preopen],
+        inherit_stdio: bool,
+        limits: &Limits,
+        trigger: &Trigger,
+        on_checkpoint: impl FnMut(Snapshot) -> Checkpoint,
+    ) -> Result<RunEnd, SnapshotError> {
+        let meta = &snapshot.meta;
+        if meta.module_digest != self.digest {
+            return Err(SnapshotError::Foreign {
+                reason: format!(
+                    "it was taken of module {}, not {}",
+                    short(&meta.module_digest),
+                    short(&self.digest)
+                ),
+            });
+        }
+        let mut preopens = Vec::new();
+        for v in &meta.wasi.volumes {
+            let dir = dirs.iter().find(|d| d.guest == v.guest).ok_or_else(|| {
+                SnapshotError::UnmappedVolume {
+                    guest: v.guest.clone(),
+                }
+            })?;
+            let access = if v.read_only {
+                DirAccess::ReadOnly
+            } else {
+                dir.access
+            };
+            preopens.push(Preopen {
+                host: dir.host.clone(),
+                guest: v.guest.clone(),
+                access,
+            });
+        }
+        let policy = Policy {
+            args: meta.wasi.args.clone(),
+            env: meta.wasi.env.clone(),
+            preopens,
+            inherit_stdio,
+        };
+        let clock = Clock::new(meta.wasi.monotonic_ns);
+        let wasi = policy
+            .wasi_builder()?
+            .monotonic_clock(clock.clone())
+            .build_p1();
+        let volumes = meta
+            .wasi
+            .volumes
+            .iter()
+            .map(|v| (v.fd, v.clone()))
+            .collect();
+        let mut session = match self.start(wasi, limits, trigger, volumes)? {
+            Ok(s) => s,
+            Err(outcome) => return Ok(RunEnd::Finished(outcome)),
+        };
+        load_state(&mut session, snapshot)?;
+        let asyncify = ext(&mut session.store).asyncify.clone();
+        if let Some(a) = asyncify {
+            a.start_rewind
+                .call(&mut session.store, meta.unwind_data as i32)
+                .map_err(|e| capture_err(format!("cannot start the rewind: {e:#}")))?;
+        }
+        let wasi_state = WasiState {
+            args: policy.args.clone(),
+            env: policy.env.clone(),
+            ..WasiState::default()
+        };
+        self.drive(
+            &mut session,
+            limits,
+            trigger,
+            &clock,
+            wasi_state,
+            on_checkpoint,
+        )
+    }
+
+    fn start(
+        &self,
+        wasi: wasmtime_wasi::p1::WasiP1Ctx,
+        limits: &Limits,
+        trigger: &Trigger,
+        volumes: BTreeMap<u32, Volume>,
+    ) -> Result<Result<Session, Outcome>, SnapshotError> {
+        let state = Ext {
+            trigger: trigger.clone(),
+            asyncify: None,
+            memory: None,
+            unwind_data: None,
+            unwinding: false,
+            volumes,
+            files: BTreeMap::new(),
+            failure: None,
+        };
+        let mut session = match self
+            .program
+            .instantiate(wasi, limits, Some(Box::new(state)))?
+        {
+            Ok(s) => s,
+            Err(outcome) => return Ok(Err(outcome)),
+        };
+        let asyncify = {
+            let (s, i) = (&mut session.store, &session.instance);
+            let missing = |e: wasmtime::Error| SnapshotError::Rewrite {
+                reason: format!("the rewritten module lacks Asyncify's exports: {e:#}"),
+            };
+            Asyncify {
+                get_state: i
+                    .get_typed_func(&mut *s, "asyncify_get_state")
+                    .map_err(missing)?,
+                start_unwind: i
+                    .get_typed_func(&mut *s, "asyncify_start_unwind")
+                    .map_err(missing)?,
+                stop_unwind: i
+                    .get_typed_func(&mut *s, "asyncify_stop_unwind")
+                    .map_err(missing)?,
+                start_rewind: i
+                    .get_typed_func(&mut *s, "asyncify_start_rewind")
+                    .map_err(missing)?,
+                stop_rewind: i
+                    .get_typed_func(&mut *s, "asyncify_stop_rewind")
+                    .map_err(missing)?,
+            }
+        };
+        let memory = session.instance.get_memory(&mut session.store, "memory");
+        {
+            let e = ext(&mut session.store);
+            e.asyncify = Some(asyncify);
+            e.memory = memory;
+        }
+        let flag = session.remote_flag(POLL_FLAG_ADDR)?;
+        trigger.arm(Some(flag));
+        Ok(Ok(session))
+    }
+
+    /// Calls `_start` (which rewinds first after a restore) until the guest ends or a
+    /// checkpoint stops it.
+    fn drive(
+        &self,
+        session: &mut Session,
+        limits: &Limits,
+        trigger: &Trigger,
+        clock: &Clock,
+        wasi_state: WasiState,
+        mut on_checkpoint: impl FnMut(Snapshot) -> Checkpoint,
+    ) -> Result<RunEnd, SnapshotError> {
+        let start = session
+            .instance
+            .get_typed_func::<(), ()>(&mut session.store, "_start")
+            .map_err(|e| capture_err(format!("no _start: {e:#}")))?;
+        let end = loop {
+            let result = start.call(&mut session.store, ());
+            let e = ext(&mut session.store);
+            if let Some(reason) = e.failure.take() {
+                break Err(capture_err(reason));
+            }
+            if !(result.is_ok() && e.unwinding) {
+                break Ok(RunEnd::Finished(self.program.outcome(result, limits)));
+            }
+            e.unwinding = false;
+            let Some(a) = e.asyncify.clone() else {
+                break Err(capture_err("asyncify exports are gone".into()));
+            };
+            a.stop_unwind
+                .call(&mut session.store, ())
+                .map_err(|e| capture_err(format!("cannot stop the unwind: {e:#}")))?;
+            let snapshot = self.capture(session, clock, wasi_state.clone())?;
+            tracing::info!(pages = snapshot.pages.len(), "checkpoint captured");
+            match on_checkpoint(snapshot.clone()) {
+                Checkpoint::Stop => break Ok(RunEnd::Stopped(Box::new(snapshot))),
+                Checkpoint::Continue => {
+                    a.start_rewind
+                        .call(&mut session.store, snapshot.meta.unwind_data as i32)
+                        .map_err(|e| capture_err(format!("cannot rewind: {e:#}")))?;
+                }
+            }
+        };
+        trigger.arm(None);
+        end
+    }
+
+    fn capture(
+        &self,
+        session: &mut Session,
+        clock: &Clock,
+        mut wasi: WasiState,
+    ) -> Result<Snapshot, SnapshotError> {
+        let (memory, unwind_data, files, volumes) = {
+            let e = ext(&mut session.store);
+            (
+                e.memory,
+                e.unwind_data,
+                e.files.clone(),
+                e.volumes.values().cloned().collect::<Vec<_>>(),
+            )
+        };
+        let memory = memory.ok_or_else(|| capture_err("the guest has no memory".into()))?;
+        let unwind_data =
+            unwind_data.ok_or_else(|| capture_err("no unwind data was written".into()))?;
+        let scratch = unwind_data + UNWIND_PAGES * PAGE as u32 - SCRATCH;
+        let seek = session
+            .instance
+            .get_typed_func::<(i32, i64, i32, i32), i32>(&mut session.store, "tern:fd_seek")
+            .map_err(|e| capture_err(format!("{e:#}")))?;
+        for (fd, f) in files {
+            // Directories have no offset: fd_seek fails on them and 0 is right.
+            let errno = seek
+                .call(&mut session.store, (fd as i32, 0, 1, scratch as i32))
+                .map_err(|e| capture_err(format!("fd_seek: {e:#}")))?;
+            let offset = if errno == 0 {
+                let data = memory.data(&session.store);
+                let at = scratch as usize;
+                let mut b = [0u8; 8];
+                b.copy_from_slice(&data[at..at + 8]);
+                u64::from_le_bytes(b)
+            } else {
+                0
+            };
+            wasi.files.push(OpenFile {
+                fd,
+                volume: f.volume,
+                path: f.path,
+                lookup_flags: f.lookup_flags,
+                oflags: f.oflags,
+                rights_base: f.rights_base,
+                rights_inheriting: f.rights_inheriting,
+                fd_flags: f.fd_flags,
+                offset,
+            });
+        }
+        wasi.volumes = volumes;
+        wasi.monotonic_ns = wasmtime_wasi::HostMonotonicClock::now(clock);
+
+        let mut globals = Vec::new();
+        let names: Vec<(u32, wasmtime::Global)> = session
+            .instance
+            .exports(&mut session.store)
+            .filter_map(|e| {
+                let index = e.name().strip_prefix(GLOBAL_EXPORT_PREFIX)?.parse().ok()?;
+                Some((index, e.into_global()?))
+            })
+            .collect();
+        for (index, g) in names {
+            let value = match g.get(&mut session.store) {
+                Val::I32(v) => GlobalValue::I32(v as u32),
+                Val::I64(v) => GlobalValue::I64(v as u64),
+                Val::F32(v) => GlobalValue::F32(v),
+                Val::F64(v) => GlobalValue::F64(v),
+                Val::V128(v) => GlobalValue::V128(v.as_u128()),
+                other => {
+                    return Err(capture_err(format!(
+                        "global {index} holds a reference ({:?}), which cannot be saved",
+                        other.ty(&session.store)
+                    )));
+                }
+            };
+            globals.push((index, value));
+        }
+        globals.sort_by_key(|(i, _)| *i);
+
+        let data = memory.data(&session.store);
+        let pages = data
+            .chunks(PAGE)
+            .enumerate()
+            .filter(|(_, page)| page.iter().any(|b| *b != 0))
+            .map(|(i, page)| (i as u32, page.to_vec()))
+            .collect();
+        Ok(Snapshot {
+            meta: Meta {
+                module_digest: self.digest.clone(),
+                memory_pages: (data.len() / PAGE) as u32,
+                globals,
+                unwind_data,
+                wasi,
+                writer: format!("tern {}", env!("CARGO_PKG_VERSION")),
+            },
+            module: self.original.as_ref().clone(),
+            pages,
+        })
+    }
+}
+
+fn short(digest: &str) -> &str {
+    digest.get(..12).unwrap_or(digest)
+}
+
+fn capture_err(reason: String) -> SnapshotError {
+    SnapshotError::Capture { reason }
+}
+
+fn ext(store: &mut wasmtime::Store<Host>) -> &mut Ext {
+    store
+        .data_mut()
+        .extension::<Ext>()
+        .expect("every migratable store is built with an Ext in Migratable::start")
+}
+
+fn caller_ext<'a>(caller: &'a mut Caller<'_, Host>) -> &'a mut Ext {
+    caller
+        .data_mut()
+        .extension::<Ext>()
+        .expect("every migratable store is built with an Ext in Migratable::start")
+}
+
+/// Writes memory, globals and open files of `snapshot` into a fresh instance.
+fn load_state(session: &mut Session, snapshot: &Snapshot) -> Result<(), SnapshotError> {
+    let meta = &snapshot.meta;
+    let foreign = |reason: String| SnapshotError::Foreign { reason };
+    let memory = ext(&mut session.store)
+        .memory
+        .ok_or_else(|| foreign("the module has no memory".into()))?;
+    let have = (memory.data_size(&session.store) / PAGE) as u64;
+    let want = u64::from(meta.memory_pages);
+    if want < have {
+        return Err(foreign(format!(
+            "its memory has {want} pages, fewer than the module starts with ({have})"
+        )));
+    }
+    if want > have {
+        memory
+            .grow(&mut session.store, want - have)
+            .map_err(|e| foreign(format!("cannot grow memory to {want} pages: {e:#}")))?;
+    }
+    let data = memory.data_mut(&mut session.store);
+    data.fill(0);
+    for (index, page) in &snapshot.pages {
+        let at = *index as usize * PAGE;
+        data[at..at + PAGE].copy_from_slice(page);
+    }
+    for (index, value) in &meta.globals {
+        let name = format!("{GLOBAL_EXPORT_PREFIX}{index}");
+        let g = session
+            .instance
+            .get_global(&mut session.store, &name)
+            .ok_or_else(|| foreign(format!("the module has no mutable global {index}")))?;
+        let v = match *value {
+            GlobalValue::I32(v) => Val::I32(v as i32),
+            GlobalValue::I64(v) => Val::I64(v as i64),
+            GlobalValue::F32(v) => Val::F32(v),
+            GlobalValue::F64(v) => Val::F64(v),
+            GlobalValue::V128(v) => Val::V128(v.into()),
+        };
+        g.set(&mut session.store, v)
+            .map_err(|e| foreign(format!("global {index}: {e:#}")))?;
+    }
+    let unwind_end = u64::from(meta.unwind_data) + u64::from(UNWIND_PAGES) * PAGE as u64;
+    if unwind_end > want * PAGE as u64 {
+        return Err(SnapshotError::Corrupt {
+            reason: "its unwind data lies outside its memory".into(),
+        });
+    }
+    ext(&mut session.store).unwind_data = Some(meta.unwind_data);
+    reopen_files(session, memory, meta)
+}
+
+/// Opens each file of the snapshot again under its volume, at its descriptor number and
+/// offset. Descriptors are handed out lowest-free first, so gaps below a file's number
+/// are filled with placeholders that are closed afterwards.
+fn reopen_files(session: &mut Session, memory: Memory, meta: &Meta) -> Result<(), SnapshotError> {
+    if meta.wasi.files.is_empty() {
+        return Ok(());
+    }
+    let scratch = meta.unwind_data + UNWIND_PAGES * PAGE as u32 - SCRATCH;
+    let out_ptr = scratch;
+    let path_ptr = scratch + 16;
+    let s = &mut session.store;
+    let i = &session.instance;
+    let func_err = |e: wasmtime::Error| SnapshotError::Foreign {
+        reason: format!("{e:#}"),
+    };
+    let open = i
+        .get_typed_func::<(i32, i32, i32, i32, i32, i64, i64, i32, i32), i32>(
+            &mut *s,
+            "tern:path_open",
+        )
+        .map_err(func_err)?;
+    let seek = i
+        .get_typed_func::<(i32, i64, i32, i32), i32>(&mut *s, "tern:fd_seek")
+        .map_err(func_err)?;
+    let close = i
+        .get_typed_func::<i32, i32>(&mut *s, "tern:fd_close")
+        .map_err(func_err)?;
+    let mut files = meta.wasi.files.clone();
+    files.sort_by_key(|f| f.fd);
+    let mut placeholders = Vec::new();
+    for f in &files {
+        let volume_fd = meta
+            .wasi
+            .volumes
+            .iter()
+            .find(|v| v.guest == f.volume)
+            .map(|v| v.fd)
+            .ok_or_else(|| SnapshotError::Corrupt {
+                reason: format!("file {} names an unknown volume {}", f.path, f.volume),
+            })?;
+        if f.path.len() as u32 > SCRATCH - 16 {
+            return Err(SnapshotError::Corrupt {
+                reason: format!("path of descriptor {} is too long", f.fd),
+            });
+        }
+        let reopen_err = |errno: i32| SnapshotError::Reopen {
+            volume: f.volume.clone(),
+            path: f.path.clone(),
+            errno,
+        };
+        loop {
+            memory
+                .write(&mut *s, path_ptr as usize, f.path.as_bytes())
+                .map_err(|e| capture_err(format!("{e}")))?;
+            let errno = open
+                .call(
+                    &mut *s,
+                    (
+                        volume_fd as i32,
+                        f.lookup_flags as i32,
+                        path_ptr as i32,
+                        f.path.len() as i32,
+                        (f.oflags & !OFLAGS_CREAT_EXCL_TRUNC) as i32,
+                        f.rights_base as i64,
+                        f.rights_inheriting as i64,
+                        f.fd_flags as i32,
+                        out_ptr as i32,
+                    ),
+                )
+                .map_err(|e| capture_err(format!("path_open: {e:#}")))?;
+            if errno != 0 {
+                return Err(reopen_err(errno));
+            }
+            let mut b = [0u8; 4];
+            memory
+                .read(&*s, out_ptr as usize, &mut b)
+                .map_err(|e| capture_err(format!("{e}")))?;
+            let got = u32::from_le_bytes(b);
+            if got == f.fd {
+                break;
+            }
+            if got > f.fd || placeholders.len() > 1 << 16 {
+                return Err(reopen_err(8 /* badf */));
+            }
+            placeholders.push(got);
+        }
+        if f.offset > 0 {
+            let errno = seek
+                .call(&mut *s, (f.fd as i32, f.offset as i64, 0, out_ptr as i32))
+                .map_err(|e| capture_err(format!("fd_seek: {e:#}")))?;
+            if errno != 0 {
+                return Err(reopen_err(errno));
+            }
+        }
+    }
+    for p in placeholders {
+        close
+            .call(&mut *s, p as i32)
+            .map_err(|e| capture_err(format!("fd_close: {e:#}")))?;
+    }
+    let e = ext(s);
+    for f in files {
+        e.files.insert(
+            f.fd,
+            Opened {
+                volume: f.volume,
+                path: f.path,
+                lookup_flags: f.lookup_flags,
+                oflags: f.oflags,
+                rights_base: f.rights_base,
+                rights_inheriting: f.rights_inheriting,
+                fd_flags: f.fd_flags,
+            },
+        );
+    }
+    Ok(())
+}
+
+/// Defines the `tern.*` imports of a migratable module.
+fn add_host_imports(linker: &mut wasmtime::Linker<Host>) -> wasmtime::Result<()> {
+    linker.func_wrap(SAFEPOINT.0, SAFEPOINT.1, safepoint)?;
+    linker.func_wrap(
+        "tern",
+        "note_path_open",
+        |mut caller: Caller<'_, Host>,
+         dir: i32,
+         lookup: i32,
+         path: i32,
+         len: i32,
+         oflags: i32,
+         base: i64,
+         inheriting: i64,
+         fdflags: i32,
+         fd_out: i32,
+         errno: i32| {
+            if errno != 0 {
+                return;
+            }
+            let Some(memory) = caller_ext(&mut caller).memory else {
+                return;
+            };
+            let data = memory.data(&caller);
+            let (path, len, fd_out) = (
+                path as u32 as usize,
+                len as u32 as usize,
+                fd_out as u32 as usize,
+            );
+            let (Some(name), Some(fd)) = (data.get(path..path + len), data.get(fd_out..fd_out + 4))
+            else {
+                return;
+            };
+            let name = String::from_utf8_lossy(name).into_owned();
+            let fd = u32::from_le_bytes([fd[0], fd[1], fd[2], fd[3]]);
+            let e = caller_ext(&mut caller);
+            let dir = dir as u32;
+            let (volume, path) = if let Some(v) = e.volumes.get(&dir) {
+                (v.guest.clone(), name)
+            } else if let Some(parent) = e.files.get(&dir) {
+                (parent.volume.clone(), format!("{}/{}", parent.path, name))
+            } else {
+                // Opened under a descriptor Tern does not know: it cannot be reopened,
+                // and a checkpoint will say so if it is still open.
+                e.files.remove(&fd);
+                return;
+            };
+            e.files.insert(
+                fd,
+                Opened {
+                    volume,
+                    path,
+                    lookup_flags: lookup as u32,
+                    oflags: oflags as u32,
+                    rights_base: base as u64,
+                    rights_inheriting: inheriting as u64,
+                    fd_flags: fdflags as u32,
+                },
+            );
+        },
+    )?;
+    linker.func_wrap(
+        "tern",
+        "note_fd_close",
+        |mut caller: Caller<'_, Host>, fd: i32, errno: i32| {
+            if errno == 0 {
+                caller_ext(&mut caller).files.remove(&(fd as u32));
+            }
+        },
+    )?;
+    linker.func_wrap(
+        "tern",
+        "note_fd_renumber",
+        |mut caller: Caller<'_, Host>, from: i32, to: i32, errno: i32| {
+            if errno == 0 {
+                let e = caller_ext(&mut caller);
+                e.files.remove(&(to as u32));
+                if let Some(f) = e.files.remove(&(from as u32)) {
+                    e.files.insert(to as u32, f);
+                }
+            }
+        },
+    )?;
+    Ok(())
+}
+
+/// `tern.safepoint`: ends a rewind, or starts an unwind when a checkpoint is wanted.
+fn safepoint(mut caller: Caller<'_, Host>) -> wasmtime::Result<()> {
+    let e = caller_ext(&mut caller);
+    let (Some(a), Some(memory)) = (e.asyncify.clone(), e.memory) else {
+        return Ok(());
+    };
+    let requested = e.trigger.requested.clone();
+    if a.get_state.call(&mut caller, ())? == ASYNCIFY_REWINDING {
+        return a.stop_rewind.call(&mut caller, ());
+    }
+    // Lower the flag before looking at the request: a request that comes in between
+    // raises it again and is seen at the next poll.
+    if let Some(b) = memory
+        .data_mut(&mut caller)
+        .get_mut(POLL_FLAG_ADDR as usize)
+    {
+        *b = 0;
+    }
+    if !requested.swap(false, Ordering::SeqCst) {
+        return Ok(());
+    }
+    let addr = match caller_ext(&mut caller).unwind_data {
+        Some(a) => a,
+        None => {
+            let old = match memory.grow(&mut caller, u64::from(UNWIND_PAGES)) {
+                Ok(old) => old,
+                Err(err) => {
+                    caller_ext(&mut caller).failure = Some(format!(
+                        "no room for the unwind data ({UNWIND_PAGES} pages): {err:#}"
+                    ));
+                    return Err(err);
+                }
+            };
+            let addr = u32::try_from(old * PAGE as u64)
+                .map_err(|_| wasmtime::Error::msg("memory is full"))?;
+            caller_ext(&mut caller).unwind_data = Some(addr);
+            addr
+        }
+    };
+    let end = addr + UNWIND_PAGES * PAGE as u32 - SCRATCH;
+    let mut header = [0u8; 8];
+    header[..4].copy_from_slice(&(addr + 8).to_le_bytes());
+    header[4..].copy_from_slice(&end.to_le_bytes());
+    memory.write(&mut caller, addr as usize, &header)?;
+    caller_ext(&mut caller).unwinding = true;
+    a.start_unwind.call(&mut caller, addr as i32)
+}
