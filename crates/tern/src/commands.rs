@@ -1,7 +1,9 @@
 //! One module per subcommand; each is a clap `Args` struct with `execute`.
 
 pub mod bench;
+pub mod checkpoint;
 pub mod compile;
+pub mod restore;
 pub mod run;
 
 use tern_runtime::{EngineKind, RuntimeError};

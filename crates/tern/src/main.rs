@@ -21,6 +21,7 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     Run(commands::run::RunCommand),
+    Restore(commands::restore::RestoreCommand),
     Compile(commands::compile::CompileCommand),
     Bench(commands::bench::BenchCommand),
 }
@@ -30,6 +31,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Run(c) => c.execute(),
+        Command::Restore(c) => c.execute(),
         Command::Compile(c) => c.execute().map(|()| ExitCode::SUCCESS),
         Command::Bench(c) => c.execute().map(|()| ExitCode::SUCCESS),
     };

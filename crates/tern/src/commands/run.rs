@@ -82,6 +82,9 @@ pub struct RunCommand {
     /// argv[0] as the guest sees it [default: the module's file name].
     #[arg(long, value_name = "NAME")]
     argv0: Option<String>,
+
+    #[command(flatten)]
+    checkpoint: super::checkpoint::CheckpointArgs,
 }
 
 impl RunCommand {
@@ -105,17 +108,33 @@ impl RunCommand {
                 .map(ArtifactCache::new)
         };
         let policy = self.policy(&module)?;
-        let loaded = load_module(&engine, &module, cache.as_ref())?;
-        tracing::debug!(digest = %loaded.digest, cache = ?loaded.cache, "module loaded");
-        let program = Program::new(&engine, loaded.module)
-            .with_context(|| format!("cannot run {}", module.display()))?;
-
         let limits = Limits {
             max_memory: self.max_memory,
             timeout: None,
             fuel: self.fuel,
             ..Limits::default()
         };
+        if self.checkpoint.wanted() {
+            let wasm = super::checkpoint::read_wasm(&module)?;
+            let watchdog = self.timeout.map(Watchdog::start);
+            let code = self.checkpoint.run(
+                &engine,
+                cache.as_ref().map(|c| c.dir().join("migratable")),
+                &wasm,
+                policy,
+                limits,
+                self.max_stack,
+            );
+            if let Some(w) = watchdog {
+                w.disarm();
+            }
+            return code;
+        }
+        let loaded = load_module(&engine, &module, cache.as_ref())?;
+        tracing::debug!(digest = %loaded.digest, cache = ?loaded.cache, "module loaded");
+        let program = Program::new(&engine, loaded.module)
+            .with_context(|| format!("cannot run {}", module.display()))?;
+
         let watchdog = self.timeout.map(Watchdog::start);
         // Wasm frames live on the calling thread's stack: give the guest a thread whose
         // stack holds the whole Wasm stack bound plus room for host frames, so that the
@@ -173,17 +192,17 @@ impl RunCommand {
 }
 
 /// Stack reserved for host frames (Tern, Wasmtime, WASI) on the guest thread.
-const HOST_STACK: usize = 8 << 20;
+pub(crate) const HOST_STACK: usize = 8 << 20;
 
-fn read_write_dir(spec: &str) -> Result<Preopen, RuntimeError> {
+pub(crate) fn read_write_dir(spec: &str) -> Result<Preopen, RuntimeError> {
     Preopen::parse(spec, DirAccess::ReadWrite)
 }
 
-fn read_only_dir(spec: &str) -> Result<Preopen, RuntimeError> {
+pub(crate) fn read_only_dir(spec: &str) -> Result<Preopen, RuntimeError> {
     Preopen::parse(spec, DirAccess::ReadOnly)
 }
 
-fn positive_duration(text: &str) -> Result<Duration, String> {
+pub(crate) fn positive_duration(text: &str) -> Result<Duration, String> {
     match parse_duration(text) {
         Ok(d) if d.is_zero() => Err("the timeout must be longer than zero".into()),
         Ok(d) => Ok(d),
@@ -191,7 +210,7 @@ fn positive_duration(text: &str) -> Result<Duration, String> {
     }
 }
 
-fn stack_size(text: &str) -> Result<usize, String> {
+pub(crate) fn stack_size(text: &str) -> Result<usize, String> {
     let bytes = parse_size(text).map_err(|e| e.to_string())?;
     usize::try_from(bytes)
         .ok()
@@ -200,7 +219,7 @@ fn stack_size(text: &str) -> Result<usize, String> {
 }
 
 /// Prints how the guest ended (nothing for a normal exit) and picks the exit code.
-fn report(outcome: Outcome) -> ExitCode {
+pub(crate) fn report(outcome: Outcome) -> ExitCode {
     match outcome {
         Outcome::Exited(code) => ExitCode::from(code as u8),
         Outcome::LimitExceeded(limit) => {
@@ -221,12 +240,12 @@ fn report(outcome: Outcome) -> ExitCode {
 /// or blocks in a host call. A process-wide stop needs no checks in the generated code;
 /// embedders that must stop one guest among many use `Limits::timeout` with an
 /// interruptible engine instead.
-struct Watchdog {
+pub(crate) struct Watchdog {
     done: Arc<Mutex<bool>>,
 }
 
 impl Watchdog {
-    fn start(limit: Duration) -> Watchdog {
+    pub(crate) fn start(limit: Duration) -> Watchdog {
         let done = Arc::new(Mutex::new(false));
         let flag = Arc::clone(&done);
         thread::spawn(move || {
@@ -243,7 +262,7 @@ impl Watchdog {
         Watchdog { done }
     }
 
-    fn disarm(self) {
+    pub(crate) fn disarm(self) {
         *self.done.lock().unwrap_or_else(|e| e.into_inner()) = true;
     }
 }

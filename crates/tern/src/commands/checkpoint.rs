@@ -1,0 +1,158 @@
+//! Checkpointing from the command line: the `--checkpoint-*` flags shared by `tern run`
+//! and `tern restore`, and running a guest in migratable mode.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use clap::Args;
+use tern_runtime::{Engine, Limits, ModuleFormat, Policy, detect_format, wasm_binary};
+use tern_snapshot::{Checkpoint, Migratable, Rewriter, RunEnd, Snapshot, Trigger};
+
+use super::run::{HOST_STACK, positive_duration, report};
+
+/// Flags that switch on migratable mode. A run without them is not rewritten and pays
+/// nothing for checkpoints.
+#[derive(Debug, Args)]
+pub struct CheckpointArgs {
+    /// Stop the guest at its first safe point after DURATION (e.g. 2s, 500ms), write
+    /// its snapshot to --checkpoint-out and exit 0. Resume it with `tern restore`.
+    #[arg(long, value_name = "DURATION", value_parser = positive_duration, requires = "checkpoint_out")]
+    pub checkpoint_after: Option<Duration>,
+
+    /// Where the snapshot goes. Needs --checkpoint-after.
+    #[arg(long, value_name = "FILE", requires = "checkpoint_after")]
+    pub checkpoint_out: Option<PathBuf>,
+}
+
+impl CheckpointArgs {
+    /// Whether migratable mode is on.
+    pub fn wanted(&self) -> bool {
+        self.checkpoint_out.is_some()
+    }
+
+    /// Makes `wasm` migratable and runs it under `policy`, stopping it for a checkpoint
+    /// when asked.
+    pub fn run(
+        &self,
+        engine: &Engine,
+        cache: Option<PathBuf>,
+        wasm: &[u8],
+        policy: Policy,
+        limits: Limits,
+        max_stack: usize,
+    ) -> anyhow::Result<ExitCode> {
+        let started = Instant::now();
+        let migratable = Migratable::new(engine, &Rewriter::new(cache), wasm)?;
+        tracing::info!(elapsed = ?started.elapsed(), "module made migratable");
+        let trigger = self.arm();
+        let end = on_guest_thread(max_stack, move || {
+            migratable.run(&policy, &limits, &trigger, |_| Checkpoint::Stop)
+        })??;
+        self.finish(end)
+    }
+
+    /// Restores `snapshot` and runs it on.
+    pub fn restore(
+        &self,
+        migratable: Migratable,
+        snapshot: Snapshot,
+        dirs: Vec<tern_runtime::Preopen>,
+        limits: Limits,
+        max_stack: usize,
+    ) -> anyhow::Result<ExitCode> {
+        let trigger = self.arm();
+        let end = on_guest_thread(max_stack, move || {
+            migratable.restore(&snapshot, &dirs, true, &limits, &trigger, |_| {
+                Checkpoint::Stop
+            })
+        })??;
+        self.finish(end)
+    }
+
+    fn arm(&self) -> Trigger {
+        let trigger = Trigger::new();
+        if let Some(after) = self.checkpoint_after {
+            let t = trigger.clone();
+            thread::spawn(move || {
+                thread::sleep(after);
+                t.fire();
+            });
+        }
+        trigger
+    }
+
+    fn finish(&self, end: RunEnd) -> anyhow::Result<ExitCode> {
+        match end {
+            RunEnd::Finished(outcome) => {
+                if self.checkpoint_after.is_some() {
+                    eprintln!("note: the guest ended before its checkpoint; no snapshot written");
+                }
+                Ok(report(outcome))
+            }
+            RunEnd::Stopped(snapshot) => {
+                let path = self
+                    .checkpoint_out
+                    .as_ref()
+                    .context("a checkpoint needs --checkpoint-out")?;
+                let bytes = snapshot.encode()?;
+                write_atomically(path, &bytes)
+                    .with_context(|| format!("writing snapshot {}", path.display()))?;
+                eprintln!(
+                    "checkpoint: {} written ({} KiB, {} of {} pages non-zero); resume with `tern restore {}`",
+                    path.display(),
+                    bytes.len().div_ceil(1024),
+                    snapshot.pages.len(),
+                    snapshot.meta.memory_pages,
+                    path.display()
+                );
+                Ok(ExitCode::SUCCESS)
+            }
+        }
+    }
+}
+
+/// Runs `f` on a thread whose stack holds the Wasm stack bound plus host frames.
+fn on_guest_thread<T: Send + 'static>(
+    max_stack: usize,
+    f: impl FnOnce() -> T + Send + 'static,
+) -> anyhow::Result<T> {
+    thread::Builder::new()
+        .name("guest".into())
+        .stack_size(max_stack + HOST_STACK)
+        .spawn(f)
+        .context("starting the guest thread")?
+        .join()
+        .map_err(|_| anyhow::anyhow!("the guest thread panicked"))
+}
+
+/// The Wasm binary of a module file; checkpointing rewrites Wasm, so a precompiled
+/// artifact will not do.
+pub fn read_wasm(path: &Path) -> anyhow::Result<Vec<u8>> {
+    let bytes =
+        std::fs::read(path).with_context(|| format!("cannot read module {}", path.display()))?;
+    let format = detect_format(path, &bytes)?;
+    if format == ModuleFormat::Precompiled {
+        anyhow::bail!(
+            "{} is a precompiled artifact; checkpointing needs the module's .wasm",
+            path.display()
+        );
+    }
+    Ok(wasm_binary(path, &bytes, format)?)
+}
+
+/// Writes `bytes` to `path` through a temporary file, so a crash never leaves half a
+/// snapshot under the final name.
+pub fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    let mut tmp = tempfile::NamedTempFile::new_in(dir)?;
+    std::io::Write::write_all(&mut tmp, bytes)?;
+    tmp.as_file().sync_all()?;
+    tmp.persist(path).map_err(|e| e.error)?;
+    Ok(())
+}
