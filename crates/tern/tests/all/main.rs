@@ -3,6 +3,7 @@
 
 mod bench;
 mod cache;
+mod checkpoint;
 mod compile;
 mod errors;
 mod limits;

@@ -1,0 +1,189 @@
+//! Checkpoint and restore: a guest stopped at a safe point and resumed from its snapshot
+//! prints exactly what an uninterrupted run prints, under either engine, with its open
+//! files; damaged or mismatched snapshots are refused and restore nothing.
+
+use std::path::Path;
+
+use crate::support::{Run, guest, scratch, tern};
+
+/// Runs `args` (a `tern run` command line after `run`) with a checkpoint after `after`,
+/// then restores with `restore_args`; returns both runs.
+fn checkpoint_then_restore(
+    dir: &Path,
+    run_args: &[&str],
+    after: &str,
+    restore_args: &[&str],
+) -> (Run, Run) {
+    let snap = dir.join("app.snap");
+    let first = tern(dir)
+        .args(["run", "--checkpoint-after", after, "--checkpoint-out"])
+        .arg(&snap)
+        .args(run_args)
+        .run();
+    assert_eq!(first.code, Some(0), "{first:?}");
+    assert!(
+        first.stderr.contains("checkpoint:") && snap.exists(),
+        "the guest ended before its checkpoint: {first:?}"
+    );
+    let second = tern(dir).arg("restore").args(restore_args).arg(&snap).run();
+    (first, second)
+}
+
+#[test]
+fn restored_run_continues_exactly_where_it_stopped() {
+    let d = scratch();
+    let steps = guest("steps");
+    let steps = steps.to_str().expect("utf-8 path");
+    let whole = tern(d.path()).args(["run", steps, "40"]).run();
+    assert_eq!(whole.code, Some(3), "{whole:?}");
+    for after in ["30ms", "250ms"] {
+        let (a, b) = checkpoint_then_restore(d.path(), &[steps, "40"], after, &[]);
+        assert_eq!(b.code, Some(3), "{b:?}");
+        assert_eq!(
+            format!("{}{}", a.stdout, b.stdout),
+            whole.stdout,
+            "checkpoint after {after}"
+        );
+    }
+}
+
+#[test]
+fn snapshots_move_between_cranelift_and_pulley() {
+    let d = scratch();
+    let steps = guest("steps");
+    let steps = steps.to_str().expect("utf-8 path");
+    let args = [steps, "6", "3000000"];
+    let whole = tern(d.path()).arg("run").args(args).run();
+    assert_eq!(whole.code, Some(3), "{whole:?}");
+    // Cranelift to Pulley, then Pulley to Cranelift.
+    let (a, b) = checkpoint_then_restore(d.path(), &args, "20ms", &["--engine", "pulley"]);
+    assert_eq!(b.code, Some(3), "{b:?}");
+    assert_eq!(format!("{}{}", a.stdout, b.stdout), whole.stdout);
+    let mut pulley_first = vec!["--engine", "pulley"];
+    pulley_first.extend(args);
+    let (a, b) = checkpoint_then_restore(d.path(), &pulley_first, "100ms", &[]);
+    assert_eq!(b.code, Some(3), "{b:?}");
+    assert_eq!(format!("{}{}", a.stdout, b.stdout), whole.stdout);
+}
+
+#[test]
+fn open_files_continue_at_their_offsets_in_a_remapped_volume() {
+    let d = scratch();
+    let journal = guest("journal");
+    let (vol, moved, reference) = (
+        d.path().join("vol"),
+        d.path().join("moved"),
+        d.path().join("ref"),
+    );
+    for dir in [&vol, &moved, &reference] {
+        std::fs::create_dir(dir).expect("mkdir");
+    }
+    let whole = tern(d.path())
+        .arg("run")
+        .arg(format!("--dir={}::/data", reference.display()))
+        .arg(&journal)
+        .args(["/data", "30", "10000000"])
+        .run();
+    assert_eq!(whole.code, Some(0), "{whole:?}");
+    let vol_arg = format!("--dir={}::/data", vol.display());
+    let journal_arg = journal.to_str().expect("utf-8 path");
+    let snap = d.path().join("app.snap");
+    let first = tern(d.path())
+        .args(["run", "--checkpoint-after", "150ms", "--checkpoint-out"])
+        .arg(&snap)
+        .args([vol_arg.as_str(), journal_arg, "/data", "30", "10000000"])
+        .run();
+    assert_eq!(first.code, Some(0), "{first:?}");
+    assert!(snap.exists(), "no checkpoint: {first:?}");
+    // The volume moves to another directory, as it would to another machine.
+    std::fs::copy(vol.join("journal.txt"), moved.join("journal.txt")).expect("copy");
+    let second = tern(d.path())
+        .arg("restore")
+        .arg(format!("--dir={}::/data", moved.display()))
+        .arg(&snap)
+        .run();
+    assert_eq!(second.code, Some(0), "{second:?}");
+    assert_eq!(format!("{}{}", first.stdout, second.stdout), whole.stdout);
+    assert_eq!(
+        std::fs::read(moved.join("journal.txt")).expect("journal"),
+        std::fs::read(reference.join("journal.txt")).expect("reference journal"),
+    );
+}
+
+#[test]
+fn damaged_snapshots_are_refused() {
+    let d = scratch();
+    let steps = guest("steps");
+    let snap = d.path().join("app.snap");
+    let first = tern(d.path())
+        .args(["run", "--checkpoint-after", "20ms", "--checkpoint-out"])
+        .arg(&snap)
+        .arg(&steps)
+        .args(["20"])
+        .run();
+    assert_eq!(first.code, Some(0), "{first:?}");
+    let good = std::fs::read(&snap).expect("snapshot");
+    let mut cases = vec![
+        ("flipped", {
+            let mut b = good.clone();
+            let mid = b.len() / 2;
+            b[mid] ^= 1;
+            b
+        }),
+        ("truncated", good[..good.len() - 100].to_vec()),
+        ("future", {
+            let mut b = good.clone();
+            b[8..12].copy_from_slice(&99u32.to_le_bytes());
+            b
+        }),
+    ];
+    cases.push(("not a snapshot", b"hello".to_vec()));
+    for (what, bytes) in cases {
+        let bad = d.path().join("bad.snap");
+        std::fs::write(&bad, bytes).expect("write");
+        let out = tern(d.path()).arg("restore").arg(&bad).run();
+        let needle = match what {
+            "future" => "newer than this Tern reads",
+            "not a snapshot" => "not a Tern snapshot",
+            _ => "corrupt, nothing was restored",
+        };
+        out.fails_with(1, needle);
+        assert!(out.stdout.is_empty(), "{what}: the guest ran: {out:?}");
+    }
+}
+
+#[test]
+fn a_volume_without_a_directory_is_named() {
+    let d = scratch();
+    let vol = d.path().join("vol");
+    std::fs::create_dir(&vol).expect("mkdir");
+    let snap = d.path().join("app.snap");
+    let first = tern(d.path())
+        .args(["run", "--checkpoint-after", "100ms", "--checkpoint-out"])
+        .arg(&snap)
+        .arg(format!("--dir={}::/data", vol.display()))
+        .arg(guest("journal"))
+        .args(["/data", "40", "10000000"])
+        .run();
+    assert_eq!(first.code, Some(0), "{first:?}");
+    let out = tern(d.path()).arg("restore").arg(&snap).run();
+    out.fails_with(1, "volume /data of the snapshot has no host directory");
+}
+
+#[test]
+fn modules_with_exception_handling_are_refused() {
+    let d = scratch();
+    let wat = d.path().join("eh.wat");
+    std::fs::write(
+        &wat,
+        r#"(module (memory (export "memory") 1) (tag $e)
+             (func (export "_start") (throw $e)))"#,
+    )
+    .expect("write");
+    let out = tern(d.path())
+        .args(["run", "--checkpoint-after", "1s", "--checkpoint-out"])
+        .arg(d.path().join("x.snap"))
+        .arg(&wat)
+        .run();
+    out.fails_with(1, "exception handling");
+}
