@@ -40,12 +40,24 @@ const OFLAGS_CREAT_EXCL_TRUNC: u32 = 0x1 | 0x4 | 0x8;
 pub struct Trigger {
     requested: Arc<AtomicBool>,
     flag: Arc<Mutex<Option<RemoteFlag>>>,
+    /// Safe points left before firing, when counting (0: not counting).
+    countdown: Arc<AtomicU64>,
 }
 
 impl Trigger {
     /// A trigger that has not fired.
     pub fn new() -> Trigger {
         Trigger::default()
+    }
+
+    /// A trigger that fires at the `n`-th safe point the guest reaches (loop headers
+    /// and WASI calls alike, `n` ≥ 1): a checkpoint at a point that does not depend on
+    /// timing, for tests and debugging. The guest polls at every safe point while it
+    /// counts, so it runs slower until then.
+    pub fn at_safepoint(n: u64) -> Trigger {
+        let t = Trigger::default();
+        t.countdown.store(n.max(1), Ordering::SeqCst);
+        t
     }
 
     /// Asks for a checkpoint: the guest reaches a safe point within one loop iteration or
@@ -59,9 +71,12 @@ impl Trigger {
 
     fn arm(&self, flag: Option<RemoteFlag>) {
         *self.flag.lock().unwrap_or_else(|p| p.into_inner()) = flag;
-        // A request made before the guest started still needs the flag raised.
-        if self.requested.load(Ordering::SeqCst) {
-            self.fire();
+        // A request made before the guest started still needs the flag raised, and a
+        // counting trigger keeps it raised so that every loop header calls in.
+        if self.requested.load(Ordering::SeqCst) || self.countdown.load(Ordering::SeqCst) > 0 {
+            if let Some(flag) = &*self.flag.lock().unwrap_or_else(|p| p.into_inner()) {
+                flag.raise();
+            }
         }
     }
 }
@@ -815,16 +830,23 @@ fn safepoint(mut caller: Caller<'_, Host>) -> wasmtime::Result<()> {
         return Ok(());
     };
     let requested = e.trigger.requested.clone();
+    let countdown = e.trigger.countdown.clone();
     if a.get_state.call(&mut caller, ())? == ASYNCIFY_REWINDING {
         return a.stop_rewind.call(&mut caller, ());
     }
+    let counting = countdown.load(Ordering::SeqCst) > 0;
+    let count_reached = counting && countdown.fetch_sub(1, Ordering::SeqCst) == 1;
     // Lower the flag before looking at the request: a request that comes in between
-    // raises it again and is seen at the next poll.
-    if let Some(b) = memory
-        .data_mut(&mut caller)
-        .get_mut(POLL_FLAG_ADDR as usize)
+    // raises it again and is seen at the next poll. A counting trigger keeps it raised.
+    if (!counting || count_reached)
+        && let Some(b) = memory
+            .data_mut(&mut caller)
+            .get_mut(POLL_FLAG_ADDR as usize)
     {
         *b = 0;
+    }
+    if count_reached {
+        requested.store(true, Ordering::SeqCst);
     }
     if !requested.swap(false, Ordering::SeqCst) {
         return Ok(());

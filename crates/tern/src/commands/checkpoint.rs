@@ -22,8 +22,15 @@ pub struct CheckpointArgs {
     #[arg(long, value_name = "DURATION", value_parser = positive_duration, requires = "checkpoint_out")]
     pub checkpoint_after: Option<Duration>,
 
-    /// Where the snapshot goes. Needs --checkpoint-after.
-    #[arg(long, value_name = "FILE", requires = "checkpoint_after")]
+    /// Stop at the N-th safe point the guest reaches (loop headers and WASI calls) and
+    /// write its snapshot: a checkpoint that does not depend on timing, for tests and
+    /// debugging (the guest runs slower until then).
+    #[arg(long, value_name = "N", requires = "checkpoint_out", conflicts_with = "checkpoint_after",
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub checkpoint_at_safepoint: Option<u64>,
+
+    /// Where the snapshot goes. Needs --checkpoint-after or --checkpoint-at-safepoint.
+    #[arg(long, value_name = "FILE")]
     pub checkpoint_out: Option<PathBuf>,
 }
 
@@ -31,6 +38,17 @@ impl CheckpointArgs {
     /// Whether migratable mode is on.
     pub fn wanted(&self) -> bool {
         self.checkpoint_out.is_some()
+    }
+
+    /// Refuses `--checkpoint-out` without anything that would take the checkpoint.
+    pub fn check(&self) -> anyhow::Result<()> {
+        if self.checkpoint_out.is_some()
+            && self.checkpoint_after.is_none()
+            && self.checkpoint_at_safepoint.is_none()
+        {
+            anyhow::bail!("--checkpoint-out needs --checkpoint-after or --checkpoint-at-safepoint");
+        }
+        Ok(())
     }
 
     /// Makes `wasm` migratable and runs it under `policy`, stopping it for a checkpoint
@@ -44,6 +62,7 @@ impl CheckpointArgs {
         limits: Limits,
         max_stack: usize,
     ) -> anyhow::Result<ExitCode> {
+        self.check()?;
         let started = Instant::now();
         let migratable = Migratable::new(engine, &Rewriter::new(cache), wasm)?;
         tracing::info!(elapsed = ?started.elapsed(), "module made migratable");
@@ -63,6 +82,7 @@ impl CheckpointArgs {
         limits: Limits,
         max_stack: usize,
     ) -> anyhow::Result<ExitCode> {
+        self.check()?;
         let trigger = self.arm();
         let end = on_guest_thread(max_stack, move || {
             migratable.restore(&snapshot, &dirs, true, &limits, &trigger, |_| {
@@ -73,6 +93,9 @@ impl CheckpointArgs {
     }
 
     fn arm(&self) -> Trigger {
+        if let Some(n) = self.checkpoint_at_safepoint {
+            return Trigger::at_safepoint(n);
+        }
         let trigger = Trigger::new();
         if let Some(after) = self.checkpoint_after {
             let t = trigger.clone();
@@ -87,7 +110,7 @@ impl CheckpointArgs {
     fn finish(&self, end: RunEnd) -> anyhow::Result<ExitCode> {
         match end {
             RunEnd::Finished(outcome) => {
-                if self.checkpoint_after.is_some() {
+                if self.checkpoint_after.is_some() || self.checkpoint_at_safepoint.is_some() {
                     eprintln!("note: the guest ended before its checkpoint; no snapshot written");
                 }
                 Ok(report(outcome))
