@@ -187,3 +187,54 @@ fn modules_with_exception_handling_are_refused() {
         .run();
     out.fails_with(1, "exception handling");
 }
+
+/// Safe points at which each PolyBench kernel is stopped: the first one, and two deeper
+/// in its loops (a kernel that ends sooner is compared uninterrupted).
+const KERNEL_STOPS: [&str; 3] = ["1", "700", "40000"];
+
+fn checksum(stdout: &str) -> Option<&str> {
+    stdout.lines().find(|l| l.starts_with("checksum: "))
+}
+
+#[test]
+fn every_polybench_kernel_restores_to_the_same_result() {
+    use tern_bench::polybench::{self, Dataset};
+    use tern_bench::progress::Progress;
+    let d = scratch();
+    let programs = polybench::build(d.path(), Dataset::Mini, &[], &Progress::new(false))
+        .expect("kernels build");
+    assert_eq!(programs.len(), 30);
+    let snap = d.path().join("k.snap");
+    let mut stopped = 0;
+    for (name, p) in &programs {
+        let whole = tern(d.path()).arg("run").arg(&p.wasm).run();
+        let expected = checksum(whole.succeeds()).unwrap_or_else(|| panic!("{name}: {whole:?}"));
+        for n in KERNEL_STOPS {
+            let _ = std::fs::remove_file(&snap);
+            let first = tern(d.path())
+                .args(["run", "--checkpoint-at-safepoint", n, "--checkpoint-out"])
+                .arg(&snap)
+                .arg(&p.wasm)
+                .run();
+            assert_eq!(first.code, Some(0), "{name} at {n}: {first:?}");
+            let got = if snap.exists() {
+                stopped += 1;
+                assert!(
+                    checksum(&first.stdout).is_none(),
+                    "{name} at {n}: {first:?}"
+                );
+                let second = tern(d.path()).arg("restore").arg(&snap).run();
+                checksum(second.succeeds()).map(str::to_owned)
+            } else {
+                checksum(&first.stdout).map(str::to_owned)
+            };
+            assert_eq!(
+                got.as_deref(),
+                Some(expected),
+                "{name} stopped at safe point {n}"
+            );
+        }
+    }
+    // Every kernel stops at its first safe point; most reach the deeper ones too.
+    assert!(stopped >= 60, "only {stopped} checkpoints were taken");
+}
