@@ -73,10 +73,10 @@ impl Trigger {
         *self.flag.lock().unwrap_or_else(|p| p.into_inner()) = flag;
         // A request made before the guest started still needs the flag raised, and a
         // counting trigger keeps it raised so that every loop header calls in.
-        if self.requested.load(Ordering::SeqCst) || self.countdown.load(Ordering::SeqCst) > 0 {
-            if let Some(flag) = &*self.flag.lock().unwrap_or_else(|p| p.into_inner()) {
-                flag.raise();
-            }
+        let wanted =
+            self.requested.load(Ordering::SeqCst) || self.countdown.load(Ordering::SeqCst) > 0;
+        if wanted && let Some(flag) = &*self.flag.lock().unwrap_or_else(|p| p.into_inner()) {
+            flag.raise();
         }
     }
 }
