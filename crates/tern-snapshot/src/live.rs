@@ -215,11 +215,6 @@ impl Migratable {
         trigger: &Trigger,
         on_checkpoint: impl FnMut(Snapshot) -> Checkpoint,
     ) -> Result<RunEnd, SnapshotError> {
-        let clock = Clock::new(0);
-        let wasi = policy
-            .wasi_builder()?
-            .monotonic_clock(clock.clone())
-            .build_p1();
         let volumes = policy
             .preopens
             .iter()
@@ -234,23 +229,12 @@ impl Migratable {
                 (fd, volume)
             })
             .collect();
-        let mut session = match self.start(wasi, limits, trigger, volumes)? {
+        let clock = Clock::new(0);
+        let mut session = match self.start(policy, &clock, limits, trigger, volumes)? {
             Ok(s) => s,
             Err(outcome) => return Ok(RunEnd::Finished(outcome)),
         };
-        let wasi_state = WasiState {
-            args: policy.args.clone(),
-            env: policy.env.clone(),
-            ..WasiState::default()
-        };
-        self.drive(
-            &mut session,
-            limits,
-            trigger,
-            &clock,
-            wasi_state,
-            on_checkpoint,
-        )
+        self.drive(&mut session, limits, trigger, &clock, policy, on_checkpoint)
     }
 
     /// Rebuilds the guest of `snapshot` and runs it on from where it stopped. `dirs`
@@ -305,17 +289,13 @@ impl Migratable {
             inherit_stdio,
         };
         let clock = Clock::new(meta.wasi.monotonic_ns);
-        let wasi = policy
-            .wasi_builder()?
-            .monotonic_clock(clock.clone())
-            .build_p1();
         let volumes = meta
             .wasi
             .volumes
             .iter()
             .map(|v| (v.fd, v.clone()))
             .collect();
-        let mut session = match self.start(wasi, limits, trigger, volumes)? {
+        let mut session = match self.start(&policy, &clock, limits, trigger, volumes)? {
             Ok(s) => s,
             Err(outcome) => return Ok(RunEnd::Finished(outcome)),
         };
@@ -326,28 +306,28 @@ impl Migratable {
                 .call(&mut session.store, meta.unwind_data as i32)
                 .map_err(|e| capture_err(format!("cannot start the rewind: {e:#}")))?;
         }
-        let wasi_state = WasiState {
-            args: policy.args.clone(),
-            env: policy.env.clone(),
-            ..WasiState::default()
-        };
         self.drive(
             &mut session,
             limits,
             trigger,
             &clock,
-            wasi_state,
+            &policy,
             on_checkpoint,
         )
     }
 
     fn start(
         &self,
-        wasi: wasmtime_wasi::p1::WasiP1Ctx,
+        policy: &Policy,
+        clock: &Clock,
         limits: &Limits,
         trigger: &Trigger,
         volumes: BTreeMap<u32, Volume>,
     ) -> Result<Result<Session, Outcome>, SnapshotError> {
+        let wasi = policy
+            .wasi_builder()?
+            .monotonic_clock(clock.clone())
+            .build_p1();
         let state = Ext {
             trigger: trigger.clone(),
             asyncify: None,
@@ -407,9 +387,14 @@ impl Migratable {
         limits: &Limits,
         trigger: &Trigger,
         clock: &Clock,
-        wasi_state: WasiState,
+        policy: &Policy,
         mut on_checkpoint: impl FnMut(Snapshot) -> Checkpoint,
     ) -> Result<RunEnd, SnapshotError> {
+        let wasi_state = WasiState {
+            args: policy.args.clone(),
+            env: policy.env.clone(),
+            ..WasiState::default()
+        };
         let start = session
             .instance
             .get_typed_func::<(), ()>(&mut session.store, "_start")

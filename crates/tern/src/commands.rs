@@ -12,3 +12,17 @@ use tern_runtime::{EngineKind, RuntimeError};
 pub fn parse_engine(s: &str) -> Result<EngineKind, RuntimeError> {
     s.parse()
 }
+
+/// The artifact cache directory the flags ask for: none with `--no-cache`, else
+/// `--cache-dir` or the default.
+pub fn cache_root(
+    no_cache: bool,
+    cache_dir: Option<&std::path::Path>,
+) -> Option<std::path::PathBuf> {
+    if no_cache {
+        return None;
+    }
+    cache_dir
+        .map(std::path::Path::to_path_buf)
+        .or_else(tern_runtime::ArtifactCache::default_dir)
+}

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::Args;
-use tern_runtime::{ArtifactCache, Engine, EngineKind, EngineOptions, Limits, Preopen, parse_size};
+use tern_runtime::{Engine, EngineKind, EngineOptions, Limits, Preopen, parse_size};
 use tern_snapshot::{Migratable, Rewriter, Snapshot};
 
 use super::run::{Watchdog, positive_duration, read_only_dir, read_write_dir, stack_size};
@@ -72,14 +72,8 @@ impl RestoreCommand {
             max_stack: self.max_stack,
             ..EngineOptions::default()
         })?;
-        let cache = if self.no_cache {
-            None
-        } else {
-            self.cache_dir
-                .clone()
-                .or_else(ArtifactCache::default_dir)
-                .map(|d| d.join("migratable"))
-        };
+        let cache = super::cache_root(self.no_cache, self.cache_dir.as_deref())
+            .map(|d| d.join("migratable"));
         let migratable = Migratable::new(&engine, &Rewriter::new(cache), &snapshot.module)
             .with_context(|| format!("cannot restore {}", self.snapshot.display()))?;
         let dirs: Vec<Preopen> = self.dirs.iter().chain(&self.ro_dirs).cloned().collect();

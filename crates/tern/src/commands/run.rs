@@ -99,14 +99,8 @@ impl RunCommand {
             // generated code: those cost up to 8x in tight loops (gemm, measured).
             interruptible: false,
         })?;
-        let cache = if self.no_cache {
-            None
-        } else {
-            self.cache_dir
-                .clone()
-                .or_else(ArtifactCache::default_dir)
-                .map(ArtifactCache::new)
-        };
+        let cache =
+            super::cache_root(self.no_cache, self.cache_dir.as_deref()).map(ArtifactCache::new);
         let policy = self.policy(&module)?;
         let limits = Limits {
             max_memory: self.max_memory,
