@@ -10,10 +10,12 @@
 mod format;
 pub mod instrument;
 mod live;
+mod migrate;
 mod rewrite;
 
 pub use format::{FORMAT_VERSION, GlobalValue, Meta, OpenFile, PAGE, Snapshot, Volume, WasiState};
-pub use live::{Checkpoint, Migratable, RunEnd, Trigger};
+pub use live::{Checkpoint, Migratable, Placement, RunEnd, Trigger};
+pub use migrate::{MigrateEnd, MigrationStats, migrate_run, receive};
 pub use rewrite::Rewriter;
 
 /// Why a module cannot be made migratable, or a snapshot cannot be taken or restored.
@@ -42,6 +44,8 @@ pub enum SnapshotError {
         path: String,
         errno: i32,
     },
+    #[error("migration failed: {reason}")]
+    Migration { reason: String },
     #[error("checkpoint failed: {reason}")]
     Capture { reason: String },
     #[error(transparent)]

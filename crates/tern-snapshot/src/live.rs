@@ -81,6 +81,15 @@ impl Trigger {
     }
 }
 
+/// Where and how a restored guest runs: host directories for its volumes (by guest
+/// path), whether it gets this process's stdio, and its limits.
+#[derive(Debug, Clone, Copy)]
+pub struct Placement<'a> {
+    pub dirs: &'a [Preopen],
+    pub inherit_stdio: bool,
+    pub limits: &'a Limits,
+}
+
 /// How [`Migratable::run`] ended.
 #[derive(Debug)]
 pub enum RunEnd {
@@ -196,6 +205,11 @@ impl Migratable {
         })
     }
 
+    /// The original module.
+    pub fn original(&self) -> &[u8] {
+        &self.original
+    }
+
     /// SHA-256 of the original module, hex.
     pub fn digest(&self) -> &str {
         &self.digest
@@ -239,6 +253,8 @@ impl Migratable {
 
     /// Rebuilds the guest of `snapshot` and runs it on from where it stopped. `dirs`
     /// maps each of the snapshot's volumes (by guest path) to a host directory.
+    /// `on_restored` is called once the whole state is in place, before the guest runs;
+    /// an error from it ends the restore.
     ///
     /// # Errors
     /// [`SnapshotError::Foreign`] when the snapshot was taken of another module,
@@ -248,12 +264,16 @@ impl Migratable {
     pub fn restore(
         &self,
         snapshot: &Snapshot,
-        dirs: &[Preopen],
-        inherit_stdio: bool,
-        limits: &Limits,
+        place: &Placement<'_>,
         trigger: &Trigger,
+        on_restored: impl FnOnce() -> Result<(), SnapshotError>,
         on_checkpoint: impl FnMut(Snapshot) -> Checkpoint,
     ) -> Result<RunEnd, SnapshotError> {
+        let Placement {
+            dirs,
+            inherit_stdio,
+            limits,
+        } = *place;
         let meta = &snapshot.meta;
         if meta.module_digest != self.digest {
             return Err(SnapshotError::Foreign {
@@ -300,6 +320,9 @@ impl Migratable {
             Err(outcome) => return Ok(RunEnd::Finished(outcome)),
         };
         load_state(&mut session, snapshot)?;
+        // Everything is in place: the caller may confirm (a migration's source stops its
+        // copy now) or back out before any guest code runs.
+        on_restored()?;
         let asyncify = ext(&mut session.store).asyncify.clone();
         if let Some(a) = asyncify {
             a.start_rewind
