@@ -22,6 +22,7 @@ struct Cli {
 enum Command {
     Run(commands::run::RunCommand),
     Restore(commands::restore::RestoreCommand),
+    Receive(commands::receive::ReceiveCommand),
     Compile(commands::compile::CompileCommand),
     Bench(commands::bench::BenchCommand),
 }
@@ -32,6 +33,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Run(c) => c.execute(),
         Command::Restore(c) => c.execute(),
+        Command::Receive(c) => c.execute(),
         Command::Compile(c) => c.execute().map(|()| ExitCode::SUCCESS),
         Command::Bench(c) => c.execute().map(|()| ExitCode::SUCCESS),
     };

@@ -9,7 +9,9 @@ use std::time::{Duration, Instant};
 use anyhow::Context as _;
 use clap::Args;
 use tern_runtime::{Engine, Limits, ModuleFormat, Policy, detect_format, wasm_binary};
-use tern_snapshot::{Checkpoint, Migratable, Rewriter, RunEnd, Snapshot, Trigger};
+use tern_snapshot::{
+    Checkpoint, Migratable, MigrateEnd, Rewriter, RunEnd, Snapshot, Trigger, migrate_run,
+};
 
 use super::run::{HOST_STACK, positive_duration, report};
 
@@ -32,12 +34,23 @@ pub struct CheckpointArgs {
     /// Where the snapshot goes. Needs --checkpoint-after or --checkpoint-at-safepoint.
     #[arg(long, value_name = "FILE")]
     pub checkpoint_out: Option<PathBuf>,
+
+    /// Live-migrate the running guest to a `tern receive --listen ADDR` (HOST:PORT):
+    /// memory and volume files are copied while it runs, then it stops at a safe point,
+    /// the last changes go over and it resumes there. If the destination fails at any
+    /// point the guest carries on here as if nothing happened.
+    #[arg(long, value_name = "ADDR", conflicts_with_all = ["checkpoint_out"])]
+    pub migrate_to: Option<String>,
+
+    /// When to start migrating [default: at once].
+    #[arg(long, value_name = "DURATION", value_parser = positive_duration, requires = "migrate_to")]
+    pub migrate_after: Option<Duration>,
 }
 
 impl CheckpointArgs {
     /// Whether migratable mode is on.
     pub fn wanted(&self) -> bool {
-        self.checkpoint_out.is_some()
+        self.checkpoint_out.is_some() || self.migrate_to.is_some()
     }
 
     /// Refuses `--checkpoint-out` without anything that would take the checkpoint.
@@ -66,6 +79,28 @@ impl CheckpointArgs {
         let started = Instant::now();
         let migratable = Migratable::new(engine, &Rewriter::new(cache), wasm)?;
         tracing::info!(elapsed = ?started.elapsed(), "module made migratable");
+        if let Some(addr) = self.migrate_to.clone() {
+            let after = self.migrate_after.unwrap_or(Duration::ZERO);
+            let end = on_guest_thread(max_stack, move || {
+                migrate_run(&migratable, &policy, &limits, &addr, after, |line| {
+                    eprintln!("{line}")
+                })
+            })??;
+            return Ok(match end {
+                MigrateEnd::Migrated(stats) => {
+                    eprintln!(
+                        "migrated to {}: downtime {:.1} ms, {} rounds, {} KiB sent, {:.1} ms in all",
+                        self.migrate_to.as_deref().unwrap_or_default(),
+                        stats.downtime.as_secs_f64() * 1e3,
+                        stats.rounds,
+                        stats.bytes_sent.div_ceil(1024),
+                        stats.total.as_secs_f64() * 1e3
+                    );
+                    ExitCode::SUCCESS
+                }
+                MigrateEnd::Finished { outcome, .. } => report(outcome),
+            });
+        }
         let trigger = self.arm();
         let end = on_guest_thread(max_stack, move || {
             migratable.run(&policy, &limits, &trigger, |_| Checkpoint::Stop)
@@ -85,9 +120,17 @@ impl CheckpointArgs {
         self.check()?;
         let trigger = self.arm();
         let end = on_guest_thread(max_stack, move || {
-            migratable.restore(&snapshot, &dirs, true, &limits, &trigger, |_| {
-                Checkpoint::Stop
-            })
+            migratable.restore(
+                &snapshot,
+                &tern_snapshot::Placement {
+                    dirs: &dirs,
+                    inherit_stdio: true,
+                    limits: &limits,
+                },
+                &trigger,
+                || Ok(()),
+                |_| Checkpoint::Stop,
+            )
         })??;
         self.finish(end)
     }
@@ -138,7 +181,7 @@ impl CheckpointArgs {
 }
 
 /// Runs `f` on a thread whose stack holds the Wasm stack bound plus host frames.
-fn on_guest_thread<T: Send + 'static>(
+pub fn on_guest_thread<T: Send + 'static>(
     max_stack: usize,
     f: impl FnOnce() -> T + Send + 'static,
 ) -> anyhow::Result<T> {

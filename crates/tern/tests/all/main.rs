@@ -7,6 +7,7 @@ mod checkpoint;
 mod compile;
 mod errors;
 mod limits;
+mod migrate;
 mod run;
 mod sandbox;
 mod support;

@@ -1,0 +1,168 @@
+//! Live migration on loopback between two real `tern` processes: the guest's output and
+//! files are the same as an uninterrupted run's, and a destination that refuses, fails
+//! or dies leaves the guest running on the source as if nothing had happened.
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+
+use crate::support::{Run, guest, scratch, tern};
+
+/// A `tern receive` listening on a free loopback port, and that port's address.
+fn receiver(dir: &Path, args: &[String]) -> (Child, String) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_tern"))
+        .env_clear()
+        .env("TERN_CACHE_DIR", dir.join("cache-dst"))
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        .args(["receive", "--listen", "127.0.0.1:0"])
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawning tern receive");
+    let mut err = BufReader::new(child.stderr.take().expect("stderr piped"));
+    let mut line = String::new();
+    err.read_line(&mut line)
+        .expect("reading receive's first line");
+    let addr = line
+        .trim()
+        .strip_prefix("receive: listening on ")
+        .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
+        .to_owned();
+    // Keep draining stderr so the receiver never blocks on a full pipe.
+    std::thread::spawn(move || {
+        let mut rest = String::new();
+        let _ = std::io::Read::read_to_string(&mut err, &mut rest);
+    });
+    (child, addr)
+}
+
+fn journal_args(vol: &Path) -> Vec<String> {
+    vec![
+        format!("--dir={}::/data", vol.display()),
+        guest("journal").display().to_string(),
+        "/data".into(),
+        "40".into(),
+        "25000000".into(),
+    ]
+}
+
+/// The uninterrupted run: its stdout and journal.
+fn reference(dir: &Path) -> (String, Vec<u8>) {
+    let vol = dir.join("ref");
+    std::fs::create_dir_all(&vol).expect("mkdir");
+    let run = tern(dir).arg("run").args(journal_args(&vol)).run();
+    assert_eq!(run.code, Some(0), "{run:?}");
+    (
+        run.stdout,
+        std::fs::read(vol.join("journal.txt")).expect("journal"),
+    )
+}
+
+fn source(dir: &Path, addr: &str, vol: &Path) -> Run {
+    tern(dir)
+        .args(["run", "--migrate-to", addr, "--migrate-after", "100ms"])
+        .args(journal_args(vol))
+        .run()
+}
+
+#[test]
+fn a_guest_with_open_files_moves_and_finishes_on_the_destination() {
+    let d = scratch();
+    let (want_out, want_journal) = reference(d.path());
+    let (src, dst) = (d.path().join("src"), d.path().join("dst"));
+    std::fs::create_dir_all(&src).expect("mkdir");
+    std::fs::create_dir_all(&dst).expect("mkdir");
+    let (child, addr) = receiver(d.path(), &[format!("--dir={}::/data", dst.display())]);
+    let from = source(d.path(), &addr, &src);
+    let to = Run::from(child.wait_with_output().expect("receiver ends"));
+    assert_eq!(from.code, Some(0), "{from:?}");
+    assert!(from.stderr.contains("migrated to"), "{from:?}");
+    assert_eq!(to.code, Some(0), "{to:?}");
+    assert_eq!(format!("{}{}", from.stdout, to.stdout), want_out);
+    assert_eq!(
+        std::fs::read(dst.join("journal.txt")).expect("journal"),
+        want_journal
+    );
+}
+
+/// Each way the destination can fail: the guest finishes on the source with the
+/// output and files of an uninterrupted run, and says why on stderr.
+fn assert_resumed_locally(from: &Run, d: &Path, src: &Path, why: &str) {
+    let (want_out, want_journal) = reference(d);
+    assert_eq!(from.code, Some(0), "{from:?}");
+    assert!(
+        from.stderr.contains(why),
+        "expected {why:?} in {:?}",
+        from.stderr
+    );
+    assert!(
+        from.stderr.contains("the guest keeps running here"),
+        "{from:?}"
+    );
+    assert_eq!(from.stdout, want_out);
+    assert_eq!(
+        std::fs::read(src.join("journal.txt")).expect("journal"),
+        want_journal
+    );
+}
+
+#[test]
+fn no_destination_leaves_the_guest_here() {
+    let d = scratch();
+    let src = d.path().join("src");
+    std::fs::create_dir_all(&src).expect("mkdir");
+    // A port nobody listens on: bind one, then free it.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("free port")
+        .port();
+    let from = source(d.path(), &format!("127.0.0.1:{port}"), &src);
+    assert_resumed_locally(&from, d.path(), &src, "cannot connect");
+}
+
+#[test]
+fn a_destination_that_refuses_leaves_the_guest_here() {
+    let d = scratch();
+    let src = d.path().join("src");
+    std::fs::create_dir_all(&src).expect("mkdir");
+    // No directory for the guest's /data volume.
+    let (child, addr) = receiver(d.path(), &[]);
+    let from = source(d.path(), &addr, &src);
+    let to = Run::from(child.wait_with_output().expect("receiver ends"));
+    assert_eq!(to.code, Some(1), "{to:?}");
+    assert_resumed_locally(&from, d.path(), &src, "volume /data");
+}
+
+#[test]
+fn a_destination_that_cannot_restore_leaves_the_guest_here() {
+    let d = scratch();
+    let (src, dst) = (d.path().join("src"), d.path().join("dst"));
+    std::fs::create_dir_all(&src).expect("mkdir");
+    std::fs::create_dir_all(&dst).expect("mkdir");
+    // Read-only: the journal, open for writing, cannot be reopened at the last step.
+    let (child, addr) = receiver(d.path(), &[format!("--ro-dir={}::/data", dst.display())]);
+    let from = source(d.path(), &addr, &src);
+    let to = Run::from(child.wait_with_output().expect("receiver ends"));
+    assert_eq!(to.code, Some(1), "{to:?}");
+    assert!(
+        to.stdout.is_empty(),
+        "the guest ran on the destination: {to:?}"
+    );
+    assert_resumed_locally(&from, d.path(), &src, "cannot reopen");
+}
+
+#[test]
+fn a_destination_killed_mid_migration_leaves_the_guest_here() {
+    let d = scratch();
+    let (src, dst) = (d.path().join("src"), d.path().join("dst"));
+    std::fs::create_dir_all(&src).expect("mkdir");
+    std::fs::create_dir_all(&dst).expect("mkdir");
+    let (mut child, addr) = receiver(d.path(), &[format!("--dir={}::/data", dst.display())]);
+    // Killed before any migration arrives: the source finds the port closed or the
+    // connection reset, whichever phase it reaches.
+    child.kill().expect("kill receiver");
+    let _ = child.wait();
+    let from = source(d.path(), &addr, &src);
+    assert_resumed_locally(&from, d.path(), &src, "migration failed");
+}
