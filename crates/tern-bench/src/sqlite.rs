@@ -248,6 +248,23 @@ pub fn build(sources: &Sources, progress: &Progress) -> anyhow::Result<Program> 
     Ok(p)
 }
 
+/// Builds another C program (`src`, which includes `sqlite3.h`) with the same SQLite to
+/// a `wasm32-wasi` module at `out`, for tests of programs that keep a database open.
+///
+/// # Errors
+/// A compiler failure.
+pub fn build_wasm_with_sqlite(sources: &Sources, src: &Path, out: &Path) -> anyhow::Result<()> {
+    let include = format!("-I{}", sources.dir.display());
+    let mut flags: Vec<&str> = SQLITE_FLAGS.to_vec();
+    flags.push(&include);
+    toolchain::wasm_multi(
+        &[src, sources.amalgamation.as_path()],
+        out,
+        &flags,
+        WASM_LINK_FLAGS,
+    )
+}
+
 /// One timed line of speedtest1's output: `(test, seconds)`. The test is named by its
 /// number and title (`100 50000 INSERTs into table with no index`); the total is
 /// `TOTAL`.

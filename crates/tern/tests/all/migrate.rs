@@ -12,7 +12,7 @@ use crate::support::{Run, guest, scratch, tern};
 fn receiver(dir: &Path, args: &[String]) -> (Child, String) {
     let mut child = Command::new(env!("CARGO_BIN_EXE_tern"))
         .env_clear()
-        .env("TERN_CACHE_DIR", dir.join("cache-dst"))
+        .env("TERN_CACHE_DIR", dir.join("cache"))
         .env("PATH", std::env::var_os("PATH").unwrap_or_default())
         .args(["receive", "--listen", "127.0.0.1:0"])
         .args(args)
@@ -165,4 +165,75 @@ fn a_destination_killed_mid_migration_leaves_the_guest_here() {
     let _ = child.wait();
     let from = source(d.path(), &addr, &src);
     assert_resumed_locally(&from, d.path(), &src, "migration failed");
+}
+
+/// The SQLite guest, built once with the bench's SQLite (fetched on first use).
+fn sqlite_guest() -> std::path::PathBuf {
+    use std::sync::OnceLock;
+    static BUILT: OnceLock<std::path::PathBuf> = OnceLock::new();
+    BUILT
+        .get_or_init(|| {
+            let root = crate::support::repo();
+            let sources = tern_bench::sqlite::obtain_sources(&root.join("target/sqlite-src"))
+                .expect("sqlite sources (scripts/test.sh fetches them)");
+            let src = root.join("guests/sqlite_rows.c");
+            let text = std::fs::read(&src).expect("guest source");
+            let out = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!(
+                "guests/sqlite_rows-{:x}.wasm",
+                text.iter()
+                    .fold(0u64, |h, b| h.wrapping_mul(31).wrapping_add(u64::from(*b)))
+            ));
+            if !out.exists() {
+                std::fs::create_dir_all(out.parent().expect("parent")).expect("mkdir");
+                let tmp = out.with_extension(format!("{}.tmp", std::process::id()));
+                tern_bench::sqlite::build_wasm_with_sqlite(&sources, &src, &tmp)
+                    .expect("building the sqlite guest");
+                std::fs::rename(&tmp, &out).expect("publishing the sqlite guest");
+            }
+            out
+        })
+        .clone()
+}
+
+#[test]
+fn sqlite_with_an_open_database_migrates_without_losing_a_committed_row() {
+    let d = scratch();
+    let wasm = sqlite_guest();
+    let (reference, src, dst) = (
+        d.path().join("ref"),
+        d.path().join("src"),
+        d.path().join("dst"),
+    );
+    for dir in [&reference, &src, &dst] {
+        std::fs::create_dir_all(dir).expect("mkdir");
+    }
+    let args = |vol: &Path| {
+        vec![
+            format!("--dir={}::/data", vol.display()),
+            wasm.display().to_string(),
+            "/data/rows.db".into(),
+            "150".into(),
+            "15000000".into(),
+        ]
+    };
+    let whole = tern(d.path()).arg("run").args(args(&reference)).run();
+    assert_eq!(whole.code, Some(0), "{whole:?}");
+    assert!(whole.stdout.ends_with("rows 150 sum 11175\n"), "{whole:?}");
+
+    let (child, addr) = receiver(d.path(), &[format!("--dir={}::/data", dst.display())]);
+    let from = tern(d.path())
+        .args(["run", "--migrate-to", &addr, "--migrate-after", "300ms"])
+        .args(args(&src))
+        .run();
+    let to = Run::from(child.wait_with_output().expect("receiver ends"));
+    assert_eq!(from.code, Some(0), "{from:?}");
+    assert!(from.stderr.contains("migrated to"), "{from:?}");
+    assert!(
+        from.stdout.contains("committed 0\n"),
+        "migrated before any commit: {from:?}"
+    );
+    assert_eq!(to.code, Some(0), "{to:?}");
+    // Every row committed on the source is in the destination's database, and the run
+    // as a whole printed what the uninterrupted run printed.
+    assert_eq!(format!("{}{}", from.stdout, to.stdout), whole.stdout);
 }
