@@ -9,8 +9,11 @@
 //! - [`runner`]: native, Tern and peer runners.
 //! - [`polybench`]: `tern bench polybench`.
 //! - [`sqlite`]: `tern bench sqlite` (speedtest1).
+//! - [`migration`]: `tern bench migration`, time to safe point, migratable-mode overhead,
+//!   snapshot size and live-migration downtime by working set.
 //! - [`report`]: suite results, ratio tables.
 
+pub mod migration;
 pub mod plot;
 pub mod polybench;
 pub mod progress;

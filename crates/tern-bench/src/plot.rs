@@ -21,7 +21,7 @@ const FONT_PATHS: &[&str] = &[
 
 /// Registers the label font once per process. plotters draws text with ab_glyph from
 /// font bytes, so neither fontconfig nor a font server is needed.
-fn font() -> anyhow::Result<()> {
+pub(crate) fn font() -> anyhow::Result<()> {
     static DONE: OnceLock<Result<(), String>> = OnceLock::new();
     DONE.get_or_init(|| {
         let bytes = FONT_PATHS

@@ -42,6 +42,10 @@ pub struct Trigger {
     flag: Arc<Mutex<Option<RemoteFlag>>>,
     /// Safe points left before firing, when counting (0: not counting).
     countdown: Arc<AtomicU64>,
+    /// When the pending request was made, and how long each request took to reach a
+    /// safe point.
+    fired_at: Arc<Mutex<Option<Instant>>>,
+    latencies: Arc<Mutex<Vec<std::time::Duration>>>,
 }
 
 impl Trigger {
@@ -63,9 +67,35 @@ impl Trigger {
     /// Asks for a checkpoint: the guest reaches a safe point within one loop iteration or
     /// at its next WASI call.
     pub fn fire(&self) {
+        self.fired_at
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get_or_insert_with(Instant::now);
         self.requested.store(true, Ordering::SeqCst);
         if let Some(flag) = &*self.flag.lock().unwrap_or_else(|p| p.into_inner()) {
             flag.raise();
+        }
+    }
+
+    /// How long each request so far took to reach a safe point (time to safe point).
+    pub fn latencies(&self) -> Vec<std::time::Duration> {
+        self.latencies
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    fn reached(&self) {
+        if let Some(t) = self
+            .fired_at
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take()
+        {
+            self.latencies
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .push(t.elapsed());
         }
     }
 
@@ -859,6 +889,7 @@ fn safepoint(mut caller: Caller<'_, Host>) -> wasmtime::Result<()> {
     if !requested.swap(false, Ordering::SeqCst) {
         return Ok(());
     }
+    caller_ext(&mut caller).trigger.reached();
     let addr = match caller_ext(&mut caller).unwind_data {
         Some(a) => a,
         None => {

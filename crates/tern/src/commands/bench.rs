@@ -5,6 +5,7 @@ use std::path::PathBuf;
 
 use anyhow::Context as _;
 use clap::{Args, Subcommand};
+use tern_bench::migration::{self, MigrationOptions};
 use tern_bench::polybench::{self, Dataset};
 use tern_bench::progress::Progress;
 use tern_bench::report::SuiteReport;
@@ -30,9 +31,35 @@ enum Suite {
     /// SQLite's speedtest1 (from Debian's sqlite3 source package, with the amalgamation
     /// of the libsqlite3-sys crate), in memory and on disk, native against Tern and peers.
     Sqlite(SqliteArgs),
+    /// Checkpoints and live migration: time to safe point (p50/p99), migratable-mode
+    /// overhead on PolyBench, snapshot size, and downtime and total time of live
+    /// migrations of 1 to 256 MiB working sets between two `tern` processes on loopback.
+    Migration(MigrationArgs),
     /// Print the table of a saved run (`--json` of polybench or sqlite) again, and
     /// optionally plot it, without running anything.
     Report(ReportArgs),
+}
+
+#[derive(Debug, Args)]
+struct MigrationArgs {
+    /// Working-set sizes in MiB, comma-separated.
+    #[arg(long, value_delimiter = ',', default_value = "1,16,64,256")]
+    sizes: Vec<u32>,
+    /// Migrations per size, and runs per PolyBench kernel.
+    #[arg(long, default_value_t = 3, value_parser = at_least_one)]
+    runs: usize,
+    /// PolyBench dataset for time to safe point and overhead.
+    #[arg(long, default_value = "medium")]
+    size: Dataset,
+    /// Write every raw sample as JSON to FILE.
+    #[arg(long, value_name = "FILE")]
+    json: Option<PathBuf>,
+    /// Draw downtime and total time against working set to FILE.svg and FILE.png.
+    #[arg(long, value_name = "FILE.svg")]
+    plot: Option<PathBuf>,
+    /// Hide progress bars.
+    #[arg(long, short)]
+    quiet: bool,
 }
 
 #[derive(Debug, Args)]
@@ -217,6 +244,32 @@ impl BenchCommand {
                 };
                 polybench::measure(&programs, &runners, a.common.runs, &mut report, &progress)?;
                 a.common.finish(&report)
+            }
+            Suite::Migration(a) => {
+                let tern = std::env::current_exe().context("locating the tern binary")?;
+                let progress =
+                    Progress::new(!a.quiet && std::io::IsTerminal::is_terminal(&std::io::stderr()));
+                let report = migration::run(
+                    &MigrationOptions {
+                        tern,
+                        sizes: a.sizes,
+                        runs: a.runs,
+                        dataset: a.size,
+                    },
+                    &progress,
+                )?;
+                println!("{}", machine_line());
+                print!("{}", report.render());
+                if let Some(path) = a.json {
+                    let text = serde_json::to_string_pretty(&report)?;
+                    std::fs::write(&path, text)
+                        .with_context(|| format!("writing {}", path.display()))?;
+                }
+                if let Some(path) = a.plot {
+                    migration::plot(&report, &path)?;
+                    eprintln!("plot written to {}", path.display());
+                }
+                Ok(())
             }
             Suite::Report(a) => {
                 let text = std::fs::read_to_string(&a.json)

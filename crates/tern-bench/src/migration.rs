@@ -1,0 +1,480 @@
+//! `tern bench migration`: what checkpoints and live migration cost.
+//!
+//! - **Time to safe point**: PolyBench kernels run in process in migratable mode while a
+//!   thread asks for a checkpoint every few milliseconds; each request's delay until the
+//!   guest reaches a safe point is a sample (the guest then continues).
+//! - **Overhead**: PolyBench kernels under plain `tern run` against migratable mode (a
+//!   checkpoint asked for in an hour, so never taken), as time relative to native.
+//! - **Snapshots and live migration** of the `workset` guest (a working set of 1 to
+//!   256 MiB with a small hot set) between two real `tern` processes on loopback: snapshot
+//!   size, downtime, total time, rounds and bytes, with the guest's result checked
+//!   against an uninterrupted run.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use anyhow::{Context as _, bail};
+use serde::Serialize;
+use tern_runtime::{Engine, EngineOptions, Limits, Outcome, Policy};
+use tern_snapshot::{Checkpoint, Migratable, Rewriter, RunEnd, Trigger};
+
+use crate::polybench::{self, Dataset};
+use crate::progress::Progress;
+use crate::report::SuiteReport;
+use crate::runner::{Build, Runner};
+use crate::stats::{Summary, geomean, human};
+use crate::table::Table;
+use crate::toolchain;
+
+const WORKSET_C: &str = include_str!("../../../guests/workset.c");
+/// Rounds of the workset guest: about two seconds on this project's machines, so a
+/// migration started after 300 ms finishes while it runs.
+const WORKSET_ROUNDS: &str = "400000";
+
+/// What to measure.
+#[derive(Debug, Clone)]
+pub struct MigrationOptions {
+    /// The `tern` binary.
+    pub tern: PathBuf,
+    /// Working-set sizes, MiB.
+    pub sizes: Vec<u32>,
+    /// Migrations per size, and PolyBench runs per kernel.
+    pub runs: usize,
+    /// PolyBench dataset for time to safe point and overhead.
+    pub dataset: Dataset,
+}
+
+/// One working-set size.
+#[derive(Debug, Clone, Serialize)]
+pub struct SizeRow {
+    pub mib: u32,
+    pub snapshot_bytes: u64,
+    pub downtime: Summary,
+    pub total: Summary,
+    pub rounds: f64,
+    pub kib_sent: f64,
+}
+
+/// Everything `tern bench migration` measured.
+#[derive(Debug, Clone, Serialize)]
+pub struct MigrationReport {
+    pub time_to_safepoint: Summary,
+    pub time_to_safepoint_p99: f64,
+    pub safepoint_samples: Vec<f64>,
+    pub overhead: SuiteReport,
+    pub sizes: Vec<SizeRow>,
+}
+
+/// Runs the benchmark.
+///
+/// # Errors
+/// A build failure, a runner failure, or a migrated guest whose result differs from an
+/// uninterrupted run's.
+pub fn run(opts: &MigrationOptions, progress: &Progress) -> anyhow::Result<MigrationReport> {
+    let scratch = tempfile::tempdir().context("creating a scratch directory")?;
+    let programs = polybench::build(scratch.path(), opts.dataset, &[], progress)?;
+    let (samples, summary, p99) = time_to_safepoint(&programs, opts.runs, progress)?;
+
+    let mut overhead = SuiteReport {
+        suite: "migratable-mode overhead (polybench)".into(),
+        setting: format!("{}, {} runs, clang-19 -O3", opts.dataset.name(), opts.runs),
+        ..SuiteReport::default()
+    };
+    let never = scratch.path().join("never.snap");
+    let runners = vec![
+        Runner::native(),
+        Runner::tern(&opts.tern, "cranelift", Build::Wasm),
+        Runner::template(
+            "migratable",
+            &format!(
+                "{} run --checkpoint-after 3600s --checkpoint-out {} {{wasm}} {{args}}",
+                shell(&opts.tern),
+                shell(&never)
+            ),
+            Build::Wasm,
+        ),
+    ];
+    overhead.runners = runners.iter().map(|r| r.name.clone()).collect();
+    polybench::measure(&programs, &runners, opts.runs, &mut overhead, progress)?;
+
+    let workset = scratch.path().join("workset.wasm");
+    let src = scratch.path().join("workset.c");
+    std::fs::write(&src, WORKSET_C)?;
+    toolchain::wasm(&src, &workset, &["-O2"])?;
+    let bar = progress.bar("migrating", (opts.sizes.len() * opts.runs) as u64);
+    let mut sizes = Vec::new();
+    for &mib in &opts.sizes {
+        let args = [mib.to_string(), WORKSET_ROUNDS.to_owned()];
+        let expected = run_tern(&opts.tern, scratch.path(), &["run"], &workset, &args)?;
+        let snap = scratch.path().join("w.snap");
+        let _ = std::fs::remove_file(&snap);
+        let snap_arg = snap.display().to_string();
+        run_tern(
+            &opts.tern,
+            scratch.path(),
+            &[
+                "run",
+                "--checkpoint-after",
+                "300ms",
+                "--checkpoint-out",
+                &snap_arg,
+            ],
+            &workset,
+            &args,
+        )?;
+        let snapshot_bytes = std::fs::metadata(&snap)
+            .with_context(|| format!("the {mib} MiB workset ended before its checkpoint"))?
+            .len();
+        let (mut down, mut total, mut rounds, mut sent) = (vec![], vec![], vec![], vec![]);
+        for _ in 0..opts.runs {
+            let m = migrate_once(&opts.tern, scratch.path(), &workset, &args)?;
+            if m.output != expected {
+                bail!(
+                    "the {mib} MiB workset migrated gives {:?}, uninterrupted {:?}",
+                    m.output,
+                    expected
+                );
+            }
+            down.push(m.downtime);
+            total.push(m.total);
+            rounds.push(m.rounds);
+            sent.push(m.kib_sent);
+            bar.inc(1);
+        }
+        let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len().max(1) as f64;
+        sizes.push(SizeRow {
+            mib,
+            snapshot_bytes,
+            downtime: Summary::of(&down).context("no samples")?,
+            total: Summary::of(&total).context("no samples")?,
+            rounds: mean(&rounds),
+            kib_sent: mean(&sent),
+        });
+    }
+    bar.finish();
+    Ok(MigrationReport {
+        time_to_safepoint: summary,
+        time_to_safepoint_p99: p99,
+        safepoint_samples: samples,
+        overhead,
+        sizes,
+    })
+}
+
+fn shell(p: &Path) -> String {
+    format!("'{}'", p.display().to_string().replace('\'', r"'\''"))
+}
+
+/// Runs each kernel in process, migratable, while a thread asks for a checkpoint every
+/// 2 to 5 ms; each request's delay to the safe point is a sample.
+fn time_to_safepoint(
+    programs: &[(String, crate::runner::Program)],
+    runs: usize,
+    progress: &Progress,
+) -> anyhow::Result<(Vec<f64>, Summary, f64)> {
+    let engine = Engine::new(EngineOptions::default())?;
+    let cache = tempfile::tempdir()?;
+    let rewriter = Rewriter::new(Some(cache.path().to_owned()));
+    let bar = progress.bar("time to safe point", (programs.len() * runs) as u64);
+    let mut all = Vec::new();
+    for (name, p) in programs {
+        let wasm = std::fs::read(&p.wasm)?;
+        let m = Migratable::new(&engine, &rewriter, &wasm)
+            .with_context(|| format!("making {name} migratable"))?;
+        for _ in 0..runs {
+            let trigger = Trigger::new();
+            let done = Arc::new(AtomicBool::new(false));
+            let firing = {
+                let (t, done) = (trigger.clone(), done.clone());
+                std::thread::spawn(move || {
+                    let mut i = 0u64;
+                    while !done.load(Ordering::SeqCst) {
+                        std::thread::sleep(Duration::from_micros(2000 + (i * 7919) % 3000));
+                        t.fire();
+                        i += 1;
+                    }
+                })
+            };
+            let policy = Policy {
+                args: vec![name.clone()],
+                ..Policy::default()
+            };
+            let end = m.run(&policy, &Limits::default(), &trigger, |_| {
+                Checkpoint::Continue
+            });
+            done.store(true, Ordering::SeqCst);
+            let _ = firing.join();
+            match end? {
+                RunEnd::Finished(Outcome::Exited(0)) => {}
+                other => bail!("{name} in migratable mode ended with {other:?}"),
+            }
+            all.extend(trigger.latencies());
+            bar.inc(1);
+        }
+    }
+    bar.finish();
+    let summary = Summary::of(&all).context("no checkpoint was requested while a kernel ran")?;
+    let mut secs: Vec<f64> = all.iter().map(Duration::as_secs_f64).collect();
+    secs.sort_by(f64::total_cmp);
+    let p99 = secs[((secs.len() - 1) as f64 * 0.99).round() as usize];
+    Ok((secs, summary, p99))
+}
+
+fn run_tern(
+    tern: &Path,
+    dir: &Path,
+    pre: &[&str],
+    wasm: &Path,
+    args: &[String],
+) -> anyhow::Result<String> {
+    let out = Command::new(tern)
+        .args(pre)
+        .arg(wasm)
+        .args(args)
+        .env("TERN_CACHE_DIR", dir.join("cache"))
+        .stdin(Stdio::null())
+        .output()
+        .context("starting tern")?;
+    if !out.status.success() {
+        bail!(
+            "tern {} failed: {}",
+            pre.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+struct Migration {
+    output: String,
+    downtime: Duration,
+    total: Duration,
+    rounds: f64,
+    kib_sent: f64,
+}
+
+/// One live migration between two `tern` processes on loopback.
+fn migrate_once(
+    tern: &Path,
+    dir: &Path,
+    wasm: &Path,
+    args: &[String],
+) -> anyhow::Result<Migration> {
+    let mut receiver = Command::new(tern)
+        .args(["receive", "--listen", "127.0.0.1:0"])
+        .env("TERN_CACHE_DIR", dir.join("cache"))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .context("starting tern receive")?;
+    let mut err = BufReader::new(receiver.stderr.take().context("receive's stderr")?);
+    let mut line = String::new();
+    err.read_line(&mut line)?;
+    let addr = line
+        .trim()
+        .strip_prefix("receive: listening on ")
+        .with_context(|| format!("tern receive said {line:?}"))?
+        .to_owned();
+    std::thread::spawn(move || {
+        let mut rest = String::new();
+        let _ = std::io::Read::read_to_string(&mut err, &mut rest);
+    });
+    let source = Command::new(tern)
+        .args(["run", "--migrate-to", &addr, "--migrate-after", "300ms"])
+        .arg(wasm)
+        .args(args)
+        .env("TERN_CACHE_DIR", dir.join("cache"))
+        .stdin(Stdio::null())
+        .output()
+        .context("starting tern run")?;
+    let dest = receiver.wait_with_output()?;
+    let stderr = String::from_utf8_lossy(&source.stderr);
+    let stats = stderr
+        .lines()
+        .find(|l| l.starts_with("migrated to"))
+        .with_context(|| format!("the migration did not happen: {}", stderr.trim()))?;
+    let field = |key: &str| -> anyhow::Result<f64> {
+        stats
+            .split(", ")
+            .find_map(|part| part.strip_suffix(key)?.rsplit(' ').next()?.parse().ok())
+            .with_context(|| format!("no `{key}` in {stats:?}"))
+    };
+    Ok(Migration {
+        output: String::from_utf8_lossy(&source.stdout).into_owned()
+            + &String::from_utf8_lossy(&dest.stdout),
+        downtime: Duration::from_secs_f64(field(" ms")? / 1e3),
+        total: Duration::from_secs_f64(field(" ms in all")? / 1e3),
+        rounds: field(" rounds")?,
+        kib_sent: field(" KiB sent")?,
+    })
+}
+
+impl MigrationReport {
+    /// The tables, as Markdown.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        let t = &self.time_to_safepoint;
+        out.push_str(&format!(
+            "time to safe point ({} requests): median {}, p90 {}, p99 {}, max {}\n\n",
+            t.n,
+            human(t.median),
+            human(t.p90),
+            human(self.time_to_safepoint_p99),
+            human(self.safepoint_samples.last().copied().unwrap_or(0.0)),
+        ));
+        out.push_str(&self.overhead.render());
+        if let Some(g) = self.overhead_ratio() {
+            out.push_str(&format!(
+                "\nmigratable-mode overhead: {:.1} % (geomean of migratable / tern per kernel)\n\n",
+                (g - 1.0) * 100.0
+            ));
+        }
+        let mut table = Table::new(&[
+            "working set",
+            "snapshot",
+            "downtime (median)",
+            "downtime p90",
+            "total (median)",
+            "rounds",
+            "sent",
+        ]);
+        for r in &self.sizes {
+            table.row(vec![
+                format!("{} MiB", r.mib),
+                format!("{:.1} MiB", r.snapshot_bytes as f64 / (1 << 20) as f64),
+                human(r.downtime.median),
+                human(r.downtime.p90),
+                human(r.total.median),
+                format!("{:.1}", r.rounds),
+                format!("{:.1} MiB", r.kib_sent / 1024.0),
+            ]);
+        }
+        out.push_str("live migration on loopback (workset guest):\n\n");
+        out.push_str(&table.markdown());
+        out
+    }
+
+    /// Geomean over kernels of migratable time / plain Tern time.
+    pub fn overhead_ratio(&self) -> Option<f64> {
+        let ratios: Vec<f64> = self
+            .overhead
+            .items
+            .iter()
+            .filter_map(|k| {
+                let t = self.overhead.ratio(k, "tern")?;
+                let m = self.overhead.ratio(k, "migratable")?;
+                Some(m / t)
+            })
+            .collect();
+        geomean(&ratios)
+    }
+}
+
+/// Draws downtime and total migration time (medians) against working-set size to `path`
+/// (`.svg`) and the same path with `.png`.
+///
+/// # Errors
+/// No sizes measured, no font, or a file that cannot be written.
+pub fn plot(report: &MigrationReport, path: &Path) -> anyhow::Result<()> {
+    use plotters::prelude::*;
+    crate::plot::font()?;
+    if report.sizes.is_empty() {
+        bail!("nothing to plot: no working-set size was measured");
+    }
+    fn draw<DB: DrawingBackend>(
+        report: &MigrationReport,
+        root: DrawingArea<DB, plotters::coord::Shift>,
+    ) -> anyhow::Result<()>
+    where
+        DB::ErrorType: 'static,
+    {
+        root.fill(&WHITE)?;
+        let ms = |s: f64| s * 1e3;
+        let max_x = report.sizes.iter().map(|r| r.mib).max().unwrap_or(1) as f64;
+        let max_y = report
+            .sizes
+            .iter()
+            .map(|r| ms(r.total.median).max(ms(r.downtime.p90)))
+            .fold(1.0, f64::max);
+        let mut chart = ChartBuilder::on(&root)
+            .caption(
+                "Live migration on loopback: time against working set",
+                ("sans-serif", 18),
+            )
+            .margin(15)
+            .x_label_area_size(45)
+            .y_label_area_size(60)
+            .build_cartesian_2d(
+                (0.8f64..max_x * 1.25).log_scale(),
+                (0.5f64..max_y * 2.0).log_scale(),
+            )?;
+        chart
+            .configure_mesh()
+            .x_desc("working set (MiB)")
+            .x_labels(8)
+            .x_label_formatter(&|x| format!("{x:.0}"))
+            .y_label_formatter(&|y| format!("{y:.0}"))
+            .y_desc("milliseconds")
+            .label_style(("sans-serif", 13))
+            .draw()?;
+        let series = [
+            (
+                "downtime (median)",
+                RED,
+                report
+                    .sizes
+                    .iter()
+                    .map(|r| (r.mib as f64, ms(r.downtime.median)))
+                    .collect::<Vec<_>>(),
+            ),
+            (
+                "total migration time (median)",
+                BLUE,
+                report
+                    .sizes
+                    .iter()
+                    .map(|r| (r.mib as f64, ms(r.total.median)))
+                    .collect(),
+            ),
+        ];
+        for (name, color, points) in series {
+            chart
+                .draw_series(LineSeries::new(points.clone(), color.stroke_width(2)))?
+                .label(name)
+                .legend(move |(x, y)| {
+                    PathElement::new(vec![(x, y), (x + 18, y)], color.stroke_width(2))
+                });
+            chart.draw_series(
+                points
+                    .into_iter()
+                    .map(|p| Circle::new(p, 4, color.filled())),
+            )?;
+        }
+        chart
+            .configure_series_labels()
+            .position(SeriesLabelPosition::UpperLeft)
+            .label_font(("sans-serif", 13))
+            .background_style(WHITE.mix(0.8))
+            .border_style(BLACK)
+            .draw()?;
+        root.present()?;
+        Ok(())
+    }
+    let svg = path.with_extension("svg");
+    let png = path.with_extension("png");
+    draw(
+        report,
+        SVGBackend::new(&svg, (800, 500)).into_drawing_area(),
+    )
+    .with_context(|| format!("drawing {}", svg.display()))?;
+    draw(
+        report,
+        BitMapBackend::new(&png, (800, 500)).into_drawing_area(),
+    )
+    .with_context(|| format!("drawing {}", png.display()))?;
+    Ok(())
+}
