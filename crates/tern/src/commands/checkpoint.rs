@@ -3,6 +3,8 @@
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -21,6 +23,7 @@ use super::run::{HOST_STACK, positive_duration, report};
 pub struct CheckpointArgs {
     /// Stop the guest at its first safe point after DURATION (e.g. 2s, 500ms), write
     /// its snapshot to --checkpoint-out and exit 0. Resume it with `tern restore`.
+    /// (With --checkpoint-out alone, SIGUSR1 does the same, at any time.)
     #[arg(long, value_name = "DURATION", value_parser = positive_duration, requires = "checkpoint_out")]
     pub checkpoint_after: Option<Duration>,
 
@@ -31,9 +34,15 @@ pub struct CheckpointArgs {
           value_parser = clap::value_parser!(u64).range(1..))]
     pub checkpoint_at_safepoint: Option<u64>,
 
-    /// Where the snapshot goes. Needs --checkpoint-after or --checkpoint-at-safepoint.
+    /// Where the snapshot goes. A checkpoint is taken after --checkpoint-after, at
+    /// --checkpoint-at-safepoint, and whenever the process receives SIGUSR1.
     #[arg(long, value_name = "FILE")]
     pub checkpoint_out: Option<PathBuf>,
+
+    /// Write the snapshot and let the guest carry on (a checkpoint, not a stop); each
+    /// later checkpoint (SIGUSR1) replaces the file.
+    #[arg(long, requires = "checkpoint_out")]
+    pub keep_running: bool,
 
     /// Live-migrate the running guest to a `tern receive --listen ADDR` (HOST:PORT):
     /// memory and volume files are copied while it runs, then it stops at a safe point,
@@ -53,17 +62,6 @@ impl CheckpointArgs {
         self.checkpoint_out.is_some() || self.migrate_to.is_some()
     }
 
-    /// Refuses `--checkpoint-out` without anything that would take the checkpoint.
-    pub fn check(&self) -> anyhow::Result<()> {
-        if self.checkpoint_out.is_some()
-            && self.checkpoint_after.is_none()
-            && self.checkpoint_at_safepoint.is_none()
-        {
-            anyhow::bail!("--checkpoint-out needs --checkpoint-after or --checkpoint-at-safepoint");
-        }
-        Ok(())
-    }
-
     /// Makes `wasm` migratable and runs it under `policy`, stopping it for a checkpoint
     /// when asked.
     pub fn run(
@@ -75,7 +73,6 @@ impl CheckpointArgs {
         limits: Limits,
         max_stack: usize,
     ) -> anyhow::Result<ExitCode> {
-        self.check()?;
         let started = Instant::now();
         let migratable = Migratable::new(engine, &Rewriter::new(cache), wasm)?;
         tracing::info!(elapsed = ?started.elapsed(), "module made migratable");
@@ -101,11 +98,12 @@ impl CheckpointArgs {
                 MigrateEnd::Finished { outcome, .. } => report(outcome),
             });
         }
-        let trigger = self.arm();
+        let trigger = self.arm()?;
+        let (on_checkpoint, written) = self.on_checkpoint();
         let end = on_guest_thread(max_stack, move || {
-            migratable.run(&policy, &limits, &trigger, |_| Checkpoint::Stop)
+            migratable.run(&policy, &limits, &trigger, on_checkpoint)
         })??;
-        self.finish(end)
+        self.finish(end, &written)
     }
 
     /// Restores `snapshot` and runs it on.
@@ -117,8 +115,8 @@ impl CheckpointArgs {
         limits: Limits,
         max_stack: usize,
     ) -> anyhow::Result<ExitCode> {
-        self.check()?;
-        let trigger = self.arm();
+        let trigger = self.arm()?;
+        let (on_checkpoint, written) = self.on_checkpoint();
         let end = on_guest_thread(max_stack, move || {
             migratable.restore(
                 &snapshot,
@@ -129,15 +127,15 @@ impl CheckpointArgs {
                 },
                 &trigger,
                 || Ok(()),
-                |_| Checkpoint::Stop,
+                on_checkpoint,
             )
         })??;
-        self.finish(end)
+        self.finish(end, &written)
     }
 
-    fn arm(&self) -> Trigger {
+    fn arm(&self) -> anyhow::Result<Trigger> {
         if let Some(n) = self.checkpoint_at_safepoint {
-            return Trigger::at_safepoint(n);
+            return Ok(Trigger::at_safepoint(n));
         }
         let trigger = Trigger::new();
         if let Some(after) = self.checkpoint_after {
@@ -147,35 +145,82 @@ impl CheckpointArgs {
                 t.fire();
             });
         }
-        trigger
+        if self.checkpoint_out.is_some() {
+            let mut signals = signal_hook::iterator::Signals::new([signal_hook::consts::SIGUSR1])
+                .context("listening for SIGUSR1")?;
+            let t = trigger.clone();
+            thread::spawn(move || {
+                for _ in signals.forever() {
+                    t.fire();
+                }
+            });
+        }
+        Ok(trigger)
     }
 
-    fn finish(&self, end: RunEnd) -> anyhow::Result<ExitCode> {
+    /// What to do with each captured snapshot: write it to --checkpoint-out, then stop
+    /// the guest, or let it carry on with --keep-running. A snapshot that cannot be
+    /// written is reported and the guest carries on: stopping would lose it. The flag
+    /// says whether any snapshot was written.
+    fn on_checkpoint(
+        &self,
+    ) -> (
+        impl FnMut(Snapshot) -> Checkpoint + Send + 'static,
+        Arc<AtomicBool>,
+    ) {
+        let path = self.checkpoint_out.clone();
+        let keep_running = self.keep_running;
+        let written = Arc::new(AtomicBool::new(false));
+        let flag = written.clone();
+        let callback = move |snapshot: Snapshot| {
+            let Some(path) = &path else {
+                return Checkpoint::Continue;
+            };
+            let result = snapshot
+                .encode()
+                .map_err(anyhow::Error::from)
+                .and_then(|bytes| {
+                    write_atomically(path, &bytes)
+                        .with_context(|| format!("writing snapshot {}", path.display()))?;
+                    Ok(bytes.len())
+                });
+            match result {
+                Ok(len) => {
+                    flag.store(true, Ordering::SeqCst);
+                    eprintln!(
+                        "checkpoint: {} written ({} KiB, {} of {} pages non-zero); resume with `tern restore {}`",
+                        path.display(),
+                        len.div_ceil(1024),
+                        snapshot.pages.len(),
+                        snapshot.meta.memory_pages,
+                        path.display()
+                    );
+                    if keep_running {
+                        Checkpoint::Continue
+                    } else {
+                        Checkpoint::Stop
+                    }
+                }
+                Err(e) => {
+                    eprintln!("error: {e:#}; the guest carries on");
+                    Checkpoint::Continue
+                }
+            }
+        };
+        (callback, written)
+    }
+
+    fn finish(&self, end: RunEnd, written: &AtomicBool) -> anyhow::Result<ExitCode> {
         match end {
             RunEnd::Finished(outcome) => {
-                if self.checkpoint_after.is_some() || self.checkpoint_at_safepoint.is_some() {
+                let asked =
+                    self.checkpoint_after.is_some() || self.checkpoint_at_safepoint.is_some();
+                if asked && !written.load(Ordering::SeqCst) {
                     eprintln!("note: the guest ended before its checkpoint; no snapshot written");
                 }
                 Ok(report(outcome))
             }
-            RunEnd::Stopped(snapshot) => {
-                let path = self
-                    .checkpoint_out
-                    .as_ref()
-                    .context("a checkpoint needs --checkpoint-out")?;
-                let bytes = snapshot.encode()?;
-                write_atomically(path, &bytes)
-                    .with_context(|| format!("writing snapshot {}", path.display()))?;
-                eprintln!(
-                    "checkpoint: {} written ({} KiB, {} of {} pages non-zero); resume with `tern restore {}`",
-                    path.display(),
-                    bytes.len().div_ceil(1024),
-                    snapshot.pages.len(),
-                    snapshot.meta.memory_pages,
-                    path.display()
-                );
-                Ok(ExitCode::SUCCESS)
-            }
+            RunEnd::Stopped(_) => Ok(ExitCode::SUCCESS),
         }
     }
 }

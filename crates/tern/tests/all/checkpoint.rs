@@ -238,3 +238,73 @@ fn every_polybench_kernel_restores_to_the_same_result() {
     // Every kernel stops at its first safe point; most reach the deeper ones too.
     assert!(stopped >= 60, "only {stopped} checkpoints were taken");
 }
+
+#[test]
+fn sigusr1_takes_the_checkpoint() {
+    use std::io::{BufRead, BufReader, Read};
+    use std::process::{Command, Stdio};
+    let d = scratch();
+    let steps = guest("steps");
+    let whole = tern(d.path()).arg("run").arg(&steps).arg("40").run();
+    let snap = d.path().join("sig.snap");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_tern"))
+        .env_clear()
+        .env("TERN_CACHE_DIR", d.path().join("cache"))
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        .args(["run", "--checkpoint-out"])
+        .arg(&snap)
+        .arg(&steps)
+        .arg("40")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawning tern");
+    let mut out = BufReader::new(child.stdout.take().expect("stdout"));
+    let mut first = String::new();
+    for _ in 0..2 {
+        out.read_line(&mut first).expect("a step");
+    }
+    let kill = Command::new("kill")
+        .args(["-USR1", &child.id().to_string()])
+        .status()
+        .expect("kill");
+    assert!(kill.success());
+    let mut rest = String::new();
+    out.read_to_string(&mut rest).expect("stdout");
+    let status = child.wait().expect("tern ends");
+    assert_eq!(status.code(), Some(0));
+    assert!(snap.exists(), "no snapshot after SIGUSR1");
+    let resumed = tern(d.path()).arg("restore").arg(&snap).run();
+    assert_eq!(resumed.code, Some(3), "{resumed:?}");
+    assert_eq!(format!("{first}{rest}{}", resumed.stdout), whole.stdout);
+}
+
+#[test]
+fn keep_running_writes_a_checkpoint_and_carries_on() {
+    let d = scratch();
+    let steps = guest("steps");
+    let whole = tern(d.path()).arg("run").arg(&steps).arg("30").run();
+    let snap = d.path().join("keep.snap");
+    let run = tern(d.path())
+        .args([
+            "run",
+            "--checkpoint-after",
+            "200ms",
+            "--keep-running",
+            "--checkpoint-out",
+        ])
+        .arg(&snap)
+        .arg(&steps)
+        .arg("30")
+        .run();
+    // The run itself is not disturbed.
+    assert_eq!(run.code, Some(3), "{run:?}");
+    assert_eq!(run.stdout, whole.stdout);
+    assert!(run.stderr.contains("checkpoint:"), "{run:?}");
+    // The snapshot resumes from where it was taken: its output ends the full output.
+    let resumed = tern(d.path()).arg("restore").arg(&snap).run();
+    assert_eq!(resumed.code, Some(3), "{resumed:?}");
+    assert!(!resumed.stdout.is_empty());
+    assert!(whole.stdout.ends_with(&resumed.stdout), "{resumed:?}");
+    assert!(resumed.stdout.len() < whole.stdout.len());
+}
