@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Installs what is missing, builds Tern and shows its main job on real C programs:
-# a WASI program run sandboxed on two engines, hostile guests stopped, and an artifact
-# compiled for another architecture. Ends by itself; everything it makes is under
-# target/demo.
+# a WASI program run sandboxed on two engines, hostile guests stopped, an artifact
+# compiled for another architecture, a running program checkpointed and resumed on the
+# other engine, and a live migration with an open file between two tern processes.
+# Ends by itself; everything it makes is under target/demo.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
@@ -17,7 +18,7 @@ demo=target/demo
 rm -rf "$demo" && mkdir -p "$demo/out"
 cc=(clang-19 --target=wasm32-wasi --sysroot=/usr -O2)
 "${cc[@]}" examples/wordfreq.c -o "$demo/wordfreq.wasm"
-for g in spin membomb escape; do "${cc[@]}" "guests/$g.c" -o "$demo/$g.wasm"; done
+for g in spin membomb escape steps journal; do "${cc[@]}" "guests/$g.c" -o "$demo/$g.wasm"; done
 mkdir -p "$demo/jail/inner" && echo "host secret" > "$demo/jail/secret.txt" && ln -s .. "$demo/jail/inner/link-out"
 
 step "1. a C program, sandboxed: reads the docs read-only, writes its report to /out"
@@ -47,4 +48,29 @@ show tern run wordfreq.aarch64.cwasm
 $tern run "$demo/wordfreq.aarch64.cwasm"; echo "exit code $? (this machine is $(uname -m))"
 set -e
 
-step "done: see README.md for tern run, tern compile and their flags"
+step "5. checkpoint a running program under Cranelift, resume it under Pulley"
+show tern run --checkpoint-after 300ms --checkpoint-out steps.snap steps.wasm 12 20000000
+$tern run --checkpoint-after 300ms --checkpoint-out "$demo/steps.snap" "$demo/steps.wasm" 12 20000000
+show tern restore --engine pulley steps.snap
+set +e
+$tern restore --engine pulley "$demo/steps.snap"; echo "exit code $? (the program's own)"
+set -e
+
+step "6. live-migrate a program with an open file to another tern process"
+mkdir -p "$demo/src" "$demo/dst"
+show tern receive --listen 127.0.0.1:0 --dir dst::/data '&'
+$tern receive --listen 127.0.0.1:0 --dir "$demo/dst::/data" 2> "$demo/receive.err" > "$demo/receive.out" &
+receiver=$!
+for _ in $(seq 50); do grep -q "listening on" "$demo/receive.err" 2>/dev/null && break; sleep 0.1; done
+addr=$(sed -n 's/^receive: listening on //p' "$demo/receive.err")
+show tern run --migrate-to "$addr" --migrate-after 1s --dir src::/data journal.wasm /data 150 20000000
+$tern run --migrate-to "$addr" --migrate-after 1s --dir "$demo/src::/data" "$demo/journal.wasm" /data 150 20000000 > "$demo/source.out"
+wait "$receiver"
+echo "-- the source printed $(wc -l < "$demo/source.out") lines, ending:"
+tail -n 2 "$demo/source.out"
+echo "-- the destination printed $(wc -l < "$demo/receive.out") lines, starting and ending:"
+head -n 2 "$demo/receive.out"
+tail -n 2 "$demo/receive.out"
+echo "-- its copy of the journal has $(wc -l < "$demo/dst/journal.txt") records"
+
+step "done: see README.md for tern run, compile, restore, receive and their flags"
