@@ -14,7 +14,7 @@ mod migrate;
 mod rewrite;
 
 pub use format::{FORMAT_VERSION, GlobalValue, Meta, OpenFile, PAGE, Snapshot, Volume, WasiState};
-pub use live::{Checkpoint, Migratable, Placement, RunEnd, Trigger};
+pub use live::{Captured, Checkpoint, Migratable, Placement, RunEnd, Trigger};
 pub use migrate::{MigrateEnd, MigrationStats, migrate_run, receive};
 pub use rewrite::Rewriter;
 

@@ -11,6 +11,7 @@
 //! only uses pages it grew itself. Their address travels in the snapshot.
 
 use std::collections::BTreeMap;
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
@@ -125,8 +126,41 @@ pub struct Placement<'a> {
 pub enum RunEnd {
     /// The guest ran to its end.
     Finished(Outcome),
-    /// The guest stopped at a checkpoint; this is its state.
-    Stopped(Box<Snapshot>),
+    /// The guest stopped at a checkpoint (its state went to the `on_checkpoint` callback).
+    Stopped,
+}
+
+/// A guest paused at a safe point, as the `on_checkpoint` callback sees it: its
+/// metadata, and its linear memory borrowed in place (nothing is copied until asked).
+#[derive(Debug)]
+pub struct Captured<'a> {
+    /// Everything but the memory and the module.
+    pub meta: Meta,
+    memory: &'a [u8],
+    module: &'a [u8],
+}
+
+impl Captured<'_> {
+    /// The guest's whole linear memory.
+    pub fn memory(&self) -> &[u8] {
+        self.memory
+    }
+
+    /// An owned snapshot: the non-zero pages copied, the original module included.
+    pub fn to_snapshot(&self) -> Snapshot {
+        let pages = self
+            .memory
+            .chunks(PAGE)
+            .enumerate()
+            .filter(|(_, page)| page.iter().any(|b| *b != 0))
+            .map(|(i, page)| (i as u32, page.to_vec()))
+            .collect();
+        Snapshot {
+            meta: self.meta.clone(),
+            module: self.module.to_vec(),
+            pages,
+        }
+    }
 }
 
 /// What to do after a checkpoint was captured.
@@ -222,11 +256,21 @@ impl Migratable {
         wasm: &[u8],
     ) -> Result<Migratable, SnapshotError> {
         let rewritten = rewriter.rewrite(wasm)?;
-        let module = wasmtime::Module::new(engine.wasmtime(), &rewritten).map_err(|e| {
-            SnapshotError::Rewrite {
-                reason: format!("the rewritten module does not compile: {e:#}"),
+        let compile_err = |e: &dyn std::fmt::Display| SnapshotError::Rewrite {
+            reason: format!("the rewritten module does not compile: {e:#}"),
+        };
+        let module = match rewriter.artifacts() {
+            Some(cache) => {
+                let digest = tern_runtime::digest(&rewritten);
+                cache
+                    .load_or_compile(engine, &rewritten, &digest, Path::new("<migratable>"))
+                    .map_err(|e| compile_err(&e))?
+                    .0
             }
-        })?;
+            None => {
+                wasmtime::Module::new(engine.wasmtime(), &rewritten).map_err(|e| compile_err(&e))?
+            }
+        };
         let program = Program::with_imports(engine, module, add_host_imports)?;
         Ok(Migratable {
             program,
@@ -257,7 +301,7 @@ impl Migratable {
         policy: &Policy,
         limits: &Limits,
         trigger: &Trigger,
-        on_checkpoint: impl FnMut(Snapshot) -> Checkpoint,
+        on_checkpoint: impl FnMut(Captured<'_>) -> Checkpoint,
     ) -> Result<RunEnd, SnapshotError> {
         let volumes = policy
             .preopens
@@ -297,7 +341,7 @@ impl Migratable {
         place: &Placement<'_>,
         trigger: &Trigger,
         on_restored: impl FnOnce() -> Result<(), SnapshotError>,
-        on_checkpoint: impl FnMut(Snapshot) -> Checkpoint,
+        on_checkpoint: impl FnMut(Captured<'_>) -> Checkpoint,
     ) -> Result<RunEnd, SnapshotError> {
         let Placement {
             dirs,
@@ -441,7 +485,7 @@ impl Migratable {
         trigger: &Trigger,
         clock: &Clock,
         policy: &Policy,
-        mut on_checkpoint: impl FnMut(Snapshot) -> Checkpoint,
+        mut on_checkpoint: impl FnMut(Captured<'_>) -> Checkpoint,
     ) -> Result<RunEnd, SnapshotError> {
         let wasi_state = WasiState {
             args: policy.args.clone(),
@@ -468,13 +512,19 @@ impl Migratable {
             a.stop_unwind
                 .call(&mut session.store, ())
                 .map_err(|e| capture_err(format!("cannot stop the unwind: {e:#}")))?;
-            let snapshot = self.capture(session, clock, wasi_state.clone())?;
-            tracing::info!(pages = snapshot.pages.len(), "checkpoint captured");
-            match on_checkpoint(snapshot.clone()) {
-                Checkpoint::Stop => break Ok(RunEnd::Stopped(Box::new(snapshot))),
+            let (meta, memory) = self.capture(session, clock, wasi_state.clone())?;
+            let unwind_data = meta.unwind_data;
+            tracing::info!(pages = meta.memory_pages, "checkpoint captured");
+            let verdict = on_checkpoint(Captured {
+                meta,
+                memory: memory.data(&session.store),
+                module: &self.original,
+            });
+            match verdict {
+                Checkpoint::Stop => break Ok(RunEnd::Stopped),
                 Checkpoint::Continue => {
                     a.start_rewind
-                        .call(&mut session.store, snapshot.meta.unwind_data as i32)
+                        .call(&mut session.store, unwind_data as i32)
                         .map_err(|e| capture_err(format!("cannot rewind: {e:#}")))?;
                 }
             }
@@ -488,7 +538,7 @@ impl Migratable {
         session: &mut Session,
         clock: &Clock,
         mut wasi: WasiState,
-    ) -> Result<Snapshot, SnapshotError> {
+    ) -> Result<(Meta, Memory), SnapshotError> {
         let (memory, unwind_data, files, volumes) = {
             let e = ext(&mut session.store);
             (
@@ -562,25 +612,15 @@ impl Migratable {
         }
         globals.sort_by_key(|(i, _)| *i);
 
-        let data = memory.data(&session.store);
-        let pages = data
-            .chunks(PAGE)
-            .enumerate()
-            .filter(|(_, page)| page.iter().any(|b| *b != 0))
-            .map(|(i, page)| (i as u32, page.to_vec()))
-            .collect();
-        Ok(Snapshot {
-            meta: Meta {
-                module_digest: self.digest.clone(),
-                memory_pages: (data.len() / PAGE) as u32,
-                globals,
-                unwind_data,
-                wasi,
-                writer: format!("tern {}", env!("CARGO_PKG_VERSION")),
-            },
-            module: self.original.as_ref().clone(),
-            pages,
-        })
+        let meta = Meta {
+            module_digest: self.digest.clone(),
+            memory_pages: (memory.data_size(&session.store) / PAGE) as u32,
+            globals,
+            unwind_data,
+            wasi,
+            writer: format!("tern {}", env!("CARGO_PKG_VERSION")),
+        };
+        Ok((meta, memory))
     }
 }
 
@@ -626,7 +666,10 @@ fn load_state(session: &mut Session, snapshot: &Snapshot) -> Result<(), Snapshot
             .map_err(|e| foreign(format!("cannot grow memory to {want} pages: {e:#}")))?;
     }
     let data = memory.data_mut(&mut session.store);
-    data.fill(0);
+    // Pages grown just now are zero already; only the module's initial pages (its data
+    // segments) need clearing, and touching the rest would only cost page faults.
+    let initial = (have as usize * PAGE).min(data.len());
+    data[..initial].fill(0);
     for (index, page) in &snapshot.pages {
         let at = *index as usize * PAGE;
         data[at..at + PAGE].copy_from_slice(page);

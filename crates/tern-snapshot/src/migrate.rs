@@ -33,7 +33,7 @@ use tern_runtime::{Limits, Policy, Preopen};
 
 use crate::SnapshotError;
 use crate::format::{Meta, PAGE, Snapshot};
-use crate::live::{Checkpoint, Migratable, RunEnd, Trigger};
+use crate::live::{Captured, Checkpoint, Migratable, RunEnd, Trigger};
 
 /// Size of a file block compared and sent as a unit.
 const BLOCK: usize = 64 * 1024;
@@ -153,13 +153,39 @@ fn block_hash(b: &[u8]) -> u64 {
     h.finish()
 }
 
-/// What the source has sent so far, to send only what changed.
+/// What the source has sent of its volume files, to send only what changed.
 #[derive(Default)]
 struct Sent {
-    /// Copy of each page last sent (absent: zero).
-    pages: HashMap<u32, Vec<u8>>,
     /// Block hashes of each file last sent, by (volume, path).
     files: BTreeMap<(String, String), Vec<u64>>,
+}
+
+/// One round: the guest's metadata and the pages that changed since the last round.
+struct Delta {
+    meta: Meta,
+    pages: Vec<(u32, Vec<u8>)>,
+}
+
+/// Compares memory with the copy of what was sent, page by page, on the guest's thread
+/// while it is paused: only changed pages are copied (once into `sent`, once into the
+/// delta), so a round costs a read of memory plus the changes.
+fn page_delta(sent: &mut HashMap<u32, Vec<u8>>, captured: Captured<'_>) -> Delta {
+    let mut pages = Vec::new();
+    for (i, page) in captured.memory().chunks(PAGE).enumerate() {
+        let i = i as u32;
+        let changed = match sent.get(&i) {
+            Some(old) => old.as_slice() != page,
+            None => page.iter().any(|b| *b != 0),
+        };
+        if changed {
+            sent.insert(i, page.to_vec());
+            pages.push((i, page.to_vec()));
+        }
+    }
+    Delta {
+        meta: captured.meta,
+        pages,
+    }
 }
 
 /// The source side of a migration, driven by [`migrate_run`].
@@ -218,42 +244,17 @@ impl Source {
         }
     }
 
-    /// Sends the pages of `snapshot` that differ from what was sent; returns how many.
-    fn send_pages(&mut self, snapshot: &Snapshot) -> Result<usize, SnapshotError> {
-        let mut now: HashMap<u32, &Vec<u8>> = HashMap::new();
-        for (i, p) in &snapshot.pages {
-            now.insert(*i, p);
-        }
-        let mut body = Vec::new();
-        body.extend_from_slice(&snapshot.meta.memory_pages.to_le_bytes());
-        let mut changed: Vec<(u32, Option<&Vec<u8>>)> = Vec::new();
-        for (i, p) in &now {
-            if self.sent.pages.get(i) != Some(*p) {
-                changed.push((*i, Some(*p)));
-            }
-        }
-        for i in self.sent.pages.keys() {
-            if !now.contains_key(i) {
-                changed.push((*i, None));
-            }
-        }
-        changed.sort_by_key(|(i, _)| *i);
-        body.extend_from_slice(&(changed.len() as u32).to_le_bytes());
-        for (i, p) in &changed {
+    /// Sends a round's changed pages; returns how many.
+    fn send_pages(&mut self, delta: &Delta) -> Result<usize, SnapshotError> {
+        let mut body = Vec::with_capacity(8 + delta.pages.len() * 8192);
+        body.extend_from_slice(&delta.meta.memory_pages.to_le_bytes());
+        body.extend_from_slice(&(delta.pages.len() as u32).to_le_bytes());
+        for (i, page) in &delta.pages {
             body.extend_from_slice(&i.to_le_bytes());
-            match p {
-                Some(p) => {
-                    put_block(&mut body, &lz4_flex::compress(p));
-                    self.sent.pages.insert(*i, (*p).clone());
-                }
-                None => {
-                    put_block(&mut body, &[]);
-                    self.sent.pages.remove(i);
-                }
-            }
+            put_block(&mut body, &lz4_flex::compress(page));
         }
         self.bytes += write_frame(&mut self.stream, b'P', &body)?;
-        Ok(changed.len())
+        Ok(delta.pages.len())
     }
 
     /// Sends the blocks of volume files that changed since they were last sent, and
@@ -318,10 +319,10 @@ impl Source {
         Ok(())
     }
 
-    fn finish(&mut self, snapshot: &Snapshot) -> Result<(), SnapshotError> {
-        self.send_pages(snapshot)?;
+    fn finish(&mut self, delta: &Delta) -> Result<(), SnapshotError> {
+        self.send_pages(delta)?;
         self.send_files()?;
-        let meta = serde_json::to_vec(&snapshot.meta).map_err(net)?;
+        let meta = serde_json::to_vec(&delta.meta).map_err(net)?;
         self.bytes += write_frame(&mut self.stream, b'Z', &meta)?;
         self.stream.flush().map_err(net)?;
         self.expect(b'R')
@@ -373,7 +374,7 @@ pub fn migrate_run(
     let trigger = Trigger::new();
     // The guest thread hands each captured snapshot to the controller and waits for its
     // verdict: carry on (pre-copy) or stop (the destination has the guest now).
-    let (snap_tx, snap_rx) = mpsc::channel::<Snapshot>();
+    let (snap_tx, snap_rx) = mpsc::channel::<Delta>();
     let (verdict_tx, verdict_rx) = mpsc::channel::<Checkpoint>();
     let controller = {
         let trigger = trigger.clone();
@@ -400,8 +401,10 @@ pub fn migrate_run(
             })
             .map_err(|e| net(format!("cannot start the migration thread: {e}")))?
     };
-    let end = migratable.run(policy, limits, &trigger, |snapshot| {
-        if snap_tx.send(snapshot).is_err() {
+    let mut sent_pages = HashMap::new();
+    let end = migratable.run(policy, limits, &trigger, |captured| {
+        let delta = page_delta(&mut sent_pages, captured);
+        if snap_tx.send(delta).is_err() {
             return Checkpoint::Continue;
         }
         verdict_rx.recv().unwrap_or(Checkpoint::Continue)
@@ -411,8 +414,8 @@ pub fn migrate_run(
         .join()
         .unwrap_or_else(|_| Err(net("migration thread panicked")));
     Ok(match (end, result) {
-        (RunEnd::Stopped(_), Ok(stats)) => MigrateEnd::Migrated(stats),
-        (RunEnd::Stopped(_), Err(e)) => {
+        (RunEnd::Stopped, Ok(stats)) => MigrateEnd::Migrated(stats),
+        (RunEnd::Stopped, Err(e)) => {
             // Cannot happen: the controller only says Stop after a confirmation.
             return Err(e);
         }
@@ -430,7 +433,7 @@ fn control(
     after: Duration,
     volumes: Vec<Preopen>,
     trigger: &Trigger,
-    snapshots: &mpsc::Receiver<Snapshot>,
+    snapshots: &mpsc::Receiver<Delta>,
     verdict: &mpsc::Sender<Checkpoint>,
     progress: &dyn Fn(&str),
 ) -> Result<MigrationStats, SnapshotError> {
@@ -480,7 +483,7 @@ fn control(
 
 fn finish(
     source: &mut Source,
-    snapshot: &Snapshot,
+    snapshot: &Delta,
     verdict: &mpsc::Sender<Checkpoint>,
     rounds: u32,
     started: Instant,

@@ -5,7 +5,8 @@
 //! Binaryen runs as its `wasm-opt` program (Debian's `binaryen` package, or `$TERN_WASM_OPT`)
 //! rather than as a library: it is a large C++ code base, and the one process call per
 //! module is cached. [`Rewriter::rewrite`] keys its cache by the original module's
-//! SHA-256, the rewrite's version and `wasm-opt`'s version, so a module is rewritten once.
+//! SHA-256, the rewrite's version and `wasm-opt`'s version, so a module is rewritten once;
+//! the compiled rewritten module is kept beside it in an `ArtifactCache`.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -26,8 +27,8 @@ pub struct Rewriter {
 }
 
 impl Rewriter {
-    /// A rewriter that uses `$TERN_WASM_OPT` or `wasm-opt` from PATH, caching under
-    /// `cache` when given.
+    /// A rewriter that uses `$TERN_WASM_OPT` or `wasm-opt` from PATH, caching rewritten
+    /// modules and their compiled artifacts under `cache` when given.
     pub fn new(cache: Option<PathBuf>) -> Rewriter {
         let wasm_opt = std::env::var_os("TERN_WASM_OPT")
             .map(PathBuf::from)
@@ -66,6 +67,11 @@ impl Rewriter {
             }
         }
         Ok(out)
+    }
+
+    /// The artifact cache for compiled rewritten modules, beside the rewritten ones.
+    pub fn artifacts(&self) -> Option<tern_runtime::ArtifactCache> {
+        self.cache.clone().map(tern_runtime::ArtifactCache::new)
     }
 
     fn binaryen_version(&self) -> Result<String, SnapshotError> {

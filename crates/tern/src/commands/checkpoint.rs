@@ -12,7 +12,7 @@ use anyhow::Context as _;
 use clap::Args;
 use tern_runtime::{Engine, Limits, ModuleFormat, Policy, detect_format, wasm_binary};
 use tern_snapshot::{
-    Checkpoint, Migratable, MigrateEnd, Rewriter, RunEnd, Snapshot, Trigger, migrate_run,
+    Captured, Checkpoint, Migratable, MigrateEnd, Rewriter, RunEnd, Snapshot, Trigger, migrate_run,
 };
 
 use super::run::{HOST_STACK, positive_duration, report};
@@ -165,17 +165,18 @@ impl CheckpointArgs {
     fn on_checkpoint(
         &self,
     ) -> (
-        impl FnMut(Snapshot) -> Checkpoint + Send + 'static,
+        impl FnMut(Captured<'_>) -> Checkpoint + Send + 'static,
         Arc<AtomicBool>,
     ) {
         let path = self.checkpoint_out.clone();
         let keep_running = self.keep_running;
         let written = Arc::new(AtomicBool::new(false));
         let flag = written.clone();
-        let callback = move |snapshot: Snapshot| {
+        let callback = move |captured: Captured<'_>| {
             let Some(path) = &path else {
                 return Checkpoint::Continue;
             };
+            let snapshot = captured.to_snapshot();
             let result = snapshot
                 .encode()
                 .map_err(anyhow::Error::from)
@@ -220,7 +221,7 @@ impl CheckpointArgs {
                 }
                 Ok(report(outcome))
             }
-            RunEnd::Stopped(_) => Ok(ExitCode::SUCCESS),
+            RunEnd::Stopped => Ok(ExitCode::SUCCESS),
         }
     }
 }

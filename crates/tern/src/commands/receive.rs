@@ -87,7 +87,7 @@ impl ReceiveCommand {
         .context("receiving a migration")?;
         Ok(match end {
             RunEnd::Finished(outcome) => report(outcome),
-            RunEnd::Stopped(_) => ExitCode::SUCCESS,
+            RunEnd::Stopped => ExitCode::SUCCESS,
         })
     }
 }
