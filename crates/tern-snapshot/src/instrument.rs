@@ -51,7 +51,7 @@ use std::convert::Infallible;
 use wasm_encoder::reencode::{self, Reencode, RoundtripReencoder};
 use wasm_encoder::{
     BlockType, CodeSection, ExportKind, ExportSection, Function, FunctionSection, ImportSection,
-    Instruction, MemArg, MemArgTarget, Module, TypeSection, ValType,
+    Instruction, MemArg, MemArgTarget, Module, SectionId, TypeSection, ValType,
 };
 use wasmparser::{Operator, Parser, Payload, TypeRef, Validator, WasmFeatures};
 
@@ -94,7 +94,6 @@ struct Scan {
     /// Function imports in order: (module, name, type index).
     func_imports: Vec<(String, String, u32)>,
     imported_globals: u32,
-    has_import_section: bool,
     defined_funcs: u32,
     /// Absolute indices of mutable globals defined by the module.
     mutable_globals: Vec<u32>,
@@ -171,7 +170,6 @@ fn scan(wasm: &[u8]) -> Result<Scan, SnapshotError> {
                 }
             }
             Payload::ImportSection(reader) => {
-                s.has_import_section = true;
                 for import in reader.into_imports() {
                     let import = import.map_err(|e| refuse(e.to_string()))?;
                     match import.ty {
@@ -277,6 +275,23 @@ fn exception_handling() -> SnapshotError {
     )
 }
 
+/// The order of non-custom sections in a module.
+const SECTION_ORDER: [SectionId; 13] = [
+    SectionId::Type,
+    SectionId::Import,
+    SectionId::Function,
+    SectionId::Table,
+    SectionId::Memory,
+    SectionId::Tag,
+    SectionId::Global,
+    SectionId::Export,
+    SectionId::Start,
+    SectionId::Element,
+    SectionId::DataCount,
+    SectionId::Code,
+    SectionId::Data,
+];
+
 /// An import the rewrite adds.
 struct NewImport {
     module: &'static str,
@@ -295,7 +310,8 @@ struct Rewriter {
     restore_targets: Vec<(&'static str, u32, u32)>,
     /// For each noted WASI function the guest imports: its note import's index.
     notes: Vec<(String, u32)>,
-    imports_emitted: bool,
+    /// Sections written so far (by id), to add the missing ones.
+    emitted: HashSet<u8>,
 }
 
 impl Rewriter {
@@ -306,7 +322,7 @@ impl Rewriter {
             void_ty: 0,
             restore_targets: Vec::new(),
             notes: Vec::new(),
-            imports_emitted: false,
+            emitted: HashSet::new(),
             s,
         };
         r.void_ty = r.add_type(vec![], vec![]);
@@ -381,7 +397,54 @@ impl Rewriter {
                 wasm_encoder::EntityType::Function(imp.ty),
             );
         }
-        self.imports_emitted = true;
+        self.emitted.insert(SectionId::Import as u8);
+    }
+
+    fn append_types(&mut self, types: &mut TypeSection) {
+        for (params, results) in &self.new_types {
+            types
+                .ty()
+                .function(params.iter().copied(), results.iter().copied());
+        }
+        self.emitted.insert(SectionId::Type as u8);
+    }
+
+    fn append_functions(&mut self, functions: &mut FunctionSection) {
+        for (_, _, ty) in &self.s.func_imports {
+            functions.function(*ty);
+        }
+        for (_, _, ty) in &self.restore_targets {
+            functions.function(*ty);
+        }
+        self.emitted.insert(SectionId::Function as u8);
+    }
+
+    fn append_exports(&mut self, exports: &mut ExportSection) {
+        for g in &self.s.mutable_globals {
+            exports.export(
+                &format!("{GLOBAL_EXPORT_PREFIX}{g}"),
+                ExportKind::Global,
+                *g,
+            );
+        }
+        for (i, (name, _, _)) in self.restore_targets.iter().enumerate() {
+            exports.export(
+                &format!("tern:{name}"),
+                ExportKind::Func,
+                self.trampoline(i),
+            );
+        }
+        self.emitted.insert(SectionId::Export as u8);
+    }
+
+    fn append_code(&mut self, code: &mut CodeSection) {
+        for i in 0..self.s.func_imports.len() as u32 {
+            code.function(&self.wrapper_body(i));
+        }
+        for (_, target, ty) in &self.restore_targets {
+            code.function(&self.trampoline_body(*target, *ty));
+        }
+        self.emitted.insert(SectionId::Code as u8);
     }
 
     /// Pushes the poll flag.
@@ -466,11 +529,7 @@ impl Reencode for Rewriter {
         section: wasmparser::TypeSectionReader<'_>,
     ) -> Result<(), reencode::Error<Infallible>> {
         reencode::utils::parse_type_section(self, types, section)?;
-        for (params, results) in &self.new_types {
-            types
-                .ty()
-                .function(params.iter().copied(), results.iter().copied());
-        }
+        self.append_types(types);
         Ok(())
     }
 
@@ -495,14 +554,53 @@ impl Reencode for Rewriter {
         _after: Option<wasm_encoder::SectionId>,
         before: Option<wasm_encoder::SectionId>,
     ) -> Result<(), reencode::Error<Infallible>> {
-        use wasm_encoder::SectionId;
-        if !self.s.has_import_section
-            && !self.imports_emitted
-            && !matches!(before, Some(SectionId::Type | SectionId::Custom))
-        {
-            let mut imports = ImportSection::new();
-            self.emit_imports(&mut imports);
-            module.section(&imports);
+        // The rewrite adds types, imports, functions, exports and code even to a module
+        // without such sections: a missing one is written, with only Tern's additions,
+        // where the order of sections puts it.
+        let rank = |id: SectionId| SECTION_ORDER.iter().position(|o| *o == id);
+        let next = match before {
+            None => usize::MAX,
+            Some(id) => match rank(id) {
+                Some(r) => r,
+                None => return Ok(()),
+            },
+        };
+        for id in [
+            SectionId::Type,
+            SectionId::Import,
+            SectionId::Function,
+            SectionId::Export,
+            SectionId::Code,
+        ] {
+            if rank(id).is_some_and(|r| r < next) && !self.emitted.contains(&(id as u8)) {
+                match id {
+                    SectionId::Type => {
+                        let mut types = TypeSection::new();
+                        self.append_types(&mut types);
+                        module.section(&types);
+                    }
+                    SectionId::Import => {
+                        let mut imports = ImportSection::new();
+                        self.emit_imports(&mut imports);
+                        module.section(&imports);
+                    }
+                    SectionId::Function => {
+                        let mut functions = FunctionSection::new();
+                        self.append_functions(&mut functions);
+                        module.section(&functions);
+                    }
+                    SectionId::Export => {
+                        let mut exports = ExportSection::new();
+                        self.append_exports(&mut exports);
+                        module.section(&exports);
+                    }
+                    _ => {
+                        let mut code = CodeSection::new();
+                        self.append_code(&mut code);
+                        module.section(&code);
+                    }
+                }
+            }
         }
         Ok(())
     }
@@ -513,12 +611,7 @@ impl Reencode for Rewriter {
         section: wasmparser::FunctionSectionReader<'_>,
     ) -> Result<(), reencode::Error<Infallible>> {
         reencode::utils::parse_function_section(self, functions, section)?;
-        for (_, _, ty) in &self.s.func_imports {
-            functions.function(*ty);
-        }
-        for (_, _, ty) in &self.restore_targets {
-            functions.function(*ty);
-        }
+        self.append_functions(functions);
         Ok(())
     }
 
@@ -528,20 +621,7 @@ impl Reencode for Rewriter {
         section: wasmparser::ExportSectionReader<'_>,
     ) -> Result<(), reencode::Error<Infallible>> {
         reencode::utils::parse_export_section(self, exports, section)?;
-        for g in &self.s.mutable_globals {
-            exports.export(
-                &format!("{GLOBAL_EXPORT_PREFIX}{g}"),
-                ExportKind::Global,
-                *g,
-            );
-        }
-        for (i, (name, _, _)) in self.restore_targets.iter().enumerate() {
-            exports.export(
-                &format!("tern:{name}"),
-                ExportKind::Func,
-                self.trampoline(i),
-            );
-        }
+        self.append_exports(exports);
         Ok(())
     }
 
@@ -551,12 +631,7 @@ impl Reencode for Rewriter {
         section: wasmparser::CodeSectionReader<'_>,
     ) -> Result<(), reencode::Error<Infallible>> {
         reencode::utils::parse_code_section(self, code, section)?;
-        for i in 0..self.s.func_imports.len() as u32 {
-            code.function(&self.wrapper_body(i));
-        }
-        for (_, target, ty) in &self.restore_targets {
-            code.function(&self.trampoline_body(*target, *ty));
-        }
+        self.append_code(code);
         Ok(())
     }
 

@@ -1,0 +1,3 @@
+//! Integration tests of `tern-snapshot`. One test binary, one module per area.
+
+mod differential;
