@@ -534,7 +534,7 @@ pub fn receive(
     }
     let mut c = Cursor { b: &body };
     let hello: Hello = parse_json(&mut c)?;
-    let module = lz4_flex::decompress_size_prepended(c.b)
+    let module = crate::format::decompress_bounded(c.b, crate::format::MAX_MODULE)
         .map_err(|e| refuse(&mut replies, net(format!("bad module: {e}"))))?;
     if hex::encode(Sha256::digest(&module)) != hello.module_digest {
         return Err(refuse(
@@ -663,7 +663,7 @@ fn apply_file(c: &mut Cursor<'_>, dirs: &[Preopen]) -> Result<(), SnapshotError>
     let count = c.u32()?;
     for _ in 0..count {
         let index = c.u32()? as u64;
-        let data = lz4_flex::decompress_size_prepended(c.block()?)
+        let data = crate::format::decompress_bounded(c.block()?, BLOCK)
             .map_err(|e| net(format!("{}: {e}", path.display())))?;
         f.seek(SeekFrom::Start(index * BLOCK as u64))
             .and_then(|_| f.write_all(&data))
