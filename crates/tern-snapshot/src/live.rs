@@ -232,8 +232,6 @@ struct Ext {
     /// Preopened volumes by descriptor.
     volumes: BTreeMap<u32, Volume>,
     files: BTreeMap<u32, Opened>,
-    /// A safe-point failure to report once the guest has returned.
-    failure: Option<String>,
 }
 
 /// A module made migratable, compiled and linked, ready to run or restore many times.
@@ -433,7 +431,6 @@ impl Migratable {
             unwinding: false,
             volumes,
             files: BTreeMap::new(),
-            failure: None,
         };
         let mut session = match self
             .program
@@ -499,9 +496,6 @@ impl Migratable {
         let end = loop {
             let result = start.call(&mut session.store, ());
             let e = ext(&mut session.store);
-            if let Some(reason) = e.failure.take() {
-                break Err(capture_err(reason));
-            }
             if !(result.is_ok() && e.unwinding) {
                 break Ok(RunEnd::Finished(self.program.outcome(result, limits)));
             }
@@ -936,17 +930,24 @@ fn safepoint(mut caller: Caller<'_, Host>) -> wasmtime::Result<()> {
     let addr = match caller_ext(&mut caller).unwind_data {
         Some(a) => a,
         None => {
-            let old = match memory.grow(&mut caller, u64::from(UNWIND_PAGES)) {
-                Ok(old) => old,
-                Err(err) => {
-                    caller_ext(&mut caller).failure = Some(format!(
-                        "no room for the unwind data ({UNWIND_PAGES} pages): {err:#}"
-                    ));
-                    return Err(err);
+            // No room for the unwind data (the memory limit, or 4 GiB): the checkpoint
+            // is skipped with a warning and the guest carries on; it is never lost.
+            let grown = memory
+                .grow(&mut caller, u64::from(UNWIND_PAGES))
+                .map_err(|e| format!("{e:#}"))
+                .and_then(|old| {
+                    u32::try_from(old * PAGE as u64).map_err(|_| "memory is full".to_owned())
+                });
+            let addr = match grown {
+                Ok(addr) => addr,
+                Err(reason) => {
+                    tracing::warn!(
+                        %reason,
+                        "checkpoint skipped: no room for {UNWIND_PAGES} pages of unwind data; the guest carries on"
+                    );
+                    return Ok(());
                 }
             };
-            let addr = u32::try_from(old * PAGE as u64)
-                .map_err(|_| wasmtime::Error::msg("memory is full"))?;
             caller_ext(&mut caller).unwind_data = Some(addr);
             addr
         }

@@ -310,3 +310,23 @@ fn keep_running_writes_a_checkpoint_and_carries_on() {
     assert!(whole.stdout.ends_with(&resumed.stdout), "{resumed:?}");
     assert!(resumed.stdout.len() < whole.stdout.len());
 }
+
+#[test]
+fn a_checkpoint_with_no_room_is_skipped_and_the_guest_carries_on() {
+    let d = scratch();
+    let steps = guest("steps");
+    let whole = tern(d.path()).arg("run").arg(&steps).arg("30").run();
+    let snap = d.path().join("full.snap");
+    // Room for the guest, not for the 1 MiB of unwind data a checkpoint adds.
+    let run = tern(d.path())
+        .args(["run", "--max-memory", "1MiB", "--checkpoint-after", "50ms"])
+        .arg("--checkpoint-out")
+        .arg(&snap)
+        .arg(&steps)
+        .arg("30")
+        .run();
+    assert_eq!(run.code, Some(3), "{run:?}");
+    assert_eq!(run.stdout, whole.stdout);
+    assert!(run.stderr.contains("checkpoint skipped"), "{run:?}");
+    assert!(!snap.exists());
+}
