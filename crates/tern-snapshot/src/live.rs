@@ -439,28 +439,12 @@ impl Migratable {
             Ok(s) => s,
             Err(outcome) => return Ok(Err(outcome)),
         };
-        let asyncify = {
-            let (s, i) = (&mut session.store, &session.instance);
-            let missing = |e: wasmtime::Error| SnapshotError::Rewrite {
-                reason: format!("the rewritten module lacks Asyncify's exports: {e:#}"),
-            };
-            Asyncify {
-                get_state: i
-                    .get_typed_func(&mut *s, "asyncify_get_state")
-                    .map_err(missing)?,
-                start_unwind: i
-                    .get_typed_func(&mut *s, "asyncify_start_unwind")
-                    .map_err(missing)?,
-                stop_unwind: i
-                    .get_typed_func(&mut *s, "asyncify_stop_unwind")
-                    .map_err(missing)?,
-                start_rewind: i
-                    .get_typed_func(&mut *s, "asyncify_start_rewind")
-                    .map_err(missing)?,
-                stop_rewind: i
-                    .get_typed_func(&mut *s, "asyncify_stop_rewind")
-                    .map_err(missing)?,
-            }
+        let asyncify = Asyncify {
+            get_state: asyncify_export(&mut session, "asyncify_get_state")?,
+            start_unwind: asyncify_export(&mut session, "asyncify_start_unwind")?,
+            stop_unwind: asyncify_export(&mut session, "asyncify_stop_unwind")?,
+            start_rewind: asyncify_export(&mut session, "asyncify_start_rewind")?,
+            stop_rewind: asyncify_export(&mut session, "asyncify_stop_rewind")?,
         };
         let memory = session.instance.get_memory(&mut session.store, "memory");
         {
@@ -616,6 +600,18 @@ impl Migratable {
         };
         Ok((meta, memory))
     }
+}
+
+fn asyncify_export<P: wasmtime::WasmParams, R: wasmtime::WasmResults>(
+    session: &mut Session,
+    name: &str,
+) -> Result<TypedFunc<P, R>, SnapshotError> {
+    session
+        .instance
+        .get_typed_func(&mut session.store, name)
+        .map_err(|e| SnapshotError::Rewrite {
+            reason: format!("the rewritten module lacks Asyncify's export {name}: {e:#}"),
+        })
 }
 
 fn short(digest: &str) -> &str {

@@ -3,6 +3,7 @@
 pub mod bench;
 pub mod checkpoint;
 pub mod compile;
+pub mod landing;
 pub mod receive;
 pub mod restore;
 pub mod run;
