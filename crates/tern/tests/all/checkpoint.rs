@@ -6,17 +6,20 @@ use std::path::Path;
 
 use crate::support::{Run, guest, scratch, tern};
 
-/// Runs `args` (a `tern run` command line after `run`) with a checkpoint after `after`,
-/// then restores with `restore_args`; returns both runs.
+/// Runs `args` (a `tern run` command line after `run`) with the checkpoint flags `when`
+/// (`--checkpoint-after 30ms`, `--checkpoint-at-safepoint 5000`), then restores with
+/// `restore_args`; returns both runs.
 fn checkpoint_then_restore(
     dir: &Path,
     run_args: &[&str],
-    after: &str,
+    when: &[&str],
     restore_args: &[&str],
 ) -> (Run, Run) {
     let snap = dir.join("app.snap");
     let first = tern(dir)
-        .args(["run", "--checkpoint-after", after, "--checkpoint-out"])
+        .arg("run")
+        .args(when)
+        .arg("--checkpoint-out")
         .arg(&snap)
         .args(run_args)
         .run();
@@ -37,7 +40,12 @@ fn restored_run_continues_exactly_where_it_stopped() {
     let whole = tern(d.path()).args(["run", steps, "40"]).run();
     assert_eq!(whole.code, Some(3), "{whole:?}");
     for after in ["30ms", "250ms"] {
-        let (a, b) = checkpoint_then_restore(d.path(), &[steps, "40"], after, &[]);
+        let (a, b) = checkpoint_then_restore(
+            d.path(),
+            &[steps, "40"],
+            &["--checkpoint-after", after],
+            &[],
+        );
         assert_eq!(b.code, Some(3), "{b:?}");
         assert_eq!(
             format!("{}{}", a.stdout, b.stdout),
@@ -56,12 +64,22 @@ fn snapshots_move_between_cranelift_and_pulley() {
     let whole = tern(d.path()).arg("run").args(args).run();
     assert_eq!(whole.code, Some(3), "{whole:?}");
     // Cranelift to Pulley, then Pulley to Cranelift.
-    let (a, b) = checkpoint_then_restore(d.path(), &args, "20ms", &["--engine", "pulley"]);
+    let (a, b) = checkpoint_then_restore(
+        d.path(),
+        &args,
+        &["--checkpoint-at-safepoint", "5000"],
+        &["--engine", "pulley"],
+    );
     assert_eq!(b.code, Some(3), "{b:?}");
     assert_eq!(format!("{}{}", a.stdout, b.stdout), whole.stdout);
     let mut pulley_first = vec!["--engine", "pulley"];
     pulley_first.extend(args);
-    let (a, b) = checkpoint_then_restore(d.path(), &pulley_first, "100ms", &[]);
+    let (a, b) = checkpoint_then_restore(
+        d.path(),
+        &pulley_first,
+        &["--checkpoint-at-safepoint", "5000"],
+        &[],
+    );
     assert_eq!(b.code, Some(3), "{b:?}");
     assert_eq!(format!("{}{}", a.stdout, b.stdout), whole.stdout);
 }
