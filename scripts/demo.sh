@@ -49,12 +49,16 @@ $tern run "$demo/wordfreq.aarch64.cwasm"; echo "exit code $? (this machine is $(
 set -e
 
 step "5. checkpoint a running program under Cranelift, resume it under Pulley"
-show tern run --checkpoint-after 300ms --checkpoint-out steps.snap steps.wasm 12 20000000
-$tern run --checkpoint-after 300ms --checkpoint-out "$demo/steps.snap" "$demo/steps.wasm" 12 20000000
-show tern restore --engine pulley steps.snap
-set +e
-$tern restore --engine pulley "$demo/steps.snap"; echo "exit code $? (the program's own)"
-set -e
+show tern run --checkpoint-after 150ms --checkpoint-out steps.snap steps.wasm 40 10000000
+$tern run --checkpoint-after 150ms --checkpoint-out "$demo/steps.snap" "$demo/steps.wasm" 40 10000000 | tail -n 3
+if [ -f "$demo/steps.snap" ]; then
+  show tern restore --engine pulley steps.snap
+  set +e
+  $tern restore --engine pulley "$demo/steps.snap" | tail -n 3; echo "exit code ${PIPESTATUS[0]} (the program's own)"
+  set -e
+else
+  echo "(this machine ran the whole program before the checkpoint: nothing to restore)"
+fi
 
 step "6. live-migrate a program with an open file to another tern process"
 mkdir -p "$demo/src" "$demo/dst"
@@ -64,13 +68,22 @@ receiver=$!
 for _ in $(seq 50); do grep -q "listening on" "$demo/receive.err" 2>/dev/null && break; sleep 0.1; done
 addr=$(sed -n 's/^receive: listening on //p' "$demo/receive.err")
 show tern run --migrate-to "$addr" --migrate-after 1s --dir src::/data journal.wasm /data 150 20000000
-$tern run --migrate-to "$addr" --migrate-after 1s --dir "$demo/src::/data" "$demo/journal.wasm" /data 150 20000000 > "$demo/source.out"
-wait "$receiver"
-echo "-- the source printed $(wc -l < "$demo/source.out") lines, ending:"
-tail -n 2 "$demo/source.out"
-echo "-- the destination printed $(wc -l < "$demo/receive.out") lines, starting and ending:"
-head -n 2 "$demo/receive.out"
-tail -n 2 "$demo/receive.out"
-echo "-- its copy of the journal has $(wc -l < "$demo/dst/journal.txt") records"
+$tern run --migrate-to "$addr" --migrate-after 1s --dir "$demo/src::/data" "$demo/journal.wasm" /data 150 20000000 \
+  > "$demo/source.out" 2> "$demo/source.err"
+cat "$demo/source.err"
+if grep -q "^migrated to" "$demo/source.err"; then
+  wait "$receiver"
+  echo "-- the source printed $(wc -l < "$demo/source.out") lines, ending:"
+  tail -n 2 "$demo/source.out"
+  echo "-- the destination printed $(wc -l < "$demo/receive.out") lines, starting and ending:"
+  head -n 2 "$demo/receive.out"
+  tail -n 2 "$demo/receive.out"
+  echo "-- its copy of the journal has $(wc -l < "$demo/dst/journal.txt") records"
+else
+  # The program ended (or the migration failed) on the source: it finished there.
+  kill "$receiver" 2>/dev/null || true
+  wait "$receiver" 2>/dev/null || true
+  tail -n 1 "$demo/source.out"
+fi
 
 step "done: see README.md for tern run, compile, restore, receive and their flags"
