@@ -201,18 +201,6 @@ impl wasmtime_wasi::HostMonotonicClock for Clock {
     }
 }
 
-/// A file the guest opened, as the host learned it from `tern.note_path_open`.
-#[derive(Debug, Clone)]
-struct Opened {
-    volume: String,
-    path: String,
-    lookup_flags: u32,
-    oflags: u32,
-    rights_base: u64,
-    rights_inheriting: u64,
-    fd_flags: u32,
-}
-
 #[derive(Clone)]
 struct Asyncify {
     get_state: TypedFunc<(), i32>,
@@ -231,7 +219,9 @@ struct Ext {
     unwinding: bool,
     /// Preopened volumes by descriptor.
     volumes: BTreeMap<u32, Volume>,
-    files: BTreeMap<u32, Opened>,
+    /// Files the guest has open, as `tern.note_*` told the host (offsets are read at a
+    /// checkpoint).
+    files: BTreeMap<u32, OpenFile>,
 }
 
 /// A module made migratable, compiled and linked, ready to run or restore many times.
@@ -534,7 +524,7 @@ impl Migratable {
             .instance
             .get_typed_func::<(i32, i64, i32, i32), i32>(&mut session.store, "tern:fd_seek")
             .map_err(|e| capture_err(format!("{e:#}")))?;
-        for (fd, f) in files {
+        for (fd, mut f) in files {
             // Directories have no offset: fd_seek fails on them and 0 is right.
             let errno = seek
                 .call(&mut session.store, (fd as i32, 0, 1, scratch as i32))
@@ -548,17 +538,8 @@ impl Migratable {
             } else {
                 0
             };
-            wasi.files.push(OpenFile {
-                fd,
-                volume: f.volume,
-                path: f.path,
-                lookup_flags: f.lookup_flags,
-                oflags: f.oflags,
-                rights_base: f.rights_base,
-                rights_inheriting: f.rights_inheriting,
-                fd_flags: f.fd_flags,
-                offset,
-            });
+            f.offset = offset;
+            wasi.files.push(f);
         }
         wasi.volumes = volumes;
         wasi.monotonic_ns = wasmtime_wasi::HostMonotonicClock::now(clock);
@@ -792,18 +773,7 @@ fn reopen_files(session: &mut Session, memory: Memory, meta: &Meta) -> Result<()
     }
     let e = ext(s);
     for f in files {
-        e.files.insert(
-            f.fd,
-            Opened {
-                volume: f.volume,
-                path: f.path,
-                lookup_flags: f.lookup_flags,
-                oflags: f.oflags,
-                rights_base: f.rights_base,
-                rights_inheriting: f.rights_inheriting,
-                fd_flags: f.fd_flags,
-            },
-        );
+        e.files.insert(f.fd, f);
     }
     Ok(())
 }
@@ -857,7 +827,8 @@ fn add_host_imports(linker: &mut wasmtime::Linker<Host>) -> wasmtime::Result<()>
             };
             e.files.insert(
                 fd,
-                Opened {
+                OpenFile {
+                    fd,
                     volume,
                     path,
                     lookup_flags: lookup as u32,
@@ -865,6 +836,7 @@ fn add_host_imports(linker: &mut wasmtime::Linker<Host>) -> wasmtime::Result<()>
                     rights_base: base as u64,
                     rights_inheriting: inheriting as u64,
                     fd_flags: fdflags as u32,
+                    offset: 0,
                 },
             );
         },
@@ -885,7 +857,8 @@ fn add_host_imports(linker: &mut wasmtime::Linker<Host>) -> wasmtime::Result<()>
             if errno == 0 {
                 let e = caller_ext(&mut caller);
                 e.files.remove(&(to as u32));
-                if let Some(f) = e.files.remove(&(from as u32)) {
+                if let Some(mut f) = e.files.remove(&(from as u32)) {
+                    f.fd = to as u32;
                     e.files.insert(to as u32, f);
                 }
             }
