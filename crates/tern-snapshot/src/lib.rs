@@ -7,9 +7,11 @@
 //! [`Trigger`] fires, captures memory, globals and WASI state; [`Migratable::restore`]
 //! rebuilds the instance from a snapshot and rewinds into the same frame.
 
+mod bounded;
 mod format;
 pub mod instrument;
 mod live;
+mod liveness;
 mod migrate;
 mod rewrite;
 
