@@ -16,7 +16,7 @@ mod migrate;
 mod rewrite;
 
 pub use format::{FORMAT_VERSION, GlobalValue, Meta, OpenFile, PAGE, Snapshot, Volume, WasiState};
-pub use live::{Captured, Checkpoint, Migratable, Placement, RunEnd, Trigger};
+pub use live::{Captured, Checkpoint, Migratable, Placement, Prepared, RunEnd, Trigger};
 pub use migrate::{MigrateEnd, MigrationStats, migrate_run, receive};
 pub use rewrite::Rewriter;
 

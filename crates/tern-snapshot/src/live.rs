@@ -121,6 +121,70 @@ pub struct Placement<'a> {
     pub limits: &'a Limits,
 }
 
+/// An instance made ready for a restore whose memory is still arriving; see
+/// [`Migratable::prepare`].
+pub struct Prepared {
+    session: Session,
+    memory: Memory,
+    /// Pages the module's memory starts with.
+    initial: u32,
+}
+
+impl std::fmt::Debug for Prepared {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Prepared")
+            .field("initial", &self.initial)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Prepared {
+    /// Grows memory to `pages` 64 KiB pages (memory never shrinks).
+    ///
+    /// # Errors
+    /// [`SnapshotError::Corrupt`] when `pages` is fewer than memory has already, and
+    /// [`SnapshotError::Foreign`] when the limits refuse the growth.
+    pub fn resize(&mut self, pages: u32) -> Result<(), SnapshotError> {
+        let have = (self.memory.data_size(&self.session.store) / PAGE) as u64;
+        let want = u64::from(pages);
+        if want < u64::from(self.initial) {
+            return Err(SnapshotError::Foreign {
+                reason: format!(
+                    "its memory has {want} pages, fewer than the module starts with ({})",
+                    self.initial
+                ),
+            });
+        }
+        if want < have {
+            return Err(SnapshotError::Corrupt {
+                reason: format!("memory shrinks from {have} to {want} pages"),
+            });
+        }
+        if want > have {
+            self.memory
+                .grow(&mut self.session.store, want - have)
+                .map_err(|e| SnapshotError::Foreign {
+                    reason: format!("cannot grow memory to {want} pages: {e:#}"),
+                })?;
+        }
+        Ok(())
+    }
+
+    /// The 64 KiB page `index` of memory, to write.
+    ///
+    /// # Errors
+    /// [`SnapshotError::Corrupt`] when the page lies outside memory.
+    pub fn page_mut(&mut self, index: u32) -> Result<&mut [u8], SnapshotError> {
+        let at = index as usize * PAGE;
+        self.memory
+            .data_mut(&mut self.session.store)
+            .get_mut(at..at + PAGE)
+            .ok_or_else(|| SnapshotError::Corrupt {
+                reason: format!("page {index} lies outside memory"),
+            })
+    }
+}
+
 /// How [`Migratable::run`] ended.
 #[derive(Debug)]
 pub enum RunEnd {
@@ -331,12 +395,86 @@ impl Migratable {
         on_restored: impl FnOnce() -> Result<(), SnapshotError>,
         on_checkpoint: impl FnMut(Captured<'_>) -> Checkpoint,
     ) -> Result<RunEnd, SnapshotError> {
+        let mut prepared = match self.prepare(place.limits, trigger)? {
+            Ok(p) => p,
+            Err(outcome) => return Ok(RunEnd::Finished(outcome)),
+        };
+        prepared.resize(snapshot.meta.memory_pages)?;
+        for (index, page) in &snapshot.pages {
+            prepared.page_mut(*index)?.copy_from_slice(page);
+        }
+        self.resume(
+            prepared,
+            &snapshot.meta,
+            place,
+            trigger,
+            on_restored,
+            on_checkpoint,
+        )
+    }
+
+    /// Instantiates the module for a restore whose state is still to come, as a live
+    /// migration's destination does while the source pre-copies: memory then arrives
+    /// page by page through [`Prepared::page_mut`], and [`Migratable::resume`] finishes
+    /// the restore. The module's initial memory is cleared: a snapshot lists every
+    /// page that is not zero.
+    ///
+    /// # Errors
+    /// As [`Migratable::restore`]; `Ok(Err(outcome))` when instantiation itself ended
+    /// the guest (a limit, say).
+    pub fn prepare(
+        &self,
+        limits: &Limits,
+        trigger: &Trigger,
+    ) -> Result<Result<Prepared, Outcome>, SnapshotError> {
+        let mut session = match self.start(
+            &Policy::default(),
+            &Clock::new(0),
+            limits,
+            trigger,
+            BTreeMap::new(),
+        )? {
+            Ok(s) => s,
+            Err(outcome) => return Ok(Err(outcome)),
+        };
+        let memory = ext(&mut session.store)
+            .memory
+            .ok_or_else(|| SnapshotError::Foreign {
+                reason: "the module has no memory".into(),
+            })?;
+        // Pages grown later are zero already; only the module's initial pages (its data
+        // segments) need clearing, and touching the rest would only cost page faults.
+        let initial = memory.data_size(&session.store) / PAGE;
+        memory.data_mut(&mut session.store).fill(0);
+        Ok(Ok(Prepared {
+            session,
+            memory,
+            initial: initial as u32,
+        }))
+    }
+
+    /// Finishes a restore begun by [`Migratable::prepare`] whose memory now holds the
+    /// snapshot's pages: sets globals, the WASI context of `meta` (arguments,
+    /// environment, volumes mapped by `place`, clock) and its open files, then rewinds
+    /// the guest and runs it on. `on_restored` is called once the whole state is in
+    /// place, before the guest runs; an error from it ends the restore.
+    ///
+    /// # Errors
+    /// As [`Migratable::restore`].
+    pub fn resume(
+        &self,
+        prepared: Prepared,
+        meta: &Meta,
+        place: &Placement<'_>,
+        trigger: &Trigger,
+        on_restored: impl FnOnce() -> Result<(), SnapshotError>,
+        on_checkpoint: impl FnMut(Captured<'_>) -> Checkpoint,
+    ) -> Result<RunEnd, SnapshotError> {
         let Placement {
             dirs,
             inherit_stdio,
             limits,
         } = *place;
-        let meta = &snapshot.meta;
         if meta.module_digest != self.digest {
             return Err(SnapshotError::Foreign {
                 reason: format!(
@@ -371,17 +509,37 @@ impl Migratable {
             inherit_stdio,
         };
         let clock = Clock::new(meta.wasi.monotonic_ns);
-        let volumes = meta
+        let Prepared {
+            mut session,
+            memory,
+            initial,
+        } = prepared;
+        if meta.memory_pages < initial {
+            return Err(SnapshotError::Foreign {
+                reason: format!(
+                    "its memory has {} pages, fewer than the module starts with ({initial})",
+                    meta.memory_pages
+                ),
+            });
+        }
+        if memory.data_size(&session.store) / PAGE != meta.memory_pages as usize {
+            return Err(SnapshotError::Corrupt {
+                reason: "its memory size does not match the pages received".into(),
+            });
+        }
+        // No guest code has run yet: the context the instance was made with is replaced
+        // whole by the snapshot's.
+        *session.store.data_mut().wasi() = policy
+            .wasi_builder()?
+            .monotonic_clock(clock.clone())
+            .build_p1();
+        ext(&mut session.store).volumes = meta
             .wasi
             .volumes
             .iter()
             .map(|v| (v.fd, v.clone()))
             .collect();
-        let mut session = match self.start(&policy, &clock, limits, trigger, volumes)? {
-            Ok(s) => s,
-            Err(outcome) => return Ok(RunEnd::Finished(outcome)),
-        };
-        load_state(&mut session, snapshot)?;
+        load_state(&mut session, memory, meta)?;
         // Everything is in place: the caller may confirm (a migration's source stops its
         // copy now) or back out before any guest code runs.
         on_restored()?;
@@ -617,34 +775,11 @@ fn caller_ext<'a>(caller: &'a mut Caller<'_, Host>) -> &'a mut Ext {
         .expect("every migratable store is built with an Ext in Migratable::start")
 }
 
-/// Writes memory, globals and open files of `snapshot` into a fresh instance.
-fn load_state(session: &mut Session, snapshot: &Snapshot) -> Result<(), SnapshotError> {
-    let meta = &snapshot.meta;
+/// Writes globals, unwind data address and open files of `meta` into a prepared
+/// instance whose memory holds the snapshot's pages.
+fn load_state(session: &mut Session, memory: Memory, meta: &Meta) -> Result<(), SnapshotError> {
     let foreign = |reason: String| SnapshotError::Foreign { reason };
-    let memory = ext(&mut session.store)
-        .memory
-        .ok_or_else(|| foreign("the module has no memory".into()))?;
-    let have = (memory.data_size(&session.store) / PAGE) as u64;
     let want = u64::from(meta.memory_pages);
-    if want < have {
-        return Err(foreign(format!(
-            "its memory has {want} pages, fewer than the module starts with ({have})"
-        )));
-    }
-    if want > have {
-        memory
-            .grow(&mut session.store, want - have)
-            .map_err(|e| foreign(format!("cannot grow memory to {want} pages: {e:#}")))?;
-    }
-    let data = memory.data_mut(&mut session.store);
-    // Pages grown just now are zero already; only the module's initial pages (its data
-    // segments) need clearing, and touching the rest would only cost page faults.
-    let initial = (have as usize * PAGE).min(data.len());
-    data[..initial].fill(0);
-    for (index, page) in &snapshot.pages {
-        let at = *index as usize * PAGE;
-        data[at..at + PAGE].copy_from_slice(page);
-    }
     for (index, value) in &meta.globals {
         let name = format!("{GLOBAL_EXPORT_PREFIX}{index}");
         let g = session

@@ -32,7 +32,7 @@ use sha2::{Digest as _, Sha256};
 use tern_runtime::{Limits, Policy, Preopen};
 
 use crate::SnapshotError;
-use crate::format::{Meta, PAGE, Snapshot};
+use crate::format::{Meta, PAGE};
 use crate::live::{Captured, Checkpoint, Migratable, RunEnd, Trigger};
 
 /// Size of a file block compared and sent as a unit.
@@ -164,12 +164,16 @@ struct Sent {
 struct Delta {
     meta: Meta,
     pages: Vec<(u32, Vec<u8>)>,
+    /// When the guest stopped at the safe point of this capture: the last one's is where
+    /// downtime starts.
+    paused: Instant,
 }
 
 /// Compares memory with the copy of what was sent, page by page, on the guest's thread
 /// while it is paused: only changed pages are copied (once into `sent`, once into the
 /// delta), so a round costs a read of memory plus the changes.
 fn page_delta(sent: &mut HashMap<u32, Vec<u8>>, captured: Captured<'_>) -> Delta {
+    let paused = Instant::now();
     let mut pages = Vec::new();
     for (i, page) in captured.memory().chunks(PAGE).enumerate() {
         let i = i as u32;
@@ -185,6 +189,7 @@ fn page_delta(sent: &mut HashMap<u32, Vec<u8>>, captured: Captured<'_>) -> Delta
     Delta {
         meta: captured.meta,
         pages,
+        paused,
     }
 }
 
@@ -488,14 +493,15 @@ fn finish(
     rounds: u32,
     started: Instant,
 ) -> Result<MigrationStats, SnapshotError> {
-    let stopped = Instant::now();
     match source.finish(snapshot) {
         Ok(()) => {
             let _ = verdict.send(Checkpoint::Stop);
             Ok(MigrationStats {
                 rounds,
                 bytes_sent: source.bytes,
-                downtime: stopped.elapsed(),
+                // From the guest's stop at its last safe point (the final delta is
+                // computed while it waits) to the destination's confirmation.
+                downtime: snapshot.paused.elapsed(),
                 total: started.elapsed(),
             })
         }
@@ -556,13 +562,27 @@ pub fn receive(
         Ok(m) => m,
         Err(e) => return Err(refuse(&mut replies, e)),
     };
+    // The instance is made now, and memory filled in place as pre-copy rounds arrive,
+    // so that the stop-and-copy phase only writes the last changes.
+    let trigger = Trigger::new();
+    let mut prepared = match migratable.prepare(limits, &trigger) {
+        Ok(Ok(p)) => p,
+        Ok(Err(outcome)) => {
+            return Err(refuse(
+                &mut replies,
+                net(format!(
+                    "the guest cannot be instantiated here: {outcome:?}"
+                )),
+            ));
+        }
+        Err(e) => return Err(refuse(&mut replies, e)),
+    };
     write_frame(&mut replies, b'A', &[])?;
-    let mut pages: BTreeMap<u32, Vec<u8>> = BTreeMap::new();
     let meta: Meta = loop {
         let (tag, body) = read_frame(&mut reader)?;
         let mut c = Cursor { b: &body };
         let step = match tag {
-            b'P' => apply_pages(&mut c, &mut pages),
+            b'P' => apply_pages(&mut c, &mut prepared),
             b'F' => apply_file(&mut c, dirs),
             b'D' => parse_json::<FileHeader>(&mut c).and_then(|h| {
                 let path = volume_path(dirs, &h)?;
@@ -579,20 +599,16 @@ pub fn receive(
             return Err(refuse(&mut replies, e));
         }
     };
-    let snapshot = Snapshot {
-        meta,
-        module,
-        pages: pages.into_iter().collect(),
-    };
     let mut confirm = replies.try_clone().map_err(net)?;
-    let end = migratable.restore(
-        &snapshot,
+    let end = migratable.resume(
+        prepared,
+        &meta,
         &crate::Placement {
             dirs,
             inherit_stdio: true,
             limits,
         },
-        &Trigger::new(),
+        &trigger,
         || {
             write_frame(&mut confirm, b'R', &[])?;
             confirm.flush().map_err(net)
@@ -605,30 +621,30 @@ pub fn receive(
     end
 }
 
-fn apply_pages(
-    c: &mut Cursor<'_>,
-    pages: &mut BTreeMap<u32, Vec<u8>>,
-) -> Result<(), SnapshotError> {
+fn apply_pages(c: &mut Cursor<'_>, memory: &mut crate::Prepared) -> Result<(), SnapshotError> {
     let total = c.u32()?;
     let count = c.u32()?;
+    if total > 65536 {
+        return Err(net("more than 4 GiB of memory"));
+    }
+    memory.resize(total)?;
     for _ in 0..count {
         let index = c.u32()?;
         if index >= total {
             return Err(net("page index out of range"));
         }
         let block = c.block()?;
+        let page = memory.page_mut(index)?;
         if block.is_empty() {
-            pages.remove(&index);
+            page.fill(0);
             continue;
         }
-        let data =
-            lz4_flex::decompress(block, PAGE).map_err(|e| net(format!("page {index}: {e}")))?;
-        if data.len() != PAGE {
-            return Err(net(format!("page {index} is not 64 KiB")));
+        match lz4_flex::block::decompress_into(block, page) {
+            Ok(n) if n == PAGE => {}
+            Ok(_) => return Err(net(format!("page {index} is not 64 KiB"))),
+            Err(e) => return Err(net(format!("page {index}: {e}"))),
         }
-        pages.insert(index, data);
     }
-    pages.retain(|i, _| *i < total);
     Ok(())
 }
 
