@@ -13,6 +13,7 @@
 //!   snapshot size and live-migration downtime by working set.
 //! - [`report`]: suite results, ratio tables.
 
+pub mod link;
 pub mod migration;
 pub mod plot;
 pub mod polybench;

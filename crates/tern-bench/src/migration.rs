@@ -8,7 +8,8 @@
 //! - **Snapshots and live migration** of the `workset` guest (a working set of 1 to
 //!   256 MiB with a small hot set) between two real `tern` processes on loopback: snapshot
 //!   size, downtime, total time, rounds and bytes, with the guest's result checked
-//!   against an uninterrupted run.
+//!   against an uninterrupted run; then the same through an emulated 100 Mbit/s link
+//!   with 20 ms of one-way delay ([`crate::link`]).
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -22,6 +23,7 @@ use serde::Serialize;
 use tern_runtime::{Engine, EngineOptions, Limits, Outcome, Policy};
 use tern_snapshot::{Checkpoint, Migratable, Rewriter, RunEnd, Trigger};
 
+use crate::link::{Link, Shape};
 use crate::polybench::{self, Dataset};
 use crate::progress::Progress;
 use crate::report::SuiteReport;
@@ -34,6 +36,15 @@ const WORKSET_C: &str = include_str!("../../../guests/workset.c");
 /// Rounds of the workset guest: about two seconds on this project's machines, so a
 /// migration started after 300 ms finishes while it runs.
 const WORKSET_ROUNDS: &str = "400000";
+/// Rounds of the workset guest when it migrates through the emulated link, where a
+/// migration takes seconds.
+const WORKSET_ROUNDS_LINK: &str = "1600000";
+
+/// The emulated link: 100 Mbit/s, 20 ms one way (40 ms round trip).
+pub const LINK: Shape = Shape {
+    rate: 100_000_000,
+    delay: Duration::from_millis(20),
+};
 
 /// What to measure.
 #[derive(Debug, Clone)]
@@ -46,6 +57,8 @@ pub struct MigrationOptions {
     pub runs: usize,
     /// PolyBench dataset for time to safe point and overhead.
     pub dataset: Dataset,
+    /// Also migrate through the emulated link ([`LINK`]).
+    pub link: bool,
 }
 
 /// One working-set size.
@@ -67,6 +80,8 @@ pub struct MigrationReport {
     pub safepoint_samples: Vec<f64>,
     pub overhead: SuiteReport,
     pub sizes: Vec<SizeRow>,
+    /// The same migrations through the emulated link (empty when not measured).
+    pub link_sizes: Vec<SizeRow>,
 }
 
 /// Runs the benchmark.
@@ -105,8 +120,13 @@ pub fn run(opts: &MigrationOptions, progress: &Progress) -> anyhow::Result<Migra
     let src = scratch.path().join("workset.c");
     std::fs::write(&src, WORKSET_C)?;
     toolchain::wasm(&src, &workset, &["-O2"])?;
-    let bar = progress.bar("migrating", (opts.sizes.len() * opts.runs) as u64);
+    let per_size = if opts.link { 2 } else { 1 };
+    let bar = progress.bar(
+        "migrating",
+        (opts.sizes.len() * opts.runs * per_size) as u64,
+    );
     let mut sizes = Vec::new();
+    let mut link_sizes = Vec::new();
     for &mib in &opts.sizes {
         let args = [mib.to_string(), WORKSET_ROUNDS.to_owned()];
         let expected = run_tern(&opts.tern, scratch.path(), &["run"], &workset, &args)?;
@@ -129,31 +149,32 @@ pub fn run(opts: &MigrationOptions, progress: &Progress) -> anyhow::Result<Migra
         let snapshot_bytes = std::fs::metadata(&snap)
             .with_context(|| format!("the {mib} MiB workset ended before its checkpoint"))?
             .len();
-        let (mut down, mut total, mut rounds, mut sent) = (vec![], vec![], vec![], vec![]);
-        for _ in 0..opts.runs {
-            let m = migrate_once(&opts.tern, scratch.path(), &workset, &args)?;
-            if m.output != expected {
-                bail!(
-                    "the {mib} MiB workset migrated gives {:?}, uninterrupted {:?}",
-                    m.output,
-                    expected
-                );
-            }
-            down.push(m.downtime);
-            total.push(m.total);
-            rounds.push(m.rounds);
-            sent.push(m.kib_sent);
-            bar.inc(1);
-        }
-        let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len().max(1) as f64;
-        sizes.push(SizeRow {
+        sizes.push(migrations(
+            opts,
+            scratch.path(),
+            &workset,
             mib,
             snapshot_bytes,
-            downtime: Summary::of(&down).context("no samples")?,
-            total: Summary::of(&total).context("no samples")?,
-            rounds: mean(&rounds),
-            kib_sent: mean(&sent),
-        });
+            &args,
+            &expected,
+            None,
+            &bar,
+        )?);
+        if opts.link {
+            let args = [mib.to_string(), WORKSET_ROUNDS_LINK.to_owned()];
+            let expected = run_tern(&opts.tern, scratch.path(), &["run"], &workset, &args)?;
+            link_sizes.push(migrations(
+                opts,
+                scratch.path(),
+                &workset,
+                mib,
+                snapshot_bytes,
+                &args,
+                &expected,
+                Some(LINK),
+                &bar,
+            )?);
+        }
     }
     bar.finish();
     Ok(MigrationReport {
@@ -162,6 +183,48 @@ pub fn run(opts: &MigrationOptions, progress: &Progress) -> anyhow::Result<Migra
         safepoint_samples: samples,
         overhead,
         sizes,
+        link_sizes,
+    })
+}
+
+/// `opts.runs` migrations of the workset guest of `mib` MiB, on loopback or through
+/// `link`, each checked against `expected`.
+#[allow(clippy::too_many_arguments)]
+fn migrations(
+    opts: &MigrationOptions,
+    dir: &Path,
+    workset: &Path,
+    mib: u32,
+    snapshot_bytes: u64,
+    args: &[String],
+    expected: &str,
+    link: Option<Shape>,
+    bar: &indicatif::ProgressBar,
+) -> anyhow::Result<SizeRow> {
+    let (mut down, mut total, mut rounds, mut sent) = (vec![], vec![], vec![], vec![]);
+    for _ in 0..opts.runs {
+        let m = migrate_once(&opts.tern, dir, workset, args, link)?;
+        if m.output != expected {
+            bail!(
+                "the {mib} MiB workset migrated gives {:?}, uninterrupted {:?}",
+                m.output,
+                expected
+            );
+        }
+        down.push(m.downtime);
+        total.push(m.total);
+        rounds.push(m.rounds);
+        sent.push(m.kib_sent);
+        bar.inc(1);
+    }
+    let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len().max(1) as f64;
+    Ok(SizeRow {
+        mib,
+        snapshot_bytes,
+        downtime: Summary::of(&down).context("no samples")?,
+        total: Summary::of(&total).context("no samples")?,
+        rounds: mean(&rounds),
+        kib_sent: mean(&sent),
     })
 }
 
@@ -257,12 +320,14 @@ struct Migration {
     kib_sent: f64,
 }
 
-/// One live migration between two `tern` processes on loopback.
+/// One live migration between two `tern` processes on loopback, directly or through
+/// an emulated `link`.
 fn migrate_once(
     tern: &Path,
     dir: &Path,
     wasm: &Path,
     args: &[String],
+    link: Option<Shape>,
 ) -> anyhow::Result<Migration> {
     let mut receiver = Command::new(tern)
         .args(["receive", "--listen", "127.0.0.1:0"])
@@ -279,6 +344,10 @@ fn migrate_once(
         .strip_prefix("receive: listening on ")
         .with_context(|| format!("tern receive said {line:?}"))?
         .to_owned();
+    let addr = match link {
+        Some(shape) => Link::start(addr, shape)?.addr,
+        None => addr,
+    };
     std::thread::spawn(move || {
         let mut rest = String::new();
         let _ = std::io::Read::read_to_string(&mut err, &mut rest);
@@ -333,28 +402,16 @@ impl MigrationReport {
                 (g - 1.0) * 100.0
             ));
         }
-        let mut table = Table::new(&[
-            "working set",
-            "snapshot",
-            "downtime (median)",
-            "downtime p90",
-            "total (median)",
-            "rounds",
-            "sent",
-        ]);
-        for r in &self.sizes {
-            table.row(vec![
-                format!("{} MiB", r.mib),
-                format!("{:.1} MiB", r.snapshot_bytes as f64 / (1 << 20) as f64),
-                human(r.downtime.median),
-                human(r.downtime.p90),
-                human(r.total.median),
-                format!("{:.1}", r.rounds),
-                format!("{:.1} MiB", r.kib_sent / 1024.0),
-            ]);
-        }
         out.push_str("live migration on loopback (workset guest):\n\n");
-        out.push_str(&table.markdown());
+        out.push_str(&size_table(&self.sizes));
+        if !self.link_sizes.is_empty() {
+            out.push_str(&format!(
+                "\nlive migration through an emulated {} Mbit/s link, {} ms one way (workset guest):\n\n",
+                LINK.rate / 1_000_000,
+                LINK.delay.as_millis()
+            ));
+            out.push_str(&size_table(&self.link_sizes));
+        }
         out
     }
 
@@ -372,6 +429,30 @@ impl MigrationReport {
             .collect();
         geomean(&ratios)
     }
+}
+
+fn size_table(rows: &[SizeRow]) -> String {
+    let mut table = Table::new(&[
+        "working set",
+        "snapshot",
+        "downtime (median)",
+        "downtime p90",
+        "total (median)",
+        "rounds",
+        "sent",
+    ]);
+    for r in rows {
+        table.row(vec![
+            format!("{} MiB", r.mib),
+            format!("{:.1} MiB", r.snapshot_bytes as f64 / (1 << 20) as f64),
+            human(r.downtime.median),
+            human(r.downtime.p90),
+            human(r.total.median),
+            format!("{:.1}", r.rounds),
+            format!("{:.1} MiB", r.kib_sent / 1024.0),
+        ]);
+    }
+    table.markdown()
 }
 
 /// Draws downtime and total migration time (medians) against working-set size to `path`
@@ -398,11 +479,12 @@ pub fn plot(report: &MigrationReport, path: &Path) -> anyhow::Result<()> {
         let max_y = report
             .sizes
             .iter()
+            .chain(&report.link_sizes)
             .map(|r| ms(r.total.median).max(ms(r.downtime.p90)))
             .fold(1.0, f64::max);
         let mut chart = ChartBuilder::on(&root)
             .caption(
-                "Live migration on loopback: time against working set",
+                "Live migration: time against working set",
                 ("sans-serif", 18),
             )
             .margin(15)
@@ -421,26 +503,32 @@ pub fn plot(report: &MigrationReport, path: &Path) -> anyhow::Result<()> {
             .y_desc("milliseconds")
             .label_style(("sans-serif", 13))
             .draw()?;
-        let series = [
-            (
-                "downtime (median)",
-                RED,
-                report
-                    .sizes
-                    .iter()
-                    .map(|r| (r.mib as f64, ms(r.downtime.median)))
-                    .collect::<Vec<_>>(),
-            ),
-            (
-                "total migration time (median)",
-                BLUE,
-                report
-                    .sizes
-                    .iter()
-                    .map(|r| (r.mib as f64, ms(r.total.median)))
-                    .collect(),
-            ),
+        let line = |rows: &[SizeRow], total: bool| -> Vec<(f64, f64)> {
+            rows.iter()
+                .map(|r| {
+                    let s = if total { &r.total } else { &r.downtime };
+                    (r.mib as f64, ms(s.median))
+                })
+                .collect()
+        };
+        let mut series = vec![
+            ("downtime, loopback", RED, line(&report.sizes, false)),
+            ("total time, loopback", BLUE, line(&report.sizes, true)),
         ];
+        if !report.link_sizes.is_empty() {
+            let orange = RGBColor(230, 120, 0);
+            let green = RGBColor(0, 140, 70);
+            series.push((
+                "downtime, 100 Mbit/s 20 ms link",
+                orange,
+                line(&report.link_sizes, false),
+            ));
+            series.push((
+                "total time, 100 Mbit/s 20 ms link",
+                green,
+                line(&report.link_sizes, true),
+            ));
+        }
         for (name, color, points) in series {
             chart
                 .draw_series(LineSeries::new(points.clone(), color.stroke_width(2)))?

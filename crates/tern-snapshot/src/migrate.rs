@@ -12,11 +12,15 @@
 //! | `P` pages | source | `u32` memory pages, `u32` count, then per page `u32` index, `u32` length, LZ4 block (length 0: the page is now zero) |
 //! | `F` file | source | JSON [`FileHeader`], `u32` count, then per block `u32` index, `u32` length, LZ4 block |
 //! | `D` deleted | source | JSON [`FileHeader`] (size ignored) |
+//! | `K` round end | source, then destination | nothing: the destination echoes it once every frame before it is applied |
 //! | `Z` final | source | JSON [`Meta`] |
 //! | `R` restored / `E` error | destination | nothing / a UTF-8 reason |
 //!
 //! A round's pages are those that differ from what was last sent (compared against the
-//! copy kept of it), so no write barrier is needed in the guest. Files are compared by
+//! copy kept of it), so no write barrier is needed in the guest. The source starts the
+//! next round only when the destination has echoed the last one's `K`: on a slow link the
+//! socket buffers would otherwise still hold earlier rounds when the guest stops, and
+//! the stop would wait for them. Files are compared by
 //! 64 KiB blocks with the hashes of what was sent.
 
 use std::collections::{BTreeMap, HashMap};
@@ -463,7 +467,10 @@ fn control(
             let _ = verdict.send(Checkpoint::Continue);
             let changed = source.send_pages(&snapshot).and_then(|n| {
                 source.send_files()?;
+                source.bytes += write_frame(&mut source.stream, b'K', &[])?;
                 source.stream.flush().map_err(net)?;
+                // The guest runs on meanwhile; only the next round waits.
+                source.expect(b'K')?;
                 Ok(n)
             });
             let changed = changed?;
@@ -589,6 +596,7 @@ pub fn receive(
                 let _ = std::fs::remove_file(path);
                 Ok(())
             }),
+            b'K' => write_frame(&mut replies, b'K', &[]).and_then(|_| replies.flush().map_err(net)),
             b'Z' => match serde_json::from_slice(&body) {
                 Ok(meta) => break meta,
                 Err(e) => Err(net(format!("bad final frame: {e}"))),

@@ -51,6 +51,10 @@ struct MigrationArgs {
     /// PolyBench dataset for time to safe point and overhead.
     #[arg(long, default_value = "medium")]
     size: Dataset,
+    /// Skip the migrations through the emulated 100 Mbit/s, 20 ms link (a relay in
+    /// process; each takes seconds).
+    #[arg(long)]
+    no_link: bool,
     /// Write every raw sample as JSON to FILE.
     #[arg(long, value_name = "FILE")]
     json: Option<PathBuf>,
@@ -255,6 +259,7 @@ impl BenchCommand {
                         sizes: a.sizes,
                         runs: a.runs,
                         dataset: a.size,
+                        link: !a.no_link,
                     },
                     &progress,
                 )?;
