@@ -45,6 +45,10 @@
 //!   `MAX_TRIPS` iterations: their enclosing loop's poll comes soon enough;
 //! - routes every function import through a wrapper that calls `tern.safepoint` first,
 //!   so every WASI call is a safe point too (the call itself then runs after a restore);
+//! - lets a guest sleeping in `poll_oneoff` (`sleep`, `nanosleep`) be checkpointed at
+//!   once: its wrapper first waits in `tern.sleep`, which returns early on a request so
+//!   the wrapper can reach its safe point, and shortens the relative timeouts in the
+//!   guest's subscriptions by the time slept, so the sleep goes on after a restore;
 //! - tells the host about file descriptors the guest opens, closes and renumbers
 //!   (`tern.note_*` imports called by the wrappers), so a snapshot can name them;
 //! - exports the WASI calls a restore needs to reopen files (`tern:path_open`, …), and
@@ -81,6 +85,10 @@ pub const SPILL_END: u32 = 1024;
 
 /// Module and name of the safe-point import.
 pub const SAFEPOINT: (&str, &str) = ("tern", "safepoint");
+
+/// Name (in module `tern`) of the import the `poll_oneoff` wrapper calls to sleep until
+/// its clock subscriptions are due or a checkpoint is requested.
+pub const SLEEP: &str = "sleep";
 
 /// Prefix of the exports that give the host each mutable global.
 pub const GLOBAL_EXPORT_PREFIX: &str = "tern:global:";
@@ -346,6 +354,8 @@ struct Rewriter {
     restore_targets: Vec<(&'static str, u32, u32)>,
     /// For each noted WASI function the guest imports: its note import's index.
     notes: Vec<(String, u32)>,
+    /// Index of the `tern.sleep` import, when the guest imports `poll_oneoff`.
+    sleep: Option<u32>,
     /// Sections written so far (by id), to add the missing ones.
     emitted: HashSet<u8>,
     /// Index among defined functions of the next body to rewrite.
@@ -360,6 +370,7 @@ impl Rewriter {
             void_ty: 0,
             restore_targets: Vec::new(),
             notes: Vec::new(),
+            sleep: None,
             emitted: HashSet::new(),
             next_func: 0,
             s,
@@ -384,6 +395,10 @@ impl Rewriter {
                 let idx = r.add_import("tern", &format!("note_{name}"), note_ty);
                 r.notes.push((name.to_owned(), idx));
             }
+        }
+        if wasi_imports.iter().any(|(n, _)| n == "poll_oneoff") {
+            let ty = r.add_type(vec![ValType::I32, ValType::I32], vec![ValType::I32]);
+            r.sleep = Some(r.add_import("tern", SLEEP, ty));
         }
         for name in RESTORE_CALLS {
             let (params, results) = wasi_signature(name);
@@ -540,7 +555,23 @@ impl Rewriter {
             _ => vec![],
         };
         let mut f = Function::new(locals);
-        f.instruction(&Instruction::Call(self.safepoint()));
+        match self.sleep {
+            Some(sleep) if module == WASI && name == "poll_oneoff" => {
+                // loop { safepoint(); if sleep(subscriptions, count) continue }: a
+                // guest sleeping in poll_oneoff is woken by a checkpoint request and
+                // stops at the safe point, its timeouts shortened by the time slept.
+                f.instruction(&Instruction::Loop(BlockType::Empty));
+                f.instruction(&Instruction::Call(self.safepoint()));
+                f.instruction(&Instruction::LocalGet(0));
+                f.instruction(&Instruction::LocalGet(2));
+                f.instruction(&Instruction::Call(sleep));
+                f.instruction(&Instruction::BrIf(0));
+                f.instruction(&Instruction::End);
+            }
+            _ => {
+                f.instruction(&Instruction::Call(self.safepoint()));
+            }
+        }
         for i in 0..params.len() as u32 {
             f.instruction(&Instruction::LocalGet(i));
         }

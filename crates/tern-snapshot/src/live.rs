@@ -14,7 +14,7 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use sha2::{Digest as _, Sha256};
 use tern_runtime::{
@@ -23,7 +23,7 @@ use tern_runtime::{
 use wasmtime::{Caller, Memory, TypedFunc, Val};
 
 use crate::format::{GlobalValue, Meta, OpenFile, PAGE, Snapshot, Volume, WasiState};
-use crate::instrument::{GLOBAL_EXPORT_PREFIX, POLL_FLAG_ADDR, SAFEPOINT};
+use crate::instrument::{GLOBAL_EXPORT_PREFIX, POLL_FLAG_ADDR, SAFEPOINT, SLEEP};
 use crate::{Rewriter, SnapshotError};
 
 /// Pages added for Asyncify's unwind data on the first checkpoint (1 MiB).
@@ -916,6 +916,7 @@ fn reopen_files(session: &mut Session, memory: Memory, meta: &Meta) -> Result<()
 /// Defines the `tern.*` imports of a migratable module.
 fn add_host_imports(linker: &mut wasmtime::Linker<Host>) -> wasmtime::Result<()> {
     linker.func_wrap(SAFEPOINT.0, SAFEPOINT.1, safepoint)?;
+    linker.func_wrap("tern", SLEEP, sleep)?;
     linker.func_wrap(
         "tern",
         "note_path_open",
@@ -1000,6 +1001,72 @@ fn add_host_imports(linker: &mut wasmtime::Linker<Host>) -> wasmtime::Result<()>
         },
     )?;
     Ok(())
+}
+
+/// Size of a WASI preview 1 `subscription`, and offsets of its fields: the tag byte of
+/// its union (0 for a clock), and the clock's timeout (ns) and flags.
+const SUBSCRIPTION: usize = 48;
+const SUB_TAG: usize = 8;
+const SUB_TIMEOUT: usize = 24;
+const SUB_FLAGS: usize = 40;
+/// `subclockflags::subscription_clock_abstime`.
+const ABSTIME: u16 = 1;
+/// How often a sleeping guest looks for a checkpoint request.
+const SLEEP_SLICE: Duration = Duration::from_millis(5);
+
+/// `tern.sleep(subscriptions, count) -> interrupted`, called by the `poll_oneoff` wrapper
+/// before the real call. When every subscription is a relative clock timeout (what
+/// `sleep` and `nanosleep` make), it sleeps until the first is due, in slices, watching
+/// for a checkpoint request. Either way it shortens each timeout in guest memory by the
+/// time slept, so the real `poll_oneoff` (or the one after a restore) waits only for
+/// what remains; it returns 1 when a request cut the sleep short, so the wrapper goes
+/// back to its safe point. Subscriptions on descriptors or absolute times are left to
+/// `poll_oneoff` as they are (0 at once).
+fn sleep(mut caller: Caller<'_, Host>, subscriptions: i32, count: i32) -> i32 {
+    let e = caller_ext(&mut caller);
+    let (Some(memory), requested) = (e.memory, e.trigger.requested.clone()) else {
+        return 0;
+    };
+    let base = subscriptions as u32 as usize;
+    let count = count as u32 as usize;
+    let mut timeouts = Vec::with_capacity(count.min(64));
+    {
+        let data = memory.data(&caller);
+        for i in 0..count {
+            let Some(sub) = data.get(base + i * SUBSCRIPTION..base + (i + 1) * SUBSCRIPTION) else {
+                return 0;
+            };
+            let flags = u16::from_le_bytes([sub[SUB_FLAGS], sub[SUB_FLAGS + 1]]);
+            if sub[SUB_TAG] != 0 || flags & ABSTIME != 0 {
+                return 0;
+            }
+            let mut t = [0u8; 8];
+            t.copy_from_slice(&sub[SUB_TIMEOUT..SUB_TIMEOUT + 8]);
+            timeouts.push(u64::from_le_bytes(t));
+        }
+    }
+    let Some(first) = timeouts.iter().copied().min() else {
+        return 0;
+    };
+    let started = Instant::now();
+    let due = started + Duration::from_nanos(first);
+    let interrupted = loop {
+        if requested.load(Ordering::SeqCst) {
+            break 1;
+        }
+        let now = Instant::now();
+        if now >= due {
+            break 0;
+        }
+        std::thread::sleep(SLEEP_SLICE.min(due - now));
+    };
+    let slept = u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX);
+    let data = memory.data_mut(&mut caller);
+    for (i, t) in timeouts.iter().enumerate() {
+        let at = base + i * SUBSCRIPTION + SUB_TIMEOUT;
+        data[at..at + 8].copy_from_slice(&t.saturating_sub(slept).to_le_bytes());
+    }
+    interrupted
 }
 
 /// `tern.safepoint`: ends a rewind, or starts an unwind when a checkpoint is wanted.

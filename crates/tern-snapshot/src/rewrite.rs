@@ -17,7 +17,7 @@ use crate::SnapshotError;
 use crate::instrument::{SAFEPOINT, instrument};
 
 /// Changes whenever the rewrite's output for the same input changes.
-const REWRITE_VERSION: u32 = 3;
+const REWRITE_VERSION: u32 = 4;
 
 /// Runs the rewrite and keeps its results.
 #[derive(Debug, Clone)]

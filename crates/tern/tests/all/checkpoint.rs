@@ -348,3 +348,49 @@ fn a_checkpoint_with_no_room_is_skipped_and_the_guest_carries_on() {
     assert!(run.stderr.contains("checkpoint skipped"), "{run:?}");
     assert!(!snap.exists());
 }
+
+/// A guest asleep in a host call (a one-hour `sleep`) is woken by the checkpoint request
+/// and stops at once, instead of when the sleep ends; without that, the one-minute
+/// `--timeout` would end it with a timeout instead of a snapshot.
+#[test]
+fn a_sleeping_guest_is_checkpointed_without_waiting_for_its_sleep() {
+    let d = scratch();
+    let snap = d.path().join("sleepy.snap");
+    let run = tern(d.path())
+        .args(["run", "--timeout", "60s", "--checkpoint-after", "300ms"])
+        .arg("--checkpoint-out")
+        .arg(&snap)
+        .arg(guest("sleepy"))
+        .run();
+    assert_eq!(run.code, Some(0), "{run:?}");
+    assert!(snap.exists(), "{run:?}");
+}
+
+/// The sleep goes on after a restore for what remained of it: a 2 s `nanosleep`
+/// checkpointed after 1.2 s sleeps 2 s in all by the guest's monotonic clock (it would
+/// be 3.2 s if the restored guest slept the whole 2 s again).
+#[test]
+fn a_restored_sleep_lasts_only_what_remained() {
+    let d = scratch();
+    let snap = d.path().join("naps.snap");
+    let naps = guest("naps");
+    let first = tern(d.path())
+        .args(["run", "--checkpoint-after", "1200ms", "--checkpoint-out"])
+        .arg(&snap)
+        .arg(&naps)
+        .arg("2000")
+        .run();
+    assert_eq!(first.code, Some(0), "{first:?}");
+    let resumed = tern(d.path()).arg("restore").arg(&snap).run();
+    assert_eq!(resumed.code, Some(0), "{resumed:?}");
+    let all = format!("{}{}", first.stdout, resumed.stdout);
+    let slept: u64 = all
+        .strip_prefix("sleeping 2000 ms\nslept ")
+        .and_then(|r| r.strip_suffix(" ms\n"))
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("{first:?} {resumed:?}"));
+    assert!(
+        (2000..3000).contains(&slept),
+        "slept {slept} ms: {resumed:?}"
+    );
+}
