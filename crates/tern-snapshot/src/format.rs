@@ -93,6 +93,10 @@ pub struct WasiState {
 pub struct Meta {
     /// SHA-256 of the original (not rewritten) module, hex.
     pub module_digest: String,
+    /// SHA-256 of the migratable rewrite of the module, hex: the saved stack (Asyncify's
+    /// call indices and locals) only resumes under the same rewrite.
+    #[serde(default)]
+    pub rewrite_digest: String,
     /// Linear memory size in pages.
     pub memory_pages: u32,
     /// Mutable globals by index in the original module.
@@ -274,6 +278,7 @@ mod tests {
         Snapshot {
             meta: Meta {
                 module_digest: hex::encode(Sha256::digest(&module)),
+                rewrite_digest: "ab".repeat(32),
                 memory_pages: 3,
                 globals: vec![(0, GlobalValue::I32(4096)), (2, GlobalValue::F64(1))],
                 unwind_data: 2 * PAGE as u32,

@@ -294,6 +294,9 @@ pub struct Migratable {
     program: Program,
     original: Arc<Vec<u8>>,
     digest: String,
+    /// SHA-256 of the rewritten module: a snapshot's unwind data only means something
+    /// to the same rewrite.
+    rewrite_digest: String,
 }
 
 impl Migratable {
@@ -328,6 +331,7 @@ impl Migratable {
             program,
             original: Arc::new(wasm.to_vec()),
             digest: hex::encode(Sha256::digest(wasm)),
+            rewrite_digest: hex::encode(Sha256::digest(&rewritten)),
         })
     }
 
@@ -481,6 +485,19 @@ impl Migratable {
                     "it was taken of module {}, not {}",
                     short(&meta.module_digest),
                     short(&self.digest)
+                ),
+            });
+        }
+        if meta.rewrite_digest != self.rewrite_digest {
+            return Err(SnapshotError::Foreign {
+                reason: format!(
+                    "it was taken by {} whose migratable rewrite of the module ({}) differs \
+                     from this Tern's ({}: another Tern version or Binaryen); its saved \
+                     stack only resumes under the same rewrite, so restore it with the \
+                     Tern that wrote it",
+                    meta.writer,
+                    short(&meta.rewrite_digest),
+                    short(&self.rewrite_digest)
                 ),
             });
         }
@@ -731,6 +748,7 @@ impl Migratable {
 
         let meta = Meta {
             module_digest: self.digest.clone(),
+            rewrite_digest: self.rewrite_digest.clone(),
             memory_pages: (memory.data_size(&session.store) / PAGE) as u32,
             globals,
             unwind_data,
@@ -754,7 +772,11 @@ fn asyncify_export<P: wasmtime::WasmParams, R: wasmtime::WasmResults>(
 }
 
 fn short(digest: &str) -> &str {
-    digest.get(..12).unwrap_or(digest)
+    match digest.get(..12) {
+        Some(s) => s,
+        None if digest.is_empty() => "unrecorded",
+        None => digest,
+    }
 }
 
 fn capture_err(reason: String) -> SnapshotError {

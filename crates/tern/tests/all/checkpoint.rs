@@ -394,3 +394,27 @@ fn a_restored_sleep_lasts_only_what_remained() {
         "slept {slept} ms: {resumed:?}"
     );
 }
+
+/// A snapshot whose saved stack was made under another migratable rewrite of the module
+/// (another Tern or Binaryen) is refused by name, and nothing runs: its Asyncify call
+/// indices would resume in the wrong places.
+#[test]
+fn a_snapshot_from_another_rewrite_is_refused() {
+    let d = scratch();
+    let steps = guest("steps");
+    let snap = d.path().join("app.snap");
+    let first = tern(d.path())
+        .args(["run", "--checkpoint-after", "20ms", "--checkpoint-out"])
+        .arg(&snap)
+        .arg(&steps)
+        .args(["20"])
+        .run();
+    assert_eq!(first.code, Some(0), "{first:?}");
+    let bytes = std::fs::read(&snap).expect("snapshot");
+    let mut s = tern_snapshot::Snapshot::decode(&bytes).expect("decodes");
+    s.meta.rewrite_digest = "0".repeat(64);
+    std::fs::write(&snap, s.encode().expect("encodes")).expect("write");
+    let out = tern(d.path()).arg("restore").arg(&snap).run();
+    out.fails_with(1, "migratable rewrite of the module (000000000000) differs");
+    assert!(out.stdout.is_empty(), "the guest ran: {out:?}");
+}
