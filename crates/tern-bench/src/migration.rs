@@ -129,7 +129,6 @@ pub fn run(opts: &MigrationOptions, progress: &Progress) -> anyhow::Result<Migra
     let mut link_sizes = Vec::new();
     for &mib in &opts.sizes {
         let args = [mib.to_string(), WORKSET_ROUNDS.to_owned()];
-        let expected = run_tern(&opts.tern, scratch.path(), &["run"], &workset, &args)?;
         let snap = scratch.path().join("w.snap");
         let _ = std::fs::remove_file(&snap);
         let snap_arg = snap.display().to_string();
@@ -149,31 +148,27 @@ pub fn run(opts: &MigrationOptions, progress: &Progress) -> anyhow::Result<Migra
         let snapshot_bytes = std::fs::metadata(&snap)
             .with_context(|| format!("the {mib} MiB workset ended before its checkpoint"))?
             .len();
-        sizes.push(migrations(
-            opts,
-            scratch.path(),
-            &workset,
-            mib,
-            snapshot_bytes,
-            &args,
-            &expected,
-            None,
-            &bar,
-        )?);
+        let mut kinds = vec![(None, WORKSET_ROUNDS)];
         if opts.link {
-            let args = [mib.to_string(), WORKSET_ROUNDS_LINK.to_owned()];
+            kinds.push((Some(LINK), WORKSET_ROUNDS_LINK));
+        }
+        for (link, rounds) in kinds {
+            let args = [mib.to_string(), rounds.to_owned()];
             let expected = run_tern(&opts.tern, scratch.path(), &["run"], &workset, &args)?;
-            link_sizes.push(migrations(
+            let row = migrations(
                 opts,
                 scratch.path(),
                 &workset,
-                mib,
-                snapshot_bytes,
+                (mib, snapshot_bytes),
                 &args,
                 &expected,
-                Some(LINK),
+                link,
                 &bar,
-            )?);
+            )?;
+            match link {
+                None => sizes.push(row),
+                Some(_) => link_sizes.push(row),
+            }
         }
     }
     bar.finish();
@@ -194,8 +189,7 @@ fn migrations(
     opts: &MigrationOptions,
     dir: &Path,
     workset: &Path,
-    mib: u32,
-    snapshot_bytes: u64,
+    (mib, snapshot_bytes): (u32, u64),
     args: &[String],
     expected: &str,
     link: Option<Shape>,

@@ -128,18 +128,23 @@ fn open_files_continue_at_their_offsets_in_a_remapped_volume() {
     );
 }
 
-#[test]
-fn damaged_snapshots_are_refused() {
-    let d = scratch();
-    let steps = guest("steps");
-    let snap = d.path().join("app.snap");
-    let first = tern(d.path())
+/// A snapshot of the `steps` guest taken after 20 ms, in `dir`.
+fn steps_snapshot(dir: &Path) -> std::path::PathBuf {
+    let snap = dir.join("app.snap");
+    let first = tern(dir)
         .args(["run", "--checkpoint-after", "20ms", "--checkpoint-out"])
         .arg(&snap)
-        .arg(&steps)
+        .arg(guest("steps"))
         .args(["20"])
         .run();
     assert_eq!(first.code, Some(0), "{first:?}");
+    snap
+}
+
+#[test]
+fn damaged_snapshots_are_refused() {
+    let d = scratch();
+    let snap = steps_snapshot(d.path());
     let good = std::fs::read(&snap).expect("snapshot");
     let mut cases = vec![
         ("flipped", {
@@ -401,15 +406,7 @@ fn a_restored_sleep_lasts_only_what_remained() {
 #[test]
 fn a_snapshot_from_another_rewrite_is_refused() {
     let d = scratch();
-    let steps = guest("steps");
-    let snap = d.path().join("app.snap");
-    let first = tern(d.path())
-        .args(["run", "--checkpoint-after", "20ms", "--checkpoint-out"])
-        .arg(&snap)
-        .arg(&steps)
-        .args(["20"])
-        .run();
-    assert_eq!(first.code, Some(0), "{first:?}");
+    let snap = steps_snapshot(d.path());
     let bytes = std::fs::read(&snap).expect("snapshot");
     let mut s = tern_snapshot::Snapshot::decode(&bytes).expect("decodes");
     s.meta.rewrite_digest = "0".repeat(64);
