@@ -735,28 +735,27 @@ impl Reencode for Rewriter {
         let mut f = self.new_function_with_parsed_locals(&func)?;
         let this_func = self.next_func;
         self.next_func += 1;
+        let ops = func
+            .get_operators_reader()?
+            .into_iter()
+            .collect::<Result<Vec<_>, _>>()?;
         // Functions with GC branch instructions keep the simple in-loop poll: their
         // branch depths are not rewritten below.
-        let mut simple = false;
-        {
-            let mut scan = func.get_operators_reader()?;
-            while !scan.eof() {
-                if matches!(
-                    scan.read()?,
-                    Operator::BrOnNull { .. }
-                        | Operator::BrOnNonNull { .. }
-                        | Operator::BrOnCast { .. }
-                        | Operator::BrOnCastFail { .. }
-                ) {
-                    simple = true;
-                }
-            }
-        }
-        let spills = if simple || !self.s.data_clear_of_spills {
+        let simple = ops.iter().any(|op| {
+            matches!(
+                op,
+                Operator::BrOnNull { .. }
+                    | Operator::BrOnNonNull { .. }
+                    | Operator::BrOnCast { .. }
+                    | Operator::BrOnCastFail { .. }
+            )
+        });
+        let has_loops = ops.iter().any(|op| matches!(op, Operator::Loop { .. }));
+        let spills = if simple || !has_loops || !self.s.data_clear_of_spills {
             None
         } else {
             self.local_types(this_func, &func).and_then(|types| {
-                let live = crate::liveness::loop_headers(&func, types.len() as u32)?;
+                let live = crate::liveness::loop_headers(&ops, types.len() as u32)?;
                 Some((types, live))
             })
         };
@@ -766,10 +765,6 @@ impl Reencode for Rewriter {
         let mut frames: Vec<bool> = vec![false];
         // For each open wrapped loop: the locals its safe point spills.
         let mut spilled: Vec<Vec<Spill>> = Vec::new();
-        let ops = func
-            .get_operators_reader()?
-            .into_iter()
-            .collect::<Result<Vec<_>, _>>()?;
         let bounded = crate::bounded::loops(&ops);
         for op in ops {
             match op {

@@ -12,7 +12,7 @@
 //! branched to at its end, a `loop` at its header. No crate does liveness on raw Wasm
 //! operators, so it is written here.
 
-use wasmparser::{FunctionBody, Operator};
+use wasmparser::Operator;
 
 /// Functions with more than this many (blocks × locals) bits are left without spills:
 /// the analysis would cost more than it saves.
@@ -71,11 +71,11 @@ impl Sets {
     }
 }
 
-/// For each `loop` of `body`, in the order the loops open, the indices of the locals
-/// live at its header (sorted). `n_locals` counts parameters and declared locals.
+/// For each `loop` of a function body (its operators `ops`), in the order the loops
+/// open, the indices of the locals live at its header (sorted). `n_locals` counts parameters and declared locals.
 /// `None` when the function is too large to analyse or uses branches this analysis does
 /// not model (the GC proposal's `br_on_*`); the caller then spills nothing.
-pub(crate) fn loop_headers(body: &FunctionBody<'_>, n_locals: u32) -> Option<Vec<Vec<u32>>> {
+pub(crate) fn loop_headers(ops: &[Operator<'_>], n_locals: u32) -> Option<Vec<Vec<u32>>> {
     let words = (n_locals as usize).div_ceil(64).max(1);
     let mut blocks: Vec<Block> = Vec::new();
     let mut sets = Sets::new(words);
@@ -91,7 +91,6 @@ pub(crate) fn loop_headers(body: &FunctionBody<'_>, n_locals: u32) -> Option<Vec
         cond: None,
     }];
     let mut headers: Vec<usize> = Vec::new();
-    let mut reader = body.get_operators_reader().ok()?;
     let edge = |blocks: &mut Vec<Block>, from: usize, to: usize| {
         if to != exit {
             blocks[from].succs.push(to);
@@ -101,9 +100,8 @@ pub(crate) fn loop_headers(body: &FunctionBody<'_>, n_locals: u32) -> Option<Vec
         let i = frames.len().checked_sub(1 + depth as usize)?;
         Some(frames[i].target())
     };
-    while !reader.eof() {
-        let op = reader.read().ok()?;
-        match op {
+    for op in ops {
+        match *op {
             Operator::LocalGet { local_index } => sets.use_(cur, local_index),
             Operator::LocalSet { local_index } | Operator::LocalTee { local_index } => {
                 sets.def(cur, local_index);
@@ -172,7 +170,7 @@ pub(crate) fn loop_headers(body: &FunctionBody<'_>, n_locals: u32) -> Option<Vec
                 edge(&mut blocks, cur, next);
                 cur = next;
             }
-            Operator::BrTable { targets } => {
+            Operator::BrTable { ref targets } => {
                 for depth in targets
                     .targets()
                     .chain(std::iter::once(Ok(targets.default())))
@@ -258,7 +256,13 @@ mod tests {
                 for l in body.get_locals_reader().expect("locals") {
                     n += l.expect("local").0;
                 }
-                return loop_headers(&body, params + n).expect("analysable");
+                let ops: Vec<_> = body
+                    .get_operators_reader()
+                    .expect("ops")
+                    .into_iter()
+                    .collect::<Result<_, _>>()
+                    .expect("reads");
+                return loop_headers(&ops, params + n).expect("analysable");
             }
         }
         panic!("no function")
