@@ -467,7 +467,7 @@ impl Migratable {
     /// As [`Migratable::restore`].
     pub fn resume(
         &self,
-        prepared: Prepared,
+        mut prepared: Prepared,
         meta: &Meta,
         place: &Placement<'_>,
         trigger: &Trigger,
@@ -526,24 +526,13 @@ impl Migratable {
             inherit_stdio,
         };
         let clock = Clock::new(meta.wasi.monotonic_ns);
+        // The final size: fewer pages than received is a shrink, and refused.
+        prepared.resize(meta.memory_pages)?;
         let Prepared {
             mut session,
             memory,
-            initial,
+            ..
         } = prepared;
-        if meta.memory_pages < initial {
-            return Err(SnapshotError::Foreign {
-                reason: format!(
-                    "its memory has {} pages, fewer than the module starts with ({initial})",
-                    meta.memory_pages
-                ),
-            });
-        }
-        if memory.data_size(&session.store) / PAGE != meta.memory_pages as usize {
-            return Err(SnapshotError::Corrupt {
-                reason: "its memory size does not match the pages received".into(),
-            });
-        }
         // No guest code has run yet: the context the instance was made with is replaced
         // whole by the snapshot's.
         *session.store.data_mut().wasi() = policy
