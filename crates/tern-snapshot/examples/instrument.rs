@@ -1,13 +1,23 @@
-//! Writes the output of Tern's pre-pass alone (before Asyncify), to study what each stage
-//! of the migratable rewrite costs: `cargo run -p tern-snapshot --example instrument --
-//! IN.wasm OUT.wasm`.
+//! Writes a stage of the migratable rewrite, to study what each stage costs:
+//! `cargo run --release -p tern-snapshot --example instrument -- [--full] IN.wasm OUT.wasm`
+//! writes Tern's pre-pass output alone, or with `--full` the whole rewrite (pre-pass and
+//! unwind pass), which is what `tern run --checkpoint-*` compiles.
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let args: Vec<String> = std::env::args().skip(1).collect();
+    let mut args: Vec<String> = std::env::args().skip(1).collect();
+    let full = args.first().is_some_and(|a| a == "--full");
+    if full {
+        args.remove(0);
+    }
     let [input, output] = args.as_slice() else {
-        return Err("usage: instrument IN.wasm OUT.wasm".into());
+        return Err("usage: instrument [--full] IN.wasm OUT.wasm".into());
     };
     let wasm = std::fs::read(input)?;
-    std::fs::write(output, tern_snapshot::instrument::instrument(&wasm)?)?;
+    let out = if full {
+        tern_snapshot::Rewriter::new(None).rewrite(&wasm)?
+    } else {
+        tern_snapshot::instrument::instrument(&wasm)?
+    };
+    std::fs::write(output, out)?;
     Ok(())
 }

@@ -3,9 +3,9 @@
 //! operators anyway.
 //!
 //! This matters beyond the poll's own load and branch: a loop with a poll can reach the
-//! safe-point call, so Asyncify keeps every value live at its header alive across that
-//! call, and Cranelift then keeps a dot product's accumulator on the stack inside the
-//! loop. A loop left alone compiles exactly as before.
+//! safe-point call, and a value live across that call is one Cranelift keeps on the
+//! stack (x86-64 has no callee-saved vector registers), or spills and reloads around
+//! it. A loop left alone compiles exactly as before.
 //!
 //! The shape recognised is the counted loop compilers emit for `for (i = C0; i < B;
 //! i += S)` after loop rotation:

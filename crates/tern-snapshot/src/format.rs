@@ -93,16 +93,16 @@ pub struct WasiState {
 pub struct Meta {
     /// SHA-256 of the original (not rewritten) module, hex.
     pub module_digest: String,
-    /// SHA-256 of the migratable rewrite of the module, hex: the saved stack (Asyncify's
-    /// call indices and locals) only resumes under the same rewrite.
+    /// SHA-256 of the migratable rewrite of the module, hex: the saved stack (call-site
+    /// indices and locals) only resumes under the same rewrite.
     #[serde(default)]
     pub rewrite_digest: String,
     /// Linear memory size in pages.
     pub memory_pages: u32,
     /// Mutable globals by index in the original module.
     pub globals: Vec<(u32, GlobalValue)>,
-    /// Address of Asyncify's data structure (current and end pointers, then the saved
-    /// frames) in linear memory.
+    /// Address of the unwind data (current and end pointers, then the saved frames) in
+    /// linear memory.
     pub unwind_data: u32,
     pub wasi: WasiState,
     /// Tern version that wrote it, for messages only.

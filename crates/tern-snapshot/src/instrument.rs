@@ -1,11 +1,11 @@
-//! Tern's own pre-pass of the migratable rewrite: it prepares a module so that Binaryen's
-//! Asyncify can then make every safe point an unwind point.
+//! Tern's pre-pass of the migratable rewrite: it prepares a module so that the unwind
+//! pass ([`crate::unwind`]) can then make every safe point an unwind point.
 //!
 //! Binaryen has no pass that inserts polls at loop headers, so this one is written here
 //! on `wasmparser` and `wasm-encoder`'s reencoder. It:
 //!
-//! - adds the import `tern.safepoint: [] -> []`, the one import Asyncify is told may
-//!   unwind the stack;
+//! - adds the import `tern.safepoint: [] -> []`, the one import that may unwind the
+//!   stack;
 //! - puts a poll at every loop header: `br_if $poll_exit (i32.load8_u [POLL_FLAG_ADDR])`.
 //!   The host raises that byte from another thread when it wants a checkpoint, so a
 //!   guest deep in a loop that never calls the host stops within one iteration. The call
@@ -28,18 +28,18 @@
 //!   end
 //!   ```
 //!
-//!   A loop header holds no state but the function's locals, which Asyncify saves, so
+//!   A loop header holds no state but the function's locals, which the unwind pass saves, so
 //!   leaving the loop and re-entering it is the same as staying. With no call inside the
-//!   hot loop, Cranelift keeps the loop's values in registers and Asyncify does not guard
-//!   each iteration: on PolyBench's gemm this cut the cost of migratable mode from 2.6× to
+//!   hot loop, Cranelift keeps the loop's values in registers and the unwind pass adds
+//!   nothing to it: on PolyBench's gemm this cut the cost of migratable mode from 2.6× to
 //!   1.8× (the call in the loop was the cost). Loops that take parameters keep the simple
 //!   form, `if (flag) call safepoint` at the header;
 //! - around that call, stores the locals live at the loop's header
 //!   ([`crate::liveness`]) to a spill area below wasm-ld's `--global-base`
 //!   ([`SPILL_START`]..[`SPILL_END`]) and reloads them after it, so that no value is live
 //!   across the call: x86-64 has no callee-saved vector registers, and a float carried
-//!   around the loop was otherwise kept on the stack inside the loop (before Asyncify,
-//!   this took the pre-pass alone from 1.98× to 1.50× native on eight PolyBench kernels
+//!   around the loop was otherwise kept on the stack inside the loop (before the unwind
+//!   pass, this took the pre-pass alone from 1.98× to 1.50× native on eight PolyBench kernels
 //!   against 1.39× for the plain module);
 //! - leaves out the poll of innermost counted loops of at most [`crate::bounded`]'s
 //!   `MAX_TRIPS` iterations: their enclosing loop's poll comes soon enough;
@@ -53,10 +53,10 @@
 //!   (`tern.note_*` imports called by the wrappers), so a snapshot can name them;
 //! - exports the WASI calls a restore needs to reopen files (`tern:path_open`, …), and
 //!   every mutable global (`tern:global:N`), `__stack_pointer` included, which is
-//!   neither exported nor saved by Asyncify.
+//!   neither exported nor saved by the unwind pass.
 //!
 //! Modules that use Wasm exception handling (setjmp/longjmp, C++ exceptions) are
-//! refused: Asyncify cannot unwind through `try` blocks.
+//! refused: a safe point cannot be unwound through `try` blocks.
 
 use std::collections::HashSet;
 use std::convert::Infallible;
@@ -138,8 +138,14 @@ struct Scan {
 /// than one memory or a 64-bit memory, imported mutable globals, or data at the poll
 /// flag's address.
 pub fn instrument(wasm: &[u8]) -> Result<Vec<u8>, SnapshotError> {
+    instrument_with_safepoint(wasm).map(|(out, _)| out)
+}
+
+/// [`instrument`], also returning the function index of the `tern.safepoint` import.
+pub(crate) fn instrument_with_safepoint(wasm: &[u8]) -> Result<(Vec<u8>, u32), SnapshotError> {
     let scan = scan(wasm)?;
     let mut r = Rewriter::new(scan);
+    let safepoint = r.safepoint();
     let mut module = Module::new();
     r.parse_core_module(&mut module, Parser::new(0), wasm)
         .map_err(|e| refuse(format!("cannot re-encode: {e}")))?;
@@ -151,7 +157,7 @@ pub fn instrument(wasm: &[u8]) -> Result<Vec<u8>, SnapshotError> {
                 "the instrumented module is invalid (a Tern bug): {e}"
             ))
         })?;
-    Ok(out)
+    Ok((out, safepoint))
 }
 
 fn refuse(reason: impl Into<String>) -> SnapshotError {
@@ -606,6 +612,49 @@ impl Rewriter {
 impl Reencode for Rewriter {
     type Error = Infallible;
 
+    fn parse_custom_name_subsection(
+        &mut self,
+        names: &mut wasm_encoder::NameSection,
+        section: wasmparser::Name<'_>,
+    ) -> Result<(), reencode::Error<Infallible>> {
+        // Imports' names go to their wrappers, which come after the defined functions:
+        // a name map must be sorted by index, so the remapped ones are sorted again.
+        match section {
+            wasmparser::Name::Function(map) => {
+                let mut sorted = Vec::new();
+                for naming in map {
+                    let naming = naming?;
+                    sorted.push((self.function_index(naming.index)?, naming.name));
+                }
+                sorted.sort_by_key(|(i, _)| *i);
+                let mut out = wasm_encoder::NameMap::new();
+                for (i, name) in sorted {
+                    out.append(i, name);
+                }
+                names.functions(&out);
+            }
+            wasmparser::Name::Label(_) => {
+                // Dropped: the blocks put around loops renumber labels.
+            }
+            wasmparser::Name::Local(map) => {
+                let mut sorted = Vec::new();
+                for naming in map {
+                    let naming = naming?;
+                    let inner = reencode::utils::name_map(naming.names, Ok)?;
+                    sorted.push((self.function_index(naming.index)?, inner));
+                }
+                sorted.sort_by_key(|(i, _)| *i);
+                let mut out = wasm_encoder::IndirectNameMap::new();
+                for (i, inner) in &sorted {
+                    out.append(*i, inner);
+                }
+                names.locals(&out);
+            }
+            other => reencode::utils::parse_custom_name_subsection(self, names, other)?,
+        }
+        Ok(())
+    }
+
     fn function_index(&mut self, func: u32) -> Result<u32, reencode::Error<Infallible>> {
         let imported = self.s.func_imports.len() as u32;
         Ok(if func < imported {
@@ -962,7 +1011,7 @@ mod tests {
         assert!(text.contains(r#"(import "tern" "safepoint""#), "{text}");
         assert!(text.contains(r#"(import "tern" "note_fd_close""#), "{text}");
         assert!(
-            text.contains(r#"(export "tern:global:0" (global 0))"#),
+            text.contains(r#"(export "tern:global:0" (global $sp))"#),
             "{text}"
         );
         assert!(text.contains(r#"(export "tern:path_open""#), "{text}");

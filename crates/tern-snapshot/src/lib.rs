@@ -1,8 +1,8 @@
 //! Tern's checkpoint and restore: a running guest stopped at a safe point, saved as a
 //! [`Snapshot`] that depends on no engine and no architecture, and resumed elsewhere.
 //!
-//! A module is first made migratable ([`Rewriter`]: Tern's pre-pass, then Binaryen's
-//! Asyncify), so that at a safe point — any WASI call, any loop header — it can unwind
+//! A module is first made migratable ([`Rewriter`]: Tern's pre-pass, then Tern's unwind
+//! pass), so that at a safe point — any WASI call, any loop header — it can unwind
 //! its call stack into its own linear memory. [`Migratable::run`] runs it and, when its
 //! [`Trigger`] fires, captures memory, globals and WASI state; [`Migratable::restore`]
 //! rebuilds the instance from a snapshot and rewinds into the same frame.
@@ -14,6 +14,7 @@ mod live;
 mod liveness;
 mod migrate;
 mod rewrite;
+mod unwind;
 
 pub use format::{FORMAT_VERSION, GlobalValue, Meta, OpenFile, PAGE, Snapshot, Volume, WasiState};
 pub use live::{Captured, Checkpoint, Migratable, Placement, Prepared, RunEnd, Trigger};
@@ -26,8 +27,6 @@ pub use rewrite::Rewriter;
 pub enum SnapshotError {
     #[error("module cannot be made migratable: {reason}")]
     Rewrite { reason: String },
-    #[error("{reason}")]
-    Binaryen { reason: String },
     #[error("not a Tern snapshot (bad magic)")]
     NotASnapshot,
     #[error(

@@ -6,7 +6,7 @@
 //! imports that keep the table of files the guest has open, and the clock that keeps
 //! monotonic time running forward across a restore.
 //!
-//! Asyncify's unwind data lives in linear memory, in pages the host adds on the first
+//! The unwind data lives in linear memory, in pages the host adds on the first
 //! checkpoint ([`UNWIND_PAGES`]); the guest's allocator never hands them out because it
 //! only uses pages it grew itself. Their address travels in the snapshot.
 
@@ -26,7 +26,7 @@ use crate::format::{GlobalValue, Meta, OpenFile, PAGE, Snapshot, Volume, WasiSta
 use crate::instrument::{GLOBAL_EXPORT_PREFIX, POLL_FLAG_ADDR, SAFEPOINT, SLEEP};
 use crate::{Rewriter, SnapshotError};
 
-/// Pages added for Asyncify's unwind data on the first checkpoint (1 MiB).
+/// Pages added for the unwind data on the first checkpoint (1 MiB).
 pub const UNWIND_PAGES: u32 = 16;
 /// Bytes at the end of the unwind area kept as scratch for the host's WASI calls.
 const SCRATCH: u32 = 8192;
@@ -303,8 +303,7 @@ impl Migratable {
     /// Makes `wasm` (the original binary module) migratable and compiles it.
     ///
     /// # Errors
-    /// [`SnapshotError::Rewrite`] or [`SnapshotError::Binaryen`] when it cannot be made
-    /// migratable; [`SnapshotError::Runtime`] when it does not compile or link.
+    /// [`SnapshotError::Rewrite`] when it cannot be made migratable; [`SnapshotError::Runtime`] when it does not compile or link.
     pub fn new(
         engine: &Engine,
         rewriter: &Rewriter,
@@ -492,7 +491,7 @@ impl Migratable {
             return Err(SnapshotError::Foreign {
                 reason: format!(
                     "it was taken by {} whose migratable rewrite of the module ({}) differs \
-                     from this Tern's ({}: another Tern version or Binaryen); its saved \
+                     from this Tern's ({}: another Tern version); its saved \
                      stack only resumes under the same rewrite, so restore it with the \
                      Tern that wrote it",
                     meta.writer,
@@ -756,7 +755,7 @@ fn asyncify_export<P: wasmtime::WasmParams, R: wasmtime::WasmResults>(
         .instance
         .get_typed_func(&mut session.store, name)
         .map_err(|e| SnapshotError::Rewrite {
-            reason: format!("the rewritten module lacks Asyncify's export {name}: {e:#}"),
+            reason: format!("the rewritten module lacks the unwind export {name}: {e:#}"),
         })
 }
 

@@ -76,6 +76,24 @@ impl Sets {
 /// `None` when the function is too large to analyse or uses branches this analysis does
 /// not model (the GC proposal's `br_on_*`); the caller then spills nothing.
 pub(crate) fn loop_headers(ops: &[Operator<'_>], n_locals: u32) -> Option<Vec<Vec<u32>>> {
+    analyse(ops, n_locals, &[]).map(|(headers, _)| headers)
+}
+
+/// For each of `points` (indices into `ops`, ascending), the locals live just before
+/// that operator runs (sorted). `None` as for [`loop_headers`].
+pub(crate) fn live_before(
+    ops: &[Operator<'_>],
+    n_locals: u32,
+    points: &[usize],
+) -> Option<Vec<Vec<u32>>> {
+    analyse(ops, n_locals, points).map(|(_, at)| at)
+}
+
+/// Sorted local indices, one set per program point.
+type LiveSets = Vec<Vec<u32>>;
+
+/// Liveness at every loop header and before every one of `points`.
+fn analyse(ops: &[Operator<'_>], n_locals: u32, points: &[usize]) -> Option<(LiveSets, LiveSets)> {
     let words = (n_locals as usize).div_ceil(64).max(1);
     let mut blocks: Vec<Block> = Vec::new();
     let mut sets = Sets::new(words);
@@ -100,7 +118,16 @@ pub(crate) fn loop_headers(ops: &[Operator<'_>], n_locals: u32) -> Option<Vec<Ve
         let i = frames.len().checked_sub(1 + depth as usize)?;
         Some(frames[i].target())
     };
-    for op in ops {
+    let mut point_blocks: Vec<usize> = Vec::with_capacity(points.len());
+    let mut next_point = points.iter().peekable();
+    for (i, op) in ops.iter().enumerate() {
+        // A point starts a block of its own, so its live-in set is the answer.
+        while next_point.next_if(|&&p| p <= i).is_some() {
+            let b = new_block(&mut blocks, &mut sets);
+            edge(&mut blocks, cur, b);
+            cur = b;
+            point_blocks.push(b);
+        }
         match *op {
             Operator::LocalGet { local_index } => sets.use_(cur, local_index),
             Operator::LocalSet { local_index } | Operator::LocalTee { local_index } => {
@@ -230,16 +257,15 @@ pub(crate) fn loop_headers(ops: &[Operator<'_>], n_locals: u32) -> Option<Vec<Ve
             }
         }
     }
-    Some(
-        headers
-            .iter()
-            .map(|&h| {
-                (0..n_locals)
-                    .filter(|&l| live_in[h * words + l as usize / 64] & (1 << (l % 64)) != 0)
-                    .collect()
-            })
-            .collect(),
-    )
+    let live_at = |b: usize| -> Vec<u32> {
+        (0..n_locals)
+            .filter(|&l| live_in[b * words + l as usize / 64] & (1 << (l % 64)) != 0)
+            .collect()
+    };
+    // Points past the end of the body see nothing live.
+    let mut at: Vec<Vec<u32>> = point_blocks.iter().map(|&b| live_at(b)).collect();
+    at.resize(points.len(), Vec::new());
+    Some((headers.iter().map(|&h| live_at(h)).collect(), at))
 }
 
 #[cfg(test)]

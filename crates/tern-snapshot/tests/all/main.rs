@@ -1,3 +1,4 @@
 //! Integration tests of `tern-snapshot`. One test binary, one module per area.
 
 mod differential;
+mod unwinding;

@@ -401,8 +401,8 @@ fn a_restored_sleep_lasts_only_what_remained() {
 }
 
 /// A snapshot whose saved stack was made under another migratable rewrite of the module
-/// (another Tern or Binaryen) is refused by name, and nothing runs: its Asyncify call
-/// indices would resume in the wrong places.
+/// (another Tern version) is refused by name, and nothing runs: its call-site indices
+/// would resume in the wrong places.
 #[test]
 fn a_snapshot_from_another_rewrite_is_refused() {
     let d = scratch();
