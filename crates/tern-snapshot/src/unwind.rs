@@ -349,7 +349,9 @@ struct FunctionPass<'a> {
     data: u32,
     plan: Plan,
     temps: Temps,
-    site_local: u32,
+    /// The global holding the site a rewind is headed for: a global, not a local, so
+    /// that it is not live across every loop whose level may dispatch.
+    site: u32,
     ptr_local: u32,
     cond_local: u32,
     /// Types of the function's parameters and locals, then of the added ones.
@@ -439,7 +441,7 @@ impl<'a> FunctionPass<'a> {
             data,
             plan: Plan::default(),
             temps: Temps::default(),
-            site_local: 0,
+            site: data + 1,
             ptr_local: 0,
             cond_local: 0,
             local_types: Vec::new(),
@@ -531,7 +533,6 @@ impl<'a> FunctionPass<'a> {
 
         let n_locals = self.local_types.len() as u32;
         self.temps.first = n_locals;
-        self.site_local = self.temps.fresh(ValType::I32);
         self.ptr_local = self.temps.fresh(ValType::I32);
         self.cond_local = self.temps.fresh(ValType::I32);
 
@@ -824,7 +825,7 @@ impl FunctionPass<'_> {
                 // its `then` side.
                 self.op(&Instruction::I32Const(0));
                 for (lo, then_hi) in ifs {
-                    self.op(&Instruction::LocalGet(self.site_local));
+                    self.op(&Instruction::GlobalGet(self.site));
                     self.op(&Instruction::I32Const(lo as i32));
                     self.op(&Instruction::I32Sub);
                     self.op(&Instruction::I32Const((then_hi - lo) as i32));
@@ -840,7 +841,7 @@ impl FunctionPass<'_> {
                 table.extend(std::iter::repeat_n(j as u32 + 1, (b - a) as usize));
             }
             let last = table.last().copied().unwrap_or(1);
-            self.op(&Instruction::LocalGet(self.site_local));
+            self.op(&Instruction::GlobalGet(self.site));
             self.op(&Instruction::I32Const(lo as i32));
             self.op(&Instruction::I32Sub);
             self.op(&Instruction::BrTable(table.into(), last));
@@ -1154,13 +1155,13 @@ impl FunctionPass<'_> {
         self.op(&Instruction::I32Sub);
         self.op(&Instruction::LocalTee(self.ptr_local));
         self.op(&Instruction::I32Load(memarg(0)));
-        self.op(&Instruction::LocalSet(self.site_local));
+        self.op(&Instruction::GlobalSet(self.site));
         self.op(&Instruction::Block(BlockType::Empty)); // $out
         for _ in 0..n {
             self.op(&Instruction::Block(BlockType::Empty));
         }
         self.op(&Instruction::Block(BlockType::Empty)); // $bad: not a site of this function
-        self.op(&Instruction::LocalGet(self.site_local));
+        self.op(&Instruction::GlobalGet(self.site));
         let table: Vec<u32> = (1..=n).collect();
         self.op(&Instruction::BrTable(table.into(), 0));
         self.op(&Instruction::End);
@@ -1190,8 +1191,8 @@ impl FunctionPass<'_> {
     }
 }
 
-/// Re-encodes the module with the rewritten bodies, the pass's two globals (state and
-/// data address) and its five exports.
+/// Re-encodes the module with the rewritten bodies, the pass's three globals (state,
+/// data address, site a rewind is headed for) and its five exports.
 fn assemble(
     wasm: &[u8],
     m: &Scan,
@@ -1238,7 +1239,8 @@ impl Assembler {
     }
 
     fn globals(&mut self, section: &mut GlobalSection) {
-        for _ in 0..2 {
+        // State, data address, and the site a rewind is headed for.
+        for _ in 0..3 {
             section.global(
                 GlobalType {
                     val_type: ValType::I32,
