@@ -15,12 +15,18 @@
 //! - **Operand-stack values moved to locals.** Values on the operand stack under a
 //!   site's arguments (or under a block that contains a site) are stored to fresh locals
 //!   before it and reloaded after it, so a site is always entered with an empty stack.
-//! - **Rewind by forward jumps.** Each block, loop or `if` body that contains sites opens
-//!   one `block` per site-holding child ("landing"), innermost first. On a rewind, a
-//!   `br_table` on the saved site index jumps to the landing right before the child that
-//!   holds the site; nested levels do the same, and an `if` is entered on the side that
-//!   holds it. Normal execution pays one state check at the start of such a level and one
-//!   after each call that may unwind; no code inside loops without sites changes.
+//! - **Rewind by forward jumps, in a clone.** Each block, loop or `if` body that contains
+//!   sites opens one `block` per site-holding child ("landing"), innermost first. On a
+//!   rewind, a `br_table` on the saved site index jumps to the landing right before the
+//!   child that holds the site; nested levels do the same, and an `if` is entered on the
+//!   side that holds it. That code lives only in a *resume clone* of each function: the
+//!   function itself starts with `if (state == rewinding) return clone(params)` and has no
+//!   landings at all. Landings were measured to cost even though they run only on a
+//!   rewind: their edges into every level left Cranelift short of registers in the hot
+//!   loops (PolyBench's lu: 15.1 ms with the pre-pass alone, 23.3 ms with landings in the
+//!   function, 15.1 ms with them in the clone). A resumed frame runs its clone until it
+//!   returns; every new call runs the fast function. Normal execution pays one state
+//!   check at each function's entry and one after each call that may unwind.
 //!
 //! Unwind records live in the host's data area: `[current: i32, end: i32]` at the address
 //! given to `asyncify_start_unwind`, records pushed at `current`. A frame's record is its
@@ -73,6 +79,8 @@ pub(crate) fn unwindable(wasm: &[u8], safepoint: u32) -> Result<Vec<u8>, Snapsho
     let m = scan(wasm)?;
     let unwinds = unwinding_functions(&m, safepoint)?;
     let mut bodies: HashMap<u32, Vec<u8>> = HashMap::new();
+    // Resume clones follow the module's functions, in the order of their originals.
+    let mut clones: Vec<(u32, Vec<u8>)> = Vec::new();
     let mut validator = Validator::new_with_features(wasmparser::WasmFeatures::all());
     let mut allocs = FuncValidatorAllocations::default();
     let mut defined = 0usize;
@@ -88,16 +96,18 @@ pub(crate) fn unwindable(wasm: &[u8], safepoint: u32) -> Result<Vec<u8>, Snapsho
             defined += 1;
             let validator = to_validate.into_validator(std::mem::take(&mut allocs));
             if unwinds[index as usize] {
-                let f = FunctionPass::new(&m, &unwinds, safepoint, index, state, data);
-                let (bytes, v) = f.run(&body, validator)?;
+                let clone_index = m.func_types.len() as u32 + clones.len() as u32;
+                let f = FunctionPass::new(&m, &unwinds, safepoint, index, clone_index, state, data);
+                let (bytes, clone, v) = f.run(&body, validator)?;
                 allocs = v.into_allocations();
                 bodies.insert(index - m.imported, bytes);
+                clones.push((m.func_types[index as usize], clone));
             } else {
                 allocs = validator.into_allocations();
             }
         }
     }
-    assemble(wasm, &m, bodies)
+    assemble(wasm, &m, bodies, clones)
 }
 
 /// What the pass needs to know of the module.
@@ -366,6 +376,10 @@ struct FunctionPass<'a> {
     out: Vec<u8>,
     /// The analysis's open constructs.
     open: Vec<Open>,
+    /// Writing the resume clone (landings and dispatch), not the function itself.
+    resume: bool,
+    /// Function index of the resume clone.
+    clone_index: u32,
 }
 
 fn emit(out: &mut Vec<u8>, i: &Instruction<'_>) {
@@ -429,6 +443,7 @@ impl<'a> FunctionPass<'a> {
         unwinds: &'a [bool],
         safepoint: u32,
         index: u32,
+        clone_index: u32,
         state: u32,
         data: u32,
     ) -> FunctionPass<'a> {
@@ -451,6 +466,8 @@ impl<'a> FunctionPass<'a> {
             records: Vec::new(),
             out: Vec::new(),
             open: Vec::new(),
+            resume: false,
+            clone_index,
         }
     }
 
@@ -498,13 +515,7 @@ impl<'a> FunctionPass<'a> {
         mut self,
         body: &wasmparser::FunctionBody<'_>,
         mut v: wasmparser::FuncValidator<wasmparser::ValidatorResources>,
-    ) -> Result<
-        (
-            Vec<u8>,
-            wasmparser::FuncValidator<wasmparser::ValidatorResources>,
-        ),
-        SnapshotError,
-    > {
+    ) -> Result<(Vec<u8>, Vec<u8>, Validated), SnapshotError> {
         let bad = |e: wasmparser::BinaryReaderError| refuse(format!("invalid function: {e}"));
         let (params, _) = self.sig(self.m.func_types[self.index as usize]);
         let mut declared: Vec<(u32, ValType)> = Vec::new();
@@ -555,20 +566,75 @@ impl<'a> FunctionPass<'a> {
             };
         }
 
+        // The function itself: no landings, only the unwind check after each site,
+        // and at entry the hand-over of a rewind to its resume clone.
+        let first = self.temps.first;
+        let fresh_temps = |temps: &mut Temps| {
+            *temps = Temps {
+                first,
+                ..Temps::default()
+            };
+            (temps.fresh(ValType::I32), temps.fresh(ValType::I32))
+        };
+        self.resume = false;
         self.body(&ops, &live_after)?;
         let body = std::mem::take(&mut self.out);
-        self.prologue();
+        self.hand_over();
         let mut code = std::mem::take(&mut self.out);
         code.extend(body);
+        let records = std::mem::take(&mut self.records);
+        let added = std::mem::take(&mut self.temps.added);
 
-        for ty in std::mem::take(&mut self.temps.added) {
+        // The resume clone: the same code with landings, entered only to rewind.
+        (self.ptr_local, self.cond_local) = fresh_temps(&mut self.temps);
+        self.labels.clear();
+        self.levels.clear();
+        self.pinned.clear();
+        self.resume = true;
+        self.body(&ops, &live_after)?;
+        if self.records != records || self.temps.added != added {
+            return Err(refuse(
+                "the resume clone saves other records than its function (a Tern bug)",
+            ));
+        }
+        let clone_body = std::mem::take(&mut self.out);
+        self.prologue();
+        let mut clone_code = std::mem::take(&mut self.out);
+        clone_code.extend(clone_body);
+
+        for ty in added {
             declared.push((1, ty));
         }
-        let mut f = Function::new(declared);
+        let mut f = Function::new(declared.clone());
         f.raw(code);
-        Ok((f.into_raw_body(), v))
+        let mut clone = Function::new(declared);
+        clone.raw(clone_code);
+        Ok((f.into_raw_body(), clone.into_raw_body(), v))
+    }
+
+    /// The start of the function itself: a call while rewinding goes to the resume clone,
+    /// whose results (dummies when it unwinds again) it returns. It saves no record of its
+    /// own: on the next rewind its caller calls it again and it hands over again.
+    fn hand_over(&mut self) {
+        if self.records.is_empty() {
+            return;
+        }
+        let (params, _) = self.sig(self.m.func_types[self.index as usize]);
+        self.op(&Instruction::GlobalGet(self.state));
+        self.op(&Instruction::I32Const(REWINDING));
+        self.op(&Instruction::I32Eq);
+        self.op(&Instruction::If(BlockType::Empty));
+        for i in 0..params.len() as u32 {
+            self.op(&Instruction::LocalGet(i));
+        }
+        self.op(&Instruction::Call(self.clone_index));
+        self.op(&Instruction::Return);
+        self.op(&Instruction::End);
     }
 }
+
+/// A function's validator, handed back for its allocations.
+type Validated = wasmparser::FuncValidator<wasmparser::ValidatorResources>;
 
 /// The frame the analysis keeps for each open control construct.
 struct Open {
@@ -799,13 +865,33 @@ impl FunctionPass<'_> {
             [only] => !(*only == first && params.is_empty() && self.entry_stack(*only).is_empty()),
             _ => true,
         };
+        // The function itself takes the same temps as its clone, so that both save the
+        // same records, but writes none of this.
         if dispatch {
             let mark = self.temps.mark();
             let saved: Vec<u32> = params.iter().map(|t| self.temps.take(*t)).collect();
+            if self.resume {
+                self.dispatch(&entries, &saved);
+            }
+            self.temps.reset(mark);
+        }
+        self.levels.push(Level {
+            entries,
+            next: 0,
+            dispatch,
+            entry,
+        });
+    }
+
+    /// Opens the landings of a level's entries and, when rewinding, jumps to the one
+    /// before the entry that holds the site; `saved` are the temps of the level's
+    /// parameters.
+    fn dispatch(&mut self, entries: &[usize], saved: &[u32]) {
+        {
             for t in saved.iter().rev() {
                 self.op(&Instruction::LocalSet(*t));
             }
-            for _ in &entries {
+            for _ in entries {
                 self.op(&Instruction::Block(BlockType::Empty));
                 self.labels.push(false);
             }
@@ -846,17 +932,10 @@ impl FunctionPass<'_> {
             self.op(&Instruction::I32Sub);
             self.op(&Instruction::BrTable(table.into(), last));
             self.op(&Instruction::End);
-            for t in &saved {
+            for t in saved {
                 self.op(&Instruction::LocalGet(*t));
             }
-            self.temps.reset(mark);
         }
-        self.levels.push(Level {
-            entries,
-            next: 0,
-            dispatch,
-            entry,
-        });
     }
 
     /// Before entry operator `i` of the current level: moves the level's operand stack
@@ -891,7 +970,7 @@ impl FunctionPass<'_> {
         if let Some(l) = self.levels.last_mut() {
             l.next += 1;
         }
-        if self.levels.last().is_some_and(|l| l.dispatch) {
+        if self.resume && self.levels.last().is_some_and(|l| l.dispatch) {
             self.op(&Instruction::End);
             self.labels.pop();
         }
@@ -1197,11 +1276,13 @@ fn assemble(
     wasm: &[u8],
     m: &Scan,
     bodies: HashMap<u32, Vec<u8>>,
+    clones: Vec<(u32, Vec<u8>)>,
 ) -> Result<Vec<u8>, SnapshotError> {
     let mut a = Assembler {
         bodies,
         n_types: m.types.len() as u32,
-        n_funcs: m.func_types.len() as u32,
+        n_funcs: (m.func_types.len() + clones.len()) as u32,
+        clones,
         state: m.globals,
         data: m.globals + 1,
         globals_written: m.has_globals,
@@ -1224,7 +1305,10 @@ fn assemble(
 struct Assembler {
     bodies: HashMap<u32, Vec<u8>>,
     n_types: u32,
+    /// Functions before the five exports: the module's and the resume clones.
     n_funcs: u32,
+    /// Type index and body of each resume clone.
+    clones: Vec<(u32, Vec<u8>)>,
     state: u32,
     data: u32,
     globals_written: bool,
@@ -1313,6 +1397,9 @@ impl Reencode for Assembler {
         section: wasmparser::FunctionSectionReader<'_>,
     ) -> Result<(), wasm_encoder::reencode::Error<Self::Error>> {
         wasm_encoder::reencode::utils::parse_function_section(self, functions, section)?;
+        for (ty, _) in &self.clones {
+            functions.function(*ty);
+        }
         for ty in self.export_types() {
             functions.function(ty);
         }
@@ -1374,6 +1461,9 @@ impl Reencode for Assembler {
         section: wasmparser::CodeSectionReader<'_>,
     ) -> Result<(), wasm_encoder::reencode::Error<Self::Error>> {
         wasm_encoder::reencode::utils::parse_code_section(self, code, section)?;
+        for (_, body) in &self.clones {
+            code.raw(body);
+        }
         for k in 0..EXPORTS.len() {
             code.function(&self.export_body(k));
         }
