@@ -15,7 +15,7 @@ use crate::SnapshotError;
 use crate::instrument::instrument_with_safepoint;
 
 /// Changes whenever the rewrite's output for the same input changes.
-const REWRITE_VERSION: u32 = 5;
+const REWRITE_VERSION: u32 = 6;
 
 /// Runs the rewrite and keeps its results.
 #[derive(Debug, Clone)]
