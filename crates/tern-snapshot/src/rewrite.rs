@@ -3,8 +3,8 @@
 //! ([`crate::unwind`]), which lets every call that can reach a safe point unwind the call
 //! stack into linear memory and rewind it later.
 //!
-//! [`Rewriter::rewrite`] keys its cache by the original module's SHA-256 and the
-//! rewrite's version, so a module is rewritten once; the compiled rewritten module is
+//! [`Rewriter::rewrite`] keys its cache by the original module's SHA-256, the rewrite's
+//! version and the passes' source, so a module is rewritten once; the compiled rewritten module is
 //! kept beside it in an `ArtifactCache`.
 
 use std::path::{Path, PathBuf};
@@ -16,6 +16,16 @@ use crate::instrument::instrument_with_safepoint;
 
 /// Changes whenever the rewrite's output for the same input changes.
 const REWRITE_VERSION: u32 = 6;
+
+/// The source of the passes, part of the cache key: a Tern whose rewrite changed never
+/// reuses a module an older one rewrote, even if the version above was not bumped.
+const PASS_SOURCES: [&str; 5] = [
+    include_str!("instrument.rs"),
+    include_str!("unwind.rs"),
+    include_str!("liveness.rs"),
+    include_str!("bounded.rs"),
+    include_str!("rewrite.rs"),
+];
 
 /// Runs the rewrite and keeps its results.
 #[derive(Debug, Clone)]
@@ -38,6 +48,9 @@ impl Rewriter {
         let key = {
             let mut h = Sha256::new();
             h.update(REWRITE_VERSION.to_le_bytes());
+            for source in PASS_SOURCES {
+                h.update(source.as_bytes());
+            }
             h.update(wasm);
             hex::encode(&h.finalize()[..16])
         };
