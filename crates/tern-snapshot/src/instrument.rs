@@ -160,16 +160,46 @@ pub(crate) fn instrument_with_safepoint(wasm: &[u8]) -> Result<(Vec<u8>, u32), S
     Ok((out, safepoint))
 }
 
-fn refuse(reason: impl Into<String>) -> SnapshotError {
+pub(crate) fn refuse(reason: impl Into<String>) -> SnapshotError {
     SnapshotError::Rewrite {
         reason: reason.into(),
     }
 }
 
-fn val_type(t: wasmparser::ValType) -> Result<ValType, SnapshotError> {
+pub(crate) fn val_type(t: wasmparser::ValType) -> Result<ValType, SnapshotError> {
     RoundtripReencoder
         .val_type(t)
         .map_err(|e| refuse(format!("unsupported value type: {e}")))
+}
+
+/// A function type: parameters and results.
+pub(crate) type Sig = (Vec<ValType>, Vec<ValType>);
+
+/// The signature of each type in a type section, in order (`None` for a type that is
+/// not a function type).
+pub(crate) fn signatures(
+    reader: wasmparser::TypeSectionReader<'_>,
+) -> Result<Vec<Option<Sig>>, SnapshotError> {
+    let mut out = Vec::new();
+    for group in reader {
+        let group = group.map_err(|e| refuse(e.to_string()))?;
+        for ty in group.into_types() {
+            out.push(match ty.composite_type.inner {
+                wasmparser::CompositeInnerType::Func(f) => Some((
+                    f.params()
+                        .iter()
+                        .map(|t| val_type(*t))
+                        .collect::<Result<_, _>>()?,
+                    f.results()
+                        .iter()
+                        .map(|t| val_type(*t))
+                        .collect::<Result<_, _>>()?,
+                )),
+                _ => None,
+            });
+        }
+    }
+    Ok(out)
 }
 
 fn scan(wasm: &[u8]) -> Result<Scan, SnapshotError> {
@@ -188,26 +218,7 @@ fn scan(wasm: &[u8]) -> Result<Scan, SnapshotError> {
                 encoding: wasmparser::Encoding::Component,
                 ..
             } => return Err(refuse("components cannot be made migratable yet")),
-            Payload::TypeSection(reader) => {
-                for group in reader {
-                    let group = group.map_err(|e| refuse(e.to_string()))?;
-                    for ty in group.into_types() {
-                        s.func_types.push(match ty.composite_type.inner {
-                            wasmparser::CompositeInnerType::Func(f) => Some((
-                                f.params()
-                                    .iter()
-                                    .map(|t| val_type(*t))
-                                    .collect::<Result<_, _>>()?,
-                                f.results()
-                                    .iter()
-                                    .map(|t| val_type(*t))
-                                    .collect::<Result<_, _>>()?,
-                            )),
-                            _ => None,
-                        });
-                    }
-                }
-            }
+            Payload::TypeSection(reader) => s.func_types.extend(signatures(reader)?),
             Payload::ImportSection(reader) => {
                 for import in reader.into_imports() {
                     let import = import.map_err(|e| refuse(e.to_string()))?;

@@ -45,6 +45,7 @@ use wasm_encoder::{
 use wasmparser::{FuncValidatorAllocations, Operator, Parser, Payload, ValidPayload, Validator};
 
 use crate::SnapshotError;
+use crate::instrument::{Sig, refuse, signatures, val_type};
 
 const NORMAL: i32 = 0;
 const UNWINDING: i32 = 1;
@@ -58,20 +59,6 @@ const EXPORTS: [&str; 5] = [
     "asyncify_stop_rewind",
     "asyncify_get_state",
 ];
-
-fn refuse(reason: impl Into<String>) -> SnapshotError {
-    SnapshotError::Rewrite {
-        reason: reason.into(),
-    }
-}
-
-fn val_type(t: wasmparser::ValType) -> Result<ValType, SnapshotError> {
-    RoundtripReencoder
-        .val_type(t)
-        .map_err(|e| refuse(format!("unsupported value type: {e}")))
-}
-
-type Sig = (Vec<ValType>, Vec<ValType>);
 
 /// Rewrites the pre-pass's output `wasm`, whose function `safepoint` is the one import
 /// that may unwind, as described in the module docs.
@@ -141,26 +128,7 @@ fn scan(wasm: &[u8]) -> Result<Scan, SnapshotError> {
     };
     for payload in Parser::new(0).parse_all(wasm) {
         match payload.map_err(|e| refuse(e.to_string()))? {
-            Payload::TypeSection(reader) => {
-                for group in reader {
-                    let group = group.map_err(|e| refuse(e.to_string()))?;
-                    for ty in group.into_types() {
-                        s.types.push(match ty.composite_type.inner {
-                            wasmparser::CompositeInnerType::Func(f) => Some((
-                                f.params()
-                                    .iter()
-                                    .map(|t| val_type(*t))
-                                    .collect::<Result<_, _>>()?,
-                                f.results()
-                                    .iter()
-                                    .map(|t| val_type(*t))
-                                    .collect::<Result<_, _>>()?,
-                            )),
-                            _ => None,
-                        });
-                    }
-                }
-            }
+            Payload::TypeSection(reader) => s.types.extend(signatures(reader)?),
             Payload::ImportSection(reader) => {
                 for import in reader.into_imports() {
                     match import.map_err(|e| refuse(e.to_string()))?.ty {

@@ -139,8 +139,44 @@ fn run(engine: &Engine, wasm: &[u8], names: &[String]) -> Option<(Vec<Effect>, V
     Some((effects, memory))
 }
 
+/// The module wasm-smith generates from seed `n` (mixed with `salt`) under `config`, and
+/// the names of its exported functions; `None` when the bytes make no module.
+pub(crate) fn generate(
+    engine: &Engine,
+    config: &wasm_smith::Config,
+    n: u64,
+    salt: u64,
+) -> Option<(Vec<u8>, Vec<String>)> {
+    let bytes = seed_bytes(n ^ salt, 8192);
+    let mut u = Unstructured::new(&bytes);
+    let wasm = wasm_smith::Module::new(config.clone(), &mut u)
+        .ok()?
+        .to_bytes();
+    let names = Module::new(engine, &wasm)
+        .expect("wasm-smith modules compile")
+        .exports()
+        .filter(|e| e.ty().func().is_some())
+        .map(|e| e.name().to_owned())
+        .collect();
+    Some((wasm, names))
+}
+
+/// The rewritten module, or `None` when it is refused for the one reason a generated
+/// module may meet: data where Tern keeps its poll flag. Any other refusal is a rewrite
+/// bug and fails the test.
+pub(crate) fn rewrite(rewriter: &Rewriter, wasm: &[u8], seed: u64) -> Option<Vec<u8>> {
+    match rewriter.rewrite(wasm) {
+        Ok(r) => Some(r),
+        Err(e) => {
+            let text = e.to_string();
+            assert!(text.contains("poll flag"), "seed {seed}: {text}");
+            None
+        }
+    }
+}
+
 /// Deterministic bytes for seed `n` (xorshift), so a failure names its seed.
-pub(crate) fn seed_bytes(n: u64, len: usize) -> Vec<u8> {
+fn seed_bytes(n: u64, len: usize) -> Vec<u8> {
     let mut x = 0x9E37_79B9_7F4A_7C15u64 ^ n.wrapping_mul(0x2545_F491_4F6C_DD1D);
     (0..len)
         .map(|_| {
@@ -162,34 +198,18 @@ fn rewritten_modules_behave_like_their_originals() {
     let rewriter = Rewriter::new(None);
     let (mut compared, mut refused, mut skipped) = (0, 0, 0);
     for seed in 0..120u64 {
-        let bytes = seed_bytes(seed, 8192);
-        let mut u = Unstructured::new(&bytes);
-        let Ok(module) = wasm_smith::Module::new(config(), &mut u) else {
+        let Some((wasm, names)) = generate(&engine, &config(), seed, 0) else {
             continue;
         };
-        let wasm = module.to_bytes();
-        let names: Vec<String> = Module::new(&engine, &wasm)
-            .expect("wasm-smith modules compile")
-            .exports()
-            .filter(|e| e.ty().func().is_some())
-            .map(|e| e.name().to_owned())
-            .collect();
         // Modules that cannot even be instantiated (a data segment past the memory, say)
         // or that run out of fuel say nothing about the rewrite.
         let Some(original) = run(&engine, &wasm, &names) else {
             skipped += 1;
             continue;
         };
-        let rewritten = match rewriter.rewrite(&wasm) {
-            Ok(r) => r,
-            Err(e) => {
-                // The one refusal a generated module may meet: data where Tern keeps its
-                // poll flag. Anything else is a rewrite bug.
-                let text = e.to_string();
-                assert!(text.contains("poll flag"), "seed {seed}: {text}");
-                refused += 1;
-                continue;
-            }
+        let Some(rewritten) = rewrite(&rewriter, &wasm, seed) else {
+            refused += 1;
+            continue;
         };
         match run(&engine, &rewritten, &names) {
             Some(b) => {

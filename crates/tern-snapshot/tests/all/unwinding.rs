@@ -6,11 +6,10 @@
 //! with parameters and loops, and through tables: the shapes the unwind pass must get
 //! right.
 
-use arbitrary::Unstructured;
 use tern_snapshot::Rewriter;
 use wasmtime::{Caller, Config, Engine, Extern, Linker, Memory, Module, Store, Trap, Val};
 
-use crate::differential::{Effect, bits, config, seed_bytes};
+use crate::differential::{Effect, bits, config, generate, rewrite};
 
 const FUEL: u64 = 400_000;
 /// Pages the host adds for unwind data (as Tern's host does on a first checkpoint).
@@ -262,30 +261,16 @@ fn unwinding_and_rewinding_at_every_safe_point_changes_nothing() {
     generator.available_imports = Some(wat::parse_str(IMPORTS).expect("imports parse"));
     let (mut compared, mut unwound, mut skipped) = (0, 0, 0);
     for seed in 0..1000u64 {
-        let bytes = seed_bytes(seed ^ 0x5eed, 8192);
-        let mut u = Unstructured::new(&bytes);
-        let Ok(module) = wasm_smith::Module::new(generator.clone(), &mut u) else {
+        let Some((wasm, names)) = generate(&engine, &generator, seed, 0x5eed) else {
             continue;
         };
-        let wasm = module.to_bytes();
-        let names: Vec<String> = Module::new(&engine, &wasm)
-            .expect("wasm-smith modules compile")
-            .exports()
-            .filter(|e| e.ty().func().is_some())
-            .map(|e| e.name().to_owned())
-            .collect();
         let Some(original) = run(&engine, &wasm, &names, false) else {
             skipped += 1;
             continue;
         };
-        let rewritten = match rewriter.rewrite(&wasm) {
-            Ok(r) => r,
-            Err(e) => {
-                let text = e.to_string();
-                assert!(text.contains("poll flag"), "seed {seed}: {text}");
-                skipped += 1;
-                continue;
-            }
+        let Some(rewritten) = rewrite(&rewriter, &wasm, seed) else {
+            skipped += 1;
+            continue;
         };
         match run(&engine, &rewritten, &names, true) {
             Some(o) => {
