@@ -186,19 +186,7 @@ mod tests {
 
     /// The bounded loop ordinals of the only function in `text`.
     fn bounded(text: &str) -> HashSet<usize> {
-        let wasm = wat::parse_str(text).expect("valid wat");
-        for payload in wasmparser::Parser::new(0).parse_all(&wasm) {
-            if let wasmparser::Payload::CodeSectionEntry(body) = payload.expect("parses") {
-                let ops: Vec<_> = body
-                    .get_operators_reader()
-                    .expect("ops")
-                    .into_iter()
-                    .collect::<Result<_, _>>()
-                    .expect("reads");
-                return loops(&ops);
-            }
-        }
-        panic!("no function")
+        crate::test_support::with_only_function(text, |ops, _| loops(ops))
     }
 
     fn counted(init: i32, step: i32, cmp: &str, bound: i32, body: &str) -> String {

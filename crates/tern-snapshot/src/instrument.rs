@@ -921,43 +921,52 @@ impl Spill {
     fn memarg(&self) -> MemArg {
         MemArg {
             offset: u64::from(self.offset),
-            align: spill_size(self.ty).map_or(0, u32::trailing_zeros),
+            align: value_size(self.ty).map_or(0, u32::trailing_zeros),
             target: MemArgTarget::Memory(0),
             ordering: None,
         }
     }
 
     fn store(&self) -> Instruction<'static> {
-        let m = self.memarg();
-        match self.ty {
-            ValType::I32 => Instruction::I32Store(m),
-            ValType::I64 => Instruction::I64Store(m),
-            ValType::F32 => Instruction::F32Store(m),
-            ValType::F64 => Instruction::F64Store(m),
-            _ => Instruction::V128Store(m),
-        }
+        store_value(self.ty, self.memarg())
     }
 
     fn load(&self) -> Instruction<'static> {
-        let m = self.memarg();
-        match self.ty {
-            ValType::I32 => Instruction::I32Load(m),
-            ValType::I64 => Instruction::I64Load(m),
-            ValType::F32 => Instruction::F32Load(m),
-            ValType::F64 => Instruction::F64Load(m),
-            _ => Instruction::V128Load(m),
-        }
+        load_value(self.ty, self.memarg())
     }
 }
 
-/// Bytes a local of type `ty` takes in the spill area; references cannot be stored in
-/// linear memory and stay live across the call.
-fn spill_size(ty: ValType) -> Option<u32> {
+/// Bytes a value of type `ty` takes in linear memory; references cannot be stored there
+/// (a spilled one stays live across the call, and the unwind pass refuses one live at a
+/// safe point).
+pub(crate) fn value_size(ty: ValType) -> Option<u32> {
     match ty {
         ValType::I32 | ValType::F32 => Some(4),
         ValType::I64 | ValType::F64 => Some(8),
         ValType::V128 => Some(16),
         ValType::Ref(_) => None,
+    }
+}
+
+/// The store of a value of type `ty` (not a reference) at `m`.
+pub(crate) fn store_value(ty: ValType, m: MemArg) -> Instruction<'static> {
+    match ty {
+        ValType::I32 => Instruction::I32Store(m),
+        ValType::I64 => Instruction::I64Store(m),
+        ValType::F32 => Instruction::F32Store(m),
+        ValType::F64 => Instruction::F64Store(m),
+        _ => Instruction::V128Store(m),
+    }
+}
+
+/// The load of a value of type `ty` (not a reference) from `m`.
+pub(crate) fn load_value(ty: ValType, m: MemArg) -> Instruction<'static> {
+    match ty {
+        ValType::I32 => Instruction::I32Load(m),
+        ValType::I64 => Instruction::I64Load(m),
+        ValType::F32 => Instruction::F32Load(m),
+        ValType::F64 => Instruction::F64Load(m),
+        _ => Instruction::V128Load(m),
     }
 }
 
@@ -968,7 +977,7 @@ fn spill_layout(types: &[ValType], live: &[u32]) -> Vec<Spill> {
         .iter()
         .filter_map(|&l| {
             let ty = *types.get(l as usize)?;
-            Some((l, ty, spill_size(ty)?))
+            Some((l, ty, value_size(ty)?))
         })
         .collect();
     sized.sort_by_key(|&(l, _, size)| (std::cmp::Reverse(size), l));

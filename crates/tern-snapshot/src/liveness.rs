@@ -272,26 +272,12 @@ fn analyse(ops: &[Operator<'_>], n_locals: u32, points: &[usize]) -> Option<(Liv
 mod tests {
     use super::*;
 
-    /// Liveness at each loop header of the only function of `text`.
+    /// Liveness at each loop header of the only function of `text`, which has two
+    /// parameters.
     fn headers(text: &str) -> Vec<Vec<u32>> {
-        let wasm = wat::parse_str(text).expect("valid wat");
-        for payload in wasmparser::Parser::new(0).parse_all(&wasm) {
-            if let wasmparser::Payload::CodeSectionEntry(body) = payload.expect("parses") {
-                let mut n = 0;
-                let params = 2;
-                for l in body.get_locals_reader().expect("locals") {
-                    n += l.expect("local").0;
-                }
-                let ops: Vec<_> = body
-                    .get_operators_reader()
-                    .expect("ops")
-                    .into_iter()
-                    .collect::<Result<_, _>>()
-                    .expect("reads");
-                return loop_headers(&ops, params + n).expect("analysable");
-            }
-        }
-        panic!("no function")
+        crate::test_support::with_only_function(text, |ops, declared| {
+            loop_headers(ops, 2 + declared).expect("analysable")
+        })
     }
 
     #[test]

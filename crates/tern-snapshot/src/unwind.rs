@@ -45,7 +45,7 @@ use wasm_encoder::{
 use wasmparser::{FuncValidatorAllocations, Operator, Parser, Payload, ValidPayload, Validator};
 
 use crate::SnapshotError;
-use crate::instrument::{Sig, refuse, signatures, val_type};
+use crate::instrument::{Sig, load_value, refuse, signatures, store_value, val_type, value_size};
 
 const NORMAL: i32 = 0;
 const UNWINDING: i32 = 1;
@@ -71,8 +71,7 @@ pub(crate) fn unwindable(wasm: &[u8], safepoint: u32) -> Result<Vec<u8>, Snapsho
     let mut validator = Validator::new_with_features(wasmparser::WasmFeatures::all());
     let mut allocs = FuncValidatorAllocations::default();
     let mut defined = 0usize;
-    let state = m.globals;
-    let data = m.globals + 1;
+    let globals = Globals::after(m.globals);
     for payload in Parser::new(0).parse_all(wasm) {
         let payload = payload.map_err(|e| refuse(e.to_string()))?;
         if let ValidPayload::Func(to_validate, body) = validator
@@ -84,7 +83,7 @@ pub(crate) fn unwindable(wasm: &[u8], safepoint: u32) -> Result<Vec<u8>, Snapsho
             let validator = to_validate.into_validator(std::mem::take(&mut allocs));
             if unwinds[index as usize] {
                 let clone_index = m.func_types.len() as u32 + clones.len() as u32;
-                let f = FunctionPass::new(&m, &unwinds, safepoint, index, clone_index, state, data);
+                let f = FunctionPass::new(&m, &unwinds, safepoint, index, clone_index, globals);
                 let (bytes, clone, v) = f.run(&body, validator)?;
                 allocs = v.into_allocations();
                 bodies.insert(index - m.imported, bytes);
@@ -94,7 +93,29 @@ pub(crate) fn unwindable(wasm: &[u8], safepoint: u32) -> Result<Vec<u8>, Snapsho
             }
         }
     }
-    assemble(wasm, &m, bodies, clones)
+    assemble(wasm, &m, globals, bodies, clones)
+}
+
+/// The pass's globals, appended after the module's own.
+#[derive(Clone, Copy)]
+struct Globals {
+    /// Normal, unwinding or rewinding.
+    state: u32,
+    /// Address of the host's unwind data: `[current, end]`, then the records.
+    data: u32,
+    /// The site a rewind is headed for: a global, not a local, so that it is not live
+    /// across every loop whose level may dispatch.
+    site: u32,
+}
+
+impl Globals {
+    fn after(module_globals: u32) -> Globals {
+        Globals {
+            state: module_globals,
+            data: module_globals + 1,
+            site: module_globals + 2,
+        }
+    }
 }
 
 /// What the pass needs to know of the module.
@@ -105,7 +126,7 @@ struct Scan {
     func_types: Vec<u32>,
     globals: u32,
     has_globals: bool,
-    /// Each defined function's operators, read once.
+    /// The calls each defined function makes.
     calls: Vec<Vec<Callee>>,
 }
 
@@ -253,6 +274,13 @@ struct Construct {
     hi: u32,
 }
 
+impl Construct {
+    /// How many of the enclosing level's values stay on the stack under it.
+    fn kept(&self) -> usize {
+        self.stack.len() - self.params - usize::from(self.is_if)
+    }
+}
+
 /// Key of a level (a sequence of operators with its own labels): the index of the
 /// operator that opens it (`block`, `loop`, `if`, `else`), or `FUNCTION` for the body.
 const FUNCTION: usize = usize::MAX;
@@ -305,6 +333,31 @@ impl Temps {
     }
 }
 
+/// What a site's unwind record holds: each local with its type and offset, in local
+/// order, then (at `size`) the site index.
+#[derive(Default, Clone, PartialEq)]
+struct Record {
+    slots: Vec<(u32, ValType, u32)>,
+    size: u32,
+}
+
+impl Record {
+    /// Lays out `locals` (sorted, without duplicates).
+    fn of(locals: &[(u32, ValType)]) -> Result<Record, SnapshotError> {
+        let mut r = Record::default();
+        for (l, ty) in locals {
+            let bytes = value_size(*ty).ok_or_else(|| {
+                refuse(
+                    "a reference-typed value is live at a safe point; it cannot be saved to memory",
+                )
+            })?;
+            r.slots.push((*l, *ty, r.size));
+            r.size += bytes;
+        }
+        Ok(r)
+    }
+}
+
 /// One level being written: its entries and how many of their landings are still open.
 struct Level {
     entries: Vec<usize>,
@@ -323,24 +376,20 @@ struct FunctionPass<'a> {
     unwinds: &'a [bool],
     safepoint: u32,
     index: u32,
-    state: u32,
-    data: u32,
+    g: Globals,
     plan: Plan,
     temps: Temps,
-    /// The global holding the site a rewind is headed for: a global, not a local, so
-    /// that it is not live across every loop whose level may dispatch.
-    site: u32,
     ptr_local: u32,
     cond_local: u32,
     /// Types of the function's parameters and locals, then of the added ones.
     local_types: Vec<ValType>,
-    /// For each output label, the original frame it stands for (`None`: one of ours).
+    /// For each output label, whether it is one of the original's (not a landing).
     labels: Vec<bool>,
     levels: Vec<Level>,
     /// Temps of values kept under open constructs: live at every site inside them.
     pinned: Vec<(u32, ValType)>,
-    /// For each site: the locals its record holds, in order.
-    records: Vec<Vec<(u32, ValType)>>,
+    /// For each site, its record.
+    records: Vec<Record>,
     out: Vec<u8>,
     /// The analysis's open constructs.
     open: Vec<Open>,
@@ -363,37 +412,6 @@ fn memarg(offset: u32) -> MemArg {
     }
 }
 
-fn size_of(ty: ValType) -> Option<u32> {
-    match ty {
-        ValType::I32 | ValType::F32 => Some(4),
-        ValType::I64 | ValType::F64 => Some(8),
-        ValType::V128 => Some(16),
-        ValType::Ref(_) => None,
-    }
-}
-
-fn store(ty: ValType, offset: u32) -> Instruction<'static> {
-    let m = memarg(offset);
-    match ty {
-        ValType::I32 => Instruction::I32Store(m),
-        ValType::I64 => Instruction::I64Store(m),
-        ValType::F32 => Instruction::F32Store(m),
-        ValType::F64 => Instruction::F64Store(m),
-        _ => Instruction::V128Store(m),
-    }
-}
-
-fn load(ty: ValType, offset: u32) -> Instruction<'static> {
-    let m = memarg(offset);
-    match ty {
-        ValType::I32 => Instruction::I32Load(m),
-        ValType::I64 => Instruction::I64Load(m),
-        ValType::F32 => Instruction::F32Load(m),
-        ValType::F64 => Instruction::F64Load(m),
-        _ => Instruction::V128Load(m),
-    }
-}
-
 fn zero(ty: ValType) -> Instruction<'static> {
     match ty {
         ValType::I32 => Instruction::I32Const(0),
@@ -412,19 +430,16 @@ impl<'a> FunctionPass<'a> {
         safepoint: u32,
         index: u32,
         clone_index: u32,
-        state: u32,
-        data: u32,
+        g: Globals,
     ) -> FunctionPass<'a> {
         FunctionPass {
             m,
             unwinds,
             safepoint,
             index,
-            state,
-            data,
+            g,
             plan: Plan::default(),
             temps: Temps::default(),
-            site: data + 1,
             ptr_local: 0,
             cond_local: 0,
             local_types: Vec::new(),
@@ -501,6 +516,18 @@ impl<'a> FunctionPass<'a> {
             self.local_types
                 .extend(std::iter::repeat_n(ty, count as usize));
         }
+        // The function body is the outermost construct, known to hold any site.
+        self.open.push(Open {
+            op: FUNCTION,
+            level: FUNCTION,
+            dead: false,
+            marked: true,
+            stack: vec![],
+            sig: (vec![], vec![]),
+            is_if: false,
+            lo: 0,
+            then_hi: None,
+        });
         let mut reader = body.get_operators_reader().map_err(bad)?;
         let mut ops: Vec<Operator<'_>> = Vec::new();
         while !reader.eof() {
@@ -511,9 +538,6 @@ impl<'a> FunctionPass<'a> {
         }
 
         let n_locals = self.local_types.len() as u32;
-        self.temps.first = n_locals;
-        self.ptr_local = self.temps.fresh(ValType::I32);
-        self.cond_local = self.temps.fresh(ValType::I32);
 
         // Locals live after each site's call, in the original's numbering.
         let mut points: Vec<(usize, u32)> = self
@@ -536,15 +560,7 @@ impl<'a> FunctionPass<'a> {
 
         // The function itself: no landings, only the unwind check after each site,
         // and at entry the hand-over of a rewind to its resume clone.
-        let first = self.temps.first;
-        let fresh_temps = |temps: &mut Temps| {
-            *temps = Temps {
-                first,
-                ..Temps::default()
-            };
-            (temps.fresh(ValType::I32), temps.fresh(ValType::I32))
-        };
-        self.resume = false;
+        self.start_writing(false);
         self.body(&ops, &live_after)?;
         let body = std::mem::take(&mut self.out);
         self.hand_over();
@@ -554,11 +570,7 @@ impl<'a> FunctionPass<'a> {
         let added = std::mem::take(&mut self.temps.added);
 
         // The resume clone: the same code with landings, entered only to rewind.
-        (self.ptr_local, self.cond_local) = fresh_temps(&mut self.temps);
-        self.labels.clear();
-        self.levels.clear();
-        self.pinned.clear();
-        self.resume = true;
+        self.start_writing(true);
         self.body(&ops, &live_after)?;
         if self.records != records || self.temps.added != added {
             return Err(refuse(
@@ -580,6 +592,21 @@ impl<'a> FunctionPass<'a> {
         Ok((f.into_raw_body(), clone.into_raw_body(), v))
     }
 
+    /// Readies the writer for the function itself or its resume clone: both start from
+    /// the same temps, so that they take the same ones and save the same records.
+    fn start_writing(&mut self, resume: bool) {
+        self.temps = Temps {
+            first: self.local_types.len() as u32,
+            ..Temps::default()
+        };
+        self.ptr_local = self.temps.fresh(ValType::I32);
+        self.cond_local = self.temps.fresh(ValType::I32);
+        self.labels.clear();
+        self.levels.clear();
+        self.pinned.clear();
+        self.resume = resume;
+    }
+
     /// The start of the function itself: a call while rewinding goes to the resume clone,
     /// whose results (dummies when it unwinds again) it returns. It saves no record of its
     /// own: on the next rewind its caller calls it again and it hands over again.
@@ -588,7 +615,7 @@ impl<'a> FunctionPass<'a> {
             return;
         }
         let (params, _) = self.sig(self.m.func_types[self.index as usize]);
-        self.op(&Instruction::GlobalGet(self.state));
+        self.op(&Instruction::GlobalGet(self.g.state));
         self.op(&Instruction::I32Const(REWINDING));
         self.op(&Instruction::I32Eq);
         self.op(&Instruction::If(BlockType::Empty));
@@ -661,101 +688,84 @@ impl FunctionPass<'_> {
         op: &Operator<'_>,
         w: &mut Vec<Open>,
     ) -> Result<(), SnapshotError> {
-        {
-            if w.is_empty() && i == 0 {
+        let dead_here = w.last().is_none_or(|o| o.dead);
+        match *op {
+            Operator::Block { blockty } | Operator::Loop { blockty } | Operator::If { blockty } => {
+                let stack = if dead_here {
+                    None
+                } else {
+                    Self::frame_stack(v)?
+                };
+                let sig = self.block_sig(blockty)?;
                 w.push(Open {
-                    op: FUNCTION,
-                    level: FUNCTION,
-                    dead: false,
-                    marked: true,
-                    stack: vec![],
-                    sig: (vec![], vec![]),
-                    is_if: false,
-                    lo: 0,
+                    op: i,
+                    level: i,
+                    dead: stack.is_none(),
+                    marked: false,
+                    stack: stack.unwrap_or_default(),
+                    sig,
+                    is_if: matches!(op, Operator::If { .. }),
+                    lo: self.plan.site_info.len() as u32,
                     then_hi: None,
                 });
             }
-            let dead_here = w.last().is_none_or(|o| o.dead);
-            match *op {
-                Operator::Block { blockty }
-                | Operator::Loop { blockty }
-                | Operator::If { blockty } => {
-                    let stack = if dead_here {
-                        None
-                    } else {
-                        Self::frame_stack(v)?
-                    };
-                    let sig = self.block_sig(blockty)?;
-                    w.push(Open {
-                        op: i,
-                        level: i,
-                        dead: stack.is_none(),
-                        marked: false,
-                        stack: stack.unwrap_or_default(),
-                        sig,
-                        is_if: matches!(op, Operator::If { .. }),
-                        lo: self.plan.site_info.len() as u32,
-                        then_hi: None,
+            Operator::Else => {
+                let n = self.plan.site_info.len() as u32;
+                if let Some(o) = w.last_mut() {
+                    o.then_hi = Some(n);
+                    o.level = i;
+                }
+            }
+            Operator::End => {
+                let n = self.plan.site_info.len() as u32;
+                if let Some(o) = w.pop()
+                    && o.op != FUNCTION
+                    && o.marked
+                {
+                    self.plan.constructs.insert(
+                        o.op,
+                        Construct {
+                            stack: o.stack,
+                            params: o.sig.0.len(),
+                            results: o.sig.1,
+                            is_if: o.is_if,
+                            lo: o.lo,
+                            then_hi: o.then_hi.unwrap_or(n),
+                            hi: n,
+                        },
+                    );
+                }
+            }
+            Operator::Call { .. } | Operator::CallIndirect { .. } if !dead_here => {
+                if let Some(((params, results), indirect)) = self.callee_may_unwind(op)
+                    && let Some(stack) = Self::frame_stack(v)?
+                {
+                    let n_args = params.len() + usize::from(indirect);
+                    let split = stack.len() - n_args;
+                    let s = self.plan.site_info.len() as u32;
+                    self.plan.site_info.push(Site {
+                        below: stack[..split].to_vec(),
+                        args: stack[split..].to_vec(),
+                        results,
+                        indirect,
                     });
-                }
-                Operator::Else => {
-                    let n = self.plan.site_info.len() as u32;
-                    if let Some(o) = w.last_mut() {
-                        o.then_hi = Some(n);
-                        o.level = i;
-                    }
-                }
-                Operator::End => {
-                    let n = self.plan.site_info.len() as u32;
-                    if let Some(o) = w.pop()
-                        && o.op != FUNCTION
-                        && o.marked
-                    {
-                        self.plan.constructs.insert(
-                            o.op,
-                            Construct {
-                                stack: o.stack,
-                                params: o.sig.0.len(),
-                                results: o.sig.1,
-                                is_if: o.is_if,
-                                lo: o.lo,
-                                then_hi: o.then_hi.unwrap_or(n),
-                                hi: n,
-                            },
-                        );
-                    }
-                }
-                Operator::Call { .. } | Operator::CallIndirect { .. } if !dead_here => {
-                    if let Some(((params, results), indirect)) = self.callee_may_unwind(op)
-                        && let Some(stack) = Self::frame_stack(v)?
-                    {
-                        let n_args = params.len() + usize::from(indirect);
-                        let split = stack.len() - n_args;
-                        let s = self.plan.site_info.len() as u32;
-                        self.plan.site_info.push(Site {
-                            below: stack[..split].to_vec(),
-                            args: stack[split..].to_vec(),
-                            results,
-                            indirect,
-                        });
-                        self.plan.sites.insert(i, s);
-                        // The site is an entry of its level; each enclosing construct
-                        // not yet known to hold a site becomes one of its parent's.
-                        let mut child = i;
-                        for j in (0..w.len()).rev() {
-                            let level = w[j].level;
-                            self.plan.levels.entry(level).or_default().push(child);
-                            if j > 0 && !w[j].marked {
-                                w[j].marked = true;
-                                child = w[j].op;
-                            } else {
-                                break;
-                            }
+                    self.plan.sites.insert(i, s);
+                    // The site is an entry of its level; each enclosing construct
+                    // not yet known to hold a site becomes one of its parent's.
+                    let mut child = i;
+                    for j in (0..w.len()).rev() {
+                        let level = w[j].level;
+                        self.plan.levels.entry(level).or_default().push(child);
+                        if j > 0 && !w[j].marked {
+                            w[j].marked = true;
+                            child = w[j].op;
+                        } else {
+                            break;
                         }
                     }
                 }
-                _ => {}
             }
+            _ => {}
         }
         Ok(())
     }
@@ -855,54 +865,52 @@ impl FunctionPass<'_> {
     /// before the entry that holds the site; `saved` are the temps of the level's
     /// parameters.
     fn dispatch(&mut self, entries: &[usize], saved: &[u32]) {
-        {
-            for t in saved.iter().rev() {
-                self.op(&Instruction::LocalSet(*t));
+        for t in saved.iter().rev() {
+            self.op(&Instruction::LocalSet(*t));
+        }
+        for _ in entries {
+            self.op(&Instruction::Block(BlockType::Empty));
+            self.labels.push(false);
+        }
+        let lo = self.entry_range(entries[0]).0;
+        self.op(&Instruction::GlobalGet(self.g.state));
+        self.op(&Instruction::I32Const(REWINDING));
+        self.op(&Instruction::I32Eq);
+        self.op(&Instruction::If(BlockType::Empty));
+        let ifs: Vec<(u32, u32)> = entries
+            .iter()
+            .filter_map(|e| self.plan.constructs.get(e))
+            .filter(|c| c.is_if)
+            .map(|c| (c.lo, c.then_hi))
+            .collect();
+        if !ifs.is_empty() {
+            // The condition an `if` entry is entered with: whether the site is on
+            // its `then` side.
+            self.op(&Instruction::I32Const(0));
+            for (lo, then_hi) in ifs {
+                self.op(&Instruction::GlobalGet(self.g.site));
+                self.op(&Instruction::I32Const(lo as i32));
+                self.op(&Instruction::I32Sub);
+                self.op(&Instruction::I32Const((then_hi - lo) as i32));
+                self.op(&Instruction::I32LtU);
+                self.op(&Instruction::I32Or);
             }
-            for _ in entries {
-                self.op(&Instruction::Block(BlockType::Empty));
-                self.labels.push(false);
-            }
-            let lo = self.entry_range(entries[0]).0;
-            self.op(&Instruction::GlobalGet(self.state));
-            self.op(&Instruction::I32Const(REWINDING));
-            self.op(&Instruction::I32Eq);
-            self.op(&Instruction::If(BlockType::Empty));
-            let ifs: Vec<(u32, u32)> = entries
-                .iter()
-                .filter_map(|e| self.plan.constructs.get(e))
-                .filter(|c| c.is_if)
-                .map(|c| (c.lo, c.then_hi))
-                .collect();
-            if !ifs.is_empty() {
-                // The condition an `if` entry is entered with: whether the site is on
-                // its `then` side.
-                self.op(&Instruction::I32Const(0));
-                for (lo, then_hi) in ifs {
-                    self.op(&Instruction::GlobalGet(self.site));
-                    self.op(&Instruction::I32Const(lo as i32));
-                    self.op(&Instruction::I32Sub);
-                    self.op(&Instruction::I32Const((then_hi - lo) as i32));
-                    self.op(&Instruction::I32LtU);
-                    self.op(&Instruction::I32Or);
-                }
-                self.op(&Instruction::LocalSet(self.cond_local));
-            }
-            // From inside the `if`, landing j is `j + 1` labels out.
-            let mut table = Vec::new();
-            for (j, e) in entries.iter().enumerate() {
-                let (a, b) = self.entry_range(*e);
-                table.extend(std::iter::repeat_n(j as u32 + 1, (b - a) as usize));
-            }
-            let last = table.last().copied().unwrap_or(1);
-            self.op(&Instruction::GlobalGet(self.site));
-            self.op(&Instruction::I32Const(lo as i32));
-            self.op(&Instruction::I32Sub);
-            self.op(&Instruction::BrTable(table.into(), last));
-            self.op(&Instruction::End);
-            for t in saved {
-                self.op(&Instruction::LocalGet(*t));
-            }
+            self.op(&Instruction::LocalSet(self.cond_local));
+        }
+        // From inside the `if`, landing j is `j + 1` labels out.
+        let mut table = Vec::new();
+        for (j, e) in entries.iter().enumerate() {
+            let (a, b) = self.entry_range(*e);
+            table.extend(std::iter::repeat_n(j as u32 + 1, (b - a) as usize));
+        }
+        let last = table.last().copied().unwrap_or(1);
+        self.op(&Instruction::GlobalGet(self.g.site));
+        self.op(&Instruction::I32Const(lo as i32));
+        self.op(&Instruction::I32Sub);
+        self.op(&Instruction::BrTable(table.into(), last));
+        self.op(&Instruction::End);
+        for t in saved {
+            self.op(&Instruction::LocalGet(*t));
         }
     }
 
@@ -912,9 +920,11 @@ impl FunctionPass<'_> {
         let stack = self.entry_stack(i);
         let (n_keep, is_if) = match self.plan.sites.get(&i) {
             Some(&s) => (self.plan.site_info[s as usize].below.len(), false),
-            None => self.plan.constructs.get(&i).map_or((0, false), |c| {
-                (c.stack.len() - c.params - usize::from(c.is_if), c.is_if)
-            }),
+            None => self
+                .plan
+                .constructs
+                .get(&i)
+                .map_or((0, false), |c| (c.kept(), c.is_if)),
         };
         let values = &stack[..stack.len() - usize::from(is_if)];
         let before = self.temps.mark();
@@ -979,13 +989,11 @@ impl FunctionPass<'_> {
                     } else {
                         if_params.push(Vec::new());
                     }
-                    let construct = self.plan.constructs.get(&i).map(|c| {
-                        (
-                            c.stack.len() - c.params - usize::from(c.is_if),
-                            c.is_if,
-                            c.results.clone(),
-                        )
-                    });
+                    let construct = self
+                        .plan
+                        .constructs
+                        .get(&i)
+                        .map(|c| (c.kept(), c.is_if, c.results.clone()));
                     match (entered, construct) {
                         (Some(e), Some((n_keep, is_if, results))) => {
                             for (t, _) in &e.temps[n_keep..] {
@@ -1117,43 +1125,34 @@ impl FunctionPass<'_> {
         }
         record.sort_unstable_by_key(|(l, _)| *l);
         record.dedup_by_key(|(l, _)| *l);
-        let mut size = 0u32;
-        let mut layout = Vec::with_capacity(record.len());
-        for (l, ty) in &record {
-            let bytes = size_of(*ty).ok_or_else(|| {
-                refuse(
-                    "a reference-typed value is live at a safe point; it cannot be saved to memory",
-                )
-            })?;
-            layout.push((*l, *ty, size));
-            size += bytes;
-        }
+        let record = Record::of(&record)?;
+        let size = record.size;
 
-        self.op(&Instruction::GlobalGet(self.state));
+        self.op(&Instruction::GlobalGet(self.g.state));
         self.op(&Instruction::I32Const(UNWINDING));
         self.op(&Instruction::I32Eq);
         self.op(&Instruction::If(BlockType::Empty));
         // ptr = data.current; a record past data.end traps.
-        self.op(&Instruction::GlobalGet(self.data));
+        self.op(&Instruction::GlobalGet(self.g.data));
         self.op(&Instruction::I32Load(memarg(0)));
         self.op(&Instruction::LocalTee(self.ptr_local));
         self.op(&Instruction::I32Const((size + 4) as i32));
         self.op(&Instruction::I32Add);
-        self.op(&Instruction::GlobalGet(self.data));
+        self.op(&Instruction::GlobalGet(self.g.data));
         self.op(&Instruction::I32Load(memarg(4)));
         self.op(&Instruction::I32GtU);
         self.op(&Instruction::If(BlockType::Empty));
         self.op(&Instruction::Unreachable);
         self.op(&Instruction::End);
-        for (l, ty, o) in &layout {
+        for (l, ty, o) in &record.slots {
             self.op(&Instruction::LocalGet(self.ptr_local));
             self.op(&Instruction::LocalGet(*l));
-            self.op(&store(*ty, *o));
+            self.op(&store_value(*ty, memarg(*o)));
         }
         self.op(&Instruction::LocalGet(self.ptr_local));
         self.op(&Instruction::I32Const(s as i32));
         self.op(&Instruction::I32Store(memarg(size)));
-        self.op(&Instruction::GlobalGet(self.data));
+        self.op(&Instruction::GlobalGet(self.g.data));
         self.op(&Instruction::LocalGet(self.ptr_local));
         self.op(&Instruction::I32Const((size + 4) as i32));
         self.op(&Instruction::I32Add);
@@ -1165,7 +1164,7 @@ impl FunctionPass<'_> {
         self.op(&Instruction::Return);
         self.op(&Instruction::End);
         if self.records.len() <= s as usize {
-            self.records.resize(s as usize + 1, Vec::new());
+            self.records.resize(s as usize + 1, Record::default());
         }
         self.records[s as usize] = record;
 
@@ -1192,23 +1191,23 @@ impl FunctionPass<'_> {
         if n == 0 {
             return;
         }
-        self.op(&Instruction::GlobalGet(self.state));
+        self.op(&Instruction::GlobalGet(self.g.state));
         self.op(&Instruction::I32Const(REWINDING));
         self.op(&Instruction::I32Eq);
         self.op(&Instruction::If(BlockType::Empty));
-        self.op(&Instruction::GlobalGet(self.data));
+        self.op(&Instruction::GlobalGet(self.g.data));
         self.op(&Instruction::I32Load(memarg(0)));
         self.op(&Instruction::I32Const(4));
         self.op(&Instruction::I32Sub);
         self.op(&Instruction::LocalTee(self.ptr_local));
         self.op(&Instruction::I32Load(memarg(0)));
-        self.op(&Instruction::GlobalSet(self.site));
+        self.op(&Instruction::GlobalSet(self.g.site));
         self.op(&Instruction::Block(BlockType::Empty)); // $out
         for _ in 0..n {
             self.op(&Instruction::Block(BlockType::Empty));
         }
         self.op(&Instruction::Block(BlockType::Empty)); // $bad: not a site of this function
-        self.op(&Instruction::GlobalGet(self.site));
+        self.op(&Instruction::GlobalGet(self.g.site));
         let table: Vec<u32> = (1..=n).collect();
         self.op(&Instruction::BrTable(table.into(), 0));
         self.op(&Instruction::End);
@@ -1216,22 +1215,19 @@ impl FunctionPass<'_> {
         let records = std::mem::take(&mut self.records);
         for (k, record) in records.iter().enumerate() {
             self.op(&Instruction::End);
-            let size: u32 = record.iter().filter_map(|(_, t)| size_of(*t)).sum();
             self.op(&Instruction::LocalGet(self.ptr_local));
-            self.op(&Instruction::I32Const(size as i32));
+            self.op(&Instruction::I32Const(record.size as i32));
             self.op(&Instruction::I32Sub);
             self.op(&Instruction::LocalSet(self.ptr_local));
-            let mut offset = 0;
-            for (l, ty) in record {
+            for (l, ty, offset) in &record.slots {
                 self.op(&Instruction::LocalGet(self.ptr_local));
-                self.op(&load(*ty, offset));
+                self.op(&load_value(*ty, memarg(*offset)));
                 self.op(&Instruction::LocalSet(*l));
-                offset += size_of(*ty).unwrap_or(0);
             }
             self.op(&Instruction::Br(n - 1 - k as u32));
         }
         self.op(&Instruction::End); // $out
-        self.op(&Instruction::GlobalGet(self.data));
+        self.op(&Instruction::GlobalGet(self.g.data));
         self.op(&Instruction::LocalGet(self.ptr_local));
         self.op(&Instruction::I32Store(memarg(0)));
         self.op(&Instruction::End);
@@ -1243,6 +1239,7 @@ impl FunctionPass<'_> {
 fn assemble(
     wasm: &[u8],
     m: &Scan,
+    g: Globals,
     bodies: HashMap<u32, Vec<u8>>,
     clones: Vec<(u32, Vec<u8>)>,
 ) -> Result<Vec<u8>, SnapshotError> {
@@ -1251,8 +1248,7 @@ fn assemble(
         n_types: m.types.len() as u32,
         n_funcs: (m.func_types.len() + clones.len()) as u32,
         clones,
-        state: m.globals,
-        data: m.globals + 1,
+        g,
         globals_written: m.has_globals,
         next_body: 0,
     };
@@ -1277,8 +1273,7 @@ struct Assembler {
     n_funcs: u32,
     /// Type index and body of each resume clone.
     clones: Vec<(u32, Vec<u8>)>,
-    state: u32,
-    data: u32,
+    g: Globals,
     globals_written: bool,
     next_body: u32,
 }
@@ -1315,15 +1310,15 @@ impl Assembler {
         };
         if k == 0 || k == 2 {
             f.instruction(&Instruction::LocalGet(0));
-            f.instruction(&Instruction::GlobalSet(self.data));
+            f.instruction(&Instruction::GlobalSet(self.g.data));
         }
         match state {
             Some(s) => {
                 f.instruction(&Instruction::I32Const(s));
-                f.instruction(&Instruction::GlobalSet(self.state));
+                f.instruction(&Instruction::GlobalSet(self.g.state));
             }
             None => {
-                f.instruction(&Instruction::GlobalGet(self.state));
+                f.instruction(&Instruction::GlobalGet(self.g.state));
             }
         }
         f.instruction(&Instruction::End);
