@@ -189,7 +189,7 @@ fn one_line_wat_error(e: &wat::Error) -> String {
 pub fn precompile(engine: &Engine, path: &Path, wasm: &[u8]) -> Result<Vec<u8>, RuntimeError> {
     let payload = engine
         .wasmtime()
-        .precompile_module(wasm)
+        .precompile_module(&prepare(engine, wasm))
         .map_err(|e| compile_error(path, e))?;
     Ok(seal(&payload))
 }
@@ -246,7 +246,18 @@ fn unseal_and_load(engine: &Engine, bytes: &[u8]) -> Result<wasmtime::Module, Re
 }
 
 fn compile(engine: &Engine, path: &Path, wasm: &[u8]) -> Result<wasmtime::Module, RuntimeError> {
-    wasmtime::Module::from_binary(engine.wasmtime(), wasm).map_err(|e| compile_error(path, e))
+    wasmtime::Module::from_binary(engine.wasmtime(), &prepare(engine, wasm))
+        .map_err(|e| compile_error(path, e))
+}
+
+/// The Wasm an engine compiles for `wasm`: Tern's passes over the module, as the
+/// engine's options ask.
+fn prepare<'a>(engine: &Engine, wasm: &'a [u8]) -> std::borrow::Cow<'a, [u8]> {
+    if engine.options().libc_builtins {
+        crate::builtins::apply(wasm)
+    } else {
+        std::borrow::Cow::Borrowed(wasm)
+    }
 }
 
 fn compile_error(path: &Path, e: wasmtime::Error) -> RuntimeError {

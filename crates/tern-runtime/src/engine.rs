@@ -83,6 +83,10 @@ pub struct EngineOptions {
     /// [`crate::Limits::timeout`] can stop a guest in a loop that never calls the host.
     /// Costs a little speed in tight loops, so it is off unless a deadline is wanted.
     pub interruptible: bool,
+    /// Give the guest's libc `memcpy`, `memmove` and `memset` fast paths through
+    /// `memory.copy` and `memory.fill` before compiling (see the `builtins` module): the
+    /// same results and traps, at the host's memory-copy speed. On unless turned off.
+    pub libc_builtins: bool,
 }
 
 impl Default for EngineOptions {
@@ -93,6 +97,7 @@ impl Default for EngineOptions {
             fuel: false,
             max_stack: DEFAULT_MAX_STACK,
             interruptible: false,
+            libc_builtins: true,
         }
     }
 }
@@ -251,6 +256,9 @@ fn fingerprint(engine: &wasmtime::Engine, options: &EngineOptions, target: &str)
     target.hash(&mut h);
     options.fuel.hash(&mut h);
     options.interruptible.hash(&mut h);
+    if options.libc_builtins {
+        crate::builtins::IDENTITY.hash(&mut h);
+    }
     hex::encode(&h.0.finalize()[..16])
 }
 
@@ -284,7 +292,12 @@ mod tests {
             interruptible: true,
             ..EngineOptions::default()
         });
+        let libc = engine(EngineOptions {
+            libc_builtins: false,
+            ..EngineOptions::default()
+        });
         let prints = [
+            libc.fingerprint(),
             epochs.fingerprint(),
             a.fingerprint(),
             pulley.fingerprint(),

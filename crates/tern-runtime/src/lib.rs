@@ -20,6 +20,7 @@
 //! ```
 
 mod artifact;
+pub mod builtins;
 mod engine;
 mod limits;
 mod policy;

@@ -1,4 +1,4 @@
-//! The migratable rewrite: Tern's pre-pass ([`crate::instrument`]), which puts safe
+//! The migratable rewrite: the libc fast paths of [`tern_runtime::builtins`], then Tern's pre-pass ([`crate::instrument`]), which puts safe
 //! points at loop headers and before every import call, followed by Tern's unwind pass
 //! ([`crate::unwind`]), which lets every call that can reach a safe point unwind the call
 //! stack into linear memory and rewind it later.
@@ -48,6 +48,7 @@ impl Rewriter {
         let key = {
             let mut h = Sha256::new();
             h.update(REWRITE_VERSION.to_le_bytes());
+            h.update(tern_runtime::builtins::IDENTITY.as_bytes());
             for source in PASS_SOURCES {
                 h.update(source.as_bytes());
             }
@@ -62,7 +63,10 @@ impl Rewriter {
             tracing::debug!(path = %path.display(), "migratable rewrite: cache hit");
             return Ok(bytes);
         }
-        let (instrumented, safepoint) = instrument_with_safepoint(wasm)?;
+        // The fast paths come first, so that a long `memcpy` is one `memory.copy` rather
+        // than a loop with a safe point in it; the module's own loops stay interruptible.
+        let wasm = tern_runtime::builtins::apply(wasm);
+        let (instrumented, safepoint) = instrument_with_safepoint(&wasm)?;
         let out = crate::unwind::unwindable(&instrumented, safepoint)?;
         if let Some(path) = &cached {
             // A cache that cannot be written only costs time next run.

@@ -38,6 +38,11 @@ pub struct CompileCommand {
     /// Compile in deadline checks, for `tern run --timeout`.
     #[arg(long)]
     interruptible: bool,
+
+    /// Compile the guest's libc `memcpy`, `memmove` and `memset` as written, without
+    /// Tern's `memory.copy`/`memory.fill` fast paths (see `tern run --keep-libc`).
+    #[arg(long)]
+    keep_libc: bool,
 }
 
 impl CompileCommand {
@@ -52,6 +57,7 @@ impl CompileCommand {
             target: self.target.clone(),
             fuel: self.fuel,
             interruptible: self.interruptible,
+            libc_builtins: !self.keep_libc,
             ..EngineOptions::default()
         })?;
         let bytes = std::fs::read(&self.module)

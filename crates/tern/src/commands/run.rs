@@ -70,6 +70,12 @@ pub struct RunCommand {
     #[arg(long, value_name = "ENGINE", value_parser = super::parse_engine, default_value = "cranelift")]
     engine: EngineKind,
 
+    /// Compile the guest's libc `memcpy`, `memmove` and `memset` as written, without
+    /// Tern's `memory.copy`/`memory.fill` fast paths (results are the same either way;
+    /// for comparisons). Plain runs only: migratable runs always take the fast paths.
+    #[arg(long)]
+    keep_libc: bool,
+
     /// Do not read or write the compiled-artifact cache.
     #[arg(long)]
     no_cache: bool,
@@ -98,6 +104,7 @@ impl RunCommand {
             // `--timeout` is enforced by the watchdog below, not by epoch checks in the
             // generated code: those cost up to 8x in tight loops (gemm, measured).
             interruptible: false,
+            libc_builtins: !self.keep_libc,
         })?;
         let cache =
             super::cache_root(self.no_cache, self.cache_dir.as_deref()).map(ArtifactCache::new);
