@@ -1,4 +1,4 @@
-// Exercises libc's memcpy, memmove and memset over many sizes, alignments and overlaps
+// Exercises libc's memcpy, memmove, memset and memcmp over many sizes, alignments and overlaps
 // and prints FNV-1a hashes of the bytes each step touched, so two runs can be compared
 // byte for byte. `memops oob` then copies past the end of linear memory, which traps.
 #include <stdint.h>
@@ -24,17 +24,31 @@ int main(int argc, char **argv) {
     for (size_t i = 0; i < N; i++) buf[i] = (unsigned char)(i * 2654435761u >> 13);
     uint32_t x = 12345;
     uint64_t all = 0;
+    size_t last_d = 0, last_s = 0, last_n = 0;
     for (int step = 0; step < 1500; step++) {
         x = x * 1103515245u + 12345u;
         size_t sizes[] = {0, 1, 3, 8, 15, 16, 33, 255, 4096, 65536, 300000};
         size_t n = sizes[(x >> 8) % 11];
         size_t d = (x >> 4) % (N - n);
         size_t s = (step & 1) ? (d + (x % 64)) % (N - n) : (x * 7u) % (N - n);
-        void *r;
-        switch (step % 3) {
-            case 0: r = copy(buf + d, buf + s, n, 1); break;   // may overlap: libc's own result
+        void *r = buf + d;
+        switch (step % 4) {
+            case 0:  // even steps: the source is far, but the ranges may still overlap
+                r = copy(buf + d, buf + s, n, 1);
+                last_d = s, last_s = d, last_n = n;
+                break;
             case 1: r = copy(buf + d, buf + s, n, 0); break;
-            default: r = memset(buf + d, (int)(x >> 16), n); break;
+            case 2: r = memset(buf + d, (int)(x >> 16), n); break;
+            default: {
+                // Ranges the last copy made equal, and a little beyond, where they may
+                // differ; or two unrelated ranges.
+                size_t m = last_n + (x & 7);
+                int c = (x & 8) && last_d + m <= N && last_s + m <= N
+                            ? memcmp(buf + last_d, buf + last_s, m)
+                            : memcmp(buf + d, buf + s, n);
+                all = all * 3 + (uint64_t)(int64_t)c;
+                break;
+            }
         }
         if (r != buf + d) {
             printf("step %d: wrong return value\n", step);
