@@ -1,4 +1,4 @@
-// Exercises libc's memcpy, memmove, memset and memcmp over many sizes, alignments and overlaps
+// Exercises libc's memcpy, memmove, memset, memcmp and strlen over many sizes, alignments and overlaps
 // and prints FNV-1a hashes of the bytes each step touched, so two runs can be compared
 // byte for byte. `memops oob` then copies past the end of linear memory, which traps.
 #include <stdint.h>
@@ -46,7 +46,8 @@ int main(int argc, char **argv) {
                 int c = (x & 8) && last_d + m <= N && last_s + m <= N
                             ? memcmp(buf + last_d, buf + last_s, m)
                             : memcmp(buf + d, buf + s, n);
-                all = all * 3 + (uint64_t)(int64_t)c;
+                buf[N - 1] = 0;
+                all = all * 3 + (uint64_t)(int64_t)c + strlen((const char *)buf + d);
                 break;
             }
         }
