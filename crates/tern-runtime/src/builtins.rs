@@ -731,7 +731,7 @@ mod tests {
                     n = (next() % 16) as i32;
                 }
                 image.iter_mut().for_each(|b| *b |= 1);
-                let end = dst.wrapping_add(n as i32) as u32 as usize;
+                let end = dst.wrapping_add(n) as u32 as usize;
                 if let Some(nul) = image.get_mut(end) {
                     *nul = 0;
                 }
