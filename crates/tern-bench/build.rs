@@ -1,23 +1,24 @@
-//! Embeds the benchmark sources (`polybench/*.c` and its header) in the crate, so that
-//! `tern bench` builds them wherever the binary runs.
+//! Embeds the benchmark sources (`polybench/*.c` and its header, `compute/*.c`) in the
+//! crate, so that `tern bench` builds them wherever the binary runs.
 
 use std::fmt::Write as _;
 use std::path::Path;
 
-fn main() {
-    let root = std::env::var("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR");
-    let dir = Path::new(&root).join("polybench");
+/// `pub const NAME: &[(&str, &str)]` of (file stem, C source) for every `.c` in `dir`.
+fn embed(out: &mut String, name: &str, doc: &str, dir: &Path) {
     println!("cargo:rerun-if-changed={}", dir.display());
-    let mut names: Vec<String> = std::fs::read_dir(&dir)
-        .expect("polybench/ exists")
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
         .filter_map(|e| e.ok())
         .filter_map(|e| e.file_name().into_string().ok())
         .filter(|n| n.ends_with(".c"))
         .collect();
     names.sort();
-    let mut out = String::from(
-        "/// PolyBench kernels: (name, C source).\npub const KERNELS: &[(&str, &str)] = &[\n",
-    );
+    writeln!(
+        out,
+        "/// {doc}: (name, C source).\npub const {name}: &[(&str, &str)] = &["
+    )
+    .expect("writing to a String");
     for n in &names {
         let path = dir.join(n);
         println!("cargo:rerun-if-changed={}", path.display());
@@ -30,6 +31,19 @@ fn main() {
         .expect("writing to a String");
     }
     out.push_str("];\n");
+}
+
+fn main() {
+    let root = std::env::var("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR");
+    let dir = Path::new(&root).join("polybench");
+    let mut out = String::new();
+    embed(&mut out, "KERNELS", "PolyBench kernels", &dir);
+    embed(
+        &mut out,
+        "COMPUTE",
+        "Compute programs beside PolyBench",
+        &Path::new(&root).join("compute"),
+    );
     writeln!(
         out,
         "/// The harness header every kernel includes.\npub const HEADER: &str = include_str!({:?});",

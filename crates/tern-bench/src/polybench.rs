@@ -84,24 +84,59 @@ pub fn build(
     kernels: &[String],
     progress: &Progress,
 ) -> anyhow::Result<Vec<(String, Program)>> {
-    let selected: Vec<(&str, &str)> = if kernels.is_empty() {
-        sources::KERNELS.to_vec()
+    build_from(sources::KERNELS, "kernel", dir, dataset, kernels, progress)
+}
+
+/// The names of the compute programs beside PolyBench (`compute/`), in order.
+pub fn compute_names() -> Vec<&'static str> {
+    sources::COMPUTE.iter().map(|(n, _)| *n).collect()
+}
+
+/// Builds the selected compute programs (`compute/`: graph relaxation, hash table,
+/// matrix multiply, 2-D stencil) three ways under `dir`. They use PolyBench's harness
+/// and output; `Dataset::Mini` is a quick check, any other size the full problem.
+///
+/// # Errors
+/// An unknown program name, or a compiler failure.
+pub fn build_compute(
+    dir: &Path,
+    dataset: Dataset,
+    programs: &[String],
+    progress: &Progress,
+) -> anyhow::Result<Vec<(String, Program)>> {
+    build_from(
+        sources::COMPUTE,
+        "program",
+        dir,
+        dataset,
+        programs,
+        progress,
+    )
+}
+
+fn build_from(
+    all: &[(&'static str, &'static str)],
+    noun: &str,
+    dir: &Path,
+    dataset: Dataset,
+    names: &[String],
+    progress: &Progress,
+) -> anyhow::Result<Vec<(String, Program)>> {
+    let selected: Vec<(&str, &str)> = if names.is_empty() {
+        all.to_vec()
     } else {
-        kernels
+        names
             .iter()
             .map(|k| {
-                sources::KERNELS
-                    .iter()
-                    .find(|(n, _)| n == k)
-                    .copied()
-                    .with_context(|| {
-                        format!("unknown kernel `{k}`; known: {}", kernel_names().join(", "))
-                    })
+                all.iter().find(|(n, _)| n == k).copied().with_context(|| {
+                    let known: Vec<&str> = all.iter().map(|(n, _)| *n).collect();
+                    format!("unknown {noun} `{k}`; known: {}", known.join(", "))
+                })
             })
             .collect::<anyhow::Result<_>>()?
     };
     std::fs::write(dir.join("polybench.h"), sources::HEADER)?;
-    let bar = progress.bar("building kernels", selected.len() as u64);
+    let bar = progress.bar(&format!("building {noun}s"), selected.len() as u64);
     let mut programs = Vec::new();
     for (name, src) in selected {
         let c = dir.join(format!("{name}.c"));

@@ -28,6 +28,9 @@ enum Suite {
     /// PolyBench/C 4.2.1: 30 kernels, native (clang -O3) against Tern and peer
     /// runtimes, scalar and SIMD Wasm builds; checksums must match native.
     Polybench(PolybenchArgs),
+    /// Four compute programs that are not PolyBench (graph relaxation, hash table,
+    /// matrix multiply, 2-D stencil), native against Tern and peers, like polybench.
+    Compute(ComputeArgs),
     /// SQLite's speedtest1 (from Debian's sqlite3 source package, with the amalgamation
     /// of the libsqlite3-sys crate), in memory and on disk, native against Tern and peers.
     Sqlite(SqliteArgs),
@@ -35,7 +38,7 @@ enum Suite {
     /// overhead on PolyBench, snapshot size, and downtime and total time of live
     /// migrations of 1 to 256 MiB working sets between two `tern` processes on loopback.
     Migration(MigrationArgs),
-    /// Print the table of a saved run (`--json` of polybench or sqlite) again, and
+    /// Print the table of a saved run (`--json` of polybench, compute or sqlite) again, and
     /// optionally plot it, without running anything.
     Report(ReportArgs),
 }
@@ -68,7 +71,7 @@ struct MigrationArgs {
 
 #[derive(Debug, Args)]
 struct ReportArgs {
-    /// A JSON file written by `tern bench polybench|sqlite --json`.
+    /// A JSON file written by `tern bench polybench|compute|sqlite --json`.
     #[arg(value_name = "FILE.json")]
     json: PathBuf,
     /// Draw it to FILE.svg and FILE.png.
@@ -141,6 +144,26 @@ struct PolybenchArgs {
     kernels: Vec<String>,
     #[command(flatten)]
     common: RuntimeArgs,
+}
+
+#[derive(Debug, Args)]
+struct ComputeArgs {
+    /// Problem size: mini (a quick check) or large (about a second each natively).
+    #[arg(long, default_value = "large", value_parser = compute_size)]
+    size: Dataset,
+    /// Programs to run, comma-separated [default: all: graph, hashtable, matmul, stencil].
+    #[arg(long, value_delimiter = ',', value_name = "NAMES")]
+    programs: Vec<String>,
+    #[command(flatten)]
+    common: RuntimeArgs,
+}
+
+fn compute_size(s: &str) -> Result<Dataset, String> {
+    match s.to_ascii_lowercase().as_str() {
+        "mini" => Ok(Dataset::Mini),
+        "large" => Ok(Dataset::Large),
+        _ => Err(format!("unknown size `{s}` (mini or large)")),
+    }
 }
 
 impl RuntimeArgs {
@@ -249,6 +272,22 @@ impl BenchCommand {
                 polybench::measure(&programs, &runners, a.common.runs, &mut report, &progress)?;
                 a.common.finish(&report)
             }
+            Suite::Compute(a) => {
+                let scratch = tempfile::tempdir().context("creating a scratch directory")?;
+                let progress = a.common.progress();
+                let programs =
+                    polybench::build_compute(scratch.path(), a.size, &a.programs, &progress)?;
+                let (runners, skipped) = a.common.runners(scratch.path())?;
+                let mut report = SuiteReport {
+                    suite: "compute".into(),
+                    setting: format!("{}, {} runs, clang-19 -O3", a.size.name(), a.common.runs),
+                    runners: runners.iter().map(|r| r.name.clone()).collect(),
+                    skipped,
+                    ..SuiteReport::default()
+                };
+                polybench::measure(&programs, &runners, a.common.runs, &mut report, &progress)?;
+                a.common.finish(&report)
+            }
             Suite::Migration(a) => {
                 let tern = std::env::current_exe().context("locating the tern binary")?;
                 let progress =
@@ -281,7 +320,7 @@ impl BenchCommand {
                     .with_context(|| format!("reading {}", a.json.display()))?;
                 let report: SuiteReport = serde_json::from_str(&text).with_context(|| {
                     format!(
-                        "{} is not a saved polybench or sqlite run",
+                        "{} is not a saved polybench, compute or sqlite run",
                         a.json.display()
                     )
                 })?;

@@ -103,6 +103,51 @@ fn polybench_mini_runs_every_kernel_with_matching_checksums() {
 
 /// speedtest1 is fetched, built, verified against native and timed in memory and on
 /// disk. The sources are kept across test runs in the target directory.
+/// The compute programs beside PolyBench build and run with checksums that match native;
+/// an unknown program is refused with the list of known ones.
+#[test]
+fn compute_programs_run_with_matching_checksums() {
+    let d = scratch();
+    let json = d.path().join("compute.json");
+    let out = tern(d.path())
+        .args([
+            "bench",
+            "compute",
+            "--size",
+            "mini",
+            "--runs",
+            "1",
+            "--no-peers",
+            "-q",
+        ])
+        .arg("--json")
+        .arg(&json)
+        .run();
+    let text = out.succeeds();
+    assert!(text.contains("compute (MINI, 1 runs"), "{text}");
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&json).expect("json")).expect("valid json");
+    let items: Vec<&str> = report["items"]
+        .as_array()
+        .expect("items")
+        .iter()
+        .filter_map(|i| i.as_str())
+        .collect();
+    assert_eq!(items, ["graph", "hashtable", "matmul", "stencil"]);
+    for item in items {
+        for runner in ["native", "tern", "tern-simd"] {
+            assert_eq!(samples(&report, item, runner), 1, "{item} on {runner}");
+        }
+    }
+    let unknown = tern(d.path())
+        .args(["bench", "compute", "--size", "mini", "--programs", "nbody"])
+        .run();
+    unknown.fails_with(
+        1,
+        "unknown program `nbody`; known: graph, hashtable, matmul, stencil",
+    );
+}
+
 #[test]
 fn sqlite_speedtest1_runs_in_memory_and_on_disk() {
     let d = scratch();
