@@ -129,7 +129,8 @@ struct Found {
 }
 
 /// Returns `wasm` with its libc memory routines given fast paths, or `wasm` itself when
-/// the module has none the pass can prove it may replace.
+/// the module has none the pass recognises (a module whose name section was stripped,
+/// as Binaryen's `wasm-opt` does unless given `-g`, keeps its routines as written).
 pub fn apply(wasm: &[u8]) -> Cow<'_, [u8]> {
     let plan = match find(wasm) {
         Some(plan) if !plan.found.is_empty() => plan,
