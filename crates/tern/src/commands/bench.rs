@@ -205,6 +205,32 @@ impl RuntimeArgs {
         Progress::new(!self.quiet && std::io::IsTerminal::is_terminal(&std::io::stderr()))
     }
 
+    /// Builds a suite of C programs with `build` in a scratch directory, runs them on
+    /// every runner and prints (and saves) the report.
+    fn programs(
+        &self,
+        suite: &str,
+        size: Dataset,
+        build: impl FnOnce(
+            &std::path::Path,
+            &Progress,
+        ) -> anyhow::Result<Vec<(String, tern_bench::runner::Program)>>,
+    ) -> anyhow::Result<()> {
+        let scratch = tempfile::tempdir().context("creating a scratch directory")?;
+        let progress = self.progress();
+        let programs = build(scratch.path(), &progress)?;
+        let (runners, skipped) = self.runners(scratch.path())?;
+        let mut report = SuiteReport {
+            suite: suite.into(),
+            setting: format!("{}, {} runs, clang-19 -O3", size.name(), self.runs),
+            runners: runners.iter().map(|r| r.name.clone()).collect(),
+            skipped,
+            ..SuiteReport::default()
+        };
+        polybench::measure(&programs, &runners, self.runs, &mut report, &progress)?;
+        self.finish(&report)
+    }
+
     fn finish(&self, report: &SuiteReport) -> anyhow::Result<()> {
         println!("{}", machine_line());
         print!("{}", report.render());
@@ -257,37 +283,12 @@ impl BenchCommand {
                 }
                 Ok(())
             }
-            Suite::Polybench(a) => {
-                let scratch = tempfile::tempdir().context("creating a scratch directory")?;
-                let progress = a.common.progress();
-                let programs = polybench::build(scratch.path(), a.size, &a.kernels, &progress)?;
-                let (runners, skipped) = a.common.runners(scratch.path())?;
-                let mut report = SuiteReport {
-                    suite: "polybench".into(),
-                    setting: format!("{}, {} runs, clang-19 -O3", a.size.name(), a.common.runs),
-                    runners: runners.iter().map(|r| r.name.clone()).collect(),
-                    skipped,
-                    ..SuiteReport::default()
-                };
-                polybench::measure(&programs, &runners, a.common.runs, &mut report, &progress)?;
-                a.common.finish(&report)
-            }
-            Suite::Compute(a) => {
-                let scratch = tempfile::tempdir().context("creating a scratch directory")?;
-                let progress = a.common.progress();
-                let programs =
-                    polybench::build_compute(scratch.path(), a.size, &a.programs, &progress)?;
-                let (runners, skipped) = a.common.runners(scratch.path())?;
-                let mut report = SuiteReport {
-                    suite: "compute".into(),
-                    setting: format!("{}, {} runs, clang-19 -O3", a.size.name(), a.common.runs),
-                    runners: runners.iter().map(|r| r.name.clone()).collect(),
-                    skipped,
-                    ..SuiteReport::default()
-                };
-                polybench::measure(&programs, &runners, a.common.runs, &mut report, &progress)?;
-                a.common.finish(&report)
-            }
+            Suite::Polybench(a) => a.common.programs("polybench", a.size, |dir, progress| {
+                polybench::build(dir, a.size, &a.kernels, progress)
+            }),
+            Suite::Compute(a) => a.common.programs("compute", a.size, |dir, progress| {
+                polybench::build_compute(dir, a.size, &a.programs, progress)
+            }),
             Suite::Migration(a) => {
                 let tern = std::env::current_exe().context("locating the tern binary")?;
                 let progress =
