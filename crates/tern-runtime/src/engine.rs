@@ -83,9 +83,9 @@ pub struct EngineOptions {
     /// [`crate::Limits::timeout`] can stop a guest in a loop that never calls the host.
     /// Costs a little speed in tight loops, so it is off unless a deadline is wanted.
     pub interruptible: bool,
-    /// Give the guest's libc `memcpy`, `memmove` and `memset` fast paths through
-    /// `memory.copy` and `memory.fill` before compiling (see the `builtins` module): the
-    /// same results and traps, at the host's memory-copy speed. On unless turned off.
+    /// Give the guest's libc `memcpy`, `memmove`, `memset`, `memcmp` and `strlen` fast
+    /// paths before compiling (see [`crate::builtins`]): the same results and traps, at
+    /// the host's memory-copy speed. On unless turned off.
     pub libc_builtins: bool,
 }
 

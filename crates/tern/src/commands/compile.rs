@@ -39,8 +39,8 @@ pub struct CompileCommand {
     #[arg(long)]
     interruptible: bool,
 
-    /// Compile the guest's libc `memcpy`, `memmove` and `memset` as written, without
-    /// Tern's `memory.copy`/`memory.fill` fast paths (see `tern run --keep-libc`).
+    /// Compile the guest's libc `memcpy`, `memmove`, `memset`, `memcmp` and `strlen` as
+    /// written, without Tern's fast paths (see `tern run --keep-libc`).
     #[arg(long)]
     keep_libc: bool,
 }

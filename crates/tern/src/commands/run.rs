@@ -70,9 +70,10 @@ pub struct RunCommand {
     #[arg(long, value_name = "ENGINE", value_parser = super::parse_engine, default_value = "cranelift")]
     engine: EngineKind,
 
-    /// Compile the guest's libc `memcpy`, `memmove` and `memset` as written, without
-    /// Tern's `memory.copy`/`memory.fill` fast paths (results are the same either way;
-    /// for comparisons). Plain runs only: migratable runs always take the fast paths.
+    /// Compile the guest's libc `memcpy`, `memmove`, `memset`, `memcmp` and `strlen` as
+    /// written, without Tern's fast paths (`memory.copy`/`memory.fill`, eight bytes per
+    /// step); results are the same either way, this is for comparisons. Plain runs only:
+    /// migratable runs always take the fast paths.
     #[arg(long)]
     keep_libc: bool,
 
