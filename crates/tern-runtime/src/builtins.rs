@@ -331,6 +331,22 @@ struct Pass<'a> {
     next_func: u32,
 }
 
+/// An `i64` access at any alignment, in memory 0.
+const WORD: wasm_encoder::MemArg = wasm_encoder::MemArg {
+    offset: 0,
+    align: 0,
+    target: wasm_encoder::MemArgTarget::Memory(0),
+    ordering: None,
+};
+
+/// Pushes the memory's size in bytes, as an `i64`.
+fn memory_bytes(f: &mut Function) {
+    f.instruction(&Instruction::MemorySize(0))
+        .instruction(&Instruction::I64ExtendI32U)
+        .instruction(&Instruction::I64Const(16))
+        .instruction(&Instruction::I64Shl);
+}
+
 /// Appends the fast path of `routine` to `f`: when it applies, it does the routine's
 /// work and returns `dst`; otherwise it falls through to the routine's own code.
 /// `memcmp`'s fast path skips the equal prefix instead and always falls through;
@@ -340,42 +356,35 @@ fn fast_path(f: &mut Function, routine: Routine, scratch: u32) {
     const DST: u32 = 0;
     const SRC_OR_BYTE: u32 = 1;
     const N: u32 = 2;
-    // `p + n <= memory size in bytes`, computed in 64 bits so it cannot wrap.
+    let bulk = match routine {
+        Routine::Strlen => return scan_words_for_nul(f, scratch, scratch + 1),
+        Routine::Memcmp => None,
+        Routine::Memset => Some(Instruction::MemoryFill(0)),
+        Routine::Memcpy | Routine::Memmove => Some(Instruction::MemoryCopy {
+            src_mem: 0,
+            dst_mem: 0,
+        }),
+    };
+    // `p + n <= memory size in bytes`, computed in 64 bits so it cannot wrap, for the
+    // destination and (but for `memset`) the source.
     let in_bounds = |f: &mut Function, p: u32| {
         f.instruction(&Instruction::LocalGet(p))
             .instruction(&Instruction::I64ExtendI32U)
             .instruction(&Instruction::LocalGet(N))
             .instruction(&Instruction::I64ExtendI32U)
-            .instruction(&Instruction::I64Add)
-            .instruction(&Instruction::MemorySize(0))
-            .instruction(&Instruction::I64ExtendI32U)
-            .instruction(&Instruction::I64Const(16))
-            .instruction(&Instruction::I64Shl)
-            .instruction(&Instruction::I64LeU);
-    };
-    let bulk = match routine {
-        Routine::Memset => Instruction::MemoryFill(0),
-        Routine::Memcpy | Routine::Memmove => Instruction::MemoryCopy {
-            src_mem: 0,
-            dst_mem: 0,
-        },
-        Routine::Strlen => {
-            scan_words_for_nul(f, scratch, scratch + 1);
-            return;
-        }
-        Routine::Memcmp => {
-            in_bounds(f, DST);
-            in_bounds(f, SRC_OR_BYTE);
-            f.instruction(&Instruction::I32And);
-            skip_equal_words(f);
-            return;
-        }
+            .instruction(&Instruction::I64Add);
+        memory_bytes(f);
+        f.instruction(&Instruction::I64LeU);
     };
     in_bounds(f, DST);
     if routine != Routine::Memset {
         in_bounds(f, SRC_OR_BYTE);
         f.instruction(&Instruction::I32And);
     }
+    let Some(bulk) = bulk else {
+        skip_equal_words(f);
+        return;
+    };
     if routine == Routine::Memcpy {
         // Disjoint: `dst - src >= n` and `src - dst >= n`, both modulo 2^32.
         for (a, b) in [(DST, SRC_OR_BYTE), (SRC_OR_BYTE, DST)] {
@@ -403,12 +412,6 @@ fn fast_path(f: &mut Function, routine: Routine, scratch: u32) {
 /// difference on, so the routine's code returns what it would have; it no longer spends
 /// a loop turn on each equal byte.
 fn skip_equal_words(f: &mut Function) {
-    let word = wasm_encoder::MemArg {
-        offset: 0,
-        align: 0,
-        target: wasm_encoder::MemArgTarget::Memory(0),
-        ordering: None,
-    };
     f.instruction(&Instruction::If(wasm_encoder::BlockType::Empty))
         .instruction(&Instruction::Block(wasm_encoder::BlockType::Empty))
         .instruction(&Instruction::Loop(wasm_encoder::BlockType::Empty))
@@ -417,9 +420,9 @@ fn skip_equal_words(f: &mut Function) {
         .instruction(&Instruction::I32LtU)
         .instruction(&Instruction::BrIf(1))
         .instruction(&Instruction::LocalGet(0))
-        .instruction(&Instruction::I64Load(word))
+        .instruction(&Instruction::I64Load(WORD))
         .instruction(&Instruction::LocalGet(1))
-        .instruction(&Instruction::I64Load(word))
+        .instruction(&Instruction::I64Load(WORD))
         .instruction(&Instruction::I64Ne)
         .instruction(&Instruction::BrIf(1));
     for (local, step) in [(0, 8), (1, 8), (2, -8)] {
@@ -440,12 +443,6 @@ fn skip_equal_words(f: &mut Function) {
 /// towards higher bytes). Within eight bytes of the end of memory it runs the routine's
 /// own code from the start, which finds the NUL or traps where it always did.
 fn scan_words_for_nul(f: &mut Function, p: u32, w: u32) {
-    let word = wasm_encoder::MemArg {
-        offset: 0,
-        align: 0,
-        target: wasm_encoder::MemArgTarget::Memory(0),
-        ordering: None,
-    };
     let empty = wasm_encoder::BlockType::Empty;
     f.instruction(&Instruction::LocalGet(0))
         .instruction(&Instruction::LocalSet(p))
@@ -455,15 +452,12 @@ fn scan_words_for_nul(f: &mut Function, p: u32, w: u32) {
         .instruction(&Instruction::LocalGet(p))
         .instruction(&Instruction::I64ExtendI32U)
         .instruction(&Instruction::I64Const(8))
-        .instruction(&Instruction::I64Add)
-        .instruction(&Instruction::MemorySize(0))
-        .instruction(&Instruction::I64ExtendI32U)
-        .instruction(&Instruction::I64Const(16))
-        .instruction(&Instruction::I64Shl)
-        .instruction(&Instruction::I64GtU)
+        .instruction(&Instruction::I64Add);
+    memory_bytes(f);
+    f.instruction(&Instruction::I64GtU)
         .instruction(&Instruction::BrIf(1))
         .instruction(&Instruction::LocalGet(p))
-        .instruction(&Instruction::I64Load(word))
+        .instruction(&Instruction::I64Load(WORD))
         .instruction(&Instruction::LocalTee(w))
         .instruction(&Instruction::I64Const(0x0101_0101_0101_0101))
         .instruction(&Instruction::I64Sub)
