@@ -87,11 +87,6 @@ pub fn build(
     build_from(sources::KERNELS, "kernel", dir, dataset, kernels, progress)
 }
 
-/// The names of the compute programs beside PolyBench (`compute/`), in order.
-pub fn compute_names() -> Vec<&'static str> {
-    sources::COMPUTE.iter().map(|(n, _)| *n).collect()
-}
-
 /// Builds the selected compute programs (`compute/`: graph relaxation, hash table,
 /// matrix multiply, 2-D stencil) three ways under `dir`. They use PolyBench's harness
 /// and output; `Dataset::Mini` is a quick check, any other size the full problem.
