@@ -52,16 +52,15 @@ fn samples(report: &serde_json::Value, item: &str, runner: &str) -> usize {
         .map_or(0, |s| s.len())
 }
 
-/// All 30 kernels build three ways and run on native and Tern (scalar and SIMD) with
-/// matching checksums; a mismatch would fail the command.
-#[test]
-fn polybench_mini_runs_every_kernel_with_matching_checksums() {
-    let d = scratch();
-    let json = d.path().join("polybench.json");
-    let out = tern(d.path())
+/// Runs `tern bench SUITE --size mini --runs 1 --no-peers -q --json …` with `extra`
+/// arguments; returns its stdout and the saved report, after checking that every item
+/// has one sample on native and on Tern, scalar and SIMD.
+fn mini_run(dir: &std::path::Path, suite: &str, extra: &[&str]) -> (String, serde_json::Value) {
+    let json = dir.join(format!("{suite}.json"));
+    let out = tern(dir)
         .args([
             "bench",
-            "polybench",
+            suite,
             "--size",
             "mini",
             "--runs",
@@ -69,26 +68,39 @@ fn polybench_mini_runs_every_kernel_with_matching_checksums() {
             "--no-peers",
             "-q",
         ])
+        .args(extra)
         .arg("--json")
         .arg(&json)
-        .arg("--plot")
-        .arg(d.path().join("polybench.svg"))
         .run();
-    let text = out.succeeds();
+    let text = out.succeeds().to_owned();
     assert!(text.contains("| **geomean**"), "{text}");
     let report: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(&json).expect("json")).expect("valid json");
-    let items = report["items"].as_array().expect("items");
-    assert_eq!(items.len(), 30);
-    for item in items {
+    for item in report["items"].as_array().expect("items") {
         let item = item.as_str().expect("name");
         for runner in ["native", "tern", "tern-simd"] {
             assert_eq!(samples(&report, item, runner), 1, "{item} on {runner}");
         }
     }
+    (text, report)
+}
+
+/// All 30 kernels build three ways and run on native and Tern (scalar and SIMD) with
+/// matching checksums; a mismatch would fail the command.
+#[test]
+fn polybench_mini_runs_every_kernel_with_matching_checksums() {
+    let d = scratch();
+    let svg = d.path().join("polybench.svg");
+    let (text, report) = mini_run(
+        d.path(),
+        "polybench",
+        &["--plot", svg.to_str().expect("utf-8 path")],
+    );
+    assert_eq!(report["items"].as_array().expect("items").len(), 30);
     assert!(d.path().join("polybench.png").exists());
 
     // A saved run renders the same table again, without running anything.
+    let json = d.path().join("polybench.json");
     let again = tern(d.path()).args(["bench", "report"]).arg(&json).run();
     let table = text
         .split_once('\n')
@@ -101,32 +113,13 @@ fn polybench_mini_runs_every_kernel_with_matching_checksums() {
     assert_eq!(bad.code, Some(1), "{bad:?}");
 }
 
-/// speedtest1 is fetched, built, verified against native and timed in memory and on
-/// disk. The sources are kept across test runs in the target directory.
 /// The compute programs beside PolyBench build and run with checksums that match native;
 /// an unknown program is refused with the list of known ones.
 #[test]
 fn compute_programs_run_with_matching_checksums() {
     let d = scratch();
-    let json = d.path().join("compute.json");
-    let out = tern(d.path())
-        .args([
-            "bench",
-            "compute",
-            "--size",
-            "mini",
-            "--runs",
-            "1",
-            "--no-peers",
-            "-q",
-        ])
-        .arg("--json")
-        .arg(&json)
-        .run();
-    let text = out.succeeds();
+    let (text, report) = mini_run(d.path(), "compute", &[]);
     assert!(text.contains("compute (MINI, 1 runs"), "{text}");
-    let report: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(&json).expect("json")).expect("valid json");
     let items: Vec<&str> = report["items"]
         .as_array()
         .expect("items")
@@ -134,11 +127,6 @@ fn compute_programs_run_with_matching_checksums() {
         .filter_map(|i| i.as_str())
         .collect();
     assert_eq!(items, ["graph", "hashtable", "matmul", "stencil"]);
-    for item in items {
-        for runner in ["native", "tern", "tern-simd"] {
-            assert_eq!(samples(&report, item, runner), 1, "{item} on {runner}");
-        }
-    }
     let unknown = tern(d.path())
         .args(["bench", "compute", "--size", "mini", "--programs", "nbody"])
         .run();
@@ -148,6 +136,8 @@ fn compute_programs_run_with_matching_checksums() {
     );
 }
 
+/// speedtest1 is fetched, built, verified against native and timed in memory and on
+/// disk. The sources are kept across test runs in the target directory.
 #[test]
 fn sqlite_speedtest1_runs_in_memory_and_on_disk() {
     let d = scratch();
