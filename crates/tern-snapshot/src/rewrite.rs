@@ -1,11 +1,12 @@
-//! The migratable rewrite: the libc fast paths of [`tern_runtime::builtins`], then Tern's pre-pass ([`crate::instrument`]), which puts safe
-//! points at loop headers and before every import call, followed by Tern's unwind pass
-//! ([`crate::unwind`]), which lets every call that can reach a safe point unwind the call
-//! stack into linear memory and rewind it later.
+//! The migratable rewrite: the libc fast paths of [`tern_runtime::builtins`], then Tern's
+//! pre-pass ([`crate::instrument`]), which puts safe points at loop headers and before
+//! every import call, followed by Tern's unwind pass ([`crate::unwind`]), which lets
+//! every call that can reach a safe point unwind the call stack into linear memory and
+//! rewind it later.
 //!
 //! [`Rewriter::rewrite`] keys its cache by the original module's SHA-256, the rewrite's
-//! version and the passes' source, so a module is rewritten once; the compiled rewritten module is
-//! kept beside it in an `ArtifactCache`.
+//! version and the passes' source, so a module is rewritten once; the compiled rewritten
+//! module is kept beside it in an `ArtifactCache`.
 
 use std::path::{Path, PathBuf};
 
