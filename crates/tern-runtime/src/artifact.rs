@@ -253,10 +253,19 @@ fn compile(engine: &Engine, path: &Path, wasm: &[u8]) -> Result<wasmtime::Module
 /// The Wasm an engine compiles for `wasm`: Tern's passes over the module, as the
 /// engine's options ask.
 fn prepare<'a>(engine: &Engine, wasm: &'a [u8]) -> std::borrow::Cow<'a, [u8]> {
-    if engine.options().libc_builtins {
+    use std::borrow::Cow;
+    let options = engine.options();
+    let wasm = if options.libc_builtins {
         crate::builtins::apply(wasm)
     } else {
-        std::borrow::Cow::Borrowed(wasm)
+        Cow::Borrowed(wasm)
+    };
+    if !(options.vectorize && options.kind == crate::EngineKind::Cranelift) {
+        return wasm;
+    }
+    match wasm {
+        Cow::Borrowed(b) => crate::vectorize::apply(b),
+        Cow::Owned(o) => Cow::Owned(crate::vectorize::apply(&o).into_owned()),
     }
 }
 

@@ -87,6 +87,10 @@ pub struct EngineOptions {
     /// paths before compiling (see [`crate::builtins`]): the same results and traps, at
     /// the host's memory-copy speed. On unless turned off.
     pub libc_builtins: bool,
+    /// Run the innermost `f64` loops of scalar guests two iterations at a time with
+    /// `f64x2` (see [`crate::vectorize`]): bit-identical results, checked before each
+    /// loop. Cranelift only; on unless turned off.
+    pub vectorize: bool,
 }
 
 impl Default for EngineOptions {
@@ -98,6 +102,7 @@ impl Default for EngineOptions {
             max_stack: DEFAULT_MAX_STACK,
             interruptible: false,
             libc_builtins: true,
+            vectorize: true,
         }
     }
 }
@@ -258,6 +263,9 @@ fn fingerprint(engine: &wasmtime::Engine, options: &EngineOptions, target: &str)
     options.interruptible.hash(&mut h);
     if options.libc_builtins {
         crate::builtins::IDENTITY.hash(&mut h);
+    }
+    if options.vectorize && options.kind == EngineKind::Cranelift {
+        crate::vectorize::IDENTITY.hash(&mut h);
     }
     hex::encode(&h.0.finalize()[..16])
 }

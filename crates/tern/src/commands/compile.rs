@@ -43,6 +43,11 @@ pub struct CompileCommand {
     /// written, without Tern's fast paths (see `tern run --keep-libc`).
     #[arg(long)]
     keep_libc: bool,
+
+    /// Compile loops as written, without Tern's loop vectoriser (see `tern run
+    /// --no-vectorize`).
+    #[arg(long)]
+    no_vectorize: bool,
 }
 
 impl CompileCommand {
@@ -58,6 +63,7 @@ impl CompileCommand {
             fuel: self.fuel,
             interruptible: self.interruptible,
             libc_builtins: !self.keep_libc,
+            vectorize: !self.no_vectorize,
             ..EngineOptions::default()
         })?;
         let bytes = std::fs::read(&self.module)

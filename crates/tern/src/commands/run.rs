@@ -77,6 +77,13 @@ pub struct RunCommand {
     #[arg(long)]
     keep_libc: bool,
 
+    /// Compile loops as written, without Tern's loop vectoriser (innermost `f64` loops
+    /// of scalar code run two iterations at a time with `f64x2`, after checks that make
+    /// the results bit for bit the same); this is for comparisons. Cranelift plain runs
+    /// only.
+    #[arg(long)]
+    no_vectorize: bool,
+
     /// Do not read or write the compiled-artifact cache.
     #[arg(long)]
     no_cache: bool,
@@ -106,6 +113,7 @@ impl RunCommand {
             // generated code: those cost up to 8x in tight loops (gemm, measured).
             interruptible: false,
             libc_builtins: !self.keep_libc,
+            vectorize: !self.no_vectorize,
         })?;
         let cache =
             super::cache_root(self.no_cache, self.cache_dir.as_deref()).map(ArtifactCache::new);

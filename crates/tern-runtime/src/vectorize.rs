@@ -1,0 +1,1187 @@
+//! Tern's loop vectoriser: a pass over a guest's Wasm, before compilation, that runs
+//! the innermost `f64` loops of scalar code two iterations at a time with `f64x2`.
+//!
+//! Native compilers vectorise loops like a stencil's or a matrix product's; a guest
+//! built without `-msimd128` cannot, and Cranelift compiles each iteration as written.
+//! This pass finds innermost loops whose body is straight-line code over `f64` values
+//! in memory:
+//!
+//! ```text
+//! loop                              ;; no block, branch, call or global inside
+//!   local.set/tee of i32 addresses (affine in the loop's counters) and f64 values
+//!   f64.load / f64.store at those addresses, f64 add sub mul div min max neg abs sqrt
+//!   br_if 0 (counter + step) [!= bound]        ;; the loop's only exit test
+//! end
+//! ```
+//!
+//! and puts a vector version in front of it:
+//!
+//! ```text
+//! block
+//!   n = the trip count, from the exit test (else: to the original loop)
+//!   every address the n iterations touch is in bounds, and what they store overlaps
+//!   nothing they load or store elsewhere (else: to the original loop)
+//!   loop (n - 1) / 2 times: iterations i and i + 1 as the two lanes of f64x2 values
+//! end
+//! the original loop, which runs the last one or two iterations (or all of them)
+//! ```
+//!
+//! Each lane computes what its scalar iteration computed: the same `f64` operations on
+//! the same operands in the same order, so results are bit for bit the same. Loads and
+//! stores may be reordered across the two lanes only because the checks before the loop
+//! show that no store touches what another access reads or writes (a load of the very
+//! element the same iteration then stores, as in `c[j] = c[j] + …`, is allowed), and no
+//! access can trap because every one is in bounds; when a check fails, the original
+//! loop runs alone. A value one iteration leaves in a local for the next (a stencil's
+//! `a[j+1]` reused as the next `a[j]`) is carried between lanes with a shuffle, not
+//! re-read. Locals the body only uses as temporaries are set again by the original
+//! loop, which always runs at least once after the vector loop, so code after the loop
+//! sees every local as before.
+//!
+//! No crate does this for Wasm: Binaryen has no loop vectoriser and Cranelift compiles
+//! scalar code as scalar. The pass leaves a module alone when it finds no such loop,
+//! when the module does not validate or has other than one 32-bit unshared memory.
+//! [`crate::EngineOptions::vectorize`] turns it off.
+
+use std::borrow::Cow;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::convert::Infallible;
+
+use wasm_encoder::reencode::{self, Reencode};
+use wasm_encoder::{CodeSection, Function, Instruction, MemArg, ValType};
+use wasmparser::{BlockType, FunctionBody, Operator, Parser, Payload, TypeRef};
+
+/// What identifies the pass: its source, hashed into the engine fingerprint.
+pub const IDENTITY: &str = include_str!("vectorize.rs");
+
+/// The custom section the pass leaves in its output, so that it never runs twice.
+const MARK: &str = "tern:vectorized-loops";
+
+/// Width of an `f64`, and the stride of a loop's accesses that become one `v128`.
+const F64_BYTES: u32 = 8;
+
+/// The longest loop body, in operators, the pass reads: its trees are walked
+/// recursively, and the loops worth vectorising are short.
+const MAX_BODY: usize = 400;
+
+/// Returns `wasm` with its vectorisable loops given a vector version, or `wasm` itself
+/// when it has none.
+pub fn apply(wasm: &[u8]) -> Cow<'_, [u8]> {
+    match vectorise(wasm) {
+        Some((out, loops)) => {
+            tracing::debug!(loops, "loops given a vector version");
+            Cow::Owned(out)
+        }
+        None => Cow::Borrowed(wasm),
+    }
+}
+
+/// The rewritten module and how many loops got a vector version, or `None` when none
+/// did (or the module is not one the pass takes).
+fn vectorise(wasm: &[u8]) -> Option<(Vec<u8>, usize)> {
+    let scan = scan(wasm)?;
+    wasmparser::Validator::new().validate_all(wasm).ok()?;
+    let mut pass = Pass {
+        scan: &scan,
+        next_func: scan.imported_funcs,
+        loops: 0,
+    };
+    let mut module = wasm_encoder::Module::new();
+    if let Err(e) = pass.parse_core_module(&mut module, Parser::new(0), wasm) {
+        tracing::debug!(error = %e, "loops left as they are");
+        return None;
+    }
+    if pass.loops == 0 {
+        return None;
+    }
+    module.section(&wasm_encoder::CustomSection {
+        name: MARK.into(),
+        data: Cow::Borrowed(&[]),
+    });
+    let out = module.finish();
+    // The output is checked like the input: a pass bug must not become a guest's error.
+    if let Err(e) = wasmparser::Validator::new().validate_all(&out) {
+        tracing::warn!(error = %e, "vectorised module does not validate; loops left as they are");
+        return None;
+    }
+    Some((out, pass.loops))
+}
+
+/// What the pass needs to know of a module before rewriting its bodies.
+struct Scan {
+    imported_funcs: u32,
+    /// The parameter types of every function, imported and defined, by index.
+    func_params: Vec<Vec<wasmparser::ValType>>,
+}
+
+/// The module's function signatures, or `None` when it is not a plain module with one
+/// 32-bit unshared memory, or was already vectorised.
+fn scan(wasm: &[u8]) -> Option<Scan> {
+    let mut types = Vec::new();
+    let mut func_types = Vec::new();
+    let mut imported_funcs = 0;
+    let mut memories = Vec::new();
+    for payload in Parser::new(0).parse_all(wasm) {
+        match payload.ok()? {
+            Payload::Version { encoding, .. } if encoding != wasmparser::Encoding::Module => {
+                return None;
+            }
+            Payload::TypeSection(reader) => {
+                for group in reader {
+                    for sub in group.ok()?.into_types() {
+                        types.push(match &sub.composite_type.inner {
+                            wasmparser::CompositeInnerType::Func(f) => f.params().to_vec(),
+                            _ => Vec::new(),
+                        });
+                    }
+                }
+            }
+            Payload::ImportSection(reader) => {
+                for import in reader.into_imports() {
+                    match import.ok()?.ty {
+                        TypeRef::Func(ty) => {
+                            imported_funcs += 1;
+                            func_types.push(ty);
+                        }
+                        TypeRef::Memory(m) => memories.push(m),
+                        _ => {}
+                    }
+                }
+            }
+            Payload::FunctionSection(reader) => {
+                for ty in reader {
+                    func_types.push(ty.ok()?);
+                }
+            }
+            Payload::MemorySection(reader) => {
+                for m in reader {
+                    memories.push(m.ok()?);
+                }
+            }
+            Payload::CustomSection(c) if c.name() == MARK => return None,
+            _ => {}
+        }
+    }
+    let [memory] = memories.as_slice() else {
+        return None;
+    };
+    if memory.memory64 || memory.shared {
+        return None;
+    }
+    let func_params = func_types
+        .iter()
+        .map(|&t| types.get(t as usize).cloned())
+        .collect::<Option<Vec<_>>>()?;
+    Some(Scan {
+        imported_funcs,
+        func_params,
+    })
+}
+
+struct Pass<'a> {
+    scan: &'a Scan,
+    /// Index of the function whose body the code section reader gives next.
+    next_func: u32,
+    /// How many loops were given a vector version.
+    loops: usize,
+}
+
+impl Reencode for Pass<'_> {
+    type Error = Infallible;
+
+    fn parse_code_section(
+        &mut self,
+        code: &mut CodeSection,
+        section: wasmparser::CodeSectionReader<'_>,
+    ) -> Result<(), reencode::Error<Infallible>> {
+        for body in section {
+            let body = body?;
+            let func = self.next_func;
+            self.next_func += 1;
+            let params = self
+                .scan
+                .func_params
+                .get(func as usize)
+                .map_or(&[][..], Vec::as_slice);
+            match rewrite_body(&body, params) {
+                Some((f, loops)) => {
+                    self.loops += loops;
+                    code.function(&f);
+                }
+                None => {
+                    code.raw(body.as_bytes());
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The body with a vector version in front of each loop that has one, and how many
+/// loops got one; `None` when none did.
+fn rewrite_body(
+    body: &FunctionBody<'_>,
+    params: &[wasmparser::ValType],
+) -> Option<(Function, usize)> {
+    let mut types: Vec<wasmparser::ValType> = params.to_vec();
+    let mut declared = Vec::new();
+    for group in body.get_locals_reader().ok()? {
+        let (n, ty) = group.ok()?;
+        declared.push((n, ty));
+        types.extend(std::iter::repeat_n(ty, n as usize));
+    }
+    let mut reader = body.get_operators_reader().ok()?;
+    let start = usize::try_from(body.range().start).ok()?;
+    let code_start = body.as_bytes().len() - reader.get_binary_reader().bytes_remaining();
+    let mut ops = Vec::new();
+    while !reader.eof() {
+        let (op, offset) = reader.read_with_offset().ok()?;
+        ops.push((op, usize::try_from(offset).ok()?.checked_sub(start)?));
+    }
+    let plans: Vec<(usize, LoopPlan)> = innermost_loops(&ops)
+        .into_iter()
+        .filter_map(|(open, close)| {
+            let plan = analyse(&ops[open + 1..close - 1], &ops[close - 1].0, &types)?;
+            Some((ops[open].1, plan))
+        })
+        .collect();
+    if plans.is_empty() {
+        return None;
+    }
+    let mut locals: Vec<(u32, ValType)> = declared
+        .iter()
+        .map(|&(n, ty)| Some((n, reencode::RoundtripReencoder.val_type(ty).ok()?)))
+        .collect::<Option<_>>()?;
+    let mut next = u32::try_from(types.len()).ok()?;
+    let mut f_parts = Vec::new();
+    for (offset, plan) in &plans {
+        let mut alloc = Locals {
+            next,
+            new: Vec::new(),
+        };
+        let mut code = Function::new([]);
+        emit(&mut code, plan, &mut alloc);
+        next = alloc.next;
+        locals.extend(alloc.new);
+        f_parts.push((*offset, code));
+    }
+    let mut f = Function::new(locals);
+    let bytes = body.as_bytes();
+    let mut from = code_start;
+    for (offset, part) in f_parts {
+        f.raw(bytes[from..offset].iter().copied());
+        // `Function::new([])` encodes an empty locals vector, one byte, before the code.
+        f.raw(part.into_raw_body()[1..].iter().copied());
+        from = offset;
+    }
+    f.raw(bytes[from..].iter().copied());
+    Some((f, plans.len()))
+}
+
+/// The `(loop, end)` operator indices of every innermost loop of the form
+/// `loop (no control flow) br_if 0 end`, without parameters or results.
+fn innermost_loops(ops: &[(Operator<'_>, usize)]) -> Vec<(usize, usize)> {
+    let mut found = Vec::new();
+    let mut open = None;
+    for (i, (op, _)) in ops.iter().enumerate() {
+        match op {
+            Operator::Loop {
+                blockty: BlockType::Empty,
+            } => open = Some(i),
+            Operator::End => {
+                if let Some(o) = open.take() {
+                    let brif = matches!(ops[i - 1].0, Operator::BrIf { relative_depth: 0 });
+                    if brif && i >= o + 2 {
+                        found.push((o, i));
+                    }
+                }
+            }
+            Operator::Block { .. }
+            | Operator::Loop { .. }
+            | Operator::If { .. }
+            | Operator::Else
+            | Operator::Br { .. }
+            | Operator::BrTable { .. }
+            | Operator::Return
+            | Operator::Call { .. }
+            | Operator::CallIndirect { .. }
+            | Operator::ReturnCall { .. }
+            | Operator::ReturnCallIndirect { .. }
+            | Operator::Unreachable => open = None,
+            // Only the last operator of the body may branch, and only back to the loop.
+            Operator::BrIf { relative_depth }
+                if *relative_depth != 0 || !matches!(ops.get(i + 1), Some((Operator::End, _))) =>
+            {
+                open = None;
+            }
+            _ => {}
+        }
+    }
+    found
+}
+
+/// An `i32` value as `k + Σ coefficient × local`, the locals taken at the start of an
+/// iteration, all arithmetic modulo 2³² as Wasm's.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+struct Affine {
+    terms: BTreeMap<u32, u32>,
+    k: u32,
+}
+
+impl Affine {
+    fn konst(k: u32) -> Affine {
+        Affine {
+            terms: BTreeMap::new(),
+            k,
+        }
+    }
+
+    fn local(x: u32) -> Affine {
+        Affine {
+            terms: BTreeMap::from([(x, 1)]),
+            k: 0,
+        }
+    }
+
+    fn add(&self, other: &Affine) -> Affine {
+        let mut sum = self.clone();
+        sum.k = sum.k.wrapping_add(other.k);
+        for (&x, &c) in &other.terms {
+            let e = sum.terms.entry(x).or_insert(0);
+            *e = e.wrapping_add(c);
+            if *e == 0 {
+                sum.terms.remove(&x);
+            }
+        }
+        sum
+    }
+
+    fn scale(&self, c: u32) -> Affine {
+        Affine {
+            terms: self
+                .terms
+                .iter()
+                .map(|(&x, &t)| (x, t.wrapping_mul(c)))
+                .filter(|&(_, t)| t != 0)
+                .collect(),
+            k: self.k.wrapping_mul(c),
+        }
+    }
+
+    fn constant(&self) -> Option<u32> {
+        self.terms.is_empty().then_some(self.k)
+    }
+
+    /// How much the value changes from one iteration to the next.
+    fn delta(&self, steps: &BTreeMap<u32, u32>) -> i32 {
+        let d = self.terms.iter().fold(0u32, |d, (x, &c)| {
+            d.wrapping_add(c.wrapping_mul(steps.get(x).copied().unwrap_or(0)))
+        });
+        d as i32
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum UnOp {
+    Neg,
+    Abs,
+    Sqrt,
+    Ceil,
+    Floor,
+    Trunc,
+    Nearest,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum BinOp {
+    Add,
+    Sub,
+    Mul,
+    Div,
+    Min,
+    Max,
+}
+
+/// An `f64` value computed in one iteration.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+enum Node {
+    Const(u64),
+    /// A local's value at the start of the iteration.
+    Param(u32),
+    Load(Stream),
+    Un(UnOp, usize),
+    Bin(BinOp, usize, usize),
+}
+
+/// An `f64` access: its address operand and its static offset.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+struct Stream {
+    addr: Affine,
+    offset: u64,
+}
+
+#[derive(Debug, Clone)]
+enum Val {
+    I32(Affine),
+    /// `a != b`, as `a - b`: only the exit test may use it.
+    Ne(Affine),
+    F64(usize),
+}
+
+/// A loop the pass can vectorise.
+#[derive(Debug)]
+struct LoopPlan {
+    nodes: Vec<Node>,
+    /// The counters: locals that grow by a constant each iteration, and by how much.
+    steps: BTreeMap<u32, u32>,
+    /// Locals whose `f64` value one iteration leaves for the next, with the node that
+    /// computes it (from loads, constants and loop-invariant locals only).
+    carried: BTreeMap<u32, usize>,
+    /// The stores, in order: their stream and value.
+    stores: Vec<(Stream, usize)>,
+    /// Every stream loaded.
+    loads: BTreeSet<Stream>,
+    /// The loop runs again while this is not zero.
+    exit: Affine,
+}
+
+/// Reads a loop body (without its `br_if`) into a [`LoopPlan`], or `None` when it is
+/// not a loop the pass vectorises.
+fn analyse(
+    body: &[(Operator<'_>, usize)],
+    brif: &Operator<'_>,
+    types: &[wasmparser::ValType],
+) -> Option<LoopPlan> {
+    use wasmparser::ValType as T;
+    if !matches!(brif, Operator::BrIf { relative_depth: 0 }) || body.len() > MAX_BODY {
+        return None;
+    }
+    let mut nodes: Vec<Node> = Vec::new();
+    let mut index: HashMap<Node, usize> = HashMap::new();
+    let mut intern = |n: Node, nodes: &mut Vec<Node>| -> usize {
+        *index.entry(n.clone()).or_insert_with(|| {
+            nodes.push(n);
+            nodes.len() - 1
+        })
+    };
+    let mut env: HashMap<u32, Val> = HashMap::new();
+    let mut read_first = BTreeSet::new();
+    let mut written = BTreeSet::new();
+    let mut stack: Vec<Val> = Vec::new();
+    let mut stores: Vec<(Stream, usize)> = Vec::new();
+    let mut loads = BTreeSet::new();
+    for (op, _) in body {
+        match op {
+            Operator::LocalGet { local_index: x } => {
+                let v = match env.get(x) {
+                    Some(v) => v.clone(),
+                    None => {
+                        read_first.insert(*x);
+                        match types.get(*x as usize)? {
+                            T::I32 => Val::I32(Affine::local(*x)),
+                            T::F64 => Val::F64(intern(Node::Param(*x), &mut nodes)),
+                            _ => return None,
+                        }
+                    }
+                };
+                stack.push(v);
+            }
+            Operator::LocalSet { local_index: x } | Operator::LocalTee { local_index: x } => {
+                let v = stack.pop()?;
+                match (&v, types.get(*x as usize)?) {
+                    (Val::I32(_), T::I32) | (Val::F64(_), T::F64) => {}
+                    _ => return None,
+                }
+                if matches!(op, Operator::LocalTee { .. }) {
+                    stack.push(v.clone());
+                }
+                env.insert(*x, v);
+                written.insert(*x);
+            }
+            Operator::I32Const { value } => stack.push(Val::I32(Affine::konst(*value as u32))),
+            Operator::I32Add
+            | Operator::I32Sub
+            | Operator::I32Mul
+            | Operator::I32Shl
+            | Operator::I32Ne => {
+                let (Val::I32(b), Val::I32(a)) = (stack.pop()?, stack.pop()?) else {
+                    return None;
+                };
+                stack.push(match op {
+                    Operator::I32Add => Val::I32(a.add(&b)),
+                    Operator::I32Sub => Val::I32(a.add(&b.scale(u32::MAX))),
+                    Operator::I32Mul => match (a.constant(), b.constant()) {
+                        (_, Some(c)) => Val::I32(a.scale(c)),
+                        (Some(c), _) => Val::I32(b.scale(c)),
+                        _ => return None,
+                    },
+                    Operator::I32Shl => Val::I32(a.scale(1u32 << (b.constant()? & 31))),
+                    _ => Val::Ne(a.add(&b.scale(u32::MAX))),
+                });
+            }
+            Operator::F64Const { value } => {
+                stack.push(Val::F64(intern(Node::Const(value.bits()), &mut nodes)));
+            }
+            Operator::F64Load { memarg }
+                if memarg.target == wasmparser::MemArgTarget::Memory(0)
+                    && memarg.ordering.is_none() =>
+            {
+                let Val::I32(addr) = stack.pop()? else {
+                    return None;
+                };
+                let s = Stream {
+                    addr,
+                    offset: memarg.offset,
+                };
+                // A load after a store to the same element would read the stored value.
+                if stores.iter().any(|(t, _)| *t == s) {
+                    return None;
+                }
+                loads.insert(s.clone());
+                stack.push(Val::F64(intern(Node::Load(s), &mut nodes)));
+            }
+            Operator::F64Store { memarg }
+                if memarg.target == wasmparser::MemArgTarget::Memory(0)
+                    && memarg.ordering.is_none() =>
+            {
+                let (Val::F64(v), Val::I32(addr)) = (stack.pop()?, stack.pop()?) else {
+                    return None;
+                };
+                let s = Stream {
+                    addr,
+                    offset: memarg.offset,
+                };
+                stores.push((s, v));
+            }
+            Operator::F64Neg
+            | Operator::F64Abs
+            | Operator::F64Sqrt
+            | Operator::F64Ceil
+            | Operator::F64Floor
+            | Operator::F64Trunc
+            | Operator::F64Nearest => {
+                let Val::F64(a) = stack.pop()? else {
+                    return None;
+                };
+                let u = match op {
+                    Operator::F64Neg => UnOp::Neg,
+                    Operator::F64Abs => UnOp::Abs,
+                    Operator::F64Sqrt => UnOp::Sqrt,
+                    Operator::F64Ceil => UnOp::Ceil,
+                    Operator::F64Floor => UnOp::Floor,
+                    Operator::F64Trunc => UnOp::Trunc,
+                    _ => UnOp::Nearest,
+                };
+                stack.push(Val::F64(intern(Node::Un(u, a), &mut nodes)));
+            }
+            Operator::F64Add
+            | Operator::F64Sub
+            | Operator::F64Mul
+            | Operator::F64Div
+            | Operator::F64Min
+            | Operator::F64Max => {
+                let (Val::F64(b), Val::F64(a)) = (stack.pop()?, stack.pop()?) else {
+                    return None;
+                };
+                let o = match op {
+                    Operator::F64Add => BinOp::Add,
+                    Operator::F64Sub => BinOp::Sub,
+                    Operator::F64Mul => BinOp::Mul,
+                    Operator::F64Div => BinOp::Div,
+                    Operator::F64Min => BinOp::Min,
+                    _ => BinOp::Max,
+                };
+                stack.push(Val::F64(intern(Node::Bin(o, a, b), &mut nodes)));
+            }
+            _ => return None,
+        }
+    }
+    let exit = match stack.pop()? {
+        Val::I32(a) | Val::Ne(a) => a,
+        Val::F64(_) => return None,
+    };
+    if !stack.is_empty() || stores.is_empty() {
+        return None;
+    }
+    // Classify the locals the body both reads first and writes: counters (i32) or
+    // values carried to the next iteration (f64). Anything else is not vectorised.
+    let mut steps = BTreeMap::new();
+    let mut carried = BTreeMap::new();
+    for &x in read_first.intersection(&written) {
+        match env.get(&x)? {
+            Val::I32(a) => {
+                let step = a.add(&Affine::local(x).scale(u32::MAX)).constant()?;
+                if step == 0 {
+                    return None;
+                }
+                steps.insert(x, step);
+            }
+            Val::F64(n) => {
+                carried.insert(x, *n);
+            }
+            Val::Ne(_) => return None,
+        }
+    }
+    // A carried value must not depend on another carried value: that is a recurrence
+    // the lanes cannot compute side by side. Nodes are numbered operands first.
+    let mut recurrent = vec![false; nodes.len()];
+    for (i, n) in nodes.iter().enumerate() {
+        recurrent[i] = match n {
+            Node::Param(x) => carried.contains_key(x),
+            Node::Const(_) | Node::Load(_) => false,
+            Node::Un(_, a) => recurrent[*a],
+            Node::Bin(_, a, b) => recurrent[*a] || recurrent[*b],
+        };
+    }
+    if carried.values().any(|&n| recurrent[n]) {
+        return None;
+    }
+    let delta_exit = exit.delta(&steps);
+    if delta_exit == 0 {
+        return None;
+    }
+    // Each store must write a new element each iteration, and at least one must write
+    // consecutive elements: otherwise two lanes save nothing.
+    let mut contiguous = false;
+    for (s, _) in &stores {
+        let d = s.addr.delta(&steps);
+        if d.unsigned_abs() < F64_BYTES {
+            return None;
+        }
+        contiguous |= d == F64_BYTES as i32;
+    }
+    if !contiguous {
+        return None;
+    }
+    Some(LoopPlan {
+        nodes,
+        steps,
+        carried,
+        stores,
+        loads,
+        exit,
+    })
+}
+
+/// Locals the vector code adds to a function.
+struct Locals {
+    next: u32,
+    new: Vec<(u32, ValType)>,
+}
+
+impl Locals {
+    fn add(&mut self, ty: ValType) -> u32 {
+        self.new.push((1, ty));
+        self.next += 1;
+        self.next - 1
+    }
+}
+
+fn mem_arg(offset: u64) -> MemArg {
+    MemArg {
+        offset,
+        align: 3,
+        target: wasm_encoder::MemArgTarget::Memory(0),
+        ordering: None,
+    }
+}
+
+/// Pushes `a`, computed from the locals' current values.
+fn affine(f: &mut Function, a: &Affine) {
+    let mut first = true;
+    for (&x, &c) in &a.terms {
+        f.instruction(&Instruction::LocalGet(x));
+        if c != 1 {
+            f.instruction(&Instruction::I32Const(c as i32))
+                .instruction(&Instruction::I32Mul);
+        }
+        if !first {
+            f.instruction(&Instruction::I32Add);
+        }
+        first = false;
+    }
+    if first {
+        f.instruction(&Instruction::I32Const(a.k as i32));
+    } else if a.k != 0 {
+        f.instruction(&Instruction::I32Const(a.k as i32))
+            .instruction(&Instruction::I32Add);
+    }
+}
+
+/// Emits the checks and the vector loop of `plan`, inside a block that falls through to
+/// the original loop.
+fn emit(f: &mut Function, plan: &LoopPlan, locals: &mut Locals) {
+    use Instruction as I;
+    let k = locals.add(ValType::I32);
+    let mem = locals.add(ValType::I64);
+    f.instruction(&I::Block(wasm_encoder::BlockType::Empty));
+
+    // The trip count: the exit value is e₀ + i·d at iteration i, and the loop leaves at
+    // the first i with zero. Here k = that i, so the loop runs k + 1 times.
+    let d = plan.exit.delta(&plan.steps);
+    let step = d.unsigned_abs();
+    if d > 0 {
+        f.instruction(&I::I32Const(0));
+        affine(f, &plan.exit);
+        f.instruction(&I::I32Sub);
+    } else {
+        affine(f, &plan.exit);
+    }
+    f.instruction(&I::LocalTee(k))
+        .instruction(&I::I32Const(step as i32))
+        .instruction(&I::I32RemU)
+        .instruction(&I::BrIf(0))
+        .instruction(&I::LocalGet(k))
+        .instruction(&I::I32Const(step as i32))
+        .instruction(&I::I32DivU)
+        .instruction(&I::LocalTee(k))
+        .instruction(&I::I32Const(2))
+        .instruction(&I::I32LtU)
+        .instruction(&I::BrIf(0));
+
+    // Every stream's bytes over the k + 1 iterations: [lo, hi) in i64, in bounds.
+    f.instruction(&I::MemorySize(0))
+        .instruction(&I::I64ExtendI32U)
+        .instruction(&I::I64Const(16))
+        .instruction(&I::I64Shl)
+        .instruction(&I::LocalSet(mem));
+    let streams: BTreeSet<&Stream> = plan
+        .loads
+        .iter()
+        .chain(plan.stores.iter().map(|(s, _)| s))
+        .collect();
+    let mut ranges: BTreeMap<&Stream, (u32, u32)> = BTreeMap::new();
+    for s in streams {
+        let lo = locals.add(ValType::I64);
+        let hi = locals.add(ValType::I64);
+        let d = s.addr.delta(&plan.steps);
+        // first = zext(addr) + offset; last = first + k·d.
+        affine(f, &s.addr);
+        f.instruction(&I::I64ExtendI32U)
+            .instruction(&I::I64Const(s.offset as i64))
+            .instruction(&I::I64Add)
+            .instruction(&I::LocalTee(lo))
+            .instruction(&I::LocalGet(k))
+            .instruction(&I::I64ExtendI32U)
+            .instruction(&I::I64Const(i64::from(d)))
+            .instruction(&I::I64Mul)
+            .instruction(&I::I64Add)
+            .instruction(&I::LocalSet(hi));
+        if d < 0 {
+            // Going down: the last access is the lowest; swap, and it must not be below 0.
+            f.instruction(&I::LocalGet(lo))
+                .instruction(&I::LocalGet(hi))
+                .instruction(&I::LocalSet(lo))
+                .instruction(&I::LocalSet(hi))
+                .instruction(&I::LocalGet(lo))
+                .instruction(&I::I64Const(0))
+                .instruction(&I::I64LtS)
+                .instruction(&I::BrIf(0));
+        }
+        f.instruction(&I::LocalGet(hi))
+            .instruction(&I::I64Const(i64::from(F64_BYTES)))
+            .instruction(&I::I64Add)
+            .instruction(&I::LocalTee(hi))
+            .instruction(&I::LocalGet(mem))
+            .instruction(&I::I64GtU)
+            .instruction(&I::BrIf(0));
+        ranges.insert(s, (lo, hi));
+    }
+    // What a store writes overlaps nothing else the loop touches, except the element
+    // its own iteration read before (the same stream).
+    let disjoint = |f: &mut Function, a: (u32, u32), b: (u32, u32)| {
+        f.instruction(&I::LocalGet(a.1))
+            .instruction(&I::LocalGet(b.0))
+            .instruction(&I::I64LeU)
+            .instruction(&I::LocalGet(b.1))
+            .instruction(&I::LocalGet(a.0))
+            .instruction(&I::I64LeU)
+            .instruction(&I::I32Or)
+            .instruction(&I::I32Eqz)
+            .instruction(&I::BrIf(0));
+    };
+    for (i, (s, _)) in plan.stores.iter().enumerate() {
+        for l in plan.loads.iter().filter(|l| *l != s) {
+            disjoint(f, ranges[s], ranges[l]);
+        }
+        for (t, _) in &plan.stores[i + 1..] {
+            if t != s {
+                disjoint(f, ranges[s], ranges[t]);
+            }
+        }
+    }
+
+    // The vector loop: k / 2 times, lanes (i, i + 1); the original loop runs the rest.
+    f.instruction(&I::LocalGet(k))
+        .instruction(&I::I32Const(1))
+        .instruction(&I::I32ShrU)
+        .instruction(&I::LocalSet(k));
+    let mut carried = BTreeMap::new();
+    for &x in plan.carried.keys() {
+        let prev = locals.add(ValType::V128);
+        let cur = locals.add(ValType::V128);
+        f.instruction(&I::LocalGet(x))
+            .instruction(&I::F64x2Splat)
+            .instruction(&I::LocalSet(prev));
+        carried.insert(x, (prev, cur));
+    }
+    let mut uses = vec![0u32; plan.nodes.len()];
+    let roots: Vec<usize> = plan
+        .carried
+        .values()
+        .copied()
+        .chain(plan.stores.iter().map(|&(_, v)| v))
+        .collect();
+    for &r in &roots {
+        count_uses(&plan.nodes, r, &mut uses);
+    }
+    let mut vec = Vector {
+        plan,
+        carried: &carried,
+        uses: &uses,
+        saved: HashMap::new(),
+    };
+    let scratch = locals.add(ValType::V128);
+    f.instruction(&I::Loop(wasm_encoder::BlockType::Empty));
+    for (&x, &n) in &plan.carried {
+        vec.node(f, n, locals);
+        f.instruction(&I::LocalSet(carried[&x].1));
+    }
+    for (s, v) in &plan.stores {
+        let d = s.addr.delta(&plan.steps);
+        if d == F64_BYTES as i32 {
+            affine(f, &s.addr);
+            vec.node(f, *v, locals);
+            f.instruction(&I::V128Store(mem_arg(s.offset)));
+        } else {
+            vec.node(f, *v, locals);
+            f.instruction(&I::LocalSet(scratch));
+            for lane in 0..2u8 {
+                affine(f, &s.addr);
+                if lane == 1 {
+                    f.instruction(&I::I32Const(d)).instruction(&I::I32Add);
+                }
+                f.instruction(&I::LocalGet(scratch))
+                    .instruction(&I::F64x2ExtractLane(lane))
+                    .instruction(&I::F64Store(mem_arg(s.offset)));
+            }
+        }
+    }
+    for &(prev, cur) in carried.values() {
+        f.instruction(&I::LocalGet(cur))
+            .instruction(&I::LocalSet(prev));
+    }
+    for (&x, &s) in &plan.steps {
+        f.instruction(&I::LocalGet(x))
+            .instruction(&I::I32Const(s.wrapping_mul(2) as i32))
+            .instruction(&I::I32Add)
+            .instruction(&I::LocalSet(x));
+    }
+    f.instruction(&I::LocalGet(k))
+        .instruction(&I::I32Const(1))
+        .instruction(&I::I32Sub)
+        .instruction(&I::LocalTee(k))
+        .instruction(&I::BrIf(0))
+        .instruction(&I::End);
+    // The original loop's first iteration reads what the last lane left.
+    for (&x, &(prev, _)) in &carried {
+        f.instruction(&I::LocalGet(prev))
+            .instruction(&I::F64x2ExtractLane(1))
+            .instruction(&I::LocalSet(x));
+    }
+    f.instruction(&I::End);
+}
+
+fn count_uses(nodes: &[Node], n: usize, uses: &mut [u32]) {
+    uses[n] += 1;
+    if uses[n] > 1 {
+        return;
+    }
+    match &nodes[n] {
+        Node::Un(_, a) => count_uses(nodes, *a, uses),
+        Node::Bin(_, a, b) => {
+            count_uses(nodes, *a, uses);
+            count_uses(nodes, *b, uses);
+        }
+        _ => {}
+    }
+}
+
+/// Emits nodes as `f64x2` values, lane 0 for the iteration the counters are at and lane
+/// 1 for the next.
+struct Vector<'a> {
+    plan: &'a LoopPlan,
+    /// For each carried local, its `(previous, current)` vector locals.
+    carried: &'a BTreeMap<u32, (u32, u32)>,
+    uses: &'a [u32],
+    /// Nodes used more than once, already computed into a local.
+    saved: HashMap<usize, u32>,
+}
+
+impl Vector<'_> {
+    fn node(&mut self, f: &mut Function, n: usize, locals: &mut Locals) {
+        use Instruction as I;
+        if let Some(&l) = self.saved.get(&n) {
+            f.instruction(&I::LocalGet(l));
+            return;
+        }
+        match &self.plan.nodes[n] {
+            Node::Const(bits) => {
+                let both = (u128::from(*bits) << 64) | u128::from(*bits);
+                f.instruction(&I::V128Const(both as i128));
+            }
+            Node::Param(x) => match self.carried.get(x) {
+                // Lane 0 is what the previous pair's lane 1 left, lane 1 what lane 0 leaves.
+                Some(&(prev, cur)) => {
+                    f.instruction(&I::LocalGet(prev))
+                        .instruction(&I::LocalGet(cur))
+                        .instruction(&I::I8x16Shuffle([
+                            8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20, 21, 22, 23,
+                        ]));
+                }
+                None => {
+                    f.instruction(&I::LocalGet(*x)).instruction(&I::F64x2Splat);
+                }
+            },
+            Node::Load(s) => {
+                let d = s.addr.delta(&self.plan.steps);
+                affine(f, &s.addr);
+                if d == F64_BYTES as i32 {
+                    f.instruction(&I::V128Load(mem_arg(s.offset)));
+                } else if d == 0 {
+                    f.instruction(&I::V128Load64Splat(mem_arg(s.offset)));
+                } else {
+                    f.instruction(&I::V128Load64Splat(mem_arg(s.offset)));
+                    affine(f, &s.addr);
+                    f.instruction(&I::I32Const(d))
+                        .instruction(&I::I32Add)
+                        .instruction(&I::F64Load(mem_arg(s.offset)))
+                        .instruction(&I::F64x2ReplaceLane(1));
+                }
+            }
+            Node::Un(op, a) => {
+                self.node(f, *a, locals);
+                f.instruction(&match op {
+                    UnOp::Neg => I::F64x2Neg,
+                    UnOp::Abs => I::F64x2Abs,
+                    UnOp::Sqrt => I::F64x2Sqrt,
+                    UnOp::Ceil => I::F64x2Ceil,
+                    UnOp::Floor => I::F64x2Floor,
+                    UnOp::Trunc => I::F64x2Trunc,
+                    UnOp::Nearest => I::F64x2Nearest,
+                });
+            }
+            Node::Bin(op, a, b) => {
+                self.node(f, *a, locals);
+                self.node(f, *b, locals);
+                f.instruction(&match op {
+                    BinOp::Add => I::F64x2Add,
+                    BinOp::Sub => I::F64x2Sub,
+                    BinOp::Mul => I::F64x2Mul,
+                    BinOp::Div => I::F64x2Div,
+                    BinOp::Min => I::F64x2Min,
+                    BinOp::Max => I::F64x2Max,
+                });
+            }
+        }
+        if self.uses[n] > 1 {
+            let l = locals.add(ValType::V128);
+            f.instruction(&I::LocalTee(l));
+            self.saved.insert(n, l);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Loops of the shapes clang gives scalar C, and two the pass must leave alone. Each
+    /// export takes a destination, a source and a count; `mem` is the memory.
+    const LOOPS: &str = r#"
+      (module
+        (memory (export "mem") 1 1)
+        ;; dst[i+1] = (src[i] + src[i+1] + src[i+2]) * 0.33333, src[i+2] carried to the
+        ;; next iteration in a local; counts i by 8 up to 8n; returns what the loop
+        ;; leaves in its locals.
+        (func (export "stencil") (param $dst i32) (param $src i32) (param $n i32) (result f64)
+          (local $i i32) (local $prev f64) (local $t i32)
+          (local.set $prev (f64.load (local.get $src)))
+          (loop $l
+            (local.set $t (i32.add (local.get $src) (local.get $i)))
+            (f64.store offset=8 (i32.add (local.get $dst) (local.get $i))
+              (f64.mul
+                (f64.add (f64.add (local.get $prev) (f64.load offset=8 (local.get $t)))
+                         (local.tee $prev (f64.load offset=16 (local.get $t))))
+                (f64.const 0.33333)))
+            (br_if $l (i32.ne (local.tee $i (i32.add (local.get $i) (i32.const 8)))
+                              (i32.mul (local.get $n) (i32.const 8)))))
+          (f64.add (local.get $prev)
+                   (f64.convert_i32_u (i32.add (local.get $t) (local.get $i)))))
+        ;; dst[j] = dst[j] + 2.5 * src[j] with two pointer counters and a count down.
+        (func (export "axpy") (param $dst i32) (param $src i32) (param $n i32) (result f64)
+          (loop $l
+            (f64.store (local.get $dst)
+              (f64.add (f64.load (local.get $dst))
+                       (f64.mul (f64.const 2.5) (f64.load (local.get $src)))))
+            (local.set $dst (i32.add (local.get $dst) (i32.const 8)))
+            (local.set $src (i32.add (local.get $src) (i32.const 8)))
+            (br_if $l (local.tee $n (i32.sub (local.get $n) (i32.const 1)))))
+          (f64.convert_i32_u (i32.add (local.get $dst) (local.get $src))))
+        ;; src[-j - 1] = -min(src[3j], 1) - floor(src[3j]) and dst[j] = sqrt(|src[3j]|):
+        ;; a strided load, and a store that walks down and wraps below address 0 when
+        ;; the count passes src / 8.
+        (func (export "strided") (param $dst i32) (param $src i32) (param $n i32) (result f64)
+          (local $j i32)
+          (loop $l
+            (f64.store (i32.sub (i32.sub (local.get $src) (i32.const 8))
+                                (i32.shl (local.get $j) (i32.const 3)))
+              (f64.sub
+                (f64.neg (f64.min (f64.load (i32.add (local.get $src)
+                                                     (i32.mul (local.get $j) (i32.const 24))))
+                                  (f64.const 1)))
+                (f64.floor (f64.load (i32.add (local.get $src)
+                                               (i32.mul (local.get $j) (i32.const 24)))))))
+            (f64.store (i32.add (local.get $dst) (i32.shl (local.get $j) (i32.const 3)))
+              (f64.sqrt (f64.abs (f64.load (i32.add (local.get $src)
+                                                     (i32.mul (local.get $j) (i32.const 24)))))))
+            (br_if $l (i32.ne (local.tee $j (i32.add (local.get $j) (i32.const 1)))
+                              (local.get $n))))
+          (f64.convert_i32_u (local.get $j)))
+        ;; dst[j] = 2 src[j], then src[j] = dst[j] + 1 read back after the store: left
+        ;; alone, the second read sees the store.
+        (func (export "forward") (param $dst i32) (param $src i32) (param $n i32) (result f64)
+          (local $x f64)
+          (loop $l
+            (local.set $x (f64.load (local.get $dst)))
+            (f64.store (local.get $dst) (f64.mul (f64.const 2) (f64.load (local.get $src))))
+            (f64.store (local.get $src) (f64.add (local.get $x) (f64.load (local.get $dst))))
+            (local.set $dst (i32.add (local.get $dst) (i32.const 8)))
+            (local.set $src (i32.add (local.get $src) (i32.const 8)))
+            (br_if $l (local.tee $n (i32.sub (local.get $n) (i32.const 1)))))
+          (local.get $x))
+        ;; A recurrence (each value depends on the one before): left alone.
+        (func (export "recurrence") (param $dst i32) (param $src i32) (param $n i32) (result f64)
+          (local $x f64)
+          (loop $l
+            (local.set $x (f64.add (f64.mul (local.get $x) (f64.const 0.5))
+                                   (f64.load (local.get $src))))
+            (f64.store (local.get $dst) (local.get $x))
+            (local.set $dst (i32.add (local.get $dst) (i32.const 8)))
+            (local.set $src (i32.add (local.get $src) (i32.const 8)))
+            (br_if $l (local.tee $n (i32.sub (local.get $n) (i32.const 1)))))
+          (local.get $x))
+        ;; A loop with a call: left alone.
+        (func $id (param f64) (result f64) (local.get 0))
+        (func (export "calls") (param $dst i32) (param $src i32) (param $n i32) (result f64)
+          (loop $l
+            (f64.store (local.get $dst) (call $id (f64.load (local.get $src))))
+            (local.set $dst (i32.add (local.get $dst) (i32.const 8)))
+            (local.set $src (i32.add (local.get $src) (i32.const 8)))
+            (br_if $l (local.tee $n (i32.sub (local.get $n) (i32.const 1)))))
+          (f64.const 0)))
+    "#;
+
+    const EXPORTS: [&str; 6] = [
+        "stencil",
+        "axpy",
+        "strided",
+        "forward",
+        "recurrence",
+        "calls",
+    ];
+
+    struct Rng(u64);
+
+    impl Rng {
+        fn next(&mut self) -> u64 {
+            self.0 ^= self.0 << 13;
+            self.0 ^= self.0 >> 7;
+            self.0 ^= self.0 << 17;
+            self.0
+        }
+
+        fn below(&mut self, n: u64) -> u64 {
+            self.next() % n
+        }
+    }
+
+    /// Calls `name(dst, src, n)` on a fresh instance of `wasm` whose memory starts as
+    /// `memory`; returns the result's bits or the trap, and the memory afterwards.
+    fn call(
+        module: &wasmtime::Module,
+        name: &str,
+        args: [i32; 3],
+        memory: &[u8],
+    ) -> (Result<u64, String>, Vec<u8>) {
+        let mut store = wasmtime::Store::new(module.engine(), ());
+        let instance = wasmtime::Instance::new(&mut store, module, &[]).expect("instantiates");
+        let mem = instance
+            .get_memory(&mut store, "mem")
+            .expect("memory export");
+        mem.data_mut(&mut store).copy_from_slice(memory);
+        let f = instance
+            .get_typed_func::<(i32, i32, i32), f64>(&mut store, name)
+            .expect("export");
+        let result = f
+            .call(&mut store, (args[0], args[1], args[2]))
+            .map(f64::to_bits)
+            .map_err(|e| format!("{:?}", e.downcast_ref::<wasmtime::Trap>()));
+        (result, mem.data(&store).to_vec())
+    }
+
+    #[test]
+    fn vectorised_loops_compute_exactly_what_the_originals_do() {
+        let original = wat::parse_str(LOOPS).expect("valid wat");
+        let (vectorised, loops) = vectorise(&original).expect("loops vectorised");
+        assert_eq!(
+            loops, 3,
+            "stencil, axpy and strided; not forward, recurrence or calls"
+        );
+        assert!(vectorise(&vectorised).is_none(), "the pass runs once");
+        let engine = wasmtime::Engine::default();
+        let original = wasmtime::Module::new(&engine, &original).expect("compiles");
+        let vectorised = wasmtime::Module::new(&engine, &vectorised).expect("compiles");
+
+        let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
+        let mut memory = vec![0u8; 65536];
+        let (mut trapped, mut vector_sized) = (0, 0);
+        for case in 0..3000 {
+            // Finite doubles, so that no NaN payload is in play.
+            for chunk in memory.chunks_exact_mut(8) {
+                let v = (rng.below(2001) as f64 - 1000.0) / 8.0;
+                chunk.copy_from_slice(&v.to_le_bytes());
+            }
+            let name = EXPORTS[case % EXPORTS.len()];
+            // Near each other (overlapping, or a few elements apart), anywhere, near the
+            // end of memory or wrapping around 2^32; counts small, odd, even or past
+            // the end of memory.
+            let src = match rng.below(4) {
+                0 => rng.below(1024) as i32,
+                1 => rng.below(65536) as i32,
+                2 => 65536 - rng.below(2048) as i32,
+                _ => -(rng.below(64) as i32),
+            };
+            let dst = match rng.below(3) {
+                0 => src + (rng.below(64) as i32 - 32),
+                1 => rng.below(65536) as i32,
+                _ => 60000 + rng.below(8192) as i32,
+            };
+            let n = match rng.below(3) {
+                0 => 1 + rng.below(6) as i32,
+                1 => 1 + rng.below(300) as i32,
+                _ => 1 + rng.below(9000) as i32,
+            };
+            let want = call(&original, name, [dst, src, n], &memory);
+            let got = call(&vectorised, name, [dst, src, n], &memory);
+            assert_eq!(got.0, want.0, "{name}({dst}, {src}, {n}): result");
+            assert!(got.1 == want.1, "{name}({dst}, {src}, {n}): memory differs");
+            trapped += usize::from(want.0.is_err());
+            vector_sized += usize::from(want.0.is_ok() && n >= 3);
+        }
+        assert!(
+            trapped > 100 && vector_sized > 1000,
+            "cases cover both: {trapped} traps, {vector_sized} long loops"
+        );
+    }
+}
