@@ -443,6 +443,19 @@ struct LoopPlan {
     loads: BTreeSet<Stream>,
     /// The loop runs again while this is not zero.
     exit: Affine,
+    /// What the two lanes of a vector are.
+    lanes: Lanes,
+}
+
+/// What the two lanes of the vector loop compute.
+#[derive(Debug)]
+enum Lanes {
+    /// Two consecutive iterations of the loop: the vector loop runs half as many times.
+    Iterations,
+    /// Two stores of one iteration to consecutive elements, with their values: a body
+    /// the C compiler unrolled by two. Pairs of indices into the stores, the lower
+    /// element first; the vector loop runs as many times as the original.
+    Statements(Vec<(usize, usize)>),
 }
 
 /// Reads a loop body (without its `br_if`) into a [`LoopPlan`], or `None` when it is
@@ -650,17 +663,115 @@ fn analyse(
         }
         contiguous |= d == F64_BYTES as i32;
     }
-    if !contiguous {
-        return None;
-    }
-    Some(LoopPlan {
+    let mut plan = LoopPlan {
         nodes,
         steps,
         carried,
         stores,
         loads,
         exit,
+        lanes: Lanes::Iterations,
+    };
+    if !contiguous {
+        plan.lanes = Lanes::Statements(pair_statements(&plan)?);
+    }
+    Some(plan)
+}
+
+/// Whether stream `b` is the element after stream `a`: the same address operand
+/// eight bytes on, or eight more bytes of offset.
+fn next_element(a: &Stream, b: &Stream) -> bool {
+    (b.addr == a.addr && b.offset == a.offset.wrapping_add(u64::from(F64_BYTES)))
+        || (b.offset == a.offset && b.addr == a.addr.add(&Affine::konst(F64_BYTES)))
+}
+
+/// Where stream `b` starts relative to `a`, when both have the same address operand
+/// but for a constant: the distance is the same in every iteration.
+fn static_distance(a: &Stream, b: &Stream) -> Option<i64> {
+    (a.addr.terms == b.addr.terms).then(|| {
+        i64::from(b.addr.k.wrapping_sub(a.addr.k) as i32) + b.offset as i64 - a.offset as i64
     })
+}
+
+/// Pairs every store with one to the next element, for [`Lanes::Statements`], or
+/// `None` when the body is not two isomorphic halves worth a vector.
+///
+/// Within an iteration the vector computes both statements' values before storing
+/// either, so a store must not touch what the other statement reads after it; across
+/// iterations the order stays. Where the two accesses share an address operand the
+/// distance is checked here; where they do not, the checks before the loop show that
+/// stores and loads do not overlap at all.
+fn pair_statements(plan: &LoopPlan) -> Option<Vec<(usize, usize)>> {
+    let stores = &plan.stores;
+    let mut paired = vec![false; stores.len()];
+    let mut pairs = Vec::new();
+    for a in 0..stores.len() {
+        if paired[a] {
+            continue;
+        }
+        let b = (0..stores.len())
+            .find(|&b| !paired[b] && b != a && next_element(&stores[a].0, &stores[b].0))?;
+        paired[a] = true;
+        paired[b] = true;
+        pairs.push((a, b));
+    }
+    let mut memo = HashMap::new();
+    let mut packs = 0;
+    for &(a, b) in &pairs {
+        packs += pair_cost(plan, stores[a].1, stores[b].1, &mut memo).0;
+    }
+    // Each pack costs a scalar computation and a lane insert: a body mostly of packs
+    // runs no faster.
+    if packs > 2 * pairs.len() as u32 {
+        return None;
+    }
+    for (s, _) in stores {
+        for l in &plan.loads {
+            if let Some(d) = static_distance(s, l)
+                && d != 0
+                && d.unsigned_abs() < u64::from(F64_BYTES)
+            {
+                return None;
+            }
+        }
+    }
+    Some(pairs)
+}
+
+/// How many lanes of the pair `(a, b)` must be computed apart and packed, and whether a
+/// commutative operation's operands pair better swapped.
+fn pair_cost(
+    plan: &LoopPlan,
+    a: usize,
+    b: usize,
+    memo: &mut HashMap<(usize, usize), (u32, bool)>,
+) -> (u32, bool) {
+    if let Some(&c) = memo.get(&(a, b)) {
+        return c;
+    }
+    let cost = match (&plan.nodes[a], &plan.nodes[b]) {
+        (Node::Const(_), Node::Const(_)) => (0, false),
+        (Node::Param(x), Node::Param(y)) if x == y && !plan.carried.contains_key(x) => (0, false),
+        (Node::Load(s), Node::Load(t)) if next_element(s, t) || s == t => (0, false),
+        (Node::Un(o, a0), Node::Un(p, b0)) if o == p => pair_cost(plan, *a0, *b0, memo),
+        (Node::Bin(o, a0, a1), Node::Bin(p, b0, b1)) if o == p => {
+            let straight = pair_cost(plan, *a0, *b0, memo).0 + pair_cost(plan, *a1, *b1, memo).0;
+            let commutes = matches!(o, BinOp::Add | BinOp::Mul | BinOp::Min | BinOp::Max);
+            if commutes {
+                let swapped = pair_cost(plan, *a0, *b1, memo).0 + pair_cost(plan, *a1, *b0, memo).0;
+                if swapped < straight {
+                    (swapped, true)
+                } else {
+                    (straight, false)
+                }
+            } else {
+                (straight, false)
+            }
+        }
+        _ => (1, false),
+    };
+    memo.insert((a, b), cost);
+    cost
 }
 
 /// Locals the vector code adds to a function.
@@ -714,6 +825,7 @@ fn emit(f: &mut Function, plan: &LoopPlan, locals: &mut Locals) {
     use Instruction as I;
     let k = locals.add(ValType::I32);
     let mem = locals.add(ValType::I64);
+    let by_statements = matches!(plan.lanes, Lanes::Statements(_));
     f.instruction(&I::Block(wasm_encoder::BlockType::Empty));
 
     // The trip count: the exit value is e₀ + i·d at iteration i, and the loop leaves at
@@ -735,7 +847,7 @@ fn emit(f: &mut Function, plan: &LoopPlan, locals: &mut Locals) {
         .instruction(&I::I32Const(step as i32))
         .instruction(&I::I32DivU)
         .instruction(&I::LocalTee(k))
-        .instruction(&I::I32Const(2))
+        .instruction(&I::I32Const(if by_statements { 1 } else { 2 }))
         .instruction(&I::I32LtU)
         .instruction(&I::BrIf(0));
 
@@ -800,15 +912,20 @@ fn emit(f: &mut Function, plan: &LoopPlan, locals: &mut Locals) {
             .instruction(&I::I32Eqz)
             .instruction(&I::BrIf(0));
     };
+    // (Lanes from statements keep the order of iterations: accesses a constant
+    // distance apart were checked when the loop was read.)
+    let checked =
+        |s: &Stream, t: &Stream| s == t || (by_statements && static_distance(s, t).is_some());
     for (i, (s, _)) in plan.stores.iter().enumerate() {
-        for l in plan.loads.iter().filter(|l| *l != s) {
+        for l in plan.loads.iter().filter(|l| !checked(s, l)) {
             disjoint(f, ranges[s], ranges[l]);
         }
-        for (t, _) in &plan.stores[i + 1..] {
-            if t != s {
-                disjoint(f, ranges[s], ranges[t]);
-            }
+        for (t, _) in plan.stores[i + 1..].iter().filter(|(t, _)| !checked(s, t)) {
+            disjoint(f, ranges[s], ranges[t]);
         }
+    }
+    if let Lanes::Statements(pairs) = &plan.lanes {
+        return by_statement(f, plan, pairs, k, locals);
     }
 
     // The vector loop: k / 2 times, lanes (i, i + 1); the original loop runs the rest.
@@ -892,6 +1009,168 @@ fn emit(f: &mut Function, plan: &LoopPlan, locals: &mut Locals) {
     f.instruction(&I::End);
 }
 
+/// The vector loop of [`Lanes::Statements`]: `k` times, the paired stores as one, the
+/// carried locals and counters as the original sets them; the original loop then runs
+/// the last iteration. Ends the block `emit` opened.
+fn by_statement(
+    f: &mut Function,
+    plan: &LoopPlan,
+    pairs: &[(usize, usize)],
+    k: u32,
+    locals: &mut Locals,
+) {
+    use Instruction as I;
+    let mut memo = HashMap::new();
+    let next: Vec<(u32, u32)> = plan
+        .carried
+        .keys()
+        .map(|&x| (x, locals.add(ValType::F64)))
+        .collect();
+    f.instruction(&I::Loop(wasm_encoder::BlockType::Empty));
+    // What the carried locals will hold, read before the stores as the original reads it.
+    for (&x, &n) in &plan.carried {
+        scalar(f, plan, n);
+        f.instruction(&I::LocalSet(
+            next.iter().find(|&&(y, _)| y == x).map_or(x, |&(_, t)| t),
+        ));
+    }
+    for &(a, b) in pairs {
+        let (low, va) = &plan.stores[a];
+        affine(f, &low.addr);
+        pack_pair(f, plan, va, &plan.stores[b].1, &mut memo);
+        f.instruction(&I::V128Store(mem_arg(low.offset)));
+    }
+    for &(x, t) in &next {
+        f.instruction(&I::LocalGet(t)).instruction(&I::LocalSet(x));
+    }
+    for (&x, &s) in &plan.steps {
+        f.instruction(&I::LocalGet(x))
+            .instruction(&I::I32Const(s as i32))
+            .instruction(&I::I32Add)
+            .instruction(&I::LocalSet(x));
+    }
+    f.instruction(&I::LocalGet(k))
+        .instruction(&I::I32Const(1))
+        .instruction(&I::I32Sub)
+        .instruction(&I::LocalTee(k))
+        .instruction(&I::BrIf(0))
+        .instruction(&I::End)
+        .instruction(&I::End);
+}
+
+/// Pushes the `f64x2` of nodes `a` (lane 0) and `b` (lane 1), computed side by side
+/// where they have the same shape (operands of `+`, `×`, min and max swapped where
+/// [`pair_cost`] found that better) and apart otherwise.
+fn pack_pair(
+    f: &mut Function,
+    plan: &LoopPlan,
+    a: &usize,
+    b: &usize,
+    memo: &mut HashMap<(usize, usize), (u32, bool)>,
+) {
+    use Instruction as I;
+    let (a, b) = (*a, *b);
+    let swap = pair_cost(plan, a, b, memo).1;
+    match (&plan.nodes[a], &plan.nodes[b]) {
+        (Node::Const(x), Node::Const(y)) => {
+            f.instruction(&I::V128Const(
+                ((u128::from(*y) << 64) | u128::from(*x)) as i128,
+            ));
+        }
+        (Node::Param(x), Node::Param(y)) if x == y && !plan.carried.contains_key(x) => {
+            f.instruction(&I::LocalGet(*x)).instruction(&I::F64x2Splat);
+        }
+        (Node::Load(s), Node::Load(t)) if s == t => {
+            affine(f, &s.addr);
+            f.instruction(&I::V128Load64Splat(mem_arg(s.offset)));
+        }
+        (Node::Load(s), Node::Load(t)) if next_element(s, t) => {
+            affine(f, &s.addr);
+            f.instruction(&I::V128Load(mem_arg(s.offset)));
+        }
+        (Node::Un(o, a0), Node::Un(p, b0)) if o == p => {
+            pack_pair(f, plan, a0, b0, memo);
+            f.instruction(&un_f64x2(*o));
+        }
+        (Node::Bin(o, a0, a1), Node::Bin(p, b0, b1)) if o == p => {
+            let (b0, b1) = if swap { (b1, b0) } else { (b0, b1) };
+            pack_pair(f, plan, a0, b0, memo);
+            pack_pair(f, plan, a1, b1, memo);
+            f.instruction(&bin_f64x2(*o));
+        }
+        _ => {
+            scalar(f, plan, a);
+            f.instruction(&I::F64x2Splat);
+            scalar(f, plan, b);
+            f.instruction(&I::F64x2ReplaceLane(1));
+        }
+    }
+}
+
+/// Pushes node `n` as the scalar `f64` the original computes.
+fn scalar(f: &mut Function, plan: &LoopPlan, n: usize) {
+    use Instruction as I;
+    match &plan.nodes[n] {
+        Node::Const(bits) => {
+            f.instruction(&I::F64Const(f64::from_bits(*bits).into()));
+        }
+        Node::Param(x) => {
+            f.instruction(&I::LocalGet(*x));
+        }
+        Node::Load(s) => {
+            affine(f, &s.addr);
+            f.instruction(&I::F64Load(mem_arg(s.offset)));
+        }
+        Node::Un(o, a) => {
+            scalar(f, plan, *a);
+            f.instruction(&match o {
+                UnOp::Neg => I::F64Neg,
+                UnOp::Abs => I::F64Abs,
+                UnOp::Sqrt => I::F64Sqrt,
+                UnOp::Ceil => I::F64Ceil,
+                UnOp::Floor => I::F64Floor,
+                UnOp::Trunc => I::F64Trunc,
+                UnOp::Nearest => I::F64Nearest,
+            });
+        }
+        Node::Bin(o, a, b) => {
+            scalar(f, plan, *a);
+            scalar(f, plan, *b);
+            f.instruction(&match o {
+                BinOp::Add => I::F64Add,
+                BinOp::Sub => I::F64Sub,
+                BinOp::Mul => I::F64Mul,
+                BinOp::Div => I::F64Div,
+                BinOp::Min => I::F64Min,
+                BinOp::Max => I::F64Max,
+            });
+        }
+    }
+}
+
+fn un_f64x2(o: UnOp) -> Instruction<'static> {
+    match o {
+        UnOp::Neg => Instruction::F64x2Neg,
+        UnOp::Abs => Instruction::F64x2Abs,
+        UnOp::Sqrt => Instruction::F64x2Sqrt,
+        UnOp::Ceil => Instruction::F64x2Ceil,
+        UnOp::Floor => Instruction::F64x2Floor,
+        UnOp::Trunc => Instruction::F64x2Trunc,
+        UnOp::Nearest => Instruction::F64x2Nearest,
+    }
+}
+
+fn bin_f64x2(o: BinOp) -> Instruction<'static> {
+    match o {
+        BinOp::Add => Instruction::F64x2Add,
+        BinOp::Sub => Instruction::F64x2Sub,
+        BinOp::Mul => Instruction::F64x2Mul,
+        BinOp::Div => Instruction::F64x2Div,
+        BinOp::Min => Instruction::F64x2Min,
+        BinOp::Max => Instruction::F64x2Max,
+    }
+}
+
 fn count_uses(nodes: &[Node], n: usize, uses: &mut [u32]) {
     uses[n] += 1;
     if uses[n] > 1 {
@@ -961,27 +1240,12 @@ impl Vector<'_> {
             }
             Node::Un(op, a) => {
                 self.node(f, *a, locals);
-                f.instruction(&match op {
-                    UnOp::Neg => I::F64x2Neg,
-                    UnOp::Abs => I::F64x2Abs,
-                    UnOp::Sqrt => I::F64x2Sqrt,
-                    UnOp::Ceil => I::F64x2Ceil,
-                    UnOp::Floor => I::F64x2Floor,
-                    UnOp::Trunc => I::F64x2Trunc,
-                    UnOp::Nearest => I::F64x2Nearest,
-                });
+                f.instruction(&un_f64x2(*op));
             }
             Node::Bin(op, a, b) => {
                 self.node(f, *a, locals);
                 self.node(f, *b, locals);
-                f.instruction(&match op {
-                    BinOp::Add => I::F64x2Add,
-                    BinOp::Sub => I::F64x2Sub,
-                    BinOp::Mul => I::F64x2Mul,
-                    BinOp::Div => I::F64x2Div,
-                    BinOp::Min => I::F64x2Min,
-                    BinOp::Max => I::F64x2Max,
-                });
+                f.instruction(&bin_f64x2(*op));
             }
         }
         if self.uses[n] > 1 {
@@ -1060,6 +1324,53 @@ mod tests {
             (local.set $src (i32.add (local.get $src) (i32.const 8)))
             (br_if $l (local.tee $n (i32.sub (local.get $n) (i32.const 1)))))
           (local.get $x))
+        ;; A body unrolled by two, as clang unrolls gemm's: dst[j] = 1.5 src[j] + x and
+        ;; dst[j+1] = src[j+1] * 1.5 + (x = dst[j+1]), the operands of the second in
+        ;; another order, x carried to the next iteration from the element the same
+        ;; iteration then overwrites.
+        (func (export "pairs") (param $dst i32) (param $src i32) (param $n i32) (result f64)
+          (local $i i32) (local $t i32) (local $x f64)
+          (loop $l
+            (f64.store (local.tee $t (i32.add (local.get $dst) (local.get $i)))
+              (f64.add (f64.mul (f64.const 1.5) (f64.load (i32.add (local.get $src) (local.get $i))))
+                       (local.get $x)))
+            (f64.store (local.tee $t (i32.add (local.get $t) (i32.const 8)))
+              (f64.add (f64.mul (f64.load offset=8 (i32.add (local.get $src) (local.get $i)))
+                                (f64.const 1.5))
+                       (local.tee $x (f64.load (local.get $t)))))
+            (br_if $l (i32.ne (local.tee $i (i32.add (local.get $i) (i32.const 16)))
+                              (i32.shl (local.get $n) (i32.const 4)))))
+          (f64.add (local.get $x) (f64.convert_i32_u (local.get $t))))
+        ;; jacobi-1d as clang unrolls it: a[j-1] + a[j] + a[j+1], a[j+1] carried.
+        (func (export "pairs_carried") (param $dst i32) (param $src i32) (param $n i32) (result f64)
+          (local $i i32) (local $x f64) (local $t i32)
+          (local.set $x (f64.load (local.get $src)))
+          (loop $l
+            (local.set $t (i32.add (local.get $src) (local.get $i)))
+            (f64.store offset=8 (i32.add (local.get $dst) (local.get $i))
+              (f64.mul (f64.add (f64.add (f64.load (local.get $t)) (local.get $x))
+                                (local.tee $x (f64.load offset=16 (local.get $t))))
+                       (f64.const 0.25)))
+            (f64.store offset=16 (i32.add (local.get $dst) (local.get $i))
+              (f64.mul (f64.add (f64.add (local.get $x) (f64.load offset=8 (local.get $t)))
+                                (local.tee $x (f64.load offset=24 (local.get $t))))
+                       (f64.const 0.25)))
+            (br_if $l (i32.ne (local.tee $i (i32.add (local.get $i) (i32.const 16)))
+                              (i32.shl (local.get $n) (i32.const 4)))))
+          (local.get $x))
+        ;; Unrolled by two, but the second half reads half of what the first stored:
+        ;; left alone.
+        (func (export "pairs_overlap") (param $dst i32) (param $src i32) (param $n i32) (result f64)
+          (local $i i32) (local $t i32)
+          (loop $l
+            (local.set $t (i32.add (local.get $dst) (local.get $i)))
+            (f64.store (local.get $t)
+              (f64.mul (f64.load (i32.sub (local.get $t) (i32.const 4))) (f64.const 2)))
+            (f64.store offset=8 (local.get $t)
+              (f64.mul (f64.load offset=4 (local.get $t)) (f64.const 2)))
+            (br_if $l (i32.ne (local.tee $i (i32.add (local.get $i) (i32.const 16)))
+                              (i32.shl (local.get $n) (i32.const 4)))))
+          (f64.convert_i32_u (local.get $src)))
         ;; A recurrence (each value depends on the one before): left alone.
         (func (export "recurrence") (param $dst i32) (param $src i32) (param $n i32) (result f64)
           (local $x f64)
@@ -1082,10 +1393,13 @@ mod tests {
           (f64.const 0)))
     "#;
 
-    const EXPORTS: [&str; 6] = [
+    const EXPORTS: [&str; 9] = [
         "stencil",
         "axpy",
         "strided",
+        "pairs",
+        "pairs_carried",
+        "pairs_overlap",
         "forward",
         "recurrence",
         "calls",
@@ -1135,8 +1449,8 @@ mod tests {
         let original = wat::parse_str(LOOPS).expect("valid wat");
         let (vectorised, loops) = vectorise(&original).expect("loops vectorised");
         assert_eq!(
-            loops, 3,
-            "stencil, axpy and strided; not forward, recurrence or calls"
+            loops, 5,
+            "stencil, axpy, strided and both pairs; not pairs_overlap, forward, recurrence or calls"
         );
         assert!(vectorise(&vectorised).is_none(), "the pass runs once");
         let engine = wasmtime::Engine::default();
@@ -1146,7 +1460,7 @@ mod tests {
         let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
         let mut memory = vec![0u8; 65536];
         let (mut trapped, mut vector_sized) = (0, 0);
-        for case in 0..3000 {
+        for case in 0..4000 {
             // Finite doubles, so that no NaN payload is in play.
             for chunk in memory.chunks_exact_mut(8) {
                 let v = (rng.below(2001) as f64 - 1000.0) / 8.0;
