@@ -1,15 +1,17 @@
 //! Tern's loop vectoriser: a pass over a guest's Wasm, before compilation, that runs
-//! the innermost `f64` loops of scalar code two iterations at a time with `f64x2`.
+//! the innermost floating-point loops of scalar code on 128-bit vectors: `f64` loops two
+//! iterations at a time with `f64x2`, `f32` loops four at a time with `f32x4`.
 //!
 //! Native compilers vectorise loops like a stencil's or a matrix product's; a guest
 //! built without `-msimd128` cannot, and Cranelift compiles each iteration as written.
-//! This pass finds innermost loops whose body is straight-line code over `f64` values
-//! in memory:
+//! This pass finds innermost loops whose body is straight-line code over values of one
+//! float type in memory:
 //!
 //! ```text
 //! loop                              ;; no block, branch, call or global inside
-//!   local.set/tee of i32 addresses (affine in the loop's counters) and f64 values
-//!   f64.load / f64.store at those addresses, f64 add sub mul div min max neg abs sqrt
+//!   local.set/tee of i32 addresses (affine in the loop's counters) and float values
+//!   f64/f32 load and store at those addresses; add sub mul div min max neg abs sqrt
+//!   ceil floor trunc nearest
 //!   br_if 0 (counter + step) [!= bound]        ;; the loop's only exit test
 //! end
 //! ```
@@ -21,22 +23,27 @@
 //!   n = the trip count, from the exit test (else: to the original loop)
 //!   every address the n iterations touch is in bounds, and what they store overlaps
 //!   nothing they load or store elsewhere (else: to the original loop)
-//!   loop (n - 1) / 2 times: iterations i and i + 1 as the two lanes of f64x2 values
+//!   loop (n - 1) / L times: iterations i … i + L - 1 as the L lanes of vector values
 //! end
-//! the original loop, which runs the last one or two iterations (or all of them)
+//! the original loop, which runs the last 1 … L iterations (or all of them)
 //! ```
 //!
-//! Each lane computes what its scalar iteration computed: the same `f64` operations on
-//! the same operands in the same order, so results are bit for bit the same. Loads and
-//! stores may be reordered across the two lanes only because the checks before the loop
-//! show that no store touches what another access reads or writes (a load of the very
-//! element the same iteration then stores, as in `c[j] = c[j] + …`, is allowed), and no
-//! access can trap because every one is in bounds; when a check fails, the original
-//! loop runs alone. A value one iteration leaves in a local for the next (a stencil's
-//! `a[j+1]` reused as the next `a[j]`) is carried between lanes with a shuffle, not
-//! re-read. Locals the body only uses as temporaries are set again by the original
-//! loop, which always runs at least once after the vector loop, so code after the loop
-//! sees every local as before.
+//! A body that clang already unrolled by two (two stores to consecutive `f64` elements
+//! with values of the same shape) has its two halves paired as the lanes instead
+//! ([`Lanes::Statements`]), and the vector loop runs all iterations but the last.
+//!
+//! Each lane computes what its scalar iteration computed: the same operations on the
+//! same operands in the same order, so results are bit for bit the same (but for which
+//! NaN a NaN result carries, which Wasm leaves to the engine: when pairing halves, the
+//! operands of `+`, `×`, min and max may be swapped). Loads and stores may be reordered
+//! across lanes only because the checks before the loop show that no store touches what
+//! another access reads or writes (a load of the very element the same iteration then
+//! stores, as in `c[j] = c[j] + …`, is allowed), and no access can trap because every one
+//! is in bounds; when a check fails, the original loop runs alone. A value one iteration
+//! leaves in a local for the next (a stencil's `a[j+1]` reused as the next `a[j]`) is
+//! carried between lanes with a shuffle, not re-read. Locals the body only uses as
+//! temporaries are set again by the original loop, which always runs at least once
+//! after the vector loop, so code after the loop sees every local as before.
 //!
 //! No crate does this for Wasm: Binaryen has no loop vectoriser and Cranelift compiles
 //! scalar code as scalar. The pass leaves a module alone when it finds no such loop,
@@ -57,8 +64,217 @@ pub const IDENTITY: &str = include_str!("vectorize.rs");
 /// The custom section the pass leaves in its output, so that it never runs twice.
 const MARK: &str = "tern:vectorized-loops";
 
-/// Width of an `f64`, and the stride of a loop's accesses that become one `v128`.
+/// The width of an `f64`: pairs of statements ([`Lanes::Statements`]) are pairs of
+/// consecutive `f64` elements.
 const F64_BYTES: u32 = 8;
+
+/// The element type of a loop's values: one per loop.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Elem {
+    F32,
+    F64,
+}
+
+impl Elem {
+    /// Its width, and the stride of a loop's accesses that fill one `v128`.
+    fn bytes(self) -> u32 {
+        match self {
+            Elem::F32 => 4,
+            Elem::F64 => 8,
+        }
+    }
+
+    /// How many fit in a `v128`.
+    fn lanes(self) -> u32 {
+        16 / self.bytes()
+    }
+
+    fn val_type(self) -> ValType {
+        match self {
+            Elem::F32 => ValType::F32,
+            Elem::F64 => ValType::F64,
+        }
+    }
+
+    fn load(self, m: MemArg) -> Instruction<'static> {
+        match self {
+            Elem::F32 => Instruction::F32Load(m),
+            Elem::F64 => Instruction::F64Load(m),
+        }
+    }
+
+    fn store(self, m: MemArg) -> Instruction<'static> {
+        match self {
+            Elem::F32 => Instruction::F32Store(m),
+            Elem::F64 => Instruction::F64Store(m),
+        }
+    }
+
+    /// Loads one element into every lane.
+    fn load_splat(self, m: MemArg) -> Instruction<'static> {
+        match self {
+            Elem::F32 => Instruction::V128Load32Splat(m),
+            Elem::F64 => Instruction::V128Load64Splat(m),
+        }
+    }
+
+    fn splat(self) -> Instruction<'static> {
+        match self {
+            Elem::F32 => Instruction::F32x4Splat,
+            Elem::F64 => Instruction::F64x2Splat,
+        }
+    }
+
+    fn extract(self, lane: u8) -> Instruction<'static> {
+        match self {
+            Elem::F32 => Instruction::F32x4ExtractLane(lane),
+            Elem::F64 => Instruction::F64x2ExtractLane(lane),
+        }
+    }
+
+    fn replace(self, lane: u8) -> Instruction<'static> {
+        match self {
+            Elem::F32 => Instruction::F32x4ReplaceLane(lane),
+            Elem::F64 => Instruction::F64x2ReplaceLane(lane),
+        }
+    }
+
+    /// A scalar constant from its bits.
+    fn constant(self, bits: u64) -> Instruction<'static> {
+        match self {
+            Elem::F32 => Instruction::F32Const(f32::from_bits(bits as u32).into()),
+            Elem::F64 => Instruction::F64Const(f64::from_bits(bits).into()),
+        }
+    }
+
+    /// A vector with `bits` in every lane.
+    fn splat_constant(self, bits: u64) -> Instruction<'static> {
+        let mut v = 0u128;
+        for lane in 0..self.lanes() {
+            v |= u128::from(bits) << (lane * self.bytes() * 8);
+        }
+        Instruction::V128Const(v as i128)
+    }
+
+    fn un(self, o: UnOp, vector: bool) -> Instruction<'static> {
+        use Instruction as I;
+        match (self, vector, o) {
+            (Elem::F64, true, UnOp::Neg) => I::F64x2Neg,
+            (Elem::F64, true, UnOp::Abs) => I::F64x2Abs,
+            (Elem::F64, true, UnOp::Sqrt) => I::F64x2Sqrt,
+            (Elem::F64, true, UnOp::Ceil) => I::F64x2Ceil,
+            (Elem::F64, true, UnOp::Floor) => I::F64x2Floor,
+            (Elem::F64, true, UnOp::Trunc) => I::F64x2Trunc,
+            (Elem::F64, true, UnOp::Nearest) => I::F64x2Nearest,
+            (Elem::F32, true, UnOp::Neg) => I::F32x4Neg,
+            (Elem::F32, true, UnOp::Abs) => I::F32x4Abs,
+            (Elem::F32, true, UnOp::Sqrt) => I::F32x4Sqrt,
+            (Elem::F32, true, UnOp::Ceil) => I::F32x4Ceil,
+            (Elem::F32, true, UnOp::Floor) => I::F32x4Floor,
+            (Elem::F32, true, UnOp::Trunc) => I::F32x4Trunc,
+            (Elem::F32, true, UnOp::Nearest) => I::F32x4Nearest,
+            (Elem::F64, false, UnOp::Neg) => I::F64Neg,
+            (Elem::F64, false, UnOp::Abs) => I::F64Abs,
+            (Elem::F64, false, UnOp::Sqrt) => I::F64Sqrt,
+            (Elem::F64, false, UnOp::Ceil) => I::F64Ceil,
+            (Elem::F64, false, UnOp::Floor) => I::F64Floor,
+            (Elem::F64, false, UnOp::Trunc) => I::F64Trunc,
+            (Elem::F64, false, UnOp::Nearest) => I::F64Nearest,
+            (Elem::F32, false, UnOp::Neg) => I::F32Neg,
+            (Elem::F32, false, UnOp::Abs) => I::F32Abs,
+            (Elem::F32, false, UnOp::Sqrt) => I::F32Sqrt,
+            (Elem::F32, false, UnOp::Ceil) => I::F32Ceil,
+            (Elem::F32, false, UnOp::Floor) => I::F32Floor,
+            (Elem::F32, false, UnOp::Trunc) => I::F32Trunc,
+            (Elem::F32, false, UnOp::Nearest) => I::F32Nearest,
+        }
+    }
+
+    fn bin(self, o: BinOp, vector: bool) -> Instruction<'static> {
+        use Instruction as I;
+        match (self, vector, o) {
+            (Elem::F64, true, BinOp::Add) => I::F64x2Add,
+            (Elem::F64, true, BinOp::Sub) => I::F64x2Sub,
+            (Elem::F64, true, BinOp::Mul) => I::F64x2Mul,
+            (Elem::F64, true, BinOp::Div) => I::F64x2Div,
+            (Elem::F64, true, BinOp::Min) => I::F64x2Min,
+            (Elem::F64, true, BinOp::Max) => I::F64x2Max,
+            (Elem::F32, true, BinOp::Add) => I::F32x4Add,
+            (Elem::F32, true, BinOp::Sub) => I::F32x4Sub,
+            (Elem::F32, true, BinOp::Mul) => I::F32x4Mul,
+            (Elem::F32, true, BinOp::Div) => I::F32x4Div,
+            (Elem::F32, true, BinOp::Min) => I::F32x4Min,
+            (Elem::F32, true, BinOp::Max) => I::F32x4Max,
+            (Elem::F64, false, BinOp::Add) => I::F64Add,
+            (Elem::F64, false, BinOp::Sub) => I::F64Sub,
+            (Elem::F64, false, BinOp::Mul) => I::F64Mul,
+            (Elem::F64, false, BinOp::Div) => I::F64Div,
+            (Elem::F64, false, BinOp::Min) => I::F64Min,
+            (Elem::F64, false, BinOp::Max) => I::F64Max,
+            (Elem::F32, false, BinOp::Add) => I::F32Add,
+            (Elem::F32, false, BinOp::Sub) => I::F32Sub,
+            (Elem::F32, false, BinOp::Mul) => I::F32Mul,
+            (Elem::F32, false, BinOp::Div) => I::F32Div,
+            (Elem::F32, false, BinOp::Min) => I::F32Min,
+            (Elem::F32, false, BinOp::Max) => I::F32Max,
+        }
+    }
+}
+
+/// A floating-point operator of a loop body, whichever its element type.
+enum FloatOp {
+    Const(u64),
+    Load(u64),
+    Store(u64),
+    Un(UnOp),
+    Bin(BinOp),
+}
+
+/// The element type and meaning of `op`, when it is a floating-point operator the pass
+/// takes (on memory 0, not atomic).
+fn float_op(op: &Operator<'_>) -> Option<(Elem, FloatOp)> {
+    use FloatOp as F;
+    use Operator as O;
+    let plain = |m: &wasmparser::MemArg| {
+        (m.target == wasmparser::MemArgTarget::Memory(0) && m.ordering.is_none())
+            .then_some(m.offset)
+    };
+    Some(match op {
+        O::F64Const { value } => (Elem::F64, F::Const(value.bits())),
+        O::F32Const { value } => (Elem::F32, F::Const(u64::from(value.bits()))),
+        O::F64Load { memarg } => (Elem::F64, F::Load(plain(memarg)?)),
+        O::F32Load { memarg } => (Elem::F32, F::Load(plain(memarg)?)),
+        O::F64Store { memarg } => (Elem::F64, F::Store(plain(memarg)?)),
+        O::F32Store { memarg } => (Elem::F32, F::Store(plain(memarg)?)),
+        O::F64Neg => (Elem::F64, F::Un(UnOp::Neg)),
+        O::F64Abs => (Elem::F64, F::Un(UnOp::Abs)),
+        O::F64Sqrt => (Elem::F64, F::Un(UnOp::Sqrt)),
+        O::F64Ceil => (Elem::F64, F::Un(UnOp::Ceil)),
+        O::F64Floor => (Elem::F64, F::Un(UnOp::Floor)),
+        O::F64Trunc => (Elem::F64, F::Un(UnOp::Trunc)),
+        O::F64Nearest => (Elem::F64, F::Un(UnOp::Nearest)),
+        O::F32Neg => (Elem::F32, F::Un(UnOp::Neg)),
+        O::F32Abs => (Elem::F32, F::Un(UnOp::Abs)),
+        O::F32Sqrt => (Elem::F32, F::Un(UnOp::Sqrt)),
+        O::F32Ceil => (Elem::F32, F::Un(UnOp::Ceil)),
+        O::F32Floor => (Elem::F32, F::Un(UnOp::Floor)),
+        O::F32Trunc => (Elem::F32, F::Un(UnOp::Trunc)),
+        O::F32Nearest => (Elem::F32, F::Un(UnOp::Nearest)),
+        O::F64Add => (Elem::F64, F::Bin(BinOp::Add)),
+        O::F64Sub => (Elem::F64, F::Bin(BinOp::Sub)),
+        O::F64Mul => (Elem::F64, F::Bin(BinOp::Mul)),
+        O::F64Div => (Elem::F64, F::Bin(BinOp::Div)),
+        O::F64Min => (Elem::F64, F::Bin(BinOp::Min)),
+        O::F64Max => (Elem::F64, F::Bin(BinOp::Max)),
+        O::F32Add => (Elem::F32, F::Bin(BinOp::Add)),
+        O::F32Sub => (Elem::F32, F::Bin(BinOp::Sub)),
+        O::F32Mul => (Elem::F32, F::Bin(BinOp::Mul)),
+        O::F32Div => (Elem::F32, F::Bin(BinOp::Div)),
+        O::F32Min => (Elem::F32, F::Bin(BinOp::Min)),
+        O::F32Max => (Elem::F32, F::Bin(BinOp::Max)),
+        _ => return None,
+    })
+}
 
 /// The longest loop body, in operators, the pass reads: its trees are walked
 /// recursively, and the loops worth vectorising are short.
@@ -402,7 +618,7 @@ enum BinOp {
     Max,
 }
 
-/// An `f64` value computed in one iteration.
+/// A float value computed in one iteration.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 enum Node {
     Const(u64),
@@ -413,7 +629,7 @@ enum Node {
     Bin(BinOp, usize, usize),
 }
 
-/// An `f64` access: its address operand and its static offset.
+/// A float access: its address operand and its static offset.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 struct Stream {
     addr: Affine,
@@ -425,16 +641,18 @@ enum Val {
     I32(Affine),
     /// `a != b`, as `a - b`: only the exit test may use it.
     Ne(Affine),
-    F64(usize),
+    /// A float of the loop's element type.
+    F(usize),
 }
 
 /// A loop the pass can vectorise.
 #[derive(Debug)]
 struct LoopPlan {
+    elem: Elem,
     nodes: Vec<Node>,
     /// The counters: locals that grow by a constant each iteration, and by how much.
     steps: BTreeMap<u32, u32>,
-    /// Locals whose `f64` value one iteration leaves for the next, with the node that
+    /// Locals whose float value one iteration leaves for the next, with the node that
     /// computes it (from loads, constants and loop-invariant locals only).
     carried: BTreeMap<u32, usize>,
     /// The stores, in order: their stream and value.
@@ -443,14 +661,15 @@ struct LoopPlan {
     loads: BTreeSet<Stream>,
     /// The loop runs again while this is not zero.
     exit: Affine,
-    /// What the two lanes of a vector are.
+    /// What the lanes of a vector are.
     lanes: Lanes,
 }
 
-/// What the two lanes of the vector loop compute.
+/// What the lanes of the vector loop compute.
 #[derive(Debug)]
 enum Lanes {
-    /// Two consecutive iterations of the loop: the vector loop runs half as many times.
+    /// Consecutive iterations of the loop, as many as the vector has lanes: the vector
+    /// loop runs that many times fewer.
     Iterations,
     /// Two stores of one iteration to consecutive elements, with their values: a body
     /// the C compiler unrolled by two. Pairs of indices into the stores, the lower
@@ -483,6 +702,7 @@ fn analyse(
     let mut stack: Vec<Val> = Vec::new();
     let mut stores: Vec<(Stream, usize)> = Vec::new();
     let mut loads = BTreeSet::new();
+    let mut elem: Option<Elem> = None;
     for (op, _) in body {
         match op {
             Operator::LocalGet { local_index: x } => {
@@ -492,7 +712,12 @@ fn analyse(
                         read_first.insert(*x);
                         match types.get(*x as usize)? {
                             T::I32 => Val::I32(Affine::local(*x)),
-                            T::F64 => Val::F64(intern(Node::Param(*x), &mut nodes)),
+                            T::F64 if *elem.get_or_insert(Elem::F64) == Elem::F64 => {
+                                Val::F(intern(Node::Param(*x), &mut nodes))
+                            }
+                            T::F32 if *elem.get_or_insert(Elem::F32) == Elem::F32 => {
+                                Val::F(intern(Node::Param(*x), &mut nodes))
+                            }
                             _ => return None,
                         }
                     }
@@ -501,8 +726,11 @@ fn analyse(
             }
             Operator::LocalSet { local_index: x } | Operator::LocalTee { local_index: x } => {
                 let v = stack.pop()?;
+                // A float value's type is the loop's element type.
                 match (&v, types.get(*x as usize)?) {
-                    (Val::I32(_), T::I32) | (Val::F64(_), T::F64) => {}
+                    (Val::I32(_), T::I32) => {}
+                    (Val::F(_), T::F64) if elem == Some(Elem::F64) => {}
+                    (Val::F(_), T::F32) if elem == Some(Elem::F32) => {}
                     _ => return None,
                 }
                 if matches!(op, Operator::LocalTee { .. }) {
@@ -532,92 +760,58 @@ fn analyse(
                     _ => Val::Ne(a.add(&b.scale(u32::MAX))),
                 });
             }
-            Operator::F64Const { value } => {
-                stack.push(Val::F64(intern(Node::Const(value.bits()), &mut nodes)));
-            }
-            Operator::F64Load { memarg }
-                if memarg.target == wasmparser::MemArgTarget::Memory(0)
-                    && memarg.ordering.is_none() =>
-            {
-                let Val::I32(addr) = stack.pop()? else {
-                    return None;
-                };
-                let s = Stream {
-                    addr,
-                    offset: memarg.offset,
-                };
-                // A load after a store to the same element would read the stored value.
-                if stores.iter().any(|(t, _)| *t == s) {
+            op => {
+                let (e, fop) = float_op(op)?;
+                if *elem.get_or_insert(e) != e {
                     return None;
                 }
-                loads.insert(s.clone());
-                stack.push(Val::F64(intern(Node::Load(s), &mut nodes)));
+                let node = match fop {
+                    FloatOp::Const(bits) => Node::Const(bits),
+                    FloatOp::Load(offset) => {
+                        let Val::I32(addr) = stack.pop()? else {
+                            return None;
+                        };
+                        let s = Stream { addr, offset };
+                        // A load after a store to the same element reads the stored value.
+                        if stores.iter().any(|(t, _)| *t == s) {
+                            return None;
+                        }
+                        loads.insert(s.clone());
+                        Node::Load(s)
+                    }
+                    FloatOp::Store(offset) => {
+                        let (Val::F(v), Val::I32(addr)) = (stack.pop()?, stack.pop()?) else {
+                            return None;
+                        };
+                        stores.push((Stream { addr, offset }, v));
+                        continue;
+                    }
+                    FloatOp::Un(u) => {
+                        let Val::F(a) = stack.pop()? else {
+                            return None;
+                        };
+                        Node::Un(u, a)
+                    }
+                    FloatOp::Bin(o) => {
+                        let (Val::F(b), Val::F(a)) = (stack.pop()?, stack.pop()?) else {
+                            return None;
+                        };
+                        Node::Bin(o, a, b)
+                    }
+                };
+                stack.push(Val::F(intern(node, &mut nodes)));
             }
-            Operator::F64Store { memarg }
-                if memarg.target == wasmparser::MemArgTarget::Memory(0)
-                    && memarg.ordering.is_none() =>
-            {
-                let (Val::F64(v), Val::I32(addr)) = (stack.pop()?, stack.pop()?) else {
-                    return None;
-                };
-                let s = Stream {
-                    addr,
-                    offset: memarg.offset,
-                };
-                stores.push((s, v));
-            }
-            Operator::F64Neg
-            | Operator::F64Abs
-            | Operator::F64Sqrt
-            | Operator::F64Ceil
-            | Operator::F64Floor
-            | Operator::F64Trunc
-            | Operator::F64Nearest => {
-                let Val::F64(a) = stack.pop()? else {
-                    return None;
-                };
-                let u = match op {
-                    Operator::F64Neg => UnOp::Neg,
-                    Operator::F64Abs => UnOp::Abs,
-                    Operator::F64Sqrt => UnOp::Sqrt,
-                    Operator::F64Ceil => UnOp::Ceil,
-                    Operator::F64Floor => UnOp::Floor,
-                    Operator::F64Trunc => UnOp::Trunc,
-                    _ => UnOp::Nearest,
-                };
-                stack.push(Val::F64(intern(Node::Un(u, a), &mut nodes)));
-            }
-            Operator::F64Add
-            | Operator::F64Sub
-            | Operator::F64Mul
-            | Operator::F64Div
-            | Operator::F64Min
-            | Operator::F64Max => {
-                let (Val::F64(b), Val::F64(a)) = (stack.pop()?, stack.pop()?) else {
-                    return None;
-                };
-                let o = match op {
-                    Operator::F64Add => BinOp::Add,
-                    Operator::F64Sub => BinOp::Sub,
-                    Operator::F64Mul => BinOp::Mul,
-                    Operator::F64Div => BinOp::Div,
-                    Operator::F64Min => BinOp::Min,
-                    _ => BinOp::Max,
-                };
-                stack.push(Val::F64(intern(Node::Bin(o, a, b), &mut nodes)));
-            }
-            _ => return None,
         }
     }
     let exit = match stack.pop()? {
         Val::I32(a) | Val::Ne(a) => a,
-        Val::F64(_) => return None,
+        Val::F(_) => return None,
     };
     if !stack.is_empty() || stores.is_empty() {
         return None;
     }
     // Classify the locals the body both reads first and writes: counters (i32) or
-    // values carried to the next iteration (f64). Anything else is not vectorised.
+    // values carried to the next iteration (floats). Anything else is not vectorised.
     let mut steps = BTreeMap::new();
     let mut carried = BTreeMap::new();
     for &x in read_first.intersection(&written) {
@@ -629,7 +823,7 @@ fn analyse(
                 }
                 steps.insert(x, step);
             }
-            Val::F64(n) => {
+            Val::F(n) => {
                 carried.insert(x, *n);
             }
             Val::Ne(_) => return None,
@@ -655,15 +849,17 @@ fn analyse(
     }
     // Each store must write a new element each iteration, and at least one must write
     // consecutive elements: otherwise two lanes save nothing.
+    let elem = elem?;
     let mut contiguous = false;
     for (s, _) in &stores {
         let d = s.addr.delta(&steps);
-        if d.unsigned_abs() < F64_BYTES {
+        if d.unsigned_abs() < elem.bytes() {
             return None;
         }
-        contiguous |= d == F64_BYTES as i32;
+        contiguous |= d == elem.bytes() as i32;
     }
     let mut plan = LoopPlan {
+        elem,
         nodes,
         steps,
         carried,
@@ -672,7 +868,11 @@ fn analyse(
         exit,
         lanes: Lanes::Iterations,
     };
+    // Pairs of statements fill an `f64x2`; an `f32x4` would need four.
     if !contiguous {
+        if elem != Elem::F64 {
+            return None;
+        }
         plan.lanes = Lanes::Statements(pair_statements(&plan)?);
     }
     Some(plan)
@@ -788,10 +988,11 @@ impl Locals {
     }
 }
 
-fn mem_arg(offset: u64) -> MemArg {
+fn mem_arg(offset: u64, elem: Elem) -> MemArg {
+    // The alignment hint is the element's: no more than any of these accesses may claim.
     MemArg {
         offset,
-        align: 3,
+        align: elem.bytes().trailing_zeros(),
         target: wasm_encoder::MemArgTarget::Memory(0),
         ordering: None,
     }
@@ -826,6 +1027,7 @@ fn emit(f: &mut Function, plan: &LoopPlan, locals: &mut Locals) {
     let k = locals.add(ValType::I32);
     let mem = locals.add(ValType::I64);
     let by_statements = matches!(plan.lanes, Lanes::Statements(_));
+    let (elem, lanes) = (plan.elem, plan.elem.lanes());
     f.instruction(&I::Block(wasm_encoder::BlockType::Empty));
 
     // The trip count: the exit value is e₀ + i·d at iteration i, and the loop leaves at
@@ -847,7 +1049,7 @@ fn emit(f: &mut Function, plan: &LoopPlan, locals: &mut Locals) {
         .instruction(&I::I32Const(step as i32))
         .instruction(&I::I32DivU)
         .instruction(&I::LocalTee(k))
-        .instruction(&I::I32Const(if by_statements { 1 } else { 2 }))
+        .instruction(&I::I32Const(if by_statements { 1 } else { lanes as i32 }))
         .instruction(&I::I32LtU)
         .instruction(&I::BrIf(0));
 
@@ -880,18 +1082,19 @@ fn emit(f: &mut Function, plan: &LoopPlan, locals: &mut Locals) {
             .instruction(&I::I64Add)
             .instruction(&I::LocalSet(hi));
         if d < 0 {
-            // Going down: the last access is the lowest; swap, and it must not be below 0.
+            // Going down: the last access is the lowest; swap. Its address operand must
+            // not have gone below 0 (and wrapped), whatever the offset adds.
             f.instruction(&I::LocalGet(lo))
                 .instruction(&I::LocalGet(hi))
                 .instruction(&I::LocalSet(lo))
                 .instruction(&I::LocalSet(hi))
                 .instruction(&I::LocalGet(lo))
-                .instruction(&I::I64Const(0))
+                .instruction(&I::I64Const(s.offset as i64))
                 .instruction(&I::I64LtS)
                 .instruction(&I::BrIf(0));
         }
         f.instruction(&I::LocalGet(hi))
-            .instruction(&I::I64Const(i64::from(F64_BYTES)))
+            .instruction(&I::I64Const(i64::from(elem.bytes())))
             .instruction(&I::I64Add)
             .instruction(&I::LocalTee(hi))
             .instruction(&I::LocalGet(mem))
@@ -928,9 +1131,10 @@ fn emit(f: &mut Function, plan: &LoopPlan, locals: &mut Locals) {
         return by_statement(f, plan, pairs, k, locals);
     }
 
-    // The vector loop: k / 2 times, lanes (i, i + 1); the original loop runs the rest.
+    // The vector loop: k / lanes times, lanes (i, i + 1, …); the original loop runs the
+    // rest, at least one iteration.
     f.instruction(&I::LocalGet(k))
-        .instruction(&I::I32Const(1))
+        .instruction(&I::I32Const(lanes.trailing_zeros() as i32))
         .instruction(&I::I32ShrU)
         .instruction(&I::LocalSet(k));
     let mut carried = BTreeMap::new();
@@ -938,7 +1142,7 @@ fn emit(f: &mut Function, plan: &LoopPlan, locals: &mut Locals) {
         let prev = locals.add(ValType::V128);
         let cur = locals.add(ValType::V128);
         f.instruction(&I::LocalGet(x))
-            .instruction(&I::F64x2Splat)
+            .instruction(&elem.splat())
             .instruction(&I::LocalSet(prev));
         carried.insert(x, (prev, cur));
     }
@@ -966,21 +1170,22 @@ fn emit(f: &mut Function, plan: &LoopPlan, locals: &mut Locals) {
     }
     for (s, v) in &plan.stores {
         let d = s.addr.delta(&plan.steps);
-        if d == F64_BYTES as i32 {
+        if d == elem.bytes() as i32 {
             affine(f, &s.addr);
             vec.node(f, *v, locals);
-            f.instruction(&I::V128Store(mem_arg(s.offset)));
+            f.instruction(&I::V128Store(mem_arg(s.offset, elem)));
         } else {
             vec.node(f, *v, locals);
             f.instruction(&I::LocalSet(scratch));
-            for lane in 0..2u8 {
+            for lane in 0..lanes as u8 {
                 affine(f, &s.addr);
-                if lane == 1 {
-                    f.instruction(&I::I32Const(d)).instruction(&I::I32Add);
+                if lane > 0 {
+                    f.instruction(&I::I32Const(d.wrapping_mul(i32::from(lane))))
+                        .instruction(&I::I32Add);
                 }
                 f.instruction(&I::LocalGet(scratch))
-                    .instruction(&I::F64x2ExtractLane(lane))
-                    .instruction(&I::F64Store(mem_arg(s.offset)));
+                    .instruction(&elem.extract(lane))
+                    .instruction(&elem.store(mem_arg(s.offset, elem)));
             }
         }
     }
@@ -990,7 +1195,7 @@ fn emit(f: &mut Function, plan: &LoopPlan, locals: &mut Locals) {
     }
     for (&x, &s) in &plan.steps {
         f.instruction(&I::LocalGet(x))
-            .instruction(&I::I32Const(s.wrapping_mul(2) as i32))
+            .instruction(&I::I32Const(s.wrapping_mul(lanes) as i32))
             .instruction(&I::I32Add)
             .instruction(&I::LocalSet(x));
     }
@@ -1003,7 +1208,7 @@ fn emit(f: &mut Function, plan: &LoopPlan, locals: &mut Locals) {
     // The original loop's first iteration reads what the last lane left.
     for (&x, &(prev, _)) in &carried {
         f.instruction(&I::LocalGet(prev))
-            .instruction(&I::F64x2ExtractLane(1))
+            .instruction(&elem.extract(lanes as u8 - 1))
             .instruction(&I::LocalSet(x));
     }
     f.instruction(&I::End);
@@ -1024,7 +1229,7 @@ fn by_statement(
     let next: Vec<(u32, u32)> = plan
         .carried
         .keys()
-        .map(|&x| (x, locals.add(ValType::F64)))
+        .map(|&x| (x, locals.add(plan.elem.val_type())))
         .collect();
     f.instruction(&I::Loop(wasm_encoder::BlockType::Empty));
     // What the carried locals will hold, read before the stores as the original reads it.
@@ -1038,7 +1243,7 @@ fn by_statement(
         let (low, va) = &plan.stores[a];
         affine(f, &low.addr);
         pack_pair(f, plan, va, &plan.stores[b].1, &mut memo);
-        f.instruction(&I::V128Store(mem_arg(low.offset)));
+        f.instruction(&I::V128Store(mem_arg(low.offset, plan.elem)));
     }
     for &(x, t) in &next {
         f.instruction(&I::LocalGet(t)).instruction(&I::LocalSet(x));
@@ -1078,96 +1283,60 @@ fn pack_pair(
             ));
         }
         (Node::Param(x), Node::Param(y)) if x == y && !plan.carried.contains_key(x) => {
-            f.instruction(&I::LocalGet(*x)).instruction(&I::F64x2Splat);
+            f.instruction(&I::LocalGet(*x))
+                .instruction(&plan.elem.splat());
         }
         (Node::Load(s), Node::Load(t)) if s == t => {
             affine(f, &s.addr);
-            f.instruction(&I::V128Load64Splat(mem_arg(s.offset)));
+            f.instruction(&plan.elem.load_splat(mem_arg(s.offset, plan.elem)));
         }
         (Node::Load(s), Node::Load(t)) if next_element(s, t) => {
             affine(f, &s.addr);
-            f.instruction(&I::V128Load(mem_arg(s.offset)));
+            f.instruction(&I::V128Load(mem_arg(s.offset, plan.elem)));
         }
         (Node::Un(o, a0), Node::Un(p, b0)) if o == p => {
             pack_pair(f, plan, a0, b0, memo);
-            f.instruction(&un_f64x2(*o));
+            f.instruction(&plan.elem.un(*o, true));
         }
         (Node::Bin(o, a0, a1), Node::Bin(p, b0, b1)) if o == p => {
             let (b0, b1) = if swap { (b1, b0) } else { (b0, b1) };
             pack_pair(f, plan, a0, b0, memo);
             pack_pair(f, plan, a1, b1, memo);
-            f.instruction(&bin_f64x2(*o));
+            f.instruction(&plan.elem.bin(*o, true));
         }
         _ => {
             scalar(f, plan, a);
-            f.instruction(&I::F64x2Splat);
+            f.instruction(&plan.elem.splat());
             scalar(f, plan, b);
-            f.instruction(&I::F64x2ReplaceLane(1));
+            f.instruction(&plan.elem.replace(1));
         }
     }
 }
 
-/// Pushes node `n` as the scalar `f64` the original computes.
+/// Pushes node `n` as the scalar the original computes.
 fn scalar(f: &mut Function, plan: &LoopPlan, n: usize) {
     use Instruction as I;
+    let elem = plan.elem;
     match &plan.nodes[n] {
         Node::Const(bits) => {
-            f.instruction(&I::F64Const(f64::from_bits(*bits).into()));
+            f.instruction(&elem.constant(*bits));
         }
         Node::Param(x) => {
             f.instruction(&I::LocalGet(*x));
         }
         Node::Load(s) => {
             affine(f, &s.addr);
-            f.instruction(&I::F64Load(mem_arg(s.offset)));
+            f.instruction(&elem.load(mem_arg(s.offset, elem)));
         }
         Node::Un(o, a) => {
             scalar(f, plan, *a);
-            f.instruction(&match o {
-                UnOp::Neg => I::F64Neg,
-                UnOp::Abs => I::F64Abs,
-                UnOp::Sqrt => I::F64Sqrt,
-                UnOp::Ceil => I::F64Ceil,
-                UnOp::Floor => I::F64Floor,
-                UnOp::Trunc => I::F64Trunc,
-                UnOp::Nearest => I::F64Nearest,
-            });
+            f.instruction(&elem.un(*o, false));
         }
         Node::Bin(o, a, b) => {
             scalar(f, plan, *a);
             scalar(f, plan, *b);
-            f.instruction(&match o {
-                BinOp::Add => I::F64Add,
-                BinOp::Sub => I::F64Sub,
-                BinOp::Mul => I::F64Mul,
-                BinOp::Div => I::F64Div,
-                BinOp::Min => I::F64Min,
-                BinOp::Max => I::F64Max,
-            });
+            f.instruction(&elem.bin(*o, false));
         }
-    }
-}
-
-fn un_f64x2(o: UnOp) -> Instruction<'static> {
-    match o {
-        UnOp::Neg => Instruction::F64x2Neg,
-        UnOp::Abs => Instruction::F64x2Abs,
-        UnOp::Sqrt => Instruction::F64x2Sqrt,
-        UnOp::Ceil => Instruction::F64x2Ceil,
-        UnOp::Floor => Instruction::F64x2Floor,
-        UnOp::Trunc => Instruction::F64x2Trunc,
-        UnOp::Nearest => Instruction::F64x2Nearest,
-    }
-}
-
-fn bin_f64x2(o: BinOp) -> Instruction<'static> {
-    match o {
-        BinOp::Add => Instruction::F64x2Add,
-        BinOp::Sub => Instruction::F64x2Sub,
-        BinOp::Mul => Instruction::F64x2Mul,
-        BinOp::Div => Instruction::F64x2Div,
-        BinOp::Min => Instruction::F64x2Min,
-        BinOp::Max => Instruction::F64x2Max,
     }
 }
 
@@ -1186,8 +1355,8 @@ fn count_uses(nodes: &[Node], n: usize, uses: &mut [u32]) {
     }
 }
 
-/// Emits nodes as `f64x2` values, lane 0 for the iteration the counters are at and lane
-/// 1 for the next.
+/// Emits nodes as vectors, lane 0 for the iteration the counters are at and lane i for
+/// the i-th after it.
 struct Vector<'a> {
     plan: &'a LoopPlan,
     /// For each carried local, its `(previous, current)` vector locals.
@@ -1204,48 +1373,52 @@ impl Vector<'_> {
             f.instruction(&I::LocalGet(l));
             return;
         }
+        let elem = self.plan.elem;
+        let (bytes, lanes) = (elem.bytes(), elem.lanes());
         match &self.plan.nodes[n] {
             Node::Const(bits) => {
-                let both = (u128::from(*bits) << 64) | u128::from(*bits);
-                f.instruction(&I::V128Const(both as i128));
+                f.instruction(&elem.splat_constant(*bits));
             }
             Node::Param(x) => match self.carried.get(x) {
-                // Lane 0 is what the previous pair's lane 1 left, lane 1 what lane 0 leaves.
+                // Lane 0 is what the previous vector's last lane left; lane i + 1 what
+                // lane i of this one leaves.
                 Some(&(prev, cur)) => {
+                    let mut bytes_of = [0u8; 16];
+                    for (i, b) in bytes_of.iter_mut().enumerate() {
+                        *b = (16 - bytes as usize + i) as u8;
+                    }
                     f.instruction(&I::LocalGet(prev))
                         .instruction(&I::LocalGet(cur))
-                        .instruction(&I::I8x16Shuffle([
-                            8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20, 21, 22, 23,
-                        ]));
+                        .instruction(&I::I8x16Shuffle(bytes_of));
                 }
                 None => {
-                    f.instruction(&I::LocalGet(*x)).instruction(&I::F64x2Splat);
+                    f.instruction(&I::LocalGet(*x)).instruction(&elem.splat());
                 }
             },
             Node::Load(s) => {
                 let d = s.addr.delta(&self.plan.steps);
                 affine(f, &s.addr);
-                if d == F64_BYTES as i32 {
-                    f.instruction(&I::V128Load(mem_arg(s.offset)));
-                } else if d == 0 {
-                    f.instruction(&I::V128Load64Splat(mem_arg(s.offset)));
+                if d == bytes as i32 {
+                    f.instruction(&I::V128Load(mem_arg(s.offset, elem)));
                 } else {
-                    f.instruction(&I::V128Load64Splat(mem_arg(s.offset)));
-                    affine(f, &s.addr);
-                    f.instruction(&I::I32Const(d))
-                        .instruction(&I::I32Add)
-                        .instruction(&I::F64Load(mem_arg(s.offset)))
-                        .instruction(&I::F64x2ReplaceLane(1));
+                    f.instruction(&elem.load_splat(mem_arg(s.offset, elem)));
+                    for lane in (1..lanes as u8).filter(|_| d != 0) {
+                        affine(f, &s.addr);
+                        f.instruction(&I::I32Const(d.wrapping_mul(i32::from(lane))))
+                            .instruction(&I::I32Add)
+                            .instruction(&elem.load(mem_arg(s.offset, elem)))
+                            .instruction(&elem.replace(lane));
+                    }
                 }
             }
             Node::Un(op, a) => {
                 self.node(f, *a, locals);
-                f.instruction(&un_f64x2(*op));
+                f.instruction(&elem.un(*op, true));
             }
             Node::Bin(op, a, b) => {
                 self.node(f, *a, locals);
                 self.node(f, *b, locals);
-                f.instruction(&bin_f64x2(*op));
+                f.instruction(&elem.bin(*op, true));
             }
         }
         if self.uses[n] > 1 {
@@ -1293,13 +1466,14 @@ mod tests {
             (br_if $l (local.tee $n (i32.sub (local.get $n) (i32.const 1)))))
           (f64.convert_i32_u (i32.add (local.get $dst) (local.get $src))))
         ;; src[-j - 1] = -min(src[3j], 1) - floor(src[3j]) and dst[j] = sqrt(|src[3j]|):
-        ;; a strided load, and a store that walks down and wraps below address 0 when
-        ;; the count passes src / 8.
+        ;; a strided load, and a store that walks down, its address operand 4096 below
+        ;; the element (the offset adds it back), so that the operand wraps below 0 while
+        ;; the element is still in memory.
         (func (export "strided") (param $dst i32) (param $src i32) (param $n i32) (result f64)
           (local $j i32)
           (loop $l
-            (f64.store (i32.sub (i32.sub (local.get $src) (i32.const 8))
-                                (i32.shl (local.get $j) (i32.const 3)))
+            (f64.store offset=4096 (i32.sub (i32.sub (local.get $src) (i32.const 4104))
+                                            (i32.shl (local.get $j) (i32.const 3)))
               (f64.sub
                 (f64.neg (f64.min (f64.load (i32.add (local.get $src)
                                                      (i32.mul (local.get $j) (i32.const 24))))
@@ -1371,6 +1545,49 @@ mod tests {
             (br_if $l (i32.ne (local.tee $i (i32.add (local.get $i) (i32.const 16)))
                               (i32.shl (local.get $n) (i32.const 4)))))
           (f64.convert_i32_u (local.get $src)))
+        ;; stencil in f32, four lanes.
+        (func (export "stencil32") (param $dst i32) (param $src i32) (param $n i32) (result f64)
+          (local $i i32) (local $prev f32) (local $t i32)
+          (local.set $prev (f32.load (local.get $src)))
+          (loop $l
+            (local.set $t (i32.add (local.get $src) (local.get $i)))
+            (f32.store offset=4 (i32.add (local.get $dst) (local.get $i))
+              (f32.mul
+                (f32.add (f32.add (local.get $prev) (f32.load offset=4 (local.get $t)))
+                         (local.tee $prev (f32.load offset=8 (local.get $t))))
+                (f32.const 0.33333)))
+            (br_if $l (i32.ne (local.tee $i (i32.add (local.get $i) (i32.const 4)))
+                              (i32.shl (local.get $n) (i32.const 2)))))
+          (f64.add (f64.promote_f32 (local.get $prev))
+                   (f64.convert_i32_u (i32.add (local.get $t) (local.get $i)))))
+        ;; strided in f32: a load three elements apart, a store walking down.
+        (func (export "strided32") (param $dst i32) (param $src i32) (param $n i32) (result f64)
+          (local $j i32)
+          (loop $l
+            (f32.store offset=4096 (i32.sub (i32.sub (local.get $src) (i32.const 4100))
+                                            (i32.shl (local.get $j) (i32.const 2)))
+              (f32.sub
+                (f32.neg (f32.max (f32.load (i32.add (local.get $src)
+                                                     (i32.mul (local.get $j) (i32.const 12))))
+                                  (f32.const -1)))
+                (f32.ceil (f32.load (i32.add (local.get $src)
+                                              (i32.mul (local.get $j) (i32.const 12)))))))
+            (f32.store (i32.add (local.get $dst) (i32.shl (local.get $j) (i32.const 2)))
+              (f32.div (f32.abs (f32.load (i32.add (local.get $src)
+                                                    (i32.mul (local.get $j) (i32.const 12)))))
+                       (f32.const 3)))
+            (br_if $l (i32.ne (local.tee $j (i32.add (local.get $j) (i32.const 1)))
+                              (local.get $n))))
+          (f64.convert_i32_u (local.get $j)))
+        ;; f32 and f64 in one loop: left alone.
+        (func (export "mixed") (param $dst i32) (param $src i32) (param $n i32) (result f64)
+          (loop $l
+            (f32.store (local.get $dst) (f32.load (local.get $src)))
+            (f64.store offset=8 (local.get $dst) (f64.load offset=8 (local.get $src)))
+            (local.set $dst (i32.add (local.get $dst) (i32.const 16)))
+            (local.set $src (i32.add (local.get $src) (i32.const 16)))
+            (br_if $l (local.tee $n (i32.sub (local.get $n) (i32.const 1)))))
+          (f64.const 0))
         ;; A recurrence (each value depends on the one before): left alone.
         (func (export "recurrence") (param $dst i32) (param $src i32) (param $n i32) (result f64)
           (local $x f64)
@@ -1393,13 +1610,16 @@ mod tests {
           (f64.const 0)))
     "#;
 
-    const EXPORTS: [&str; 9] = [
+    const EXPORTS: [&str; 12] = [
         "stencil",
         "axpy",
         "strided",
         "pairs",
         "pairs_carried",
         "pairs_overlap",
+        "stencil32",
+        "strided32",
+        "mixed",
         "forward",
         "recurrence",
         "calls",
@@ -1449,8 +1669,9 @@ mod tests {
         let original = wat::parse_str(LOOPS).expect("valid wat");
         let (vectorised, loops) = vectorise(&original).expect("loops vectorised");
         assert_eq!(
-            loops, 5,
-            "stencil, axpy, strided and both pairs; not pairs_overlap, forward, recurrence or calls"
+            loops, 7,
+            "stencil, axpy, strided, both pairs and both f32 loops; not pairs_overlap, \
+             mixed, forward, recurrence or calls"
         );
         assert!(vectorise(&vectorised).is_none(), "the pass runs once");
         let engine = wasmtime::Engine::default();
@@ -1460,7 +1681,7 @@ mod tests {
         let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
         let mut memory = vec![0u8; 65536];
         let (mut trapped, mut vector_sized) = (0, 0);
-        for case in 0..4000 {
+        for case in 0..6000 {
             // Finite doubles, so that no NaN payload is in play.
             for chunk in memory.chunks_exact_mut(8) {
                 let v = (rng.below(2001) as f64 - 1000.0) / 8.0;
