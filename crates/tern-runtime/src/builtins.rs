@@ -53,7 +53,7 @@ use std::ops::Range;
 
 use wasm_encoder::reencode::{self, Reencode};
 use wasm_encoder::{CodeSection, Function, Instruction, ValType};
-use wasmparser::{KnownCustom, Name, Operator, Parser, Payload, TypeRef};
+use wasmparser::{Operator, Parser};
 
 /// What identifies the pass: its source. The engine fingerprint and the migratable
 /// rewrite's cache key include it, so an artifact compiled after an older pass is never
@@ -155,87 +155,20 @@ pub fn apply(wasm: &[u8]) -> Cow<'_, [u8]> {
 /// The routines of `wasm` the pass may replace, or `None` when the module does not parse
 /// or has several or 64-bit or shared memories.
 fn find(wasm: &[u8]) -> Option<Plan> {
-    let mut types: Vec<Option<(Vec<wasmparser::ValType>, Vec<wasmparser::ValType>)>> = Vec::new();
-    let mut imported_funcs = 0u32;
-    let mut func_types: Vec<u32> = Vec::new();
-    let mut memories = Vec::new();
-    let mut bodies: Vec<Range<usize>> = Vec::new();
-    let mut names: Vec<(u32, String)> = Vec::new();
-    for payload in Parser::new(0).parse_all(wasm) {
-        match payload.ok()? {
-            Payload::Version { encoding, .. } if encoding != wasmparser::Encoding::Module => {
-                return None;
-            }
-            Payload::TypeSection(reader) => {
-                for group in reader {
-                    for sub in group.ok()?.into_types() {
-                        types.push(match &sub.composite_type.inner {
-                            wasmparser::CompositeInnerType::Func(f) => {
-                                Some((f.params().to_vec(), f.results().to_vec()))
-                            }
-                            _ => None,
-                        });
-                    }
-                }
-            }
-            Payload::ImportSection(reader) => {
-                for import in reader.into_imports() {
-                    match import.ok()?.ty {
-                        TypeRef::Func(_) => imported_funcs += 1,
-                        TypeRef::Memory(m) => memories.push(m),
-                        _ => {}
-                    }
-                }
-            }
-            Payload::FunctionSection(reader) => {
-                for ty in reader {
-                    func_types.push(ty.ok()?);
-                }
-            }
-            Payload::MemorySection(reader) => {
-                for m in reader {
-                    memories.push(m.ok()?);
-                }
-            }
-            Payload::CodeSectionEntry(body) => {
-                let r = body.range();
-                bodies.push(usize::try_from(r.start).ok()?..usize::try_from(r.end).ok()?);
-            }
-            Payload::CustomSection(c) if c.name() == MARK => return None,
-            Payload::CustomSection(c) => {
-                if let KnownCustom::Name(reader) = c.as_known() {
-                    for sub in reader {
-                        if let Name::Function(map) = sub.ok()? {
-                            for naming in map {
-                                let naming = naming.ok()?;
-                                names.push((naming.index, naming.name.to_owned()));
-                            }
-                        }
-                    }
-                }
-            }
-            _ => {}
-        }
-    }
-    let [memory] = memories.as_slice() else {
-        return None;
-    };
-    if memory.memory64 || memory.shared {
-        return None;
-    }
+    let scan = crate::scan::scan(wasm, MARK)?;
     let mut found = Vec::new();
     for routine in Routine::ALL {
         // A name given twice is ambiguous: leave the module alone.
-        let mut named = names.iter().filter(|(_, n)| n == routine.name());
+        let mut named = scan.names.iter().filter(|(_, n)| n == routine.name());
         let (Some((func, _)), None) = (named.next(), named.next()) else {
             continue;
         };
-        let Some(defined) = func.checked_sub(imported_funcs) else {
+        let Some(defined) = func.checked_sub(scan.imported_funcs) else {
             continue;
         };
         let (Some(&ty), Some(body)) = (
-            func_types.get(defined as usize),
-            bodies.get(defined as usize),
+            scan.func_types.get(*func as usize),
+            scan.bodies.get(defined as usize),
         ) else {
             continue;
         };
@@ -243,7 +176,7 @@ fn find(wasm: &[u8]) -> Option<Plan> {
             vec![wasmparser::ValType::I32; routine.params()],
             vec![wasmparser::ValType::I32],
         );
-        if types.get(ty as usize) == Some(&Some(c_signature)) {
+        if scan.types.get(ty as usize) == Some(&Some(c_signature)) {
             found.push(Found {
                 routine,
                 func: *func,
@@ -257,7 +190,7 @@ fn find(wasm: &[u8]) -> Option<Plan> {
     found.retain(|f| is_plain_leaf(&wasm[f.body.clone()], &routines));
     Some(Plan {
         found,
-        funcs: imported_funcs + func_types.len() as u32,
+        funcs: scan.func_types.len() as u32,
     })
 }
 
@@ -537,6 +470,7 @@ impl Reencode for Pass<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use wasmparser::{KnownCustom, Name, Payload};
 
     /// A module with musl-like byte loops for the three routines, named as wasi-libc
     /// names them, and an export for each so tests can call them.

@@ -25,6 +25,7 @@ mod engine;
 mod limits;
 mod policy;
 mod run;
+mod scan;
 pub mod vectorize;
 
 use std::path::PathBuf;

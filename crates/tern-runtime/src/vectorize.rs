@@ -56,7 +56,7 @@ use std::convert::Infallible;
 
 use wasm_encoder::reencode::{self, Reencode};
 use wasm_encoder::{CodeSection, Function, Instruction, MemArg, ValType};
-use wasmparser::{BlockType, FunctionBody, Operator, Parser, Payload, TypeRef};
+use wasmparser::{BlockType, FunctionBody, Operator, Parser};
 
 /// What identifies the pass: its source, hashed into the engine fingerprint.
 pub const IDENTITY: &str = include_str!("vectorize.rs");
@@ -76,12 +76,17 @@ enum Elem {
 }
 
 impl Elem {
+    /// `f32` or `f64`, whichever this element is.
+    fn pick<T>(self, f32: T, f64: T) -> T {
+        match self {
+            Elem::F32 => f32,
+            Elem::F64 => f64,
+        }
+    }
+
     /// Its width, and the stride of a loop's accesses that fill one `v128`.
     fn bytes(self) -> u32 {
-        match self {
-            Elem::F32 => 4,
-            Elem::F64 => 8,
-        }
+        self.pick(4, 8)
     }
 
     /// How many fit in a `v128`.
@@ -90,61 +95,49 @@ impl Elem {
     }
 
     fn val_type(self) -> ValType {
-        match self {
-            Elem::F32 => ValType::F32,
-            Elem::F64 => ValType::F64,
-        }
+        self.pick(ValType::F32, ValType::F64)
     }
 
     fn load(self, m: MemArg) -> Instruction<'static> {
-        match self {
-            Elem::F32 => Instruction::F32Load(m),
-            Elem::F64 => Instruction::F64Load(m),
-        }
+        self.pick(Instruction::F32Load(m), Instruction::F64Load(m))
     }
 
     fn store(self, m: MemArg) -> Instruction<'static> {
-        match self {
-            Elem::F32 => Instruction::F32Store(m),
-            Elem::F64 => Instruction::F64Store(m),
-        }
+        self.pick(Instruction::F32Store(m), Instruction::F64Store(m))
     }
 
     /// Loads one element into every lane.
     fn load_splat(self, m: MemArg) -> Instruction<'static> {
-        match self {
-            Elem::F32 => Instruction::V128Load32Splat(m),
-            Elem::F64 => Instruction::V128Load64Splat(m),
-        }
+        self.pick(
+            Instruction::V128Load32Splat(m),
+            Instruction::V128Load64Splat(m),
+        )
     }
 
     fn splat(self) -> Instruction<'static> {
-        match self {
-            Elem::F32 => Instruction::F32x4Splat,
-            Elem::F64 => Instruction::F64x2Splat,
-        }
+        self.pick(Instruction::F32x4Splat, Instruction::F64x2Splat)
     }
 
     fn extract(self, lane: u8) -> Instruction<'static> {
-        match self {
-            Elem::F32 => Instruction::F32x4ExtractLane(lane),
-            Elem::F64 => Instruction::F64x2ExtractLane(lane),
-        }
+        self.pick(
+            Instruction::F32x4ExtractLane(lane),
+            Instruction::F64x2ExtractLane(lane),
+        )
     }
 
     fn replace(self, lane: u8) -> Instruction<'static> {
-        match self {
-            Elem::F32 => Instruction::F32x4ReplaceLane(lane),
-            Elem::F64 => Instruction::F64x2ReplaceLane(lane),
-        }
+        self.pick(
+            Instruction::F32x4ReplaceLane(lane),
+            Instruction::F64x2ReplaceLane(lane),
+        )
     }
 
     /// A scalar constant from its bits.
     fn constant(self, bits: u64) -> Instruction<'static> {
-        match self {
-            Elem::F32 => Instruction::F32Const(f32::from_bits(bits as u32).into()),
-            Elem::F64 => Instruction::F64Const(f64::from_bits(bits).into()),
-        }
+        self.pick(
+            Instruction::F32Const(f32::from_bits(bits as u32).into()),
+            Instruction::F64Const(f64::from_bits(bits).into()),
+        )
     }
 
     /// A vector with `bits` in every lane.
@@ -295,7 +288,7 @@ pub fn apply(wasm: &[u8]) -> Cow<'_, [u8]> {
 /// The rewritten module and how many loops got a vector version, or `None` when none
 /// did (or the module is not one the pass takes).
 fn vectorise(wasm: &[u8]) -> Option<(Vec<u8>, usize)> {
-    let scan = scan(wasm)?;
+    let scan = crate::scan::scan(wasm, MARK)?;
     wasmparser::Validator::new().validate_all(wasm).ok()?;
     let mut pass = Pass {
         scan: &scan,
@@ -323,79 +316,8 @@ fn vectorise(wasm: &[u8]) -> Option<(Vec<u8>, usize)> {
     Some((out, pass.loops))
 }
 
-/// What the pass needs to know of a module before rewriting its bodies.
-struct Scan {
-    imported_funcs: u32,
-    /// The parameter types of every function, imported and defined, by index.
-    func_params: Vec<Vec<wasmparser::ValType>>,
-}
-
-/// The module's function signatures, or `None` when it is not a plain module with one
-/// 32-bit unshared memory, or was already vectorised.
-fn scan(wasm: &[u8]) -> Option<Scan> {
-    let mut types = Vec::new();
-    let mut func_types = Vec::new();
-    let mut imported_funcs = 0;
-    let mut memories = Vec::new();
-    for payload in Parser::new(0).parse_all(wasm) {
-        match payload.ok()? {
-            Payload::Version { encoding, .. } if encoding != wasmparser::Encoding::Module => {
-                return None;
-            }
-            Payload::TypeSection(reader) => {
-                for group in reader {
-                    for sub in group.ok()?.into_types() {
-                        types.push(match &sub.composite_type.inner {
-                            wasmparser::CompositeInnerType::Func(f) => f.params().to_vec(),
-                            _ => Vec::new(),
-                        });
-                    }
-                }
-            }
-            Payload::ImportSection(reader) => {
-                for import in reader.into_imports() {
-                    match import.ok()?.ty {
-                        TypeRef::Func(ty) => {
-                            imported_funcs += 1;
-                            func_types.push(ty);
-                        }
-                        TypeRef::Memory(m) => memories.push(m),
-                        _ => {}
-                    }
-                }
-            }
-            Payload::FunctionSection(reader) => {
-                for ty in reader {
-                    func_types.push(ty.ok()?);
-                }
-            }
-            Payload::MemorySection(reader) => {
-                for m in reader {
-                    memories.push(m.ok()?);
-                }
-            }
-            Payload::CustomSection(c) if c.name() == MARK => return None,
-            _ => {}
-        }
-    }
-    let [memory] = memories.as_slice() else {
-        return None;
-    };
-    if memory.memory64 || memory.shared {
-        return None;
-    }
-    let func_params = func_types
-        .iter()
-        .map(|&t| types.get(t as usize).cloned())
-        .collect::<Option<Vec<_>>>()?;
-    Some(Scan {
-        imported_funcs,
-        func_params,
-    })
-}
-
 struct Pass<'a> {
-    scan: &'a Scan,
+    scan: &'a crate::scan::ModuleScan,
     /// Index of the function whose body the code section reader gives next.
     next_func: u32,
     /// How many loops were given a vector version.
@@ -414,11 +336,7 @@ impl Reencode for Pass<'_> {
             let body = body?;
             let func = self.next_func;
             self.next_func += 1;
-            let params = self
-                .scan
-                .func_params
-                .get(func as usize)
-                .map_or(&[][..], Vec::as_slice);
+            let params = self.scan.params(func).unwrap_or_default();
             match rewrite_body(&body, params) {
                 Some((f, loops)) => {
                     self.loops += loops;
