@@ -87,9 +87,9 @@ pub struct EngineOptions {
     /// paths before compiling (see [`crate::builtins`]): the same results and traps, at
     /// the host's memory-copy speed. On unless turned off.
     pub libc_builtins: bool,
-    /// Run the innermost `f64` loops of scalar guests two iterations at a time with
-    /// `f64x2` (see [`crate::vectorize`]): bit-identical results, checked before each
-    /// loop. Cranelift only; on unless turned off.
+    /// Run the innermost float loops of scalar guests several iterations at a time on
+    /// `f64x2`/`f32x4` vectors (see [`crate::vectorize`]): bit-identical results, checked
+    /// before each loop. Cranelift only; on unless turned off.
     pub vectorize: bool,
 }
 
@@ -304,8 +304,13 @@ mod tests {
             libc_builtins: false,
             ..EngineOptions::default()
         });
+        let scalar = engine(EngineOptions {
+            vectorize: false,
+            ..EngineOptions::default()
+        });
         let prints = [
             libc.fingerprint(),
+            scalar.fingerprint(),
             epochs.fingerprint(),
             a.fingerprint(),
             pulley.fingerprint(),

@@ -77,10 +77,10 @@ pub struct RunCommand {
     #[arg(long)]
     keep_libc: bool,
 
-    /// Compile loops as written, without Tern's loop vectoriser (innermost `f64` loops
-    /// of scalar code run two iterations at a time with `f64x2`, after checks that make
-    /// the results bit for bit the same); this is for comparisons. Cranelift plain runs
-    /// only.
+    /// Compile loops as written, without Tern's loop vectoriser (innermost float loops
+    /// of scalar code run two or four iterations at a time on 128-bit vectors, after
+    /// checks that make the results bit for bit the same); this is for comparisons.
+    /// Cranelift plain runs only.
     #[arg(long)]
     no_vectorize: bool,
 
