@@ -28,9 +28,10 @@
 //! the original loop, which runs the last 1 … L iterations (or all of them)
 //! ```
 //!
-//! A body that clang already unrolled by two (two stores to consecutive `f64` elements
-//! with values of the same shape) has its two halves paired as the lanes instead
-//! ([`Lanes::Statements`]), and the vector loop runs all iterations but the last.
+//! A body that clang already unrolled by two (two stores to consecutive elements with
+//! values of the same shape) has its two halves paired as the lanes instead
+//! ([`Lanes::Statements`]: an `f64x2`, or the low half of an `f32x4`, loaded and stored
+//! eight bytes at a time), and the vector loop runs all iterations but the last.
 //!
 //! Each lane computes what its scalar iteration computed: the same operations on the
 //! same operands in the same order, so results are bit for bit the same (but for which
@@ -63,10 +64,6 @@ pub const IDENTITY: &str = include_str!("vectorize.rs");
 
 /// The custom section the pass leaves in its output, so that it never runs twice.
 const MARK: &str = "tern:vectorized-loops";
-
-/// The width of an `f64`: pairs of statements ([`Lanes::Statements`]) are pairs of
-/// consecutive `f64` elements.
-const F64_BYTES: u32 = 8;
 
 /// The element type of a loop's values: one per loop.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -137,6 +134,20 @@ impl Elem {
         self.pick(
             Instruction::F32Const(f32::from_bits(bits as u32).into()),
             Instruction::F64Const(f64::from_bits(bits).into()),
+        )
+    }
+
+    /// Loads two consecutive elements into lanes 0 and 1 (an `f32` pair fills half a
+    /// vector, the other lanes zero, and reads exactly its 8 bytes).
+    fn load_pair(self, m: MemArg) -> Instruction<'static> {
+        self.pick(Instruction::V128Load64Zero(m), Instruction::V128Load(m))
+    }
+
+    /// Stores lanes 0 and 1 as two consecutive elements, and nothing else.
+    fn store_pair(self, m: MemArg) -> Instruction<'static> {
+        self.pick(
+            Instruction::V128Store64Lane { memarg: m, lane: 0 },
+            Instruction::V128Store(m),
         )
     }
 
@@ -786,11 +797,7 @@ fn analyse(
         exit,
         lanes: Lanes::Iterations,
     };
-    // Pairs of statements fill an `f64x2`; an `f32x4` would need four.
     if !contiguous {
-        if elem != Elem::F64 {
-            return None;
-        }
         plan.lanes = Lanes::Statements(pair_statements(&plan)?);
     }
     Some(plan)
@@ -798,9 +805,9 @@ fn analyse(
 
 /// Whether stream `b` is the element after stream `a`: the same address operand
 /// eight bytes on, or eight more bytes of offset.
-fn next_element(a: &Stream, b: &Stream) -> bool {
-    (b.addr == a.addr && b.offset == a.offset.wrapping_add(u64::from(F64_BYTES)))
-        || (b.offset == a.offset && b.addr == a.addr.add(&Affine::konst(F64_BYTES)))
+fn next_element(a: &Stream, b: &Stream, elem: Elem) -> bool {
+    (b.addr == a.addr && b.offset == a.offset.wrapping_add(u64::from(elem.bytes())))
+        || (b.offset == a.offset && b.addr == a.addr.add(&Affine::konst(elem.bytes())))
 }
 
 /// Where stream `b` starts relative to `a`, when both have the same address operand
@@ -827,8 +834,9 @@ fn pair_statements(plan: &LoopPlan) -> Option<Vec<(usize, usize)>> {
         if paired[a] {
             continue;
         }
-        let b = (0..stores.len())
-            .find(|&b| !paired[b] && b != a && next_element(&stores[a].0, &stores[b].0))?;
+        let b = (0..stores.len()).find(|&b| {
+            !paired[b] && b != a && next_element(&stores[a].0, &stores[b].0, plan.elem)
+        })?;
         paired[a] = true;
         paired[b] = true;
         pairs.push((a, b));
@@ -847,7 +855,7 @@ fn pair_statements(plan: &LoopPlan) -> Option<Vec<(usize, usize)>> {
         for l in &plan.loads {
             if let Some(d) = static_distance(s, l)
                 && d != 0
-                && d.unsigned_abs() < u64::from(F64_BYTES)
+                && d.unsigned_abs() < u64::from(plan.elem.bytes())
             {
                 return None;
             }
@@ -870,7 +878,7 @@ fn pair_cost(
     let cost = match (&plan.nodes[a], &plan.nodes[b]) {
         (Node::Const(_), Node::Const(_)) => (0, false),
         (Node::Param(x), Node::Param(y)) if x == y && !plan.carried.contains_key(x) => (0, false),
-        (Node::Load(s), Node::Load(t)) if next_element(s, t) || s == t => (0, false),
+        (Node::Load(s), Node::Load(t)) if next_element(s, t, plan.elem) || s == t => (0, false),
         (Node::Un(o, a0), Node::Un(p, b0)) if o == p => pair_cost(plan, *a0, *b0, memo),
         (Node::Bin(o, a0, a1), Node::Bin(p, b0, b1)) if o == p => {
             let straight = pair_cost(plan, *a0, *b0, memo).0 + pair_cost(plan, *a1, *b1, memo).0;
@@ -1161,7 +1169,7 @@ fn by_statement(
         let (low, va) = &plan.stores[a];
         affine(f, &low.addr);
         pack_pair(f, plan, va, &plan.stores[b].1, &mut memo);
-        f.instruction(&I::V128Store(mem_arg(low.offset, plan.elem)));
+        f.instruction(&plan.elem.store_pair(mem_arg(low.offset, plan.elem)));
     }
     for &(x, t) in &next {
         f.instruction(&I::LocalGet(t)).instruction(&I::LocalSet(x));
@@ -1196,8 +1204,9 @@ fn pack_pair(
     let swap = pair_cost(plan, a, b, memo).1;
     match (&plan.nodes[a], &plan.nodes[b]) {
         (Node::Const(x), Node::Const(y)) => {
+            let shift = plan.elem.bytes() * 8;
             f.instruction(&I::V128Const(
-                ((u128::from(*y) << 64) | u128::from(*x)) as i128,
+                ((u128::from(*y) << shift) | u128::from(*x)) as i128,
             ));
         }
         (Node::Param(x), Node::Param(y)) if x == y && !plan.carried.contains_key(x) => {
@@ -1208,9 +1217,9 @@ fn pack_pair(
             affine(f, &s.addr);
             f.instruction(&plan.elem.load_splat(mem_arg(s.offset, plan.elem)));
         }
-        (Node::Load(s), Node::Load(t)) if next_element(s, t) => {
+        (Node::Load(s), Node::Load(t)) if next_element(s, t, plan.elem) => {
             affine(f, &s.addr);
-            f.instruction(&I::V128Load(mem_arg(s.offset, plan.elem)));
+            f.instruction(&plan.elem.load_pair(mem_arg(s.offset, plan.elem)));
         }
         (Node::Un(o, a0), Node::Un(p, b0)) if o == p => {
             pack_pair(f, plan, a0, b0, memo);
@@ -1497,6 +1506,21 @@ mod tests {
             (br_if $l (i32.ne (local.tee $j (i32.add (local.get $j) (i32.const 1)))
                               (local.get $n))))
           (f64.convert_i32_u (local.get $j)))
+        ;; axpy in f32 as clang unrolls it: dst[j] = 0.5 src[j] + dst[j], twice.
+        (func (export "pairs32") (param $dst i32) (param $src i32) (param $n i32) (result f64)
+          (local $i i32) (local $t i32)
+          (loop $l
+            (f32.store (local.tee $t (i32.add (local.get $dst) (local.get $i)))
+              (f32.add (f32.mul (f32.load (i32.add (local.get $src) (local.get $i)))
+                                (f32.const 0.5))
+                       (f32.load (local.get $t))))
+            (f32.store (local.tee $t (i32.add (local.get $t) (i32.const 4)))
+              (f32.add (f32.load (local.get $t))
+                       (f32.mul (f32.const 0.5)
+                                (f32.load offset=4 (i32.add (local.get $src) (local.get $i))))))
+            (br_if $l (i32.ne (local.tee $i (i32.add (local.get $i) (i32.const 8)))
+                              (i32.shl (local.get $n) (i32.const 3)))))
+          (f64.convert_i32_u (local.get $t)))
         ;; f32 and f64 in one loop: left alone.
         (func (export "mixed") (param $dst i32) (param $src i32) (param $n i32) (result f64)
           (loop $l
@@ -1528,7 +1552,7 @@ mod tests {
           (f64.const 0)))
     "#;
 
-    const EXPORTS: [&str; 12] = [
+    const EXPORTS: [&str; 13] = [
         "stencil",
         "axpy",
         "strided",
@@ -1537,6 +1561,7 @@ mod tests {
         "pairs_overlap",
         "stencil32",
         "strided32",
+        "pairs32",
         "mixed",
         "forward",
         "recurrence",
@@ -1587,8 +1612,8 @@ mod tests {
         let original = wat::parse_str(LOOPS).expect("valid wat");
         let (vectorised, loops) = vectorise(&original).expect("loops vectorised");
         assert_eq!(
-            loops, 7,
-            "stencil, axpy, strided, both pairs and both f32 loops; not pairs_overlap, \
+            loops, 8,
+            "stencil, axpy, strided, both pairs and the three f32 loops; not pairs_overlap, \
              mixed, forward, recurrence or calls"
         );
         assert!(vectorise(&vectorised).is_none(), "the pass runs once");
@@ -1599,7 +1624,7 @@ mod tests {
         let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
         let mut memory = vec![0u8; 65536];
         let (mut trapped, mut vector_sized) = (0, 0);
-        for case in 0..6000 {
+        for case in 0..6500 {
             // Finite doubles, so that no NaN payload is in play.
             for chunk in memory.chunks_exact_mut(8) {
                 let v = (rng.below(2001) as f64 - 1000.0) / 8.0;
