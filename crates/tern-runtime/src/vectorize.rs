@@ -1189,7 +1189,7 @@ fn by_statement(
         .instruction(&I::End);
 }
 
-/// Pushes the `f64x2` of nodes `a` (lane 0) and `b` (lane 1), computed side by side
+/// Pushes the vector of nodes `a` (lane 0) and `b` (lane 1), computed side by side
 /// where they have the same shape (operands of `+`, `×`, min and max swapped where
 /// [`pair_cost`] found that better) and apart otherwise.
 fn pack_pair(
@@ -1360,7 +1360,7 @@ impl Vector<'_> {
 mod tests {
     use super::*;
 
-    /// Loops of the shapes clang gives scalar C, and two the pass must leave alone. Each
+    /// Loops of the shapes clang gives scalar C, and five the pass must leave alone. Each
     /// export takes a destination, a source and a count; `mem` is the memory.
     const LOOPS: &str = r#"
       (module
