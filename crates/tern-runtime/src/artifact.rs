@@ -265,7 +265,11 @@ fn prepare<'a>(engine: &Engine, wasm: &'a [u8]) -> std::borrow::Cow<'a, [u8]> {
     }
     match wasm {
         Cow::Borrowed(b) => crate::vectorize::apply(b),
-        Cow::Owned(o) => Cow::Owned(crate::vectorize::apply(&o).into_owned()),
+        // Keep the fast paths' output when the vectoriser leaves it as it is.
+        Cow::Owned(o) => match crate::vectorize::apply(&o) {
+            Cow::Owned(v) => Cow::Owned(v),
+            Cow::Borrowed(_) => Cow::Owned(o),
+        },
     }
 }
 

@@ -1119,18 +1119,7 @@ fn emit(f: &mut Function, plan: &LoopPlan, locals: &mut Locals) {
         f.instruction(&I::LocalGet(cur))
             .instruction(&I::LocalSet(prev));
     }
-    for (&x, &s) in &plan.steps {
-        f.instruction(&I::LocalGet(x))
-            .instruction(&I::I32Const(s.wrapping_mul(lanes) as i32))
-            .instruction(&I::I32Add)
-            .instruction(&I::LocalSet(x));
-    }
-    f.instruction(&I::LocalGet(k))
-        .instruction(&I::I32Const(1))
-        .instruction(&I::I32Sub)
-        .instruction(&I::LocalTee(k))
-        .instruction(&I::BrIf(0))
-        .instruction(&I::End);
+    next_vector(f, plan, lanes, k);
     // The original loop's first iteration reads what the last lane left.
     for (&x, &(prev, _)) in &carried {
         f.instruction(&I::LocalGet(prev))
@@ -1152,6 +1141,7 @@ fn by_statement(
 ) {
     use Instruction as I;
     let mut memo = HashMap::new();
+    // Each carried local with a scalar local for its next value.
     let next: Vec<(u32, u32)> = plan
         .carried
         .keys()
@@ -1159,11 +1149,9 @@ fn by_statement(
         .collect();
     f.instruction(&I::Loop(wasm_encoder::BlockType::Empty));
     // What the carried locals will hold, read before the stores as the original reads it.
-    for (&x, &n) in &plan.carried {
+    for (&n, &(_, t)) in plan.carried.values().zip(&next) {
         scalar(f, plan, n);
-        f.instruction(&I::LocalSet(
-            next.iter().find(|&&(y, _)| y == x).map_or(x, |&(_, t)| t),
-        ));
+        f.instruction(&I::LocalSet(t));
     }
     for &(a, b) in pairs {
         let (low, va) = &plan.stores[a];
@@ -1174,9 +1162,17 @@ fn by_statement(
     for &(x, t) in &next {
         f.instruction(&I::LocalGet(t)).instruction(&I::LocalSet(x));
     }
+    next_vector(f, plan, 1, k);
+    f.instruction(&I::End);
+}
+
+/// Ends a vector loop's body: advances the counters by `iterations` steps, counts `k`
+/// down and loops while it is not zero, then closes the loop.
+fn next_vector(f: &mut Function, plan: &LoopPlan, iterations: u32, k: u32) {
+    use Instruction as I;
     for (&x, &s) in &plan.steps {
         f.instruction(&I::LocalGet(x))
-            .instruction(&I::I32Const(s as i32))
+            .instruction(&I::I32Const(s.wrapping_mul(iterations) as i32))
             .instruction(&I::I32Add)
             .instruction(&I::LocalSet(x));
     }
@@ -1185,7 +1181,6 @@ fn by_statement(
         .instruction(&I::I32Sub)
         .instruction(&I::LocalTee(k))
         .instruction(&I::BrIf(0))
-        .instruction(&I::End)
         .instruction(&I::End);
 }
 
