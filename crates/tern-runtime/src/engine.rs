@@ -66,7 +66,8 @@ impl FromStr for EngineKind {
     }
 }
 
-/// Everything that changes the code an engine generates or accepts.
+/// Everything that changes the code an engine generates or accepts, and how its guests'
+/// memories are backed.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct EngineOptions {
     /// The back end.
@@ -91,6 +92,11 @@ pub struct EngineOptions {
     /// `f64x2`/`f32x4` vectors (see [`crate::vectorize`]): bit-identical results, checked
     /// before each loop. Cranelift only; on unless turned off.
     pub vectorize: bool,
+    /// Back guests' linear memories with transparent huge pages where the kernel offers
+    /// them (Linux `MADV_HUGEPAGE`): fewer TLB misses for guests that stride over large
+    /// arrays. Changes no code, so it is not part of the fingerprint. On unless turned
+    /// off.
+    pub huge_pages: bool,
 }
 
 impl Default for EngineOptions {
@@ -103,6 +109,7 @@ impl Default for EngineOptions {
             interruptible: false,
             libc_builtins: true,
             vectorize: true,
+            huge_pages: true,
         }
     }
 }
@@ -322,6 +329,12 @@ mod tests {
                 assert_ne!(x, y);
             }
         }
+        // How memories are backed changes no code: artifacts stay shared.
+        let small_pages = engine(EngineOptions {
+            huge_pages: false,
+            ..EngineOptions::default()
+        });
+        assert_eq!(small_pages.fingerprint(), a.fingerprint());
         assert!(!arm.is_native());
         assert!(pulley.is_native());
         assert!(arm.target().starts_with("aarch64"));

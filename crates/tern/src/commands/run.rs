@@ -84,6 +84,12 @@ pub struct RunCommand {
     #[arg(long)]
     no_vectorize: bool,
 
+    /// Back the guest's memory with ordinary 4 KiB pages, without asking the kernel for
+    /// transparent huge pages (2 MiB, fewer TLB misses for guests that stride over large
+    /// arrays); this is for comparisons. Results are the same either way.
+    #[arg(long)]
+    no_huge_pages: bool,
+
     /// Do not read or write the compiled-artifact cache.
     #[arg(long)]
     no_cache: bool,
@@ -114,6 +120,7 @@ impl RunCommand {
             interruptible: false,
             libc_builtins: !self.keep_libc,
             vectorize: !self.no_vectorize,
+            huge_pages: !self.no_huge_pages,
         })?;
         let cache =
             super::cache_root(self.no_cache, self.cache_dir.as_deref()).map(ArtifactCache::new);
