@@ -24,6 +24,10 @@ use crate::RuntimeError;
 /// this granularity, so `--timeout 2s` fires between 2.000 s and 2.010 s.
 pub(crate) const EPOCH_TICK: Duration = Duration::from_millis(10);
 
+/// Address space reserved for each 32-bit linear memory on 64-bit hosts: all of it, so
+/// that a memory never moves and needs no bounds checks.
+pub(crate) const MEMORY_RESERVATION: u64 = 1 << 32;
+
 /// Default bound on the native stack used by Wasm frames.
 pub const DEFAULT_MAX_STACK: usize = 512 * 1024;
 
@@ -152,7 +156,7 @@ impl Engine {
         // watcher raise a guest's poll flag through a pointer from another thread. (This
         // is Wasmtime's default on 64-bit hosts, made a guarantee.)
         if cfg!(target_pointer_width = "64") {
-            config.memory_reservation(1 << 32);
+            config.memory_reservation(MEMORY_RESERVATION);
             config.memory_may_move(false);
         }
         let target = match (options.kind, &options.target) {

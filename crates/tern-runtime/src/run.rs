@@ -388,10 +388,11 @@ fn advise_huge_pages(instance: &wasmtime::Instance, store: &mut Store<Host>) {
         }
         // Every 32-bit memory has its whole 4 GiB reserved and never moves (see
         // `Engine::new`), so the range up to its maximum is this memory's own mapping.
+        let reserved = crate::engine::MEMORY_RESERVATION;
         let len = ty
             .maximum()
-            .map_or(1 << 32, |pages| pages.saturating_mul(ty.page_size()))
-            .min(1 << 32);
+            .map_or(reserved, |pages| pages.saturating_mul(ty.page_size()))
+            .min(reserved);
         let Ok(len) = usize::try_from(len) else {
             continue;
         };

@@ -803,8 +803,8 @@ fn analyse(
     Some(plan)
 }
 
-/// Whether stream `b` is the element after stream `a`: the same address operand
-/// eight bytes on, or eight more bytes of offset.
+/// Whether stream `b` is the element after stream `a`: the same address operand one
+/// element (`elem`'s width) on, or one element more of offset.
 fn next_element(a: &Stream, b: &Stream, elem: Elem) -> bool {
     (b.addr == a.addr && b.offset == a.offset.wrapping_add(u64::from(elem.bytes())))
         || (b.offset == a.offset && b.addr == a.addr.add(&Affine::konst(elem.bytes())))
