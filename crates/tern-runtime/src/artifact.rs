@@ -292,15 +292,18 @@ fn deserialize_artifact(
         },
         Refusal::Incompatible(reason) => RuntimeError::IncompatibleArtifact {
             path: path.to_owned(),
-            hint: incompatibility_hint(&reason),
+            hint: incompatibility_hint(engine.options().kind, &reason),
             reason,
         },
     })
 }
 
-/// What to do about an artifact Wasmtime refuses, from Wasmtime's reason.
-fn incompatibility_hint(reason: &str) -> &'static str {
-    if reason.contains("pulley") {
+/// What to do about an artifact Wasmtime refuses, from Wasmtime's reason and the
+/// engine that refused it.
+fn incompatibility_hint(engine: crate::EngineKind, reason: &str) -> &'static str {
+    if engine == crate::EngineKind::Pulley && !reason.contains("pulley") {
+        "it holds native code, which Pulley cannot run: compile the .wasm with `tern compile --engine pulley`, or run it without `--engine pulley`"
+    } else if reason.contains("pulley") {
         "run it with `--engine pulley`, or run the .wasm"
     } else if reason.contains("compiled for architecture") {
         "compile the .wasm for this machine with `tern compile`, or run the .wasm"

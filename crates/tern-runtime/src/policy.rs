@@ -138,6 +138,7 @@ fn check_dir(path: &Path) -> Result<(), RuntimeError> {
     match std::fs::metadata(path) {
         Ok(m) if m.is_dir() => Ok(()),
         Ok(_) => Err(err("not a directory".into())),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(err("it does not exist".into())),
         Err(e) => Err(err(e.to_string())),
     }
 }

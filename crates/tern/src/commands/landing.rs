@@ -5,10 +5,10 @@
 use std::path::PathBuf;
 
 use clap::Args;
-use tern_runtime::{Engine, EngineKind, EngineOptions, Limits, Preopen, parse_size};
+use tern_runtime::{Engine, EngineKind, EngineOptions, Limits, Preopen};
 use tern_snapshot::Rewriter;
 
-use super::run::{read_only_dir, read_write_dir, stack_size};
+use super::run::{memory_size, read_only_dir, read_write_dir, stack_size};
 
 #[derive(Debug, Args)]
 pub struct LandingArgs {
@@ -27,7 +27,7 @@ pub struct LandingArgs {
     engine: EngineKind,
 
     /// Cap on the guest's linear memory, e.g. 64MiB.
-    #[arg(long, value_name = "SIZE", value_parser = parse_size)]
+    #[arg(long, value_name = "SIZE", value_parser = memory_size)]
     max_memory: Option<u64>,
 
     /// Bound on the native stack used by Wasm frames, from 16KiB to 64MiB.

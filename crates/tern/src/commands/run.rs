@@ -30,8 +30,7 @@ pub struct RunCommand {
         value_name = "MODULE [ARGS]...",
         required = true,
         num_args = 1..,
-        trailing_var_arg = true,
-        allow_hyphen_values = true
+        trailing_var_arg = true
     )]
     command: Vec<String>,
 
@@ -50,7 +49,7 @@ pub struct RunCommand {
     envs: Vec<(String, String)>,
 
     /// Cap on the guest's linear memory, e.g. 64MiB, 512K, 2G.
-    #[arg(long, value_name = "SIZE", value_parser = parse_size)]
+    #[arg(long, value_name = "SIZE", value_parser = memory_size)]
     max_memory: Option<u64>,
 
     /// Wall-clock limit, e.g. 2s, 500ms, 5m. Stops guests that never call the host too.
@@ -227,8 +226,20 @@ pub(crate) fn positive_duration(text: &str) -> Result<Duration, String> {
     }
 }
 
+/// Parses a size given on the command line, which must carry its unit: a bare `64`
+/// is far more often a forgotten `MiB` than 64 bytes.
+pub(crate) fn memory_size(text: &str) -> Result<u64, String> {
+    let t = text.trim();
+    if !t.is_empty() && t.chars().all(|c| c.is_ascii_digit() || c == '.') {
+        return Err(format!(
+            "`{t}` has no unit: write {t}MiB, or use B, K/KiB, M/MiB, G/GiB (binary) or KB, MB, GB (decimal)"
+        ));
+    }
+    parse_size(t).map_err(|e| e.to_string())
+}
+
 pub(crate) fn stack_size(text: &str) -> Result<usize, String> {
-    let bytes = parse_size(text).map_err(|e| e.to_string())?;
+    let bytes = memory_size(text)?;
     usize::try_from(bytes)
         .ok()
         .filter(|b| (16 << 10..=64 << 20).contains(b))

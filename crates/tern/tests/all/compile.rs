@@ -121,6 +121,19 @@ fn pulley_artifact_needs_the_pulley_engine() {
     r.fails_with(1, "--engine pulley");
 }
 
+/// A native artifact under Pulley is refused with the command that makes one Pulley runs.
+#[test]
+fn native_artifact_under_pulley_names_the_compile_command() {
+    let d = scratch();
+    let out_path = d.path().join("hello.cwasm");
+    compile(d.path(), &[], "hello", &out_path);
+    let r = tern(d.path())
+        .args(["run", "--engine", "pulley"])
+        .arg(&out_path)
+        .run();
+    r.fails_with(1, "`tern compile --engine pulley`");
+}
+
 #[test]
 fn artifact_from_another_wasmtime_version_is_refused() {
     let d = scratch();

@@ -106,6 +106,17 @@ fn bad_flag_values_name_the_flag() {
             "cannot preopen directory /no/such/dir",
         ),
         (&["--max-stack", "1K"], 2, "between 16KiB and 64MiB"),
+        (&["--max-memory", "64"], 2, "`64` has no unit: write 64MiB"),
+        (
+            &["--max-memroy", "64MiB"],
+            2,
+            "a similar argument exists: '--max-memory'",
+        ),
+        (
+            &["--dir", "/no/such/dir"],
+            1,
+            "cannot preopen directory /no/such/dir: it does not exist",
+        ),
         (&["--timeout", "0s"], 2, "longer than zero"),
         (
             &["--dir", "/tmp::/x", "--ro-dir", "/tmp::/x"],
