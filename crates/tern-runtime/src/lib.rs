@@ -26,6 +26,7 @@ mod limits;
 mod policy;
 mod run;
 mod scan;
+mod stdio;
 pub mod vectorize;
 
 use std::path::PathBuf;
@@ -40,6 +41,7 @@ pub use limits::{
 };
 pub use policy::{DirAccess, Policy, Preopen};
 pub use run::{Host, Outcome, Program, RemoteFlag, Session};
+pub use stdio::StdioTap;
 
 /// Why the runtime could not start or set up a guest. What a guest does once running
 /// is an [`Outcome`], not an error.

@@ -12,6 +12,7 @@ use wasmtime_wasi::p1::WasiP1Ctx;
 use wasmtime_wasi::{FsPerms, WasiCtxBuilder};
 
 use crate::RuntimeError;
+use crate::stdio::StdioTap;
 
 /// Whether a guest may change what is under a preopened directory.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -68,8 +69,9 @@ pub struct Policy {
     pub env: Vec<(String, String)>,
     /// Preopened directories.
     pub preopens: Vec<Preopen>,
-    /// Give the guest this process's stdin, stdout and stderr. When false the guest
-    /// reads end-of-file and its output is discarded.
+    /// Give the guest this process's stdin, stdout and stderr (counted and watched
+    /// through a [`StdioTap`]). When false the guest reads end-of-file and its output is
+    /// discarded.
     pub inherit_stdio: bool,
 }
 
@@ -89,20 +91,22 @@ impl Policy {
         }
     }
 
-    /// Builds the WASI preview1 context that grants exactly this policy.
+    /// Builds the WASI preview1 context that grants exactly this policy; with
+    /// `inherit_stdio`, the guest's stdio goes through `stdio`.
     ///
     /// # Errors
     /// [`RuntimeError::Preopen`] when a host directory cannot be opened.
-    pub fn wasi_context(&self) -> Result<WasiP1Ctx, RuntimeError> {
-        Ok(self.wasi_builder()?.build_p1())
+    pub fn wasi_context(&self, stdio: &StdioTap) -> Result<WasiP1Ctx, RuntimeError> {
+        Ok(self.wasi_builder(stdio)?.build_p1())
     }
 
     /// The WASI context builder that grants exactly this policy, for an embedder to add
-    /// to (a clock, say) before building.
+    /// to (a clock, say) before building; with `inherit_stdio`, the guest's stdio goes
+    /// through `stdio`.
     ///
     /// # Errors
     /// [`RuntimeError::Preopen`] when a host directory cannot be opened.
-    pub fn wasi_builder(&self) -> Result<WasiCtxBuilder, RuntimeError> {
+    pub fn wasi_builder(&self, stdio: &StdioTap) -> Result<WasiCtxBuilder, RuntimeError> {
         let mut b = WasiCtxBuilder::new();
         // Tern runs WASI calls synchronously on the guest's thread: let file I/O block
         // that thread instead of bouncing through a Tokio blocking pool.
@@ -112,7 +116,9 @@ impl Policy {
             b.env(k, v);
         }
         if self.inherit_stdio {
-            b.inherit_stdio();
+            b.stdin(stdio.stdin());
+            b.stdout(stdio.stdout());
+            b.stderr(stdio.stderr());
         }
         for p in &self.preopens {
             check_dir(&p.host)?;
@@ -179,7 +185,7 @@ mod tests {
             preopens: vec![Preopen::parse("/no/such/dir::/d", DirAccess::ReadOnly).expect("ok")],
             ..Policy::default()
         };
-        let Err(err) = policy.wasi_context() else {
+        let Err(err) = policy.wasi_context(&StdioTap::new()) else {
             panic!("a missing directory must not be preopened");
         };
         assert!(err.to_string().contains("/no/such/dir"), "{err}");

@@ -10,12 +10,12 @@ use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use wasmtime::{InstancePre, Linker, Store, Trap, UpdateDeadline, WasmBacktrace};
+use wasmtime::{CallHook, InstancePre, Linker, Store, Trap, UpdateDeadline, WasmBacktrace};
 use wasmtime_wasi::I32Exit;
 use wasmtime_wasi::p1::WasiP1Ctx;
 
 use crate::limits::StoreLimiter;
-use crate::{Engine, LimitExceeded, Limits, Policy, RuntimeError};
+use crate::{Engine, LimitExceeded, Limits, Policy, RuntimeError, StdioTap};
 
 /// Deadline far enough away never to be reached, yet safe from overflow when Wasmtime
 /// adds the current epoch to it.
@@ -35,12 +35,28 @@ pub enum Outcome {
     },
     /// A limit stopped the guest.
     LimitExceeded(LimitExceeded),
+    /// The guest wrote to a stdout or stderr whose reader had gone, got `EPIPE`, and was
+    /// ended at its next call into the host, as `SIGPIPE` ends a native process.
+    BrokenPipe,
 }
+
+/// The trap that ends a guest after a write to a closed pipe.
+#[derive(Debug)]
+struct BrokenPipe;
+
+impl std::fmt::Display for BrokenPipe {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("the guest's stdout or stderr was closed by its reader")
+    }
+}
+
+impl std::error::Error for BrokenPipe {}
 
 /// State of one store: the guest's WASI context, its resource limiter, and whatever an
 /// embedder that adds its own imports ([`Program::with_imports`]) keeps beside them.
 pub struct Host {
     wasi: WasiP1Ctx,
+    stdio: StdioTap,
     limiter: StoreLimiter,
     extension: Option<Box<dyn Any + Send>>,
 }
@@ -55,6 +71,18 @@ impl Host {
     /// The guest's WASI context.
     pub fn wasi(&mut self) -> &mut WasiP1Ctx {
         &mut self.wasi
+    }
+
+    /// What the guest has done with this process's stdio.
+    pub fn stdio(&self) -> &StdioTap {
+        &self.stdio
+    }
+
+    /// Replaces the guest's WASI context and stdio tap whole, as a restore does before
+    /// any guest code runs.
+    pub fn replace_context(&mut self, wasi: WasiP1Ctx, stdio: StdioTap) {
+        self.wasi = wasi;
+        self.stdio = stdio;
     }
 
     /// The embedder's state given to [`Program::instantiate`], if it is a `T`.
@@ -226,10 +254,12 @@ impl Program {
     /// Host-side set-up failures only ([`RuntimeError::Preopen`], a fuel budget on an
     /// engine built without fuel). Everything the guest does is an [`Outcome`].
     pub fn run(&self, policy: &Policy, limits: &Limits) -> Result<Outcome, RuntimeError> {
-        let mut session = match self.instantiate(policy.wasi_context()?, limits, None)? {
-            Ok(session) => session,
-            Err(outcome) => return Ok(outcome),
-        };
+        let stdio = StdioTap::new();
+        let mut session =
+            match self.instantiate(policy.wasi_context(&stdio)?, stdio, limits, None)? {
+                Ok(session) => session,
+                Err(outcome) => return Ok(outcome),
+            };
         let result = session
             .instance
             .get_typed_func::<(), ()>(&mut session.store, "_start")
@@ -247,6 +277,7 @@ impl Program {
     pub fn instantiate(
         &self,
         wasi: WasiP1Ctx,
+        stdio: StdioTap,
         limits: &Limits,
         extension: Option<Box<dyn Any + Send>>,
     ) -> Result<Result<Session, Outcome>, RuntimeError> {
@@ -254,11 +285,21 @@ impl Program {
             self.engine.wasmtime(),
             Host {
                 wasi,
+                stdio,
                 limiter: StoreLimiter::new(limits),
                 extension,
             },
         );
         store.limiter(|h| &mut h.limiter);
+        // A guest whose stdout or stderr lost its reader got `EPIPE` from that write;
+        // it ends at its next call into the host, as SIGPIPE ends a native process.
+        store.call_hook(|store, hook| {
+            if matches!(hook, CallHook::CallingHost) && store.data().stdio.broken_pipe() {
+                Err(BrokenPipe.into())
+            } else {
+                Ok(())
+            }
+        });
         let fuel = match (self.engine.options().fuel, limits.fuel) {
             (true, budget) => Some(budget.unwrap_or(u64::MAX)),
             (false, None) => None,
@@ -317,6 +358,9 @@ impl Program {
         }
         if let Some(limit) = err.downcast_ref::<LimitExceeded>() {
             return Outcome::LimitExceeded(limit.clone());
+        }
+        if err.downcast_ref::<BrokenPipe>().is_some() {
+            return Outcome::BrokenPipe;
         }
         match err.downcast_ref::<Trap>() {
             Some(Trap::StackOverflow) => {
@@ -507,7 +551,8 @@ mod tests {
             let policy = Policy::default();
             let mut session = program
                 .instantiate(
-                    policy.wasi_context().expect("wasi"),
+                    policy.wasi_context(&StdioTap::new()).expect("wasi"),
+                    StdioTap::new(),
                     &Limits::default(),
                     None,
                 )

@@ -86,6 +86,10 @@ pub struct WasiState {
     /// The guest's monotonic clock at the checkpoint, in nanoseconds: after a restore it
     /// continues from here, so it never goes backwards.
     pub monotonic_ns: u64,
+    /// Bytes of stdin the guest had been given (what its libc buffered but had not used
+    /// yet is in its memory): a restore fed the same input skips this many.
+    #[serde(default)]
+    pub stdin_consumed: u64,
 }
 
 /// Everything but the memory pages and the module bytes.

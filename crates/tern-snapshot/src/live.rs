@@ -19,6 +19,7 @@ use std::time::{Duration, Instant};
 use sha2::{Digest as _, Sha256};
 use tern_runtime::{
     DirAccess, Engine, Host, Limits, Outcome, Policy, Preopen, Program, RemoteFlag, Session,
+    StdioTap,
 };
 use wasmtime::{Caller, Memory, TypedFunc, Val};
 
@@ -118,6 +119,10 @@ impl Trigger {
 pub struct Placement<'a> {
     pub dirs: &'a [Preopen],
     pub inherit_stdio: bool,
+    /// With `inherit_stdio`: whether this process's stdin is the same input the guest
+    /// was reading, so that the bytes it had consumed ([`WasiState::stdin_consumed`])
+    /// are skipped before it reads again; otherwise it reads this stdin from its start.
+    pub skip_stdin: bool,
     pub limits: &'a Limits,
 }
 
@@ -476,6 +481,7 @@ impl Migratable {
         let Placement {
             dirs,
             inherit_stdio,
+            skip_stdin,
             limits,
         } = *place;
         if meta.module_digest != self.digest {
@@ -533,11 +539,15 @@ impl Migratable {
             ..
         } = prepared;
         // No guest code has run yet: the context the instance was made with is replaced
-        // whole by the snapshot's.
-        *session.store.data_mut().wasi() = policy
-            .wasi_builder()?
+        // whole by the snapshot's. Stdin goes on counting from what the guest had read,
+        // and skips as much of this process's stdin when the same input is given again.
+        let consumed = meta.wasi.stdin_consumed;
+        let stdio = StdioTap::resuming(consumed, if skip_stdin { consumed } else { 0 });
+        let wasi = policy
+            .wasi_builder(&stdio)?
             .monotonic_clock(clock.clone())
             .build_p1();
+        session.store.data_mut().replace_context(wasi, stdio);
         ext(&mut session.store).volumes = meta
             .wasi
             .volumes
@@ -572,8 +582,9 @@ impl Migratable {
         trigger: &Trigger,
         volumes: BTreeMap<u32, Volume>,
     ) -> Result<Result<Session, Outcome>, SnapshotError> {
+        let stdio = StdioTap::new();
         let wasi = policy
-            .wasi_builder()?
+            .wasi_builder(&stdio)?
             .monotonic_clock(clock.clone())
             .build_p1();
         let state = Ext {
@@ -585,13 +596,14 @@ impl Migratable {
             volumes,
             files: BTreeMap::new(),
         };
-        let mut session = match self
-            .program
-            .instantiate(wasi, limits, Some(Box::new(state)))?
-        {
-            Ok(s) => s,
-            Err(outcome) => return Ok(Err(outcome)),
-        };
+        let mut session =
+            match self
+                .program
+                .instantiate(wasi, stdio, limits, Some(Box::new(state)))?
+            {
+                Ok(s) => s,
+                Err(outcome) => return Ok(Err(outcome)),
+            };
         let asyncify = Asyncify {
             get_state: asyncify_export(&mut session, "asyncify_get_state")?,
             start_unwind: asyncify_export(&mut session, "asyncify_start_unwind")?,
@@ -706,6 +718,7 @@ impl Migratable {
         }
         wasi.volumes = volumes;
         wasi.monotonic_ns = wasmtime_wasi::HostMonotonicClock::now(clock);
+        wasi.stdin_consumed = session.store.data().stdio().stdin_consumed();
 
         let mut globals = Vec::new();
         let names: Vec<(u32, wasmtime::Global)> = session

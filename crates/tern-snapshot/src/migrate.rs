@@ -461,6 +461,7 @@ fn control(
         let Ok(snapshot) = snapshots.recv() else {
             return Err(net("the guest ended before the migration"));
         };
+        refuse_stdin_readers(&snapshot.meta, addr)?;
         let last = rounds >= MAX_ROUNDS;
         if !last {
             // Pre-copy: let the guest run on while this round goes out.
@@ -487,9 +488,23 @@ fn control(
             let Ok(snapshot) = snapshots.recv() else {
                 return Err(net("the guest ended before the migration"));
             };
+            refuse_stdin_readers(&snapshot.meta, addr)?;
             return finish(&mut source, &snapshot, verdict, rounds, started);
         }
         return finish(&mut source, &snapshot, verdict, rounds, started);
+    }
+}
+
+/// A guest that has read its stdin is not migrated: the rest of that input is a pipe,
+/// file or terminal of this machine, which cannot follow it, and forwarding it would tie
+/// the source to the guest for as long as it reads. (A guest that has not read stdin yet
+/// reads the destination's.)
+fn refuse_stdin_readers(meta: &Meta, addr: &str) -> Result<(), SnapshotError> {
+    match meta.wasi.stdin_consumed {
+        0 => Ok(()),
+        n => Err(net(format!(
+            "the guest has read {n} bytes of its stdin, which cannot follow it to {addr}"
+        ))),
     }
 }
 
@@ -614,6 +629,8 @@ pub fn receive(
         &crate::Placement {
             dirs,
             inherit_stdio: true,
+            // Guests that have read stdin are not migrated (see `control`).
+            skip_stdin: false,
             limits,
         },
         &trigger,

@@ -1,5 +1,5 @@
-//! Exit codes of `tern` when it does not pass on the guest's own. All are below 128 so
-//! that shells do not mistake them for signals; README.md lists them.
+//! Exit codes of `tern` when it does not pass on the guest's own. All but one are below
+//! 128 so that shells do not mistake them for signals; README.md lists them.
 
 use tern_runtime::LimitExceeded;
 
@@ -15,6 +15,9 @@ pub const FUEL: u8 = 123;
 pub const TIMEOUT: u8 = 124;
 /// The guest trapped.
 pub const TRAP: u8 = 125;
+/// The guest wrote to a closed pipe: 128 + SIGPIPE, what a shell reports for a native
+/// process ended that way, so `set -o pipefail` scripts see the same status.
+pub const BROKEN_PIPE: u8 = 141;
 
 /// The exit code for a guest stopped by `limit`.
 pub fn for_limit(limit: &LimitExceeded) -> u8 {

@@ -114,6 +114,7 @@ impl CheckpointArgs {
         dirs: Vec<tern_runtime::Preopen>,
         limits: Limits,
         max_stack: usize,
+        skip_stdin: bool,
     ) -> anyhow::Result<ExitCode> {
         let trigger = self.arm()?;
         let (on_checkpoint, written) = self.on_checkpoint();
@@ -123,6 +124,7 @@ impl CheckpointArgs {
                 &tern_snapshot::Placement {
                     dirs: &dirs,
                     inherit_stdio: true,
+                    skip_stdin,
                     limits: &limits,
                 },
                 &trigger,

@@ -29,11 +29,41 @@ pub struct RestoreCommand {
     #[arg(long, value_name = "DURATION", value_parser = positive_duration)]
     timeout: Option<Duration>,
 
+    /// Give the guest this stdin from its start. By default the bytes of stdin the
+    /// guest had read before its checkpoint are skipped first, so that `tern restore
+    /// app.snap < same-input` carries on where it stopped (not from a terminal).
+    #[arg(long)]
+    stdin_from_start: bool,
+
     #[command(flatten)]
     checkpoint: super::checkpoint::CheckpointArgs,
 }
 
 impl RestoreCommand {
+    /// Whether to skip the `consumed` bytes of stdin the guest had read, said in one
+    /// line. A terminal is never skipped: what was typed before is gone already.
+    fn stdin_skip(&self, consumed: u64) -> bool {
+        if consumed == 0 {
+            return false;
+        }
+        if self.stdin_from_start {
+            eprintln!(
+                "restore: the guest had read {consumed} bytes of stdin; it reads this stdin from its start (--stdin-from-start)"
+            );
+            return false;
+        }
+        if std::io::IsTerminal::is_terminal(&std::io::stdin()) {
+            eprintln!(
+                "restore: the guest had read {consumed} bytes of stdin; stdin is a terminal, so it reads what is typed from now on"
+            );
+            return false;
+        }
+        eprintln!(
+            "restore: the guest had read {consumed} bytes of stdin; skipping as many of this stdin before it reads again (--stdin-from-start to replay them)"
+        );
+        true
+    }
+
     pub fn execute(self) -> anyhow::Result<ExitCode> {
         let bytes = std::fs::read(&self.snapshot)
             .with_context(|| format!("cannot read snapshot {}", self.snapshot.display()))?;
@@ -44,10 +74,18 @@ impl RestoreCommand {
             .with_context(|| format!("cannot restore {}", self.snapshot.display()))?;
         let dirs = self.landing.dirs()?;
         let limits = self.landing.limits();
+        let skip_stdin = self.stdin_skip(snapshot.meta.wasi.stdin_consumed);
         let watchdog = self.timeout.map(Watchdog::start);
         let code = self
             .checkpoint
-            .restore(migratable, snapshot, dirs, limits, self.landing.max_stack)
+            .restore(
+                migratable,
+                snapshot,
+                dirs,
+                limits,
+                self.landing.max_stack,
+                skip_stdin,
+            )
             .with_context(|| format!("cannot restore {}", self.snapshot.display()));
         if let Some(w) = watchdog {
             w.disarm();

@@ -250,6 +250,8 @@ pub(crate) fn stack_size(text: &str) -> Result<usize, String> {
 pub(crate) fn report(outcome: Outcome) -> ExitCode {
     match outcome {
         Outcome::Exited(code) => ExitCode::from(code as u8),
+        // Quietly, as a native process killed by SIGPIPE.
+        Outcome::BrokenPipe => ExitCode::from(exit::BROKEN_PIPE),
         Outcome::LimitExceeded(limit) => {
             eprintln!("error: {limit}");
             ExitCode::from(exit::for_limit(&limit))

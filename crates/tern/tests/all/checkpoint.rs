@@ -415,3 +415,103 @@ fn a_snapshot_from_another_rewrite_is_refused() {
     out.fails_with(1, "migratable rewrite of the module (000000000000) differs");
     assert!(out.stdout.is_empty(), "the guest ran: {out:?}");
 }
+
+/// Input of `stdin_upper`: numbered lines, far more than its libc reads at once.
+fn lines(n: usize) -> Vec<u8> {
+    (0..n)
+        .flat_map(|i| format!("line {i:05} of the input\n").into_bytes())
+        .collect()
+}
+
+/// The bytes of stdin the restore said the guest had read.
+fn consumed(restore: &Run) -> usize {
+    let line = restore
+        .stderr
+        .lines()
+        .find(|l| l.starts_with("restore: the guest had read"))
+        .unwrap_or_else(|| panic!("no stdin line in {:?}", restore.stderr));
+    line.split_whitespace()
+        .nth(5)
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no byte count in {line:?}"))
+}
+
+/// A guest checkpointed while it reads stdin, restored with the same input on stdin,
+/// reads each byte once: the bytes its libc had buffered are in the snapshot and the
+/// restore skips what the guest had consumed. `--stdin-from-start` gives it all again.
+#[test]
+fn restore_continues_stdin_where_the_guest_stopped() {
+    let d = scratch();
+    let snap = d.path().join("app.snap");
+    let upper = guest("stdin_upper");
+    let input = lines(8000);
+    let want = input.to_ascii_uppercase();
+    let first = tern(d.path())
+        .args([
+            "run",
+            "--checkpoint-at-safepoint",
+            "50000",
+            "--checkpoint-out",
+        ])
+        .arg(&snap)
+        .arg(&upper)
+        .stdin(&input)
+        .run();
+    assert!(first.stderr.contains("checkpoint:"), "{first:?}");
+    let second = tern(d.path()).arg("restore").arg(&snap).stdin(&input).run();
+    assert_eq!(second.code, Some(0), "{second:?}");
+    let n = consumed(&second);
+    assert!(n > 0 && n < input.len(), "consumed {n}");
+    assert!(second.stderr.contains("skipping as many"), "{second:?}");
+    let whole = format!("{}{}", first.stdout, second.stdout);
+    assert_eq!(whole.len(), want.len(), "every byte is read exactly once");
+    assert_eq!(whole.as_bytes(), want.as_slice());
+    assert!(
+        second.stderr.ends_with(&format!("{} bytes\n", input.len())),
+        "{second:?}"
+    );
+
+    let replay = tern(d.path())
+        .args(["restore", "--stdin-from-start"])
+        .arg(&snap)
+        .stdin(&input)
+        .run();
+    assert_eq!(replay.code, Some(0), "{replay:?}");
+    assert!(replay.stderr.contains("from its start"), "{replay:?}");
+    // What it had buffered but not printed, then the whole input again.
+    let printed = first.stdout.len();
+    let mut expect = want[printed..n].to_vec();
+    expect.extend_from_slice(&want);
+    assert_eq!(replay.stdout.as_bytes(), expect.as_slice());
+}
+
+/// Input shorter than what the guest had read: the restore says so and the guest reads
+/// end-of-file, as it would have.
+#[test]
+fn restore_with_less_stdin_than_was_read_says_so() {
+    let d = scratch();
+    let snap = d.path().join("app.snap");
+    let input = lines(8000);
+    let first = tern(d.path())
+        .args([
+            "run",
+            "--checkpoint-at-safepoint",
+            "50000",
+            "--checkpoint-out",
+        ])
+        .arg(&snap)
+        .arg(guest("stdin_upper"))
+        .stdin(&input)
+        .run();
+    assert!(first.stderr.contains("checkpoint:"), "{first:?}");
+    let second = tern(d.path())
+        .arg("restore")
+        .arg(&snap)
+        .stdin(&input[..100])
+        .run();
+    assert_eq!(second.code, Some(0), "{second:?}");
+    assert!(
+        second.stderr.contains("stdin ended after 100 of the"),
+        "{second:?}"
+    );
+}

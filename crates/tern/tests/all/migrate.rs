@@ -237,3 +237,35 @@ fn sqlite_with_an_open_database_migrates_without_losing_a_committed_row() {
     // as a whole printed what the uninterrupted run printed.
     assert_eq!(format!("{}{}", from.stdout, to.stdout), whole.stdout);
 }
+
+/// A guest that has read its stdin is not migrated: the rest of its input is on this
+/// machine. It finishes here, having read every line once.
+#[test]
+fn a_guest_reading_stdin_is_not_migrated() {
+    let d = scratch();
+    let dst = d.path().join("dst");
+    std::fs::create_dir_all(&dst).expect("mkdir");
+    let input: Vec<u8> = (0..800)
+        .flat_map(|i| format!("line {i:05}\n").into_bytes())
+        .collect();
+    let reader = guest("slow_reader");
+    let whole = tern(d.path()).arg("run").arg(&reader).stdin(&input).run();
+    assert_eq!(whole.code, Some(0), "{whole:?}");
+    let (child, addr) = receiver(d.path(), &[]);
+    let from = tern(d.path())
+        .args(["run", "--migrate-to", &addr, "--migrate-after", "100ms"])
+        .arg(&reader)
+        .stdin(&input)
+        .run();
+    let mut child = child;
+    let _ = child.kill();
+    let _ = child.wait();
+    assert_eq!(from.code, Some(0), "{from:?}");
+    assert!(
+        from.stderr
+            .contains("bytes of its stdin, which cannot follow it to"),
+        "{from:?}"
+    );
+    assert!(from.stderr.contains("800 lines"), "{from:?}");
+    assert_eq!(from.stdout, whole.stdout);
+}

@@ -287,3 +287,30 @@ fn same_as_written(
     assert_eq!(frames(&traps[0]), frames(&traps[1]));
     frames(&traps[1])
 }
+
+/// A guest whose stdout reader has gone gets `EPIPE` and is ended at its next host call
+/// with status 141, quietly, as `SIGPIPE` ends a native process: `tern run app | head -1`
+/// never spins.
+#[test]
+fn closed_stdout_ends_the_guest_with_status_141() {
+    use std::io::Read as _;
+    let d = scratch();
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_tern"))
+        .env_clear()
+        .env("TERN_CACHE_DIR", d.path().join("cache"))
+        .arg("run")
+        .arg(guest("endless_output"))
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawning tern");
+    let mut out = child.stdout.take().expect("stdout piped");
+    let mut first = [0u8; 2];
+    out.read_exact(&mut first).expect("the guest writes");
+    assert_eq!(&first, b"y\n");
+    drop(out);
+    // Without the fix the guest spins for ever; the test harness's timeout catches it.
+    let status = child.wait_with_output().expect("tern ends");
+    assert_eq!(status.status.code(), Some(141), "{status:?}");
+    assert_eq!(String::from_utf8_lossy(&status.stderr), "", "quietly");
+}

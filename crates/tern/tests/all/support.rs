@@ -132,11 +132,17 @@ impl Tern {
             .stdin(Stdio::piped());
         let mut child = self.cmd.spawn().expect("spawning tern");
         let mut pipe = child.stdin.take().expect("stdin piped");
-        if let Some(data) = self.stdin.take() {
-            pipe.write_all(&data).expect("writing stdin");
-        }
-        drop(pipe);
+        // Fed from a thread, so that a guest writing much while it reads never blocks
+        // on a full stdout pipe; a guest that stops reading early (a checkpoint) closes
+        // the pipe, which is not a failure.
+        let data = self.stdin.take();
+        let feeder = std::thread::spawn(move || {
+            if let Some(data) = data {
+                let _ = pipe.write_all(&data);
+            }
+        });
         let out = child.wait_with_output().expect("waiting for tern");
+        feeder.join().expect("stdin feeder");
         Run::from(out)
     }
 }
