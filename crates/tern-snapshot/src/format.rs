@@ -23,7 +23,7 @@ use sha2::{Digest as _, Sha256};
 use crate::SnapshotError;
 
 /// The current format version; decoding refuses newer ones.
-pub const FORMAT_VERSION: u32 = 1;
+pub const FORMAT_VERSION: u32 = 2;
 
 /// Size of a Wasm page.
 pub const PAGE: usize = 64 * 1024;
@@ -90,6 +90,10 @@ pub struct WasiState {
     /// yet is in its memory): a restore fed the same input skips this many.
     #[serde(default)]
     pub stdin_consumed: u64,
+    /// The files the guest had open or had changed, as it left them: a restore checks
+    /// its directories against these.
+    #[serde(default)]
+    pub volume_files: Vec<crate::FileRecord>,
 }
 
 /// Everything but the memory pages and the module bytes.

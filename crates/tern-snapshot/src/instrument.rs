@@ -95,8 +95,15 @@ pub const GLOBAL_EXPORT_PREFIX: &str = "tern:global:";
 
 const WASI: &str = "wasi_snapshot_preview1";
 
-/// WASI functions whose effect on the descriptor table the host records.
-const NOTED: [&str; 3] = ["path_open", "fd_close", "fd_renumber"];
+/// WASI functions whose effect the host records: on the descriptor table, and on which
+/// files of a volume the guest has changed.
+const NOTED: [&str; 5] = [
+    "path_open",
+    "fd_close",
+    "fd_renumber",
+    "path_rename",
+    "path_unlink_file",
+];
 
 /// WASI functions a restore calls (through `tern:NAME` exports) to reopen files.
 const RESTORE_CALLS: [&str; 4] = ["path_open", "fd_seek", "fd_renumber", "fd_close"];

@@ -15,6 +15,7 @@ mod liveness;
 mod migrate;
 mod rewrite;
 mod unwind;
+mod volumes;
 
 /// Helpers shared by the passes' unit tests.
 #[cfg(test)]
@@ -51,6 +52,7 @@ pub use format::{FORMAT_VERSION, GlobalValue, Meta, OpenFile, PAGE, Snapshot, Vo
 pub use live::{Captured, Checkpoint, Migratable, Placement, Prepared, RunEnd, Trigger};
 pub use migrate::{MigrateEnd, MigrationStats, migrate_run, receive};
 pub use rewrite::Rewriter;
+pub use volumes::{Difference, FileFacts, FileRecord, Mismatch, check as check_volumes};
 
 /// Why a module cannot be made migratable, or a snapshot cannot be taken or restored.
 #[derive(Debug, thiserror::Error)]

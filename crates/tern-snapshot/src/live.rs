@@ -10,8 +10,8 @@
 //! checkpoint ([`UNWIND_PAGES`]); the guest's allocator never hands them out because it
 //! only uses pages it grew itself. Their address travels in the snapshot.
 
-use std::collections::BTreeMap;
-use std::path::Path;
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -25,6 +25,7 @@ use wasmtime::{Caller, Memory, TypedFunc, Val};
 
 use crate::format::{GlobalValue, Meta, OpenFile, PAGE, Snapshot, Volume, WasiState};
 use crate::instrument::{GLOBAL_EXPORT_PREFIX, POLL_FLAG_ADDR, SAFEPOINT, SLEEP};
+use crate::volumes::FileRecord;
 use crate::{Rewriter, SnapshotError};
 
 /// Pages added for the unwind data on the first checkpoint (1 MiB).
@@ -207,6 +208,10 @@ pub struct Captured<'a> {
     pub meta: Meta,
     memory: &'a [u8],
     module: &'a [u8],
+    /// Host directory of each volume, by guest path.
+    hosts: Vec<(String, PathBuf)>,
+    /// Files the guest has open or has changed, by volume and path.
+    touched: Vec<(String, String)>,
 }
 
 impl Captured<'_> {
@@ -215,7 +220,15 @@ impl Captured<'_> {
         self.memory
     }
 
-    /// An owned snapshot: the non-zero pages copied, the original module included.
+    /// The files the guest has open or has changed, as they are now in their host
+    /// directories: what a restore checks its directories against. Reads and hashes
+    /// each of them, so a migration's rounds do not ask for it.
+    pub fn volume_files(&self) -> Vec<FileRecord> {
+        crate::volumes::record(&self.hosts, &self.touched)
+    }
+
+    /// An owned snapshot: the non-zero pages copied, the original module included, and
+    /// the files of [`Captured::volume_files`] recorded.
     pub fn to_snapshot(&self) -> Snapshot {
         let pages = self
             .memory
@@ -224,8 +237,10 @@ impl Captured<'_> {
             .filter(|(_, page)| page.iter().any(|b| *b != 0))
             .map(|(i, page)| (i as u32, page.to_vec()))
             .collect();
+        let mut meta = self.meta.clone();
+        meta.wasi.volume_files = self.volume_files();
         Snapshot {
-            meta: self.meta.clone(),
+            meta,
             module: self.module.to_vec(),
             pages,
         }
@@ -291,6 +306,45 @@ struct Ext {
     /// Files the guest has open, as `tern.note_*` told the host (offsets are read at a
     /// checkpoint).
     files: BTreeMap<u32, OpenFile>,
+    /// Host directory of each volume, by guest path.
+    hosts: Vec<(String, PathBuf)>,
+    /// Files the guest has changed (opened for writing, created, renamed, removed), by
+    /// volume and path, bounded by [`MAX_CHANGED`].
+    changed: BTreeSet<(String, String)>,
+}
+
+/// Most changed files remembered; a guest that touches more is not fully recorded,
+/// and says so once.
+const MAX_CHANGED: usize = 100_000;
+
+/// WASI rights that let a descriptor change its file: `fd_write`, `fd_allocate`,
+/// `fd_filestat_set_size`, `fd_datasync` (wasi-libc asks for them only with O_WRONLY or
+/// O_RDWR).
+const WRITE_RIGHTS: u64 = 1 << 6 | 1 << 8 | 1 << 22 | 1 << 0;
+/// WASI oflags that change a file by opening it: create, truncate.
+const OFLAGS_CREAT_TRUNC: u32 = 0x1 | 0x8;
+
+impl Ext {
+    /// The volume and path inside it of `name` opened under descriptor `dir`.
+    fn locate(&self, dir: u32, name: String) -> Option<(String, String)> {
+        if let Some(v) = self.volumes.get(&dir) {
+            Some((v.guest.clone(), name))
+        } else {
+            self.files
+                .get(&dir)
+                .map(|parent| (parent.volume.clone(), format!("{}/{}", parent.path, name)))
+        }
+    }
+
+    fn note_changed(&mut self, file: (String, String)) {
+        if self.changed.len() < MAX_CHANGED {
+            self.changed.insert(file);
+        } else if !self.changed.contains(&file) {
+            tracing::warn!(
+                "the guest has changed more than {MAX_CHANGED} files; later ones are not recorded in checkpoints"
+            );
+        }
+    }
 }
 
 /// A module made migratable, compiled and linked, ready to run or restore many times.
@@ -548,6 +602,11 @@ impl Migratable {
             .monotonic_clock(clock.clone())
             .build_p1();
         session.store.data_mut().replace_context(wasi, stdio);
+        ext(&mut session.store).hosts = policy
+            .preopens
+            .iter()
+            .map(|p| (p.guest.clone(), p.host.clone()))
+            .collect();
         ext(&mut session.store).volumes = meta
             .wasi
             .volumes
@@ -595,6 +654,12 @@ impl Migratable {
             unwinding: false,
             volumes,
             files: BTreeMap::new(),
+            hosts: policy
+                .preopens
+                .iter()
+                .map(|p| (p.guest.clone(), p.host.clone()))
+                .collect(),
+            changed: BTreeSet::new(),
         };
         let mut session =
             match self
@@ -658,10 +723,18 @@ impl Migratable {
             let (meta, memory) = self.capture(session, clock, wasi_state.clone())?;
             let unwind_data = meta.unwind_data;
             tracing::info!(pages = meta.memory_pages, "checkpoint captured");
+            let (hosts, touched) = {
+                let e = ext(&mut session.store);
+                let mut touched = e.changed.clone();
+                touched.extend(e.files.values().map(|f| (f.volume.clone(), f.path.clone())));
+                (e.hosts.clone(), touched.into_iter().collect())
+            };
             let verdict = on_checkpoint(Captured {
                 meta,
                 memory: memory.data(&session.store),
                 module: &self.original,
+                hosts,
+                touched,
             });
             match verdict {
                 Checkpoint::Stop => break Ok(RunEnd::Stopped),
@@ -973,17 +1046,15 @@ fn add_host_imports(linker: &mut wasmtime::Linker<Host>) -> wasmtime::Result<()>
             let name = String::from_utf8_lossy(name).into_owned();
             let fd = u32::from_le_bytes([fd[0], fd[1], fd[2], fd[3]]);
             let e = caller_ext(&mut caller);
-            let dir = dir as u32;
-            let (volume, path) = if let Some(v) = e.volumes.get(&dir) {
-                (v.guest.clone(), name)
-            } else if let Some(parent) = e.files.get(&dir) {
-                (parent.volume.clone(), format!("{}/{}", parent.path, name))
-            } else {
+            let Some((volume, path)) = e.locate(dir as u32, name) else {
                 // Opened under a descriptor Tern does not know: it cannot be reopened,
                 // and a checkpoint will say so if it is still open.
                 e.files.remove(&fd);
                 return;
             };
+            if base as u64 & WRITE_RIGHTS != 0 || oflags as u32 & OFLAGS_CREAT_TRUNC != 0 {
+                e.note_changed((volume.clone(), path.clone()));
+            }
             e.files.insert(
                 fd,
                 OpenFile {
@@ -998,6 +1069,31 @@ fn add_host_imports(linker: &mut wasmtime::Linker<Host>) -> wasmtime::Result<()>
                     offset: 0,
                 },
             );
+        },
+    )?;
+    linker.func_wrap(
+        "tern",
+        "note_path_rename",
+        |mut caller: Caller<'_, Host>,
+         old_dir: i32,
+         old: i32,
+         old_len: i32,
+         new_dir: i32,
+         new: i32,
+         new_len: i32,
+         errno: i32| {
+            note_paths(
+                &mut caller,
+                errno,
+                &[(old_dir, old, old_len), (new_dir, new, new_len)],
+            );
+        },
+    )?;
+    linker.func_wrap(
+        "tern",
+        "note_path_unlink_file",
+        |mut caller: Caller<'_, Host>, dir: i32, path: i32, len: i32, errno: i32| {
+            note_paths(&mut caller, errno, &[(dir, path, len)]);
         },
     )?;
     linker.func_wrap(
@@ -1024,6 +1120,34 @@ fn add_host_imports(linker: &mut wasmtime::Linker<Host>) -> wasmtime::Result<()>
         },
     )?;
     Ok(())
+}
+
+/// Records the paths (directory descriptor, guest pointer, length) a successful call
+/// changed.
+fn note_paths(caller: &mut Caller<'_, Host>, errno: i32, paths: &[(i32, i32, i32)]) {
+    if errno != 0 {
+        return;
+    }
+    let Some(memory) = caller_ext(caller).memory else {
+        return;
+    };
+    let names: Vec<(u32, String)> = {
+        let data = memory.data(&*caller);
+        paths
+            .iter()
+            .filter_map(|&(dir, ptr, len)| {
+                let at = ptr as u32 as usize;
+                let bytes = data.get(at..at.checked_add(len as u32 as usize)?)?;
+                Some((dir as u32, String::from_utf8_lossy(bytes).into_owned()))
+            })
+            .collect()
+    };
+    let e = caller_ext(caller);
+    for (dir, name) in names {
+        if let Some(file) = e.locate(dir, name) {
+            e.note_changed(file);
+        }
+    }
 }
 
 /// Size of a WASI preview 1 `subscription`, and offsets of its fields: the tag byte of

@@ -16,7 +16,7 @@ use crate::SnapshotError;
 use crate::instrument::instrument_with_safepoint;
 
 /// Changes whenever the rewrite's output for the same input changes.
-const REWRITE_VERSION: u32 = 6;
+const REWRITE_VERSION: u32 = 7;
 
 /// The source of the passes, part of the cache key: a Tern whose rewrite changed never
 /// reuses a module an older one rewrote, even if the version above was not bumped.

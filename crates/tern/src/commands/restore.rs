@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::Args;
+use tern_runtime::Preopen;
 use tern_snapshot::{Migratable, Snapshot};
 
 use super::run::{Watchdog, positive_duration};
@@ -29,6 +30,12 @@ pub struct RestoreCommand {
     #[arg(long, value_name = "DURATION", value_parser = positive_duration)]
     timeout: Option<Duration>,
 
+    /// Restore even when a volume's files differ from what the guest left (a file it
+    /// wrote has changed since, or is gone): each difference is listed first. Without
+    /// it, such a restore is refused and nothing runs.
+    #[arg(long)]
+    force: bool,
+
     /// Give the guest this stdin from its start. By default the bytes of stdin the
     /// guest had read before its checkpoint are skipped first, so that `tern restore
     /// app.snap < same-input` carries on where it stopped (not from a terminal).
@@ -40,6 +47,24 @@ pub struct RestoreCommand {
 }
 
 impl RestoreCommand {
+    /// Compares the host directories with the files the guest left; refuses at the
+    /// first that differs unless `--force`, which lists them all.
+    fn check_volumes(&self, snapshot: &Snapshot, dirs: &[Preopen]) -> anyhow::Result<()> {
+        let found = tern_snapshot::check_volumes(&snapshot.meta.wasi.volume_files, dirs);
+        if let Some(first) = found.iter().find(|m| m.matters())
+            && !self.force
+        {
+            anyhow::bail!(
+                "{first}; the volume is not as the guest left it at its checkpoint, so nothing was restored (--force restores anyway)"
+            );
+        }
+        for m in &found {
+            let kind = if m.matters() { "warning" } else { "note" };
+            eprintln!("{kind}: {m}");
+        }
+        Ok(())
+    }
+
     /// Whether to skip the `consumed` bytes of stdin the guest had read, said in one
     /// line. A terminal is never skipped: what was typed before is gone already.
     fn stdin_skip(&self, consumed: u64) -> bool {
@@ -73,6 +98,8 @@ impl RestoreCommand {
         let migratable = Migratable::new(&engine, &self.landing.rewriter(), &snapshot.module)
             .with_context(|| format!("cannot restore {}", self.snapshot.display()))?;
         let dirs = self.landing.dirs()?;
+        self.check_volumes(&snapshot, &dirs)
+            .with_context(|| format!("cannot restore {}", self.snapshot.display()))?;
         let limits = self.landing.limits();
         let skip_stdin = self.stdin_skip(snapshot.meta.wasi.stdin_consumed);
         let watchdog = self.timeout.map(Watchdog::start);

@@ -515,3 +515,68 @@ fn restore_with_less_stdin_than_was_read_says_so() {
         "{second:?}"
     );
 }
+
+/// A restore onto a volume whose files are no longer what the guest left (a database
+/// that moved on after the checkpoint) is refused, naming the file, and changes nothing;
+/// `--force` restores anyway after listing the differences.
+#[test]
+fn restore_refuses_a_volume_that_moved_on() {
+    let d = scratch();
+    let vol = d.path().join("vol");
+    std::fs::create_dir(&vol).expect("mkdir");
+    let snap = d.path().join("app.snap");
+    let first = tern(d.path())
+        .args(["run", "--checkpoint-after", "150ms", "--checkpoint-out"])
+        .arg(&snap)
+        .arg(format!("--dir={}::/data", vol.display()))
+        .arg(guest("journal"))
+        .args(["/data", "30", "10000000"])
+        .run();
+    assert_eq!(first.code, Some(0), "{first:?}");
+    let journal = vol.join("journal.txt");
+    let left = std::fs::read(&journal).expect("journal");
+    // The directory moves on after the checkpoint.
+    let mut moved_on = left.clone();
+    moved_on.extend_from_slice(b"a record written after the checkpoint\n");
+    std::fs::write(&journal, &moved_on).expect("write");
+    let dir_arg = format!("--dir={}::/data", vol.display());
+    let refused = tern(d.path()).args(["restore", &dir_arg]).arg(&snap).run();
+    refused.fails_with(
+        1,
+        &format!(
+            "journal.txt in volume /data is {} bytes where the guest left {}",
+            moved_on.len(),
+            left.len()
+        ),
+    );
+    assert!(refused.stderr.contains("--force"), "{refused:?}");
+    assert_eq!(refused.stdout, "", "nothing ran");
+    assert_eq!(std::fs::read(&journal).expect("journal"), moved_on);
+
+    std::fs::remove_file(&journal).expect("rm");
+    let refused = tern(d.path()).args(["restore", &dir_arg]).arg(&snap).run();
+    refused.fails_with(1, "journal.txt in volume /data is missing");
+
+    std::fs::write(&journal, &moved_on).expect("write");
+    let forced = tern(d.path())
+        .args(["restore", "--force", &dir_arg])
+        .arg(&snap)
+        .run();
+    // The guest runs, and here finds the record it did not write.
+    assert!(forced.stdout.contains("mismatch at"), "{forced:?}");
+    assert!(
+        forced
+            .stderr
+            .starts_with("warning: journal.txt in volume /data is"),
+        "{forced:?}"
+    );
+
+    // Put back as the guest left it, the volume restores without a word.
+    std::fs::write(&journal, &left).expect("write");
+    let ok = tern(d.path()).args(["restore", &dir_arg]).arg(&snap).run();
+    assert_eq!(ok.code, Some(0), "{ok:?}");
+    assert!(
+        !ok.stderr.contains("warning"),
+        "the same contents pass: {ok:?}"
+    );
+}
