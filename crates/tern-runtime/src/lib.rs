@@ -22,6 +22,7 @@
 mod artifact;
 pub mod builtins;
 mod engine;
+mod errno;
 mod limits;
 mod policy;
 mod run;
@@ -36,6 +37,7 @@ pub use artifact::{
     precompile, wasm_binary,
 };
 pub use engine::{DEFAULT_MAX_STACK, Engine, EngineKind, EngineOptions};
+pub use errno::wasi_errno_text;
 pub use limits::{
     DEFAULT_MAX_TABLE_ELEMENTS, Dur, LimitExceeded, Limits, Size, parse_duration, parse_size,
 };

@@ -72,7 +72,10 @@ pub enum SnapshotError {
     Foreign { reason: String },
     #[error("volume {guest} of the snapshot has no host directory; pass --dir HOST::{guest}")]
     UnmappedVolume { guest: String },
-    #[error("cannot reopen {path} in volume {volume} after restore: WASI errno {errno}")]
+    #[error(
+        "cannot reopen {path} in volume {volume} after restore: {} (WASI errno {errno})",
+        tern_runtime::wasi_errno_text(*errno)
+    )]
     Reopen {
         volume: String,
         path: String,

@@ -220,6 +220,11 @@ impl Captured<'_> {
         self.memory
     }
 
+    /// The host directory of each volume, by the guest path the guest knows it by.
+    pub fn volume_hosts(&self) -> &[(String, PathBuf)] {
+        &self.hosts
+    }
+
     /// The files the guest has open or has changed, as they are now in their host
     /// directories: what a restore checks its directories against. Reads and hashes
     /// each of them, so a migration's rounds do not ask for it.

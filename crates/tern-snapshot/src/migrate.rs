@@ -50,6 +50,9 @@ const REPLY_TIMEOUT: Duration = Duration::from_secs(30);
 /// Largest frame accepted (a module or a round of pages).
 const MAX_FRAME: usize = 1 << 31;
 
+/// Why a migration did not happen when the guest ran to its end first.
+const ENDED: &str = "the guest finished before the migration";
+
 /// First frame of a migration.
 #[derive(Debug, Serialize, Deserialize)]
 pub struct Hello {
@@ -403,8 +406,12 @@ pub fn migrate_run(
                     &verdict_tx,
                     &progress,
                 );
-                if let Err(e) = &r {
-                    progress(&format!("{e}; the guest keeps running here"));
+                match &r {
+                    Err(SnapshotError::Migration { reason }) if reason == ENDED => {
+                        progress("migration: the guest finished here before it could be migrated");
+                    }
+                    Err(e) => progress(&format!("{e}; the guest keeps running here")),
+                    Ok(_) => {}
                 }
                 r
             })
@@ -449,7 +456,7 @@ fn control(
     // Wait, unless the guest ends first (no snapshot is sent before the trigger fires).
     match snapshots.recv_timeout(after) {
         Err(mpsc::RecvTimeoutError::Timeout) => {}
-        _ => return Err(net("the guest ended before the migration")),
+        _ => return Err(net(ENDED)),
     }
     let started = Instant::now();
     let mut source = Source::connect(addr, migratable, volumes)?;
@@ -459,7 +466,7 @@ fn control(
         rounds += 1;
         trigger.fire();
         let Ok(snapshot) = snapshots.recv() else {
-            return Err(net("the guest ended before the migration"));
+            return Err(net(ENDED));
         };
         refuse_stdin_readers(&snapshot.meta, addr)?;
         let last = rounds >= MAX_ROUNDS;
@@ -486,7 +493,7 @@ fn control(
             rounds += 1;
             trigger.fire();
             let Ok(snapshot) = snapshots.recv() else {
-                return Err(net("the guest ended before the migration"));
+                return Err(net(ENDED));
             };
             refuse_stdin_readers(&snapshot.meta, addr)?;
             return finish(&mut source, &snapshot, verdict, rounds, started);

@@ -35,7 +35,9 @@ pub struct CheckpointArgs {
     pub checkpoint_at_safepoint: Option<u64>,
 
     /// Where the snapshot goes. A checkpoint is taken after --checkpoint-after, at
-    /// --checkpoint-at-safepoint, and whenever the process receives SIGUSR1.
+    /// --checkpoint-at-safepoint, and whenever the process receives SIGUSR1. SIGTERM
+    /// and SIGINT (Ctrl-C) take one at the next safe point and then stop, so stopping a
+    /// long run never loses it; a second SIGTERM or SIGINT stops at once.
     #[arg(long, value_name = "FILE")]
     pub checkpoint_out: Option<PathBuf>,
 
@@ -98,8 +100,8 @@ impl CheckpointArgs {
                 MigrateEnd::Finished { outcome, .. } => report(outcome),
             });
         }
-        let trigger = self.arm()?;
-        let (on_checkpoint, written) = self.on_checkpoint();
+        let (trigger, stopping) = self.arm()?;
+        let (on_checkpoint, written) = self.on_checkpoint(stopping);
         let end = on_guest_thread(max_stack, move || {
             migratable.run(&policy, &limits, &trigger, on_checkpoint)
         })??;
@@ -116,8 +118,8 @@ impl CheckpointArgs {
         max_stack: usize,
         skip_stdin: bool,
     ) -> anyhow::Result<ExitCode> {
-        let trigger = self.arm()?;
-        let (on_checkpoint, written) = self.on_checkpoint();
+        let (trigger, stopping) = self.arm()?;
+        let (on_checkpoint, written) = self.on_checkpoint(stopping);
         let end = on_guest_thread(max_stack, move || {
             migratable.restore(
                 &snapshot,
@@ -135,11 +137,15 @@ impl CheckpointArgs {
         self.finish(end, &written)
     }
 
-    fn arm(&self) -> anyhow::Result<Trigger> {
-        if let Some(n) = self.checkpoint_at_safepoint {
-            return Ok(Trigger::at_safepoint(n));
-        }
-        let trigger = Trigger::new();
+    /// The trigger that stops the guest for each checkpoint, and the flag a SIGTERM or
+    /// SIGINT raises: stop after the next checkpoint, whatever --keep-running says.
+    fn arm(&self) -> anyhow::Result<(Trigger, Arc<AtomicBool>)> {
+        use signal_hook::consts::{SIGINT, SIGTERM, SIGUSR1};
+        let stopping = Arc::new(AtomicBool::new(false));
+        let trigger = match self.checkpoint_at_safepoint {
+            Some(n) => Trigger::at_safepoint(n),
+            None => Trigger::new(),
+        };
         if let Some(after) = self.checkpoint_after {
             let t = trigger.clone();
             thread::spawn(move || {
@@ -148,16 +154,35 @@ impl CheckpointArgs {
             });
         }
         if self.checkpoint_out.is_some() {
-            let mut signals = signal_hook::iterator::Signals::new([signal_hook::consts::SIGUSR1])
-                .context("listening for SIGUSR1")?;
+            let mut signals = signal_hook::iterator::Signals::new([SIGUSR1, SIGTERM, SIGINT])
+                .context("listening for SIGUSR1, SIGTERM and SIGINT")?;
             let t = trigger.clone();
+            let stop = stopping.clone();
             thread::spawn(move || {
-                for _ in signals.forever() {
+                for signal in signals.forever() {
+                    if signal == SIGUSR1 {
+                        t.fire();
+                        continue;
+                    }
+                    let name = if signal == SIGTERM {
+                        "SIGTERM"
+                    } else {
+                        "SIGINT"
+                    };
+                    if stop.swap(true, Ordering::SeqCst) {
+                        // The second one: the guest may be blocked where no safe point
+                        // comes (a read of a terminal); stop as that signal would.
+                        eprintln!("tern: {name} again: stopping without a checkpoint");
+                        std::process::exit(128 + signal);
+                    }
+                    eprintln!(
+                        "tern: {name}: checkpointing at the next safe point, then stopping ({name} again stops at once)"
+                    );
                     t.fire();
                 }
             });
         }
-        Ok(trigger)
+        Ok((trigger, stopping))
     }
 
     /// What to do with each captured snapshot: write it to --checkpoint-out, then stop
@@ -166,6 +191,7 @@ impl CheckpointArgs {
     /// says whether any snapshot was written.
     fn on_checkpoint(
         &self,
+        stopping: Arc<AtomicBool>,
     ) -> (
         impl FnMut(Captured<'_>) -> Checkpoint + Send + 'static,
         Arc<AtomicBool>,
@@ -191,14 +217,14 @@ impl CheckpointArgs {
                 Ok(len) => {
                     flag.store(true, Ordering::SeqCst);
                     eprintln!(
-                        "checkpoint: {} written ({} KiB, {} of {} pages non-zero); resume with `tern restore {}`",
+                        "checkpoint: {} written ({} KiB, {} of {} pages non-zero); resume with `{}`",
                         path.display(),
                         len.div_ceil(1024),
                         snapshot.pages.len(),
                         snapshot.meta.memory_pages,
-                        path.display()
+                        resume_command(&captured, &snapshot, path)
                     );
-                    if keep_running {
+                    if keep_running && !stopping.load(Ordering::SeqCst) {
                         Checkpoint::Continue
                     } else {
                         Checkpoint::Stop
@@ -225,6 +251,33 @@ impl CheckpointArgs {
             }
             RunEnd::Stopped => Ok(ExitCode::SUCCESS),
         }
+    }
+}
+
+/// The `tern restore` command line that resumes `snapshot` here: a `--dir` or
+/// `--ro-dir` for each volume, mapped to the directory it has now.
+fn resume_command(captured: &Captured<'_>, snapshot: &Snapshot, path: &Path) -> String {
+    let mut words = vec!["tern".to_owned(), "restore".to_owned()];
+    for v in &snapshot.meta.wasi.volumes {
+        let Some((_, host)) = captured.volume_hosts().iter().find(|(g, _)| *g == v.guest) else {
+            continue;
+        };
+        let flag = if v.read_only { "--ro-dir" } else { "--dir" };
+        words.push(flag.to_owned());
+        words.push(shell_word(&format!("{}::{}", host.display(), v.guest)));
+    }
+    words.push(shell_word(&path.display().to_string()));
+    words.join(" ")
+}
+
+/// `word` as a POSIX shell reads it back: quoted when it holds anything but plain
+/// characters.
+fn shell_word(word: &str) -> String {
+    let plain = |c: char| c.is_ascii_alphanumeric() || "/._-:+=@%,".contains(c);
+    if !word.is_empty() && word.chars().all(plain) {
+        word.to_owned()
+    } else {
+        format!("'{}'", word.replace('\'', "'\\''"))
     }
 }
 

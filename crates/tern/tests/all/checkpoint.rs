@@ -556,6 +556,19 @@ fn restore_refuses_a_volume_that_moved_on() {
     std::fs::remove_file(&journal).expect("rm");
     let refused = tern(d.path()).args(["restore", &dir_arg]).arg(&snap).run();
     refused.fails_with(1, "journal.txt in volume /data is missing");
+    // Forced, the restore cannot reopen the file the guest had open, and says why in
+    // words.
+    let forced = tern(d.path())
+        .args(["restore", "--force", &dir_arg])
+        .arg(&snap)
+        .run();
+    assert_eq!(forced.code, Some(1), "{forced:?}");
+    assert!(
+        forced.stderr.contains(
+            "cannot reopen journal.txt in volume /data after restore: No such file or directory (WASI errno 44)"
+        ),
+        "{forced:?}"
+    );
 
     std::fs::write(&journal, &moved_on).expect("write");
     let forced = tern(d.path())
@@ -579,4 +592,154 @@ fn restore_refuses_a_volume_that_moved_on() {
         !ok.stderr.contains("warning"),
         "the same contents pass: {ok:?}"
     );
+}
+
+/// The checkpoint's hint is the whole restore command, volumes included.
+#[test]
+fn the_resume_hint_names_the_volumes() {
+    let d = scratch();
+    let (vol, ro) = (d.path().join("vol"), d.path().join("ro dir"));
+    std::fs::create_dir(&vol).expect("mkdir");
+    std::fs::create_dir(&ro).expect("mkdir");
+    let snap = d.path().join("app.snap");
+    let first = tern(d.path())
+        .args(["run", "--checkpoint-after", "150ms", "--checkpoint-out"])
+        .arg(&snap)
+        .arg(format!("--dir={}::/data", vol.display()))
+        .arg(format!("--ro-dir={}::/ro", ro.display()))
+        .arg(guest("journal"))
+        .args(["/data", "30", "10000000"])
+        .run();
+    assert_eq!(first.code, Some(0), "{first:?}");
+    let hint = format!(
+        "resume with `tern restore --dir {}::/data --ro-dir '{}::/ro' {}`",
+        vol.display(),
+        ro.display(),
+        snap.display()
+    );
+    assert!(first.stderr.contains(&hint), "{hint}\n{}", first.stderr);
+}
+
+/// `tern` running `args` with stdin held open and empty, and its stderr read line by
+/// line: a process to send signals to.
+fn spawn_tern(dir: &Path, args: &[&std::ffi::OsStr]) -> std::process::Child {
+    std::process::Command::new(env!("CARGO_BIN_EXE_tern"))
+        .env_clear()
+        .env("TERN_CACHE_DIR", dir.join("cache"))
+        .args(args)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawning tern")
+}
+
+fn signal(child: &std::process::Child, sig: &str) {
+    let ok = std::process::Command::new("kill")
+        .args([sig, &child.id().to_string()])
+        .status()
+        .expect("kill")
+        .success();
+    assert!(ok, "kill {sig}");
+}
+
+/// Waits until `file` exists, which the guest makes first: the guest is running.
+fn wait_for(file: &Path) {
+    for _ in 0..500 {
+        if file.exists() {
+            return;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    panic!("{} never appeared", file.display());
+}
+
+/// With --checkpoint-out, SIGTERM and SIGINT take a checkpoint at the next safe point
+/// and stop, even with --keep-running; the snapshot resumes to the same end as an
+/// uninterrupted run.
+#[test]
+fn sigterm_and_sigint_checkpoint_then_stop() {
+    let d = scratch();
+    let journal = guest("journal");
+    let reference = d.path().join("ref");
+    std::fs::create_dir(&reference).expect("mkdir");
+    let whole = tern(d.path())
+        .arg("run")
+        .arg(format!("--dir={}::/data", reference.display()))
+        .arg(&journal)
+        .args(["/data", "30", "10000000"])
+        .run();
+    assert_eq!(whole.code, Some(0), "{whole:?}");
+    for (sig, extra) in [("-TERM", None), ("-INT", Some("--keep-running"))] {
+        let vol = d.path().join(format!("vol{sig}"));
+        std::fs::create_dir(&vol).expect("mkdir");
+        let snap = d.path().join(format!("app{sig}.snap"));
+        let dir_arg = format!("--dir={}::/data", vol.display());
+        let mut args: Vec<&std::ffi::OsStr> = vec!["run".as_ref(), "--checkpoint-out".as_ref()];
+        args.push(snap.as_os_str());
+        args.extend(extra.map(std::ffi::OsStr::new));
+        args.extend([dir_arg.as_ref(), journal.as_os_str()]);
+        args.extend(["/data", "30", "10000000"].map(std::ffi::OsStr::new));
+        let child = spawn_tern(d.path(), &args);
+        wait_for(&vol.join("journal.txt"));
+        signal(&child, sig);
+        let first = Run::from(child.wait_with_output().expect("tern ends"));
+        assert_eq!(first.code, Some(0), "{sig}: {first:?}");
+        assert!(
+            first
+                .stderr
+                .contains("checkpointing at the next safe point"),
+            "{first:?}"
+        );
+        assert!(first.stderr.contains("checkpoint:"), "{sig}: {first:?}");
+        let second = tern(d.path()).args(["restore", &dir_arg]).arg(&snap).run();
+        assert_eq!(second.code, Some(0), "{sig}: {second:?}");
+        assert_eq!(
+            format!("{}{}", first.stdout, second.stdout),
+            whole.stdout,
+            "{sig}"
+        );
+    }
+}
+
+/// A guest blocked where no safe point comes (reading a stdin nobody writes) is
+/// stopped at once by a second SIGTERM, as the signal would.
+#[test]
+fn a_second_sigterm_stops_at_once() {
+    use std::io::BufRead as _;
+    let d = scratch();
+    let snap = d.path().join("app.snap");
+    let waits = guest("waits");
+    let mut child = spawn_tern(
+        d.path(),
+        &[
+            "run".as_ref(),
+            "--checkpoint-out".as_ref(),
+            snap.as_os_str(),
+            waits.as_os_str(),
+        ],
+    );
+    let mut err = std::io::BufReader::new(child.stderr.take().expect("stderr"));
+    let mut line = String::new();
+    err.read_line(&mut line).expect("first line");
+    assert_eq!(line, "waiting for input\n");
+    // The guest is in its read: the first signal cannot stop it there, the second
+    // ends the process.
+    signal(&child, "-TERM");
+    line.clear();
+    err.read_line(&mut line).expect("second line");
+    assert!(
+        line.contains("checkpointing at the next safe point"),
+        "{line}"
+    );
+    signal(&child, "-TERM");
+    let mut rest = String::new();
+    std::io::Read::read_to_string(&mut err, &mut rest).expect("rest of stderr");
+    let out = child.wait_with_output().expect("tern ends");
+    assert_eq!(out.status.code(), Some(143), "{out:?}");
+    assert!(
+        rest.contains("SIGTERM again: stopping without a checkpoint"),
+        "{rest}"
+    );
+    assert!(!snap.exists());
 }

@@ -269,3 +269,24 @@ fn a_guest_reading_stdin_is_not_migrated() {
     assert!(from.stderr.contains("800 lines"), "{from:?}");
     assert_eq!(from.stdout, whole.stdout);
 }
+
+/// A guest that ends before its migration starts says it finished here.
+#[test]
+fn a_guest_that_ends_first_says_it_finished_here() {
+    let d = scratch();
+    let (child, addr) = receiver(d.path(), &[]);
+    let from = tern(d.path())
+        .args(["run", "--migrate-to", &addr, "--migrate-after", "5s"])
+        .arg(guest("hello"))
+        .run();
+    let mut child = child;
+    let _ = child.kill();
+    let _ = child.wait();
+    assert_eq!(from.code, Some(0), "{from:?}");
+    assert!(
+        from.stderr
+            .contains("the guest finished here before it could be migrated"),
+        "{from:?}"
+    );
+    assert!(!from.stderr.contains("keeps running"), "{from:?}");
+}
