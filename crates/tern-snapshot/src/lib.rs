@@ -14,6 +14,7 @@ mod live;
 mod liveness;
 mod migrate;
 mod rewrite;
+mod sync;
 mod unwind;
 mod volumes;
 

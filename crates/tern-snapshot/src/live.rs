@@ -220,6 +220,11 @@ impl Captured<'_> {
         self.memory
     }
 
+    /// Files the guest has open or has changed, by volume and path.
+    pub(crate) fn touched(&self) -> &[(String, String)] {
+        &self.touched
+    }
+
     /// The host directory of each volume, by the guest path the guest knows it by.
     pub fn volume_hosts(&self) -> &[(String, PathBuf)] {
         &self.hosts
@@ -313,8 +318,8 @@ struct Ext {
     files: BTreeMap<u32, OpenFile>,
     /// Host directory of each volume, by guest path.
     hosts: Vec<(String, PathBuf)>,
-    /// Files the guest has changed (opened for writing, created, renamed, removed), by
-    /// volume and path, bounded by [`MAX_CHANGED`].
+    /// Files the guest has changed (opened for writing, created, renamed, removed) or
+    /// opened in a read-only volume, by volume and path, bounded by [`MAX_CHANGED`].
     changed: BTreeSet<(String, String)>,
 }
 
@@ -1057,7 +1062,13 @@ fn add_host_imports(linker: &mut wasmtime::Linker<Host>) -> wasmtime::Result<()>
                 e.files.remove(&fd);
                 return;
             };
-            if base as u64 & WRITE_RIGHTS != 0 || oflags as u32 & OFLAGS_CREAT_TRUNC != 0 {
+            // Files it changes, and every file it opens in a read-only volume: a
+            // migration checks those against the destination's copies.
+            let read_only = e.volumes.values().any(|v| v.guest == volume && v.read_only);
+            if read_only
+                || base as u64 & WRITE_RIGHTS != 0
+                || oflags as u32 & OFLAGS_CREAT_TRUNC != 0
+            {
                 e.note_changed((volume.clone(), path.clone()));
             }
             e.files.insert(

@@ -8,10 +8,11 @@
 //! | tag | from | payload |
 //! | --- | --- | --- |
 //! | `H` hello | source | JSON [`Hello`], then the LZ4 module (size prepended) |
-//! | `A` accept / `E` error | destination | nothing / a UTF-8 reason |
+//! | `A` accept / `E` error | destination | JSON: each volume as mapped here, with the files of a read-write one (`VolumeOffer`) / a UTF-8 reason |
 //! | `P` pages | source | `u32` memory pages, `u32` count, then per page `u32` index, `u32` length, LZ4 block (length 0: the page is now zero) |
-//! | `F` file | source | JSON [`FileHeader`], `u32` count, then per block `u32` index, `u32` length, LZ4 block |
-//! | `D` deleted | source | JSON [`FileHeader`] (size ignored) |
+//! | `F` file | source | JSON `FileHeader` (size, mode, mtime), `u32` count, then per block `u32` index, `u32` length, LZ4 block |
+//! | `D` deleted | source | JSON `Gone` |
+//! | `V` verify | source | JSON `Expected`: the SHA-256 of a file the guest uses in a volume read-only here |
 //! | `K` round end | source, then destination | nothing: the destination echoes it once every frame before it is applied |
 //! | `Z` final | source | JSON [`Meta`] |
 //! | `R` restored / `E` error | destination | nothing / a UTF-8 reason |
@@ -20,27 +21,37 @@
 //! copy kept of it), so no write barrier is needed in the guest. The source starts the
 //! next round only when the destination has echoed the last one's `K`: on a slow link the
 //! socket buffers would otherwise still hold earlier rounds when the guest stops, and
-//! the stop would wait for them. Files are compared by
-//! 64 KiB blocks with the hashes of what was sent.
+//! the stop would wait for them.
+//!
+//! Volumes (see `sync`): a read-write volume gets only the 64 KiB blocks whose SHA-256
+//! differs from the destination's own copy, staged beside the volume and moved in by
+//! rename just before the destination confirms; a volume read-only on either side is
+//! never written, and the files the guest uses there must match by SHA-256. A migration
+//! that fails at any point leaves the destination's volumes as they were.
 
-use std::collections::{BTreeMap, HashMap};
-use std::hash::{DefaultHasher, Hash, Hasher};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::io::{BufReader, BufWriter, Read, Write};
 use std::net::{TcpListener, TcpStream, ToSocketAddrs};
-use std::path::{Component, Path, PathBuf};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 use sha2::{Digest as _, Sha256};
-use tern_runtime::{Limits, Policy, Preopen};
+use tern_runtime::{DirAccess, Limits, Policy, Preopen};
 
 use crate::SnapshotError;
 use crate::format::{Meta, PAGE};
 use crate::live::{Captured, Checkpoint, Migratable, RunEnd, Trigger};
+use crate::sync::{
+    BLOCK, Expected, FileEntry, FileHeader, FileIndex, Staging, VolumeOffer, list_files,
+    read_blocks,
+};
 
-/// Size of a file block compared and sent as a unit.
-const BLOCK: usize = 64 * 1024;
+/// Blocks of one file sent in one frame (4 MiB), so a large file never makes one huge
+/// frame.
+const BLOCKS_PER_FRAME: usize = 64;
+/// Version of this protocol; both sides must speak the same.
+const PROTOCOL: u32 = 2;
 /// Most pre-copy rounds before the final stop.
 const MAX_ROUNDS: u32 = 6;
 /// A round that sends fewer pages than this is followed by the final stop.
@@ -55,19 +66,21 @@ const ENDED: &str = "the guest finished before the migration";
 
 /// First frame of a migration.
 #[derive(Debug, Serialize, Deserialize)]
-pub struct Hello {
-    pub format_version: u32,
-    pub module_digest: String,
-    /// Guest paths of the volumes, so the destination can refuse early.
-    pub volumes: Vec<String>,
+struct Hello {
+    #[serde(default)]
+    protocol: u32,
+    format_version: u32,
+    module_digest: String,
+    /// Guest path of each volume and whether it is read-only at the source, so the
+    /// destination can refuse early and say which it will only check.
+    volumes: Vec<(String, bool)>,
 }
 
-/// A file of a volume, by the volume's guest path and its path inside it.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct FileHeader {
-    pub volume: String,
-    pub path: String,
-    pub size: u64,
+/// A file the source no longer has.
+#[derive(Debug, Serialize, Deserialize)]
+struct Gone {
+    volume: String,
+    path: String,
 }
 
 /// What a finished migration measured, for the source to print.
@@ -154,23 +167,12 @@ fn parse_json<'a, T: Deserialize<'a>>(c: &mut Cursor<'a>) -> Result<T, SnapshotE
     serde_json::from_slice(c.block()?).map_err(|e| net(format!("bad header: {e}")))
 }
 
-fn block_hash(b: &[u8]) -> u64 {
-    let mut h = DefaultHasher::new();
-    b.hash(&mut h);
-    h.finish()
-}
-
-/// What the source has sent of its volume files, to send only what changed.
-#[derive(Default)]
-struct Sent {
-    /// Block hashes of each file last sent, by (volume, path).
-    files: BTreeMap<(String, String), Vec<u64>>,
-}
-
 /// One round: the guest's metadata and the pages that changed since the last round.
 struct Delta {
     meta: Meta,
     pages: Vec<(u32, Vec<u8>)>,
+    /// Files the guest has open or has changed, by volume and path.
+    touched: Vec<(String, String)>,
     /// When the guest stopped at the safe point of this capture: the last one's is where
     /// downtime starts.
     paused: Instant,
@@ -194,6 +196,7 @@ fn page_delta(sent: &mut HashMap<u32, Vec<u8>>, captured: Captured<'_>) -> Delta
         }
     }
     Delta {
+        touched: captured.touched().to_vec(),
         meta: captured.meta,
         pages,
         paused,
@@ -205,7 +208,14 @@ struct Source {
     stream: BufWriter<TcpStream>,
     replies: BufReader<TcpStream>,
     volumes: Vec<Preopen>,
-    sent: Sent,
+    /// The destination's files of each read-write volume as they will be once what
+    /// was sent is applied, by (volume, path).
+    there: BTreeMap<(String, String), FileEntry>,
+    /// Volumes the destination maps read-only: only checked.
+    checked: BTreeSet<String>,
+    /// What was last sent for the checked files.
+    expected: BTreeMap<(String, String), Option<String>>,
+    index: FileIndex,
     bytes: u64,
 }
 
@@ -229,25 +239,44 @@ impl Source {
             stream: BufWriter::with_capacity(1 << 20, stream),
             replies,
             volumes,
-            sent: Sent::default(),
+            there: BTreeMap::new(),
+            checked: BTreeSet::new(),
+            expected: BTreeMap::new(),
+            index: FileIndex::default(),
             bytes: 0,
         };
         let hello = Hello {
+            protocol: PROTOCOL,
             format_version: crate::FORMAT_VERSION,
             module_digest: migratable.digest().to_owned(),
-            volumes: s.volumes.iter().map(|v| v.guest.clone()).collect(),
+            volumes: s
+                .volumes
+                .iter()
+                .map(|v| (v.guest.clone(), v.access == DirAccess::ReadOnly))
+                .collect(),
         };
         let module = lz4_flex::compress_prepend_size(migratable.original());
         s.bytes += write_frame(&mut s.stream, b'H', &json_frame(&hello, &module))?;
         s.stream.flush().map_err(net)?;
-        s.expect(b'A')?;
+        let offers: Vec<VolumeOffer> = serde_json::from_slice(&s.expect(b'A')?)
+            .map_err(|e| net(format!("bad accept frame: {e}")))?;
+        for o in offers {
+            if o.read_only {
+                s.checked.insert(o.guest);
+                continue;
+            }
+            for f in o.files {
+                s.there.insert((o.guest.clone(), f.path.clone()), f);
+            }
+        }
         Ok(s)
     }
 
-    fn expect(&mut self, ok: u8) -> Result<(), SnapshotError> {
+    /// Reads the destination's next frame; its payload when it is `ok`.
+    fn expect(&mut self, ok: u8) -> Result<Vec<u8>, SnapshotError> {
         let (tag, body) = read_frame(&mut self.replies)?;
         match tag {
-            t if t == ok => Ok(()),
+            t if t == ok => Ok(body),
             b'E' => Err(net(format!(
                 "the destination refused: {}",
                 String::from_utf8_lossy(&body)
@@ -269,91 +298,96 @@ impl Source {
         Ok(delta.pages.len())
     }
 
-    /// Sends the blocks of volume files that changed since they were last sent, and
-    /// the files that are gone.
-    fn send_files(&mut self) -> Result<(), SnapshotError> {
-        let mut seen = Vec::new();
+    /// Brings the destination's copy of each read-write volume up to the source's:
+    /// blocks that differ, files that are gone; and sends the SHA-256 of each file the
+    /// guest uses in a volume the destination only checks.
+    fn send_files(&mut self, touched: &[(String, String)]) -> Result<(), SnapshotError> {
         for v in self.volumes.clone() {
-            let mut files = Vec::new();
-            list_files(&v.host, Path::new(""), &mut files)
-                .map_err(|e| net(format!("reading volume {}: {e}", v.host.display())))?;
-            for rel in files {
-                let key = (v.guest.clone(), rel.clone());
-                let data = match std::fs::read(v.host.join(&rel)) {
-                    Ok(d) => d,
-                    // Removed while we looked: the next round sees it gone.
-                    Err(_) => continue,
+            let read = |e: std::io::Error| net(format!("reading volume {}: {e}", v.host.display()));
+            if self.checked.contains(&v.guest) {
+                for (volume, path) in touched.iter().filter(|(vol, _)| *vol == v.guest) {
+                    if crate::volumes::inside(&v.host, path).is_none() {
+                        continue;
+                    }
+                    let sha = self.index.get(&v.host, path).map_err(read)?.map(|(_, s)| s);
+                    let key = (volume.clone(), path.clone());
+                    if self.expected.get(&key) == Some(&sha) {
+                        continue;
+                    }
+                    let e = Expected {
+                        volume: volume.clone(),
+                        path: path.clone(),
+                        sha256: sha.clone(),
+                    };
+                    self.bytes += write_frame(&mut self.stream, b'V', &json_frame(&e, &[]))?;
+                    self.expected.insert(key, sha);
+                }
+                continue;
+            }
+            let files = list_files(&v.host).map_err(read)?;
+            for rel in &files {
+                let Some((entry, _)) = self.index.get(&v.host, rel).map_err(read)? else {
+                    continue;
                 };
-                seen.push(key.clone());
-                let hashes: Vec<u64> = data.chunks(BLOCK).map(block_hash).collect();
-                let old = self.sent.files.get(&key);
-                if old == Some(&hashes) {
+                let key = (v.guest.clone(), rel.clone());
+                let old = self.there.get(&key);
+                if old == Some(&entry) {
                     continue;
                 }
-                let mut rest = Vec::new();
-                let changed: Vec<usize> = (0..hashes.len())
-                    .filter(|i| old.and_then(|o| o.get(*i)) != Some(&hashes[*i]))
+                let changed: Vec<usize> = (0..entry.blocks.len())
+                    .filter(|i| old.and_then(|o| o.blocks.get(*i)) != Some(&entry.blocks[*i]))
                     .collect();
-                rest.extend_from_slice(&(changed.len() as u32).to_le_bytes());
-                for i in changed {
-                    rest.extend_from_slice(&(i as u32).to_le_bytes());
-                    let end = ((i + 1) * BLOCK).min(data.len());
-                    put_block(
-                        &mut rest,
-                        &lz4_flex::compress_prepend_size(&data[i * BLOCK..end]),
-                    );
-                }
                 let header = FileHeader {
                     volume: v.guest.clone(),
-                    path: rel,
-                    size: data.len() as u64,
+                    path: rel.clone(),
+                    size: entry.size,
+                    mode: entry.mode,
+                    mtime_ns: entry.mtime_ns,
                 };
-                self.bytes += write_frame(&mut self.stream, b'F', &json_frame(&header, &rest))?;
-                self.sent.files.insert(key, hashes);
+                // At least one frame, even with no block: the size, mode or mtime
+                // changed.
+                let mut chunks: Vec<&[usize]> = changed.chunks(BLOCKS_PER_FRAME).collect();
+                if chunks.is_empty() {
+                    chunks.push(&[]);
+                }
+                for chunk in chunks {
+                    let blocks = read_blocks(&v.host, rel, chunk).map_err(read)?;
+                    let mut rest = Vec::new();
+                    rest.extend_from_slice(&(blocks.len() as u32).to_le_bytes());
+                    for (i, data) in blocks {
+                        rest.extend_from_slice(&(i as u32).to_le_bytes());
+                        put_block(&mut rest, &lz4_flex::compress_prepend_size(&data));
+                    }
+                    self.bytes += write_frame(&mut self.stream, b'F', &json_frame(&header, &rest))?;
+                }
+                self.there.insert(key, entry);
             }
-        }
-        let gone: Vec<(String, String)> = self
-            .sent
-            .files
-            .keys()
-            .filter(|k| !seen.contains(k))
-            .cloned()
-            .collect();
-        for (volume, path) in gone {
-            let header = FileHeader {
-                volume: volume.clone(),
-                path: path.clone(),
-                size: 0,
-            };
-            self.bytes += write_frame(&mut self.stream, b'D', &json_frame(&header, &[]))?;
-            self.sent.files.remove(&(volume, path));
+            let gone: Vec<(String, String)> = self
+                .there
+                .keys()
+                .filter(|(vol, path)| *vol == v.guest && files.binary_search(path).is_err())
+                .cloned()
+                .collect();
+            for (volume, path) in gone {
+                let g = Gone {
+                    volume: volume.clone(),
+                    path: path.clone(),
+                };
+                self.bytes += write_frame(&mut self.stream, b'D', &json_frame(&g, &[]))?;
+                self.there.remove(&(volume, path));
+            }
         }
         Ok(())
     }
 
     fn finish(&mut self, delta: &Delta) -> Result<(), SnapshotError> {
         self.send_pages(delta)?;
-        self.send_files()?;
+        self.send_files(&delta.touched)?;
         let meta = serde_json::to_vec(&delta.meta).map_err(net)?;
         self.bytes += write_frame(&mut self.stream, b'Z', &meta)?;
         self.stream.flush().map_err(net)?;
-        self.expect(b'R')
+        self.expect(b'R').map(drop)
     }
-}
-
-/// Relative paths of the regular files under `dir`.
-fn list_files(root: &Path, rel: &Path, out: &mut Vec<String>) -> std::io::Result<()> {
-    for entry in std::fs::read_dir(root.join(rel))? {
-        let entry = entry?;
-        let ty = entry.file_type()?;
-        let name = rel.join(entry.file_name());
-        if ty.is_dir() {
-            list_files(root, &name, out)?;
-        } else if ty.is_file() {
-            out.push(name.to_string_lossy().into_owned());
-        }
-    }
-    Ok(())
 }
 
 /// How a migrating run ended on the source.
@@ -474,7 +508,7 @@ fn control(
             // Pre-copy: let the guest run on while this round goes out.
             let _ = verdict.send(Checkpoint::Continue);
             let changed = source.send_pages(&snapshot).and_then(|n| {
-                source.send_files()?;
+                source.send_files(&snapshot.touched)?;
                 source.bytes += write_frame(&mut source.stream, b'K', &[])?;
                 source.stream.flush().map_err(net)?;
                 // The guest runs on meanwhile; only the next round waits.
@@ -568,7 +602,16 @@ pub fn receive(
         return Err(refuse(&mut replies, net("expected a hello frame")));
     }
     let mut c = Cursor { b: &body };
-    let hello: Hello = parse_json(&mut c)?;
+    let hello: Hello = parse_json(&mut c).map_err(|e| refuse(&mut replies, e))?;
+    if hello.protocol != PROTOCOL {
+        return Err(refuse(
+            &mut replies,
+            net(format!(
+                "the source speaks migration protocol {}, this Tern {PROTOCOL}; migrate between the same Tern versions",
+                hello.protocol
+            )),
+        ));
+    }
     let module = crate::format::decompress_bounded(c.b, crate::format::MAX_MODULE)
         .map_err(|e| refuse(&mut replies, net(format!("bad module: {e}"))))?;
     if hex::encode(Sha256::digest(&module)) != hello.module_digest {
@@ -577,16 +620,11 @@ pub fn receive(
             net("module does not match its digest"),
         ));
     }
-    if let Some(v) = hello
-        .volumes
-        .iter()
-        .find(|v| !dirs.iter().any(|d| &d.guest == *v))
-    {
-        return Err(refuse(
-            &mut replies,
-            SnapshotError::UnmappedVolume { guest: v.clone() },
-        ));
-    }
+    crate::sync::clear_stale_stages(dirs);
+    let mut staging = match Staging::new(dirs, &hello.volumes) {
+        Ok(s) => s,
+        Err(e) => return Err(refuse(&mut replies, e)),
+    };
     let migratable = match Migratable::new(engine, rewriter, &module) {
         Ok(m) => m,
         Err(e) => return Err(refuse(&mut replies, e)),
@@ -606,18 +644,21 @@ pub fn receive(
         }
         Err(e) => return Err(refuse(&mut replies, e)),
     };
-    write_frame(&mut replies, b'A', &[])?;
+    let offer = match staging.offer() {
+        Ok(o) => serde_json::to_vec(&o).map_err(net)?,
+        Err(e) => return Err(refuse(&mut replies, e)),
+    };
+    write_frame(&mut replies, b'A', &offer)?;
+    // From here on, `staging` holds whatever arrives; dropped on any failure, it
+    // leaves the volumes untouched.
     let meta: Meta = loop {
         let (tag, body) = read_frame(&mut reader)?;
         let mut c = Cursor { b: &body };
         let step = match tag {
             b'P' => apply_pages(&mut c, &mut prepared),
-            b'F' => apply_file(&mut c, dirs),
-            b'D' => parse_json::<FileHeader>(&mut c).and_then(|h| {
-                let path = volume_path(dirs, &h)?;
-                let _ = std::fs::remove_file(path);
-                Ok(())
-            }),
+            b'F' => stage_file(&mut c, &mut staging),
+            b'D' => parse_json::<Gone>(&mut c).and_then(|g| staging.delete(&g.volume, &g.path)),
+            b'V' => parse_json::<Expected>(&mut c).and_then(|e| staging.verify(&e)),
             b'K' => write_frame(&mut replies, b'K', &[]).and_then(|_| replies.flush().map_err(net)),
             b'Z' => match serde_json::from_slice(&body) {
                 Ok(meta) => break meta,
@@ -628,6 +669,12 @@ pub fn receive(
         if let Err(e) = step {
             return Err(refuse(&mut replies, e));
         }
+    };
+    // Everything is here: the volumes take the staged files now, and give them back if
+    // the restore fails before its confirmation has gone out.
+    let committed = match staging.commit() {
+        Ok(c) => c,
+        Err(e) => return Err(refuse(&mut replies, e)),
     };
     let mut confirm = replies.try_clone().map_err(net)?;
     let end = migratable.resume(
@@ -641,9 +688,11 @@ pub fn receive(
             limits,
         },
         &trigger,
-        || {
+        move || {
             write_frame(&mut confirm, b'R', &[])?;
-            confirm.flush().map_err(net)
+            confirm.flush().map_err(net)?;
+            committed.finish();
+            Ok(())
         },
         |_| Checkpoint::Continue,
     );
@@ -680,44 +729,16 @@ fn apply_pages(c: &mut Cursor<'_>, memory: &mut crate::Prepared) -> Result<(), S
     Ok(())
 }
 
-/// The host path of a volume file, refusing paths that leave the volume.
-fn volume_path(dirs: &[Preopen], h: &FileHeader) -> Result<PathBuf, SnapshotError> {
-    let dir =
-        dirs.iter()
-            .find(|d| d.guest == h.volume)
-            .ok_or_else(|| SnapshotError::UnmappedVolume {
-                guest: h.volume.clone(),
-            })?;
-    let rel = Path::new(&h.path);
-    if rel.components().any(|c| !matches!(c, Component::Normal(_))) {
-        return Err(net(format!("file path {} leaves its volume", h.path)));
-    }
-    Ok(dir.host.join(rel))
-}
-
-fn apply_file(c: &mut Cursor<'_>, dirs: &[Preopen]) -> Result<(), SnapshotError> {
-    use std::io::{Seek, SeekFrom};
+/// Stages the blocks of one file frame.
+fn stage_file(c: &mut Cursor<'_>, staging: &mut Staging) -> Result<(), SnapshotError> {
     let h: FileHeader = parse_json(c)?;
-    let path = volume_path(dirs, &h)?;
-    if let Some(parent) = path.parent() {
-        std::fs::create_dir_all(parent).map_err(|e| net(format!("{}: {e}", parent.display())))?;
-    }
-    let mut f = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(&path)
-        .map_err(|e| net(format!("{}: {e}", path.display())))?;
     let count = c.u32()?;
+    let mut blocks = Vec::new();
     for _ in 0..count {
-        let index = c.u32()? as u64;
+        let index = u64::from(c.u32()?);
         let data = crate::format::decompress_bounded(c.block()?, BLOCK)
-            .map_err(|e| net(format!("{}: {e}", path.display())))?;
-        f.seek(SeekFrom::Start(index * BLOCK as u64))
-            .and_then(|_| f.write_all(&data))
-            .map_err(|e| net(format!("{}: {e}", path.display())))?;
+            .map_err(|e| net(format!("{}: {e}", h.path)))?;
+        blocks.push(Ok((index, data)));
     }
-    f.set_len(h.size)
-        .map_err(|e| net(format!("{}: {e}", path.display())))?;
-    Ok(())
+    staging.write(&h, blocks)
 }

@@ -140,7 +140,8 @@ fn a_destination_that_cannot_restore_leaves_the_guest_here() {
     let (src, dst) = (d.path().join("src"), d.path().join("dst"));
     std::fs::create_dir_all(&src).expect("mkdir");
     std::fs::create_dir_all(&dst).expect("mkdir");
-    // Read-only: the journal, open for writing, cannot be reopened at the last step.
+    // Read-only here: the journal the guest writes is never copied in, and the
+    // destination's copy (none) is not the source's.
     let (child, addr) = receiver(d.path(), &[format!("--ro-dir={}::/data", dst.display())]);
     let from = source(d.path(), &addr, &src);
     let to = Run::from(child.wait_with_output().expect("receiver ends"));
@@ -149,7 +150,17 @@ fn a_destination_that_cannot_restore_leaves_the_guest_here() {
         to.stdout.is_empty(),
         "the guest ran on the destination: {to:?}"
     );
-    assert_resumed_locally(&from, d.path(), &src, "cannot reopen");
+    assert_resumed_locally(
+        &from,
+        d.path(),
+        &src,
+        "journal.txt in read-only volume /data is missing here",
+    );
+    assert_eq!(
+        std::fs::read_dir(&dst).expect("dst").count(),
+        0,
+        "a read-only volume is never written"
+    );
 }
 
 #[test]
