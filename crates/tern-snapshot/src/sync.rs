@@ -508,14 +508,13 @@ impl Staging {
         };
         let volumes = std::mem::take(&mut self.volumes);
         for v in volumes {
-            match commit_volume(v) {
-                Ok(c) => done.volumes.push(c),
-                Err((e, mut failed)) => {
-                    failed.rollback();
-                    done.rollback();
-                    return Err(e);
-                }
+            let mut c = CommittedVolume::of(v);
+            if let Err(e) = commit_volume(&mut c) {
+                c.rollback();
+                done.rollback();
+                return Err(e);
             }
+            done.volumes.push(c);
         }
         Ok(done)
     }
@@ -554,25 +553,31 @@ impl CommittedVolume {
     }
 }
 
-fn commit_volume(mut v: StagedVolume) -> Result<CommittedVolume, (SnapshotError, CommittedVolume)> {
-    let stage = v.stage.clone();
-    let mut c = CommittedVolume {
-        volume: StagedVolume {
-            guest: v.guest.clone(),
-            root: v.root.clone(),
-            read_only: v.read_only,
-            stage: v.stage.take(),
-            parent_times: v.parent_times.take(),
-            written: std::mem::take(&mut v.written),
-            deleted: std::mem::take(&mut v.deleted),
-        },
-        placed: Vec::new(),
-        moved_out: Vec::new(),
-        made: Vec::new(),
-        times: Vec::new(),
-    };
-    let Some(stage) = stage else {
-        return Ok(c);
+impl CommittedVolume {
+    fn of(mut v: StagedVolume) -> CommittedVolume {
+        CommittedVolume {
+            volume: StagedVolume {
+                guest: v.guest.clone(),
+                root: v.root.clone(),
+                read_only: v.read_only,
+                stage: v.stage.take(),
+                parent_times: v.parent_times.take(),
+                written: std::mem::take(&mut v.written),
+                deleted: std::mem::take(&mut v.deleted),
+            },
+            placed: Vec::new(),
+            moved_out: Vec::new(),
+            made: Vec::new(),
+            times: Vec::new(),
+        }
+    }
+}
+
+/// Moves the staged files of `c` into its volume, recording each step so that
+/// [`CommittedVolume::rollback`] can undo them.
+fn commit_volume(c: &mut CommittedVolume) -> Result<(), SnapshotError> {
+    let Some(stage) = c.volume.stage.clone() else {
+        return Ok(());
     };
     let root = c.volume.root.clone();
     // Every directory of the volume the commit may touch, with its times.
@@ -590,7 +595,7 @@ fn commit_volume(mut v: StagedVolume) -> Result<CommittedVolume, (SnapshotError,
     let fail = |reason: String| err(reason);
     for rel in c.volume.deleted.clone() {
         let Some(target) = inside(&root, &rel) else {
-            return Err((fail(format!("{rel} leaves its volume")), c));
+            return Err(fail(format!("{rel} leaves its volume")));
         };
         if !target.is_file() {
             continue;
@@ -599,16 +604,16 @@ fn commit_volume(mut v: StagedVolume) -> Result<CommittedVolume, (SnapshotError,
         if let Some(parent) = backup.parent()
             && let Err(e) = std::fs::create_dir_all(parent)
         {
-            return Err((fail(format!("staging: {e}")), c));
+            return Err(fail(format!("staging: {e}")));
         }
         if let Err(e) = std::fs::rename(&target, &backup) {
-            return Err((fail(format!("removing {rel}: {e}")), c));
+            return Err(fail(format!("removing {rel}: {e}")));
         }
         c.moved_out.push((target, backup));
     }
     for (rel, (mode, mtime)) in c.volume.written.clone() {
         let Some(target) = inside(&root, &rel) else {
-            return Err((fail(format!("{rel} leaves its volume")), c));
+            return Err(fail(format!("{rel} leaves its volume")));
         };
         let staged = stage.join("new").join(&rel);
         // The file's own mode and mtime, set on the staged copy: a rename keeps them.
@@ -618,7 +623,7 @@ fn commit_volume(mut v: StagedVolume) -> Result<CommittedVolume, (SnapshotError,
             f.set_permissions(std::fs::Permissions::from_mode(mode & 0o777))
         });
         if let Err(e) = set {
-            return Err((fail(format!("{rel}: {e}")), c));
+            return Err(fail(format!("{rel}: {e}")));
         }
         // Directories on the way that do not exist yet, outermost first.
         let mut missing = Vec::new();
@@ -632,7 +637,7 @@ fn commit_volume(mut v: StagedVolume) -> Result<CommittedVolume, (SnapshotError,
         }
         for d in missing.into_iter().rev() {
             if let Err(e) = std::fs::create_dir(&d) {
-                return Err((fail(format!("{}: {e}", d.display())), c));
+                return Err(fail(format!("{}: {e}", d.display())));
             }
             c.made.push(d);
         }
@@ -641,19 +646,19 @@ fn commit_volume(mut v: StagedVolume) -> Result<CommittedVolume, (SnapshotError,
             if let Some(parent) = backup.parent()
                 && let Err(e) = std::fs::create_dir_all(parent)
             {
-                return Err((fail(format!("staging: {e}")), c));
+                return Err(fail(format!("staging: {e}")));
             }
             if let Err(e) = std::fs::rename(&target, &backup) {
-                return Err((fail(format!("replacing {rel}: {e}")), c));
+                return Err(fail(format!("replacing {rel}: {e}")));
             }
             c.moved_out.push((target.clone(), backup));
         }
         if let Err(e) = std::fs::rename(&staged, &target) {
-            return Err((fail(format!("placing {rel}: {e}")), c));
+            return Err(fail(format!("placing {rel}: {e}")));
         }
         c.placed.push(target);
     }
-    Ok(c)
+    Ok(())
 }
 
 /// Staged files moved into their volumes; what they replaced is kept until
