@@ -301,3 +301,249 @@ fn a_guest_that_ends_first_says_it_finished_here() {
     );
     assert!(!from.stderr.contains("keeps running"), "{from:?}");
 }
+
+/// Where a relay cuts the source's stream: in the first frame tagged `tag`, after
+/// `keep` of its bytes (counting its 5-byte head) have gone through.
+#[derive(Debug, Clone, Copy)]
+struct Cut {
+    tag: u8,
+    keep: usize,
+}
+
+/// A relay on a free loopback port to `to` for one connection, which reads the
+/// source's stream frame by frame (`u32` length, tag, payload) and forwards it, the
+/// destination's replies whole, and cuts both ways at `cut`: the source's stream dies
+/// there, whatever phase that is. Returns its address and a handle giving the tags of
+/// the frames that went through whole.
+fn cutting_relay(to: String, cut: Option<Cut>) -> (String, std::thread::JoinHandle<Vec<u8>>) {
+    use std::io::{Read as _, Write as _};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind relay");
+    let addr = listener.local_addr().expect("addr").to_string();
+    let handle = std::thread::spawn(move || {
+        let mut tags = Vec::new();
+        let Ok((mut from, _)) = listener.accept() else {
+            return tags;
+        };
+        let Ok(mut there) = std::net::TcpStream::connect(&to) else {
+            return tags;
+        };
+        let (mut back_from, mut back_to) = (
+            there.try_clone().expect("clone"),
+            from.try_clone().expect("clone"),
+        );
+        std::thread::spawn(move || {
+            let _ = std::io::copy(&mut back_from, &mut back_to);
+        });
+        loop {
+            let mut head = [0u8; 5];
+            if from.read_exact(&mut head).is_err() {
+                break;
+            }
+            let len = u32::from_le_bytes([head[0], head[1], head[2], head[3]]) as usize;
+            let mut frame = head.to_vec();
+            frame.resize(4 + len.max(1), 0);
+            if from.read_exact(&mut frame[5..]).is_err() {
+                break;
+            }
+            if let Some(c) = cut.filter(|c| c.tag == head[4]) {
+                let _ = there.write_all(&frame[..c.keep.min(frame.len())]);
+                break;
+            }
+            if there.write_all(&frame).is_err() {
+                break;
+            }
+            tags.push(head[4]);
+        }
+        let _ = there.shutdown(std::net::Shutdown::Both);
+        let _ = from.shutdown(std::net::Shutdown::Both);
+        tags
+    });
+    (addr, handle)
+}
+
+/// Everything about a directory tree a failed migration must leave alone: each
+/// entry's path, mode, mtime and contents, and the directory's own mode and mtime.
+fn picture(dir: &Path) -> Vec<(String, u32, std::time::SystemTime, Vec<u8>)> {
+    use std::os::unix::fs::PermissionsExt as _;
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let meta = std::fs::symlink_metadata(&d).expect("meta");
+        let data = if meta.is_file() {
+            std::fs::read(&d).expect("read")
+        } else {
+            Vec::new()
+        };
+        out.push((
+            d.display().to_string(),
+            meta.permissions().mode(),
+            meta.modified().expect("mtime"),
+            data,
+        ));
+        if meta.is_dir() {
+            for e in std::fs::read_dir(&d).expect("read_dir") {
+                stack.push(e.expect("entry").path());
+            }
+        }
+    }
+    out.sort_by(|a, b| a.0.cmp(&b.0));
+    out
+}
+
+/// A destination volume that already holds files: a read-only one, a large one in a
+/// subdirectory, and an older journal.
+fn occupied_volume(parent: &Path) -> std::path::PathBuf {
+    use std::os::unix::fs::PermissionsExt as _;
+    let dst = parent.join("dst");
+    std::fs::create_dir_all(dst.join("sub")).expect("mkdir");
+    std::fs::write(dst.join("small.txt"), "kept as it is\n").expect("write");
+    std::fs::set_permissions(
+        dst.join("small.txt"),
+        std::fs::Permissions::from_mode(0o444),
+    )
+    .expect("chmod");
+    std::fs::write(dst.join("sub/big.bin"), vec![5u8; 3 << 20]).expect("write");
+    std::fs::write(dst.join("journal.txt"), "an older journal\n").expect("write");
+    dst
+}
+
+/// A migration cut at every phase (the hello, before and inside each kind of frame of
+/// the pre-copy rounds, inside the final frame) leaves the destination's directory byte
+/// for byte as it was, modes and mtimes included, with nothing beside it; the guest
+/// finishes on the source as if nothing had happened.
+#[test]
+fn a_migration_cut_at_any_point_changes_nothing_on_the_destination() {
+    let d = scratch();
+    let src_parent = d.path().join("s");
+    // A whole migration through a relay that never cuts: which frames it sends.
+    let tags = {
+        let parent = d.path().join("whole");
+        let dst = occupied_volume(&parent);
+        let src = src_parent.join("whole");
+        std::fs::create_dir_all(&src).expect("mkdir");
+        let (child, addr) = receiver(d.path(), &[format!("--dir={}::/data", dst.display())]);
+        let (relay, tags) = cutting_relay(addr, None);
+        let from = source(d.path(), &relay, &src);
+        let to = Run::from(child.wait_with_output().expect("receiver ends"));
+        assert!(from.stderr.contains("migrated to"), "{from:?}");
+        assert_eq!(to.code, Some(0), "{to:?}");
+        tags.join().expect("relay")
+    };
+    for tag in [b'H', b'P', b'F', b'D', b'K', b'Z'] {
+        assert!(
+            tags.contains(&tag),
+            "no {:?} frame in {tags:?}",
+            tag as char
+        );
+    }
+    let cuts = [
+        Cut { tag: b'H', keep: 0 },
+        Cut { tag: b'H', keep: 3 },
+        Cut {
+            tag: b'H',
+            keep: 200,
+        },
+        Cut { tag: b'P', keep: 0 },
+        Cut {
+            tag: b'P',
+            keep: 5000,
+        },
+        Cut {
+            tag: b'F',
+            keep: 40,
+        },
+        Cut { tag: b'D', keep: 0 },
+        Cut { tag: b'K', keep: 0 },
+        Cut { tag: b'Z', keep: 0 },
+        Cut {
+            tag: b'Z',
+            keep: 30,
+        },
+    ];
+    for (i, cut) in cuts.into_iter().enumerate() {
+        let parent = d.path().join(format!("cut{i}"));
+        let dst = occupied_volume(&parent);
+        let before = picture(&parent);
+        let src = src_parent.join(format!("cut{i}"));
+        std::fs::create_dir_all(&src).expect("mkdir");
+        let (child, addr) = receiver(d.path(), &[format!("--dir={}::/data", dst.display())]);
+        let (relay, _) = cutting_relay(addr, Some(cut));
+        let from = source(d.path(), &relay, &src);
+        let to = Run::from(child.wait_with_output().expect("receiver ends"));
+        assert_eq!(to.code, Some(1), "{cut:?}: {to:?}");
+        assert!(to.stdout.is_empty(), "{cut:?}: the guest ran there: {to:?}");
+        assert_resumed_locally(&from, d.path(), &src, "migration failed");
+        assert!(
+            picture(&parent) == before,
+            "{cut:?}: the destination changed"
+        );
+    }
+}
+
+/// KiB the source says it sent.
+fn kib_sent(from: &Run) -> u64 {
+    let line = from
+        .stderr
+        .lines()
+        .find(|l| l.starts_with("migrated to"))
+        .unwrap_or_else(|| panic!("not migrated: {from:?}"));
+    let words: Vec<&str> = line.split_whitespace().collect();
+    let at = words
+        .iter()
+        .position(|w| *w == "KiB")
+        .unwrap_or_else(|| panic!("no KiB in {line:?}"));
+    words[at - 1].parse().expect("a number")
+}
+
+/// A read-write volume sends only the blocks the destination lacks: a 4 MiB file the
+/// destination already holds costs nothing; one it lacks goes over whole, arriving
+/// with the source's mode and mtime.
+#[test]
+fn only_what_the_destination_lacks_is_sent() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let d = scratch();
+    // Incompressible, so that what is sent is what is counted.
+    let mut x = 0x9E37_79B9_7F4A_7C15u64;
+    let data: Vec<u8> = (0..4 << 20)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect();
+    let old = std::time::UNIX_EPOCH + std::time::Duration::from_secs(1_500_000_000);
+    let mut sent = Vec::new();
+    for dst_has_it in [true, false] {
+        let case = d.path().join(format!("has-{dst_has_it}"));
+        let (src, dst) = (case.join("src"), case.join("dst"));
+        std::fs::create_dir_all(&src).expect("mkdir");
+        std::fs::create_dir_all(&dst).expect("mkdir");
+        let big = src.join("big.bin");
+        std::fs::write(&big, &data).expect("write");
+        std::fs::set_permissions(&big, std::fs::Permissions::from_mode(0o640)).expect("chmod");
+        std::fs::File::options()
+            .write(true)
+            .open(&big)
+            .and_then(|f| f.set_modified(old))
+            .expect("mtime");
+        if dst_has_it {
+            std::fs::copy(&big, dst.join("big.bin")).expect("copy");
+        }
+        let (child, addr) = receiver(d.path(), &[format!("--dir={}::/data", dst.display())]);
+        let from = source(d.path(), &addr, &src);
+        let to = Run::from(child.wait_with_output().expect("receiver ends"));
+        assert_eq!(to.code, Some(0), "{to:?}");
+        sent.push(kib_sent(&from));
+        let there = std::fs::metadata(dst.join("big.bin")).expect("big.bin there");
+        assert_eq!(std::fs::read(dst.join("big.bin")).expect("read"), data);
+        assert_eq!(there.permissions().mode() & 0o777, 0o640);
+        assert_eq!(there.modified().expect("mtime"), old);
+    }
+    let (had, lacked) = (sent[0], sent[1]);
+    assert!(
+        had + 4096 <= lacked,
+        "{had} KiB sent when the destination had the file, {lacked} KiB when it had not"
+    );
+    assert!(had < 4096, "{had} KiB sent for a file the destination had");
+}
