@@ -977,6 +977,27 @@ mod tests {
         }
     }
 
+    /// A stage left by a receiver that died is removed by the next; a live one's stays.
+    #[test]
+    fn stale_stages_are_cleared() {
+        let (parent, root) = volume();
+        // No process has this pid (above the kernel's pid_max).
+        let dead = parent.path().join(format!("{STAGING_PREFIX}4194305-vol"));
+        let live = parent
+            .path()
+            .join(format!("{STAGING_PREFIX}{}-vol", std::process::id()));
+        for d in [&dead, &live] {
+            std::fs::create_dir_all(d.join("new")).expect("mkdir");
+        }
+        clear_stale_stages(&[Preopen {
+            host: root,
+            guest: "/data".into(),
+            access: DirAccess::ReadWrite,
+        }]);
+        assert!(!dead.exists());
+        assert!(live.exists());
+    }
+
     /// The index reuses hashes of a file only while it is unchanged.
     #[test]
     fn the_index_sees_every_change() {

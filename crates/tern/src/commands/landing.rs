@@ -63,6 +63,9 @@ impl LandingArgs {
     pub fn dirs(&self) -> anyhow::Result<Vec<Preopen>> {
         let dirs: Vec<Preopen> = self.dirs.iter().chain(&self.ro_dirs).cloned().collect();
         for d in &dirs {
+            if !d.host.exists() {
+                anyhow::bail!("--dir {}: it does not exist", d.host.display());
+            }
             if !d.host.is_dir() {
                 anyhow::bail!("--dir {}: not a directory", d.host.display());
             }

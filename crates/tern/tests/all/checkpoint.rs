@@ -4,7 +4,7 @@
 
 use std::path::Path;
 
-use crate::support::{Run, guest, scratch, tern};
+use crate::support::{Run, guest, scratch, signal, tern};
 
 /// Runs `args` (a `tern run` command line after `run`) with the checkpoint flags `when`
 /// (`--checkpoint-after 30ms`, `--checkpoint-at-safepoint 5000`), then restores with
@@ -265,35 +265,22 @@ fn every_polybench_kernel_restores_to_the_same_result() {
 #[test]
 fn sigusr1_takes_the_checkpoint() {
     use std::io::{BufRead, BufReader, Read};
-    use std::process::{Command, Stdio};
     let d = scratch();
     let steps = guest("steps");
     let whole = tern(d.path()).arg("run").arg(&steps).arg("40").run();
     let snap = d.path().join("sig.snap");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_tern"))
-        .env_clear()
-        .env("TERN_CACHE_DIR", d.path().join("cache"))
-        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+    let mut child = tern(d.path())
         .args(["run", "--checkpoint-out"])
         .arg(&snap)
         .arg(&steps)
         .arg("40")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawning tern");
+        .spawn();
     let mut out = BufReader::new(child.stdout.take().expect("stdout"));
     let mut first = String::new();
     for _ in 0..2 {
         out.read_line(&mut first).expect("a step");
     }
-    // The shell's own `kill`: minimal machines have no kill program.
-    let kill = Command::new("sh")
-        .arg("-c")
-        .arg(format!("kill -USR1 {}", child.id()))
-        .status()
-        .expect("sh");
-    assert!(kill.success());
+    signal(&child, "-USR1");
     let mut rest = String::new();
     out.read_to_string(&mut rest).expect("stdout");
     let status = child.wait().expect("tern ends");
@@ -620,29 +607,6 @@ fn the_resume_hint_names_the_volumes() {
     assert!(first.stderr.contains(&hint), "{hint}\n{}", first.stderr);
 }
 
-/// `tern` running `args` with stdin held open and empty, and its stderr read line by
-/// line: a process to send signals to.
-fn spawn_tern(dir: &Path, args: &[&std::ffi::OsStr]) -> std::process::Child {
-    std::process::Command::new(env!("CARGO_BIN_EXE_tern"))
-        .env_clear()
-        .env("TERN_CACHE_DIR", dir.join("cache"))
-        .args(args)
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("spawning tern")
-}
-
-fn signal(child: &std::process::Child, sig: &str) {
-    let ok = std::process::Command::new("kill")
-        .args([sig, &child.id().to_string()])
-        .status()
-        .expect("kill")
-        .success();
-    assert!(ok, "kill {sig}");
-}
-
 /// Waits until `file` exists, which the guest makes first: the guest is running.
 fn wait_for(file: &Path) {
     for _ in 0..500 {
@@ -680,7 +644,7 @@ fn sigterm_and_sigint_checkpoint_then_stop() {
         args.extend(extra.map(std::ffi::OsStr::new));
         args.extend([dir_arg.as_ref(), journal.as_os_str()]);
         args.extend(["/data", "30", "10000000"].map(std::ffi::OsStr::new));
-        let child = spawn_tern(d.path(), &args);
+        let child = tern(d.path()).args(&args).spawn();
         wait_for(&vol.join("journal.txt"));
         signal(&child, sig);
         let first = Run::from(child.wait_with_output().expect("tern ends"));
@@ -710,15 +674,12 @@ fn a_second_sigterm_stops_at_once() {
     let d = scratch();
     let snap = d.path().join("app.snap");
     let waits = guest("waits");
-    let mut child = spawn_tern(
-        d.path(),
-        &[
-            "run".as_ref(),
-            "--checkpoint-out".as_ref(),
-            snap.as_os_str(),
-            waits.as_os_str(),
-        ],
-    );
+    let mut child = tern(d.path())
+        .arg("run")
+        .arg("--checkpoint-out")
+        .arg(&snap)
+        .arg(&waits)
+        .spawn();
     let mut err = std::io::BufReader::new(child.stderr.take().expect("stderr"));
     let mut line = String::new();
     err.read_line(&mut line).expect("first line");

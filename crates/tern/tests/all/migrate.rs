@@ -249,6 +249,20 @@ fn sqlite_with_an_open_database_migrates_without_losing_a_committed_row() {
     assert_eq!(format!("{}{}", from.stdout, to.stdout), whole.stdout);
 }
 
+/// Runs `module` with `stdin`, `--migrate-to` a receiver and `--migrate-after after`,
+/// for migrations that never happen: the receiver is stopped once the source is done.
+fn migrate_to_nowhere(dir: &Path, module: &Path, stdin: &[u8], after: &str) -> Run {
+    let (mut child, addr) = receiver(dir, &[]);
+    let from = tern(dir)
+        .args(["run", "--migrate-to", &addr, "--migrate-after", after])
+        .arg(module)
+        .stdin(stdin)
+        .run();
+    let _ = child.kill();
+    let _ = child.wait();
+    from
+}
+
 /// A guest that has read its stdin is not migrated: the rest of its input is on this
 /// machine. It finishes here, having read every line once.
 #[test]
@@ -262,15 +276,7 @@ fn a_guest_reading_stdin_is_not_migrated() {
     let reader = guest("slow_reader");
     let whole = tern(d.path()).arg("run").arg(&reader).stdin(&input).run();
     assert_eq!(whole.code, Some(0), "{whole:?}");
-    let (child, addr) = receiver(d.path(), &[]);
-    let from = tern(d.path())
-        .args(["run", "--migrate-to", &addr, "--migrate-after", "100ms"])
-        .arg(&reader)
-        .stdin(&input)
-        .run();
-    let mut child = child;
-    let _ = child.kill();
-    let _ = child.wait();
+    let from = migrate_to_nowhere(d.path(), &reader, &input, "100ms");
     assert_eq!(from.code, Some(0), "{from:?}");
     assert!(
         from.stderr
@@ -285,14 +291,7 @@ fn a_guest_reading_stdin_is_not_migrated() {
 #[test]
 fn a_guest_that_ends_first_says_it_finished_here() {
     let d = scratch();
-    let (child, addr) = receiver(d.path(), &[]);
-    let from = tern(d.path())
-        .args(["run", "--migrate-to", &addr, "--migrate-after", "5s"])
-        .arg(guest("hello"))
-        .run();
-    let mut child = child;
-    let _ = child.kill();
-    let _ = child.wait();
+    let from = migrate_to_nowhere(d.path(), &guest("hello"), b"", "5s");
     assert_eq!(from.code, Some(0), "{from:?}");
     assert!(
         from.stderr

@@ -295,15 +295,10 @@ fn same_as_written(
 fn closed_stdout_ends_the_guest_with_status_141() {
     use std::io::Read as _;
     let d = scratch();
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_tern"))
-        .env_clear()
-        .env("TERN_CACHE_DIR", d.path().join("cache"))
+    let mut child = tern(d.path())
         .arg("run")
         .arg(guest("endless_output"))
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("spawning tern");
+        .spawn();
     let mut out = child.stdout.take().expect("stdout piped");
     let mut first = [0u8; 2];
     out.read_exact(&mut first).expect("the guest writes");

@@ -124,6 +124,17 @@ impl Tern {
         self
     }
 
+    /// Starts `tern` with stdin, stdout and stderr piped, for a test that talks to it
+    /// while it runs (reads its output as it comes, signals it).
+    pub fn spawn(mut self) -> std::process::Child {
+        self.cmd
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .stdin(Stdio::piped())
+            .spawn()
+            .expect("spawning tern")
+    }
+
     pub fn run(mut self) -> Run {
         use std::io::Write as _;
         self.cmd
@@ -204,4 +215,16 @@ pub fn scratch() -> tempfile::TempDir {
 /// `tern` with the cache under `dir`.
 pub fn tern(dir: &Path) -> Tern {
     Tern::new(&dir.join("cache"))
+}
+
+/// Sends `sig` (`-TERM`, `-USR1` …) to `child` with the shell's own `kill`: minimal
+/// machines have no kill program.
+pub fn signal(child: &std::process::Child, sig: &str) {
+    let ok = Command::new("sh")
+        .arg("-c")
+        .arg(format!("kill {sig} {}", child.id()))
+        .status()
+        .expect("sh")
+        .success();
+    assert!(ok, "kill {sig}");
 }
