@@ -32,7 +32,7 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::io::{BufReader, BufWriter, Read, Write};
 use std::net::{TcpListener, TcpStream, ToSocketAddrs};
-use std::sync::mpsc;
+use std::sync::{Arc, Mutex, mpsc};
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
@@ -110,17 +110,28 @@ fn write_frame(w: &mut impl Write, tag: u8, payload: &[u8]) -> Result<u64, Snaps
     Ok(payload.len() as u64 + 5)
 }
 
+/// What a failed read of the peer's stream means, in words.
+fn lost(e: std::io::Error) -> SnapshotError {
+    use std::io::ErrorKind;
+    match e.kind() {
+        ErrorKind::UnexpectedEof => net("the peer closed the connection"),
+        ErrorKind::WouldBlock | ErrorKind::TimedOut => net(format!(
+            "the peer did not answer within {} s",
+            REPLY_TIMEOUT.as_secs()
+        )),
+        _ => net(format!("connection lost: {e}")),
+    }
+}
+
 fn read_frame(r: &mut impl Read) -> Result<(u8, Vec<u8>), SnapshotError> {
     let mut len = [0u8; 4];
-    r.read_exact(&mut len)
-        .map_err(|e| net(format!("connection lost: {e}")))?;
+    r.read_exact(&mut len).map_err(lost)?;
     let len = u32::from_le_bytes(len) as usize;
     if len == 0 || len > MAX_FRAME {
         return Err(net(format!("bad frame length {len}")));
     }
     let mut buf = vec![0u8; len];
-    r.read_exact(&mut buf)
-        .map_err(|e| net(format!("connection lost: {e}")))?;
+    r.read_exact(&mut buf).map_err(lost)?;
     let tag = buf.remove(0);
     Ok((tag, buf))
 }
@@ -216,6 +227,11 @@ struct Source {
     /// What was last sent for the checked files.
     expected: BTreeMap<(String, String), Option<String>>,
     index: FileIndex,
+    /// Files the destination had that the source did not have when the migration
+    /// began: they are the destination's own, and left alone.
+    kept: Vec<(String, String)>,
+    /// Whether files were compared yet.
+    compared: bool,
     bytes: u64,
 }
 
@@ -224,6 +240,7 @@ impl Source {
         addr: &str,
         migratable: &Migratable,
         volumes: Vec<Preopen>,
+        line: &Line,
     ) -> Result<Source, SnapshotError> {
         let target = addr
             .to_socket_addrs()
@@ -232,6 +249,9 @@ impl Source {
             .ok_or_else(|| net(format!("{addr} resolves to nothing")))?;
         let stream = TcpStream::connect_timeout(&target, Duration::from_secs(10))
             .map_err(|e| net(format!("cannot connect to {addr}: {e}")))?;
+        if !line.open(&stream) {
+            return Err(net(ENDED));
+        }
         stream.set_nodelay(true).map_err(net)?;
         stream.set_read_timeout(Some(REPLY_TIMEOUT)).map_err(net)?;
         let replies = BufReader::new(stream.try_clone().map_err(net)?);
@@ -243,6 +263,8 @@ impl Source {
             checked: BTreeSet::new(),
             expected: BTreeMap::new(),
             index: FileIndex::default(),
+            kept: Vec::new(),
+            compared: false,
             bytes: 0,
         };
         let hello = Hello {
@@ -325,6 +347,18 @@ impl Source {
                 continue;
             }
             let files = list_files(&v.host).map_err(read)?;
+            if !self.compared {
+                let theirs: Vec<(String, String)> = self
+                    .there
+                    .keys()
+                    .filter(|(vol, path)| *vol == v.guest && files.binary_search(path).is_err())
+                    .cloned()
+                    .collect();
+                for key in theirs {
+                    self.there.remove(&key);
+                    self.kept.push(key);
+                }
+            }
             for rel in &files {
                 let Some((entry, _)) = self.index.get(&v.host, rel).map_err(read)? else {
                     continue;
@@ -377,6 +411,7 @@ impl Source {
                 self.there.remove(&(volume, path));
             }
         }
+        self.compared = true;
         Ok(())
     }
 
@@ -422,7 +457,11 @@ pub fn migrate_run(
     // verdict: carry on (pre-copy) or stop (the destination has the guest now).
     let (snap_tx, snap_rx) = mpsc::channel::<Delta>();
     let (verdict_tx, verdict_rx) = mpsc::channel::<Checkpoint>();
+    // The connection, so that a guest that ends does not wait on a destination that
+    // is slow to answer: the controller's read fails at once.
+    let line = Line::default();
     let controller = {
+        let line = line.clone();
         let trigger = trigger.clone();
         let migratable = migratable.clone();
         let addr = addr.to_owned();
@@ -439,8 +478,12 @@ pub fn migrate_run(
                     &snap_rx,
                     &verdict_tx,
                     &progress,
+                    &line,
                 );
                 match &r {
+                    Err(_) if line.ended() => {
+                        progress("migration: the guest finished here before it could be migrated");
+                    }
                     Err(SnapshotError::Migration { reason }) if reason == ENDED => {
                         progress("migration: the guest finished here before it could be migrated");
                     }
@@ -460,6 +503,9 @@ pub fn migrate_run(
         verdict_rx.recv().unwrap_or(Checkpoint::Continue)
     })?;
     drop(snap_tx);
+    if matches!(end, RunEnd::Finished(_)) {
+        line.hang_up();
+    }
     let result = controller
         .join()
         .unwrap_or_else(|_| Err(net("migration thread panicked")));
@@ -476,6 +522,36 @@ pub fn migrate_run(
     })
 }
 
+/// The source's connection, shared between the controller and the guest's thread.
+#[derive(Clone, Default)]
+struct Line(Arc<Mutex<(Option<TcpStream>, bool)>>);
+
+impl Line {
+    fn lock(&self) -> std::sync::MutexGuard<'_, (Option<TcpStream>, bool)> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Remembers the connection; `false` when the guest has ended already.
+    fn open(&self, stream: &TcpStream) -> bool {
+        let mut l = self.lock();
+        l.0 = stream.try_clone().ok();
+        !l.1
+    }
+
+    /// The guest has ended: whatever the controller is waiting for, it stops waiting.
+    fn hang_up(&self) {
+        let mut l = self.lock();
+        l.1 = true;
+        if let Some(s) = &l.0 {
+            let _ = s.shutdown(std::net::Shutdown::Both);
+        }
+    }
+
+    fn ended(&self) -> bool {
+        self.lock().1
+    }
+}
+
 #[allow(clippy::too_many_arguments)]
 fn control(
     migratable: &Migratable,
@@ -486,6 +562,7 @@ fn control(
     snapshots: &mpsc::Receiver<Delta>,
     verdict: &mpsc::Sender<Checkpoint>,
     progress: &dyn Fn(&str),
+    line: &Line,
 ) -> Result<MigrationStats, SnapshotError> {
     // Wait, unless the guest ends first (no snapshot is sent before the trigger fires).
     match snapshots.recv_timeout(after) {
@@ -493,8 +570,35 @@ fn control(
         _ => return Err(net(ENDED)),
     }
     let started = Instant::now();
-    let mut source = Source::connect(addr, migratable, volumes)?;
+    let mut source = Source::connect(addr, migratable, volumes, line)?;
     progress(&format!("migration: connected to {addr}, pre-copying"));
+    let r = precopy(
+        &mut source,
+        addr,
+        trigger,
+        snapshots,
+        verdict,
+        progress,
+        started,
+    );
+    if let Err(e) = &r {
+        // Tell the destination why, so it says more than that the line went dead.
+        let _ = write_frame(&mut source.stream, b'E', reason_of(e).as_bytes());
+        let _ = source.stream.flush();
+    }
+    r
+}
+
+/// The rounds of a migration, the final one included.
+fn precopy(
+    source: &mut Source,
+    addr: &str,
+    trigger: &Trigger,
+    snapshots: &mpsc::Receiver<Delta>,
+    verdict: &mpsc::Sender<Checkpoint>,
+    progress: &dyn Fn(&str),
+    started: Instant,
+) -> Result<MigrationStats, SnapshotError> {
     let mut rounds = 0;
     loop {
         rounds += 1;
@@ -520,6 +624,9 @@ fn control(
                 "migration: round {rounds}: {changed} pages ({} KiB sent so far)",
                 source.bytes / 1024
             ));
+            if rounds == 1 && !source.kept.is_empty() {
+                progress(&kept_note(&source.kept));
+            }
             if changed > SMALL_DELTA_PAGES || rounds == 1 {
                 continue;
             }
@@ -530,10 +637,25 @@ fn control(
                 return Err(net(ENDED));
             };
             refuse_stdin_readers(&snapshot.meta, addr)?;
-            return finish(&mut source, &snapshot, verdict, rounds, started);
+            return finish(source, &snapshot, verdict, rounds, started);
         }
-        return finish(&mut source, &snapshot, verdict, rounds, started);
+        return finish(source, &snapshot, verdict, rounds, started);
     }
+}
+
+/// Says which files of its own the destination keeps.
+fn kept_note(kept: &[(String, String)]) -> String {
+    let names: Vec<String> = kept
+        .iter()
+        .take(3)
+        .map(|(v, p)| format!("{v}/{p}"))
+        .collect();
+    let more = if kept.len() > 3 { ", …" } else { "" };
+    format!(
+        "migration: the destination keeps {} file(s) of its own that the source does not have ({}{more}); the guest will see them there",
+        kept.len(),
+        names.join(", ")
+    )
 }
 
 /// A guest that has read its stdin is not migrated: the rest of that input is a pipe,
@@ -594,7 +716,7 @@ pub fn receive(
     let mut reader = BufReader::with_capacity(1 << 20, stream.try_clone().map_err(net)?);
     let mut replies = stream;
     let refuse = |w: &mut TcpStream, e: SnapshotError| {
-        let _ = write_frame(w, b'E', e.to_string().as_bytes());
+        let _ = write_frame(w, b'E', reason_of(&e).as_bytes());
         e
     };
     let (tag, body) = read_frame(&mut reader)?;
@@ -660,6 +782,10 @@ pub fn receive(
             b'D' => parse_json::<Gone>(&mut c).and_then(|g| staging.delete(&g.volume, &g.path)),
             b'V' => parse_json::<Expected>(&mut c).and_then(|e| staging.verify(&e)),
             b'K' => write_frame(&mut replies, b'K', &[]).and_then(|_| replies.flush().map_err(net)),
+            b'E' => Err(net(format!(
+                "the source gave up: {}",
+                String::from_utf8_lossy(&body)
+            ))),
             b'Z' => match serde_json::from_slice(&body) {
                 Ok(meta) => break meta,
                 Err(e) => Err(net(format!("bad final frame: {e}"))),
@@ -697,7 +823,7 @@ pub fn receive(
         |_| Checkpoint::Continue,
     );
     if let Err(e) = &end {
-        let _ = write_frame(&mut replies, b'E', e.to_string().as_bytes());
+        let _ = write_frame(&mut replies, b'E', reason_of(e).as_bytes());
     }
     end
 }
@@ -727,6 +853,15 @@ fn apply_pages(c: &mut Cursor<'_>, memory: &mut crate::Prepared) -> Result<(), S
         }
     }
     Ok(())
+}
+
+/// What to tell the peer of `e`: its reason, without the "migration failed" the peer
+/// adds itself.
+fn reason_of(e: &SnapshotError) -> String {
+    match e {
+        SnapshotError::Migration { reason } => reason.clone(),
+        other => other.to_string(),
+    }
 }
 
 /// Stages the blocks of one file frame.

@@ -292,11 +292,7 @@ impl StagedVolume {
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_else(|| "volume".into());
-        let parent = self
-            .root
-            .parent()
-            .filter(|p| !p.as_os_str().is_empty())
-            .unwrap_or(Path::new("."));
+        let parent = parent_of(&self.root);
         self.parent_times = Times::of(parent);
         let stage = parent.join(format!("{STAGING_PREFIX}{}-{name}", std::process::id()));
         let _ = std::fs::remove_dir_all(&stage);
@@ -359,7 +355,8 @@ impl Staging {
             })?;
             volumes.push(StagedVolume {
                 guest: guest.clone(),
-                root: dir.host.clone(),
+                // Absolute, so that the stage lands beside the volume even for `.`.
+                root: dir.host.canonicalize().unwrap_or_else(|_| dir.host.clone()),
                 read_only: *source_ro || dir.access == DirAccess::ReadOnly,
                 stage: None,
                 parent_times: None,
@@ -713,12 +710,18 @@ impl Drop for CommittedVolume {
     }
 }
 
+/// The directory holding `dir`, where its stage goes: `.` for a bare relative name.
+fn parent_of(dir: &Path) -> &Path {
+    dir.parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."))
+}
+
 /// Removes staging directories left beside `dirs` by receivers that died.
 pub(crate) fn clear_stale_stages(dirs: &[Preopen]) {
     for d in dirs {
-        let Some(parent) = d.host.parent().filter(|p| !p.as_os_str().is_empty()) else {
-            continue;
-        };
+        let host = d.host.canonicalize().unwrap_or_else(|_| d.host.clone());
+        let parent = parent_of(&host);
         let Ok(entries) = std::fs::read_dir(parent) else {
             continue;
         };
