@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -36,8 +36,9 @@ pub struct CheckpointArgs {
 
     /// Where the snapshot goes. A checkpoint is taken after --checkpoint-after, at
     /// --checkpoint-at-safepoint, and whenever the process receives SIGUSR1. SIGTERM
-    /// and SIGINT (Ctrl-C) take one at the next safe point and then stop, so stopping a
-    /// long run never loses it; a second SIGTERM or SIGINT stops at once.
+    /// and SIGINT (Ctrl-C) take one at the next safe point and then stop with status
+    /// 143 or 130, so stopping a long run never loses it; a second SIGTERM or SIGINT
+    /// stops at once, without one.
     #[arg(long, value_name = "FILE")]
     pub checkpoint_out: Option<PathBuf>,
 
@@ -75,6 +76,7 @@ impl CheckpointArgs {
         limits: Limits,
         max_stack: usize,
     ) -> anyhow::Result<ExitCode> {
+        self.check_out()?;
         let started = Instant::now();
         let migratable = Migratable::new(engine, &Rewriter::new(cache), wasm)?;
         tracing::info!(elapsed = ?started.elapsed(), "module made migratable");
@@ -101,11 +103,11 @@ impl CheckpointArgs {
             });
         }
         let (trigger, stopping) = self.arm()?;
-        let (on_checkpoint, written) = self.on_checkpoint(stopping);
+        let (on_checkpoint, written) = self.on_checkpoint(stopping.clone());
         let end = on_guest_thread(max_stack, move || {
             migratable.run(&policy, &limits, &trigger, on_checkpoint)
         })??;
-        self.finish(end, &written)
+        self.finish(end, &written, &stopping)
     }
 
     /// Restores `snapshot` and runs it on.
@@ -118,8 +120,9 @@ impl CheckpointArgs {
         max_stack: usize,
         skip_stdin: bool,
     ) -> anyhow::Result<ExitCode> {
+        self.check_out()?;
         let (trigger, stopping) = self.arm()?;
-        let (on_checkpoint, written) = self.on_checkpoint(stopping);
+        let (on_checkpoint, written) = self.on_checkpoint(stopping.clone());
         let end = on_guest_thread(max_stack, move || {
             migratable.restore(
                 &snapshot,
@@ -134,14 +137,30 @@ impl CheckpointArgs {
                 on_checkpoint,
             )
         })??;
-        self.finish(end, &written)
+        self.finish(end, &written, &stopping)
     }
 
-    /// The trigger that stops the guest for each checkpoint, and the flag a SIGTERM or
-    /// SIGINT raises: stop after the next checkpoint, whatever --keep-running says.
-    fn arm(&self) -> anyhow::Result<(Trigger, Arc<AtomicBool>)> {
+    /// Checks at once that --checkpoint-out can be written, rather than at the first
+    /// checkpoint, minutes later.
+    fn check_out(&self) -> anyhow::Result<()> {
+        let Some(path) = &self.checkpoint_out else {
+            return Ok(());
+        };
+        let dir = match path.parent() {
+            Some(d) if !d.as_os_str().is_empty() => d,
+            _ => Path::new("."),
+        };
+        tempfile::NamedTempFile::new_in(dir)
+            .map(drop)
+            .with_context(|| format!("--checkpoint-out {}: cannot write there", path.display()))
+    }
+
+    /// The trigger that stops the guest for each checkpoint, and the signal (SIGTERM or
+    /// SIGINT, 0 for none) that asked to stop after the next checkpoint, whatever
+    /// --keep-running says.
+    fn arm(&self) -> anyhow::Result<(Trigger, Arc<AtomicI32>)> {
         use signal_hook::consts::{SIGINT, SIGTERM, SIGUSR1};
-        let stopping = Arc::new(AtomicBool::new(false));
+        let stopping = Arc::new(AtomicI32::new(0));
         let trigger = match self.checkpoint_at_safepoint {
             Some(n) => Trigger::at_safepoint(n),
             None => Trigger::new(),
@@ -169,7 +188,7 @@ impl CheckpointArgs {
                     } else {
                         "SIGINT"
                     };
-                    if stop.swap(true, Ordering::SeqCst) {
+                    if stop.swap(signal, Ordering::SeqCst) != 0 {
                         // The second one: the guest may be blocked where no safe point
                         // comes (a read of a terminal); stop as that signal would.
                         eprintln!("tern: {name} again: stopping without a checkpoint");
@@ -191,7 +210,7 @@ impl CheckpointArgs {
     /// says whether any snapshot was written.
     fn on_checkpoint(
         &self,
-        stopping: Arc<AtomicBool>,
+        stopping: Arc<AtomicI32>,
     ) -> (
         impl FnMut(Captured<'_>) -> Checkpoint + Send + 'static,
         Arc<AtomicBool>,
@@ -224,7 +243,7 @@ impl CheckpointArgs {
                         snapshot.meta.memory_pages,
                         resume_command(&captured, &snapshot, path)
                     );
-                    if keep_running && !stopping.load(Ordering::SeqCst) {
+                    if keep_running && stopping.load(Ordering::SeqCst) == 0 {
                         Checkpoint::Continue
                     } else {
                         Checkpoint::Stop
@@ -239,7 +258,12 @@ impl CheckpointArgs {
         (callback, written)
     }
 
-    fn finish(&self, end: RunEnd, written: &AtomicBool) -> anyhow::Result<ExitCode> {
+    fn finish(
+        &self,
+        end: RunEnd,
+        written: &AtomicBool,
+        stopping: &AtomicI32,
+    ) -> anyhow::Result<ExitCode> {
         match end {
             RunEnd::Finished(outcome) => {
                 let asked =
@@ -249,7 +273,12 @@ impl CheckpointArgs {
                 }
                 Ok(report(outcome))
             }
-            RunEnd::Stopped => Ok(ExitCode::SUCCESS),
+            // Stopped by a signal, the snapshot written: the signal's status, so that
+            // `tern run … && next` does not carry on after a Ctrl-C.
+            RunEnd::Stopped => Ok(match stopping.load(Ordering::SeqCst) {
+                0 => ExitCode::SUCCESS,
+                signal => ExitCode::from((128 + signal) as u8),
+            }),
         }
     }
 }

@@ -28,13 +28,13 @@ pub struct ReceiveCommand {
 
 impl ReceiveCommand {
     pub fn execute(self) -> anyhow::Result<ExitCode> {
+        let dirs = self.landing.dirs()?;
+        let engine = self.landing.engine()?;
+        let rewriter = self.landing.rewriter();
         let listener = TcpListener::bind(&self.listen)
             .with_context(|| format!("cannot listen on {}", self.listen))?;
         let local = listener.local_addr().context("listening socket")?;
         eprintln!("receive: listening on {local}");
-        let engine = self.landing.engine()?;
-        let rewriter = self.landing.rewriter();
-        let dirs = self.landing.dirs()?;
         let limits = self.landing.limits();
         let end = on_guest_thread(self.landing.max_stack, move || {
             receive(listener, &engine, &rewriter, &dirs, &limits, |line| {

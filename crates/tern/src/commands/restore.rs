@@ -6,7 +6,10 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::Args;
-use tern_runtime::Preopen;
+use tern_runtime::{DirAccess, Preopen};
+
+/// The WASI right to write through a descriptor.
+const FD_WRITE: u64 = 1 << 6;
 use tern_snapshot::{Migratable, Snapshot};
 
 use super::run::{Watchdog, positive_duration};
@@ -32,7 +35,8 @@ pub struct RestoreCommand {
 
     /// Restore even when a volume's files differ from what the guest left (a file it
     /// wrote has changed since, or is gone): each difference is listed first. Without
-    /// it, such a restore is refused and nothing runs.
+    /// it, such a restore is refused and nothing runs. A file the guest has open must
+    /// still exist, even so.
     #[arg(long)]
     force: bool,
 
@@ -47,6 +51,50 @@ pub struct RestoreCommand {
 }
 
 impl RestoreCommand {
+    /// Checks the mapping of volumes to directories before anything else is said: every
+    /// volume mapped, no mapping for a volume the snapshot lacks (a note), and no volume
+    /// mapped read-only where the guest has a file open for writing.
+    fn check_mapping(&self, snapshot: &Snapshot, dirs: &[Preopen]) -> anyhow::Result<()> {
+        let volumes = &snapshot.meta.wasi.volumes;
+        for v in volumes {
+            let Some(dir) = dirs.iter().find(|d| d.guest == v.guest) else {
+                anyhow::bail!(
+                    "volume {} of the snapshot has no host directory; pass --dir HOST::{}",
+                    v.guest,
+                    v.guest
+                );
+            };
+            let writing = snapshot
+                .meta
+                .wasi
+                .files
+                .iter()
+                .find(|f| f.volume == v.guest && f.rights_base & FD_WRITE != 0);
+            if let (Some(f), DirAccess::ReadOnly, false) = (writing, dir.access, v.read_only) {
+                anyhow::bail!(
+                    "the guest has {} in volume {} open for writing; map it with --dir, not --ro-dir",
+                    f.path,
+                    v.guest
+                );
+            }
+        }
+        for d in dirs {
+            if !volumes.iter().any(|v| v.guest == d.guest) {
+                let names: Vec<&str> = volumes.iter().map(|v| v.guest.as_str()).collect();
+                eprintln!(
+                    "note: {} is not a volume of this snapshot (its volumes: {}); its directory is not used",
+                    d.guest,
+                    if names.is_empty() {
+                        "none".to_owned()
+                    } else {
+                        names.join(", ")
+                    }
+                );
+            }
+        }
+        Ok(())
+    }
+
     /// Compares the host directories with the files the guest left; refuses at the
     /// first that differs unless `--force`, which lists them all.
     fn check_volumes(&self, snapshot: &Snapshot, dirs: &[Preopen]) -> anyhow::Result<()> {
@@ -98,7 +146,8 @@ impl RestoreCommand {
         let migratable = Migratable::new(&engine, &self.landing.rewriter(), &snapshot.module)
             .with_context(|| format!("cannot restore {}", self.snapshot.display()))?;
         let dirs = self.landing.dirs()?;
-        self.check_volumes(&snapshot, &dirs)
+        self.check_mapping(&snapshot, &dirs)
+            .and_then(|()| self.check_volumes(&snapshot, &dirs))
             .with_context(|| format!("cannot restore {}", self.snapshot.display()))?;
         let limits = self.landing.limits();
         let skip_stdin = self.stdin_skip(snapshot.meta.wasi.stdin_consumed);

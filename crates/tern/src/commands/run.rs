@@ -220,7 +220,7 @@ pub(crate) fn read_only_dir(spec: &str) -> Result<Preopen, RuntimeError> {
 
 pub(crate) fn positive_duration(text: &str) -> Result<Duration, String> {
     match parse_duration(text) {
-        Ok(d) if d.is_zero() => Err("the timeout must be longer than zero".into()),
+        Ok(d) if d.is_zero() => Err("the duration must be longer than zero".into()),
         Ok(d) => Ok(d),
         Err(e) => Err(e.to_string()),
     }

@@ -619,8 +619,8 @@ fn wait_for(file: &Path) {
 }
 
 /// With --checkpoint-out, SIGTERM and SIGINT take a checkpoint at the next safe point
-/// and stop, even with --keep-running; the snapshot resumes to the same end as an
-/// uninterrupted run.
+/// and stop with the signal's status, even with --keep-running; the snapshot resumes to
+/// the same end as an uninterrupted run.
 #[test]
 fn sigterm_and_sigint_checkpoint_then_stop() {
     let d = scratch();
@@ -634,7 +634,7 @@ fn sigterm_and_sigint_checkpoint_then_stop() {
         .args(["/data", "30", "10000000"])
         .run();
     assert_eq!(whole.code, Some(0), "{whole:?}");
-    for (sig, extra) in [("-TERM", None), ("-INT", Some("--keep-running"))] {
+    for (sig, extra, status) in [("-TERM", None, 143), ("-INT", Some("--keep-running"), 130)] {
         let vol = d.path().join(format!("vol{sig}"));
         std::fs::create_dir(&vol).expect("mkdir");
         let snap = d.path().join(format!("app{sig}.snap"));
@@ -648,7 +648,7 @@ fn sigterm_and_sigint_checkpoint_then_stop() {
         wait_for(&vol.join("journal.txt"));
         signal(&child, sig);
         let first = Run::from(child.wait_with_output().expect("tern ends"));
-        assert_eq!(first.code, Some(0), "{sig}: {first:?}");
+        assert_eq!(first.code, Some(status), "{sig}: {first:?}");
         assert!(
             first
                 .stderr
@@ -703,4 +703,44 @@ fn a_second_sigterm_stops_at_once() {
         "{rest}"
     );
     assert!(!snap.exists());
+}
+
+/// How the volumes are mapped is checked before anything else: a volume without a
+/// directory, or mapped read-only where the guest writes, is refused in one line; a
+/// directory for a volume the snapshot lacks is a note.
+#[test]
+fn restore_checks_how_volumes_are_mapped() {
+    let d = scratch();
+    let (vol, other) = (d.path().join("vol"), d.path().join("other"));
+    std::fs::create_dir(&vol).expect("mkdir");
+    std::fs::create_dir(&other).expect("mkdir");
+    let snap = d.path().join("app.snap");
+    let first = tern(d.path())
+        .args(["run", "--checkpoint-after", "150ms", "--checkpoint-out"])
+        .arg(&snap)
+        .arg(format!("--dir={}::/data", vol.display()))
+        .arg(guest("journal"))
+        .args(["/data", "30", "10000000"])
+        .run();
+    assert_eq!(first.code, Some(0), "{first:?}");
+    let restore = |args: &[String]| tern(d.path()).arg("restore").args(args).arg(&snap).run();
+    restore(&[]).fails_with(
+        1,
+        "volume /data of the snapshot has no host directory; pass --dir HOST::/data",
+    );
+    restore(&[format!("--ro-dir={}::/data", vol.display())]).fails_with(
+        1,
+        "the guest has journal.txt in volume /data open for writing; map it with --dir, not --ro-dir",
+    );
+    let ok = restore(&[
+        format!("--dir={}::/data", vol.display()),
+        format!("--dir={}::/other", other.display()),
+    ]);
+    assert_eq!(ok.code, Some(0), "{ok:?}");
+    assert!(
+        ok.stderr.starts_with(
+            "note: /other is not a volume of this snapshot (its volumes: /data); its directory is not used"
+        ),
+        "{ok:?}"
+    );
 }

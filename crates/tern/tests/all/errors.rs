@@ -108,6 +108,11 @@ fn bad_flag_values_name_the_flag() {
         (&["--max-stack", "1K"], 2, "between 16KiB and 64MiB"),
         (&["--max-memory", "64"], 2, "`64` has no unit: write 64MiB"),
         (
+            &["--checkpoint-out", "/no/such/dir/app.snap"],
+            1,
+            "--checkpoint-out /no/such/dir/app.snap: cannot write there",
+        ),
+        (
             &["--max-memroy", "64MiB"],
             2,
             "a similar argument exists: '--max-memory'",
@@ -117,7 +122,16 @@ fn bad_flag_values_name_the_flag() {
             1,
             "cannot preopen directory /no/such/dir: it does not exist",
         ),
-        (&["--timeout", "0s"], 2, "longer than zero"),
+        (
+            &["--timeout", "0s"],
+            2,
+            "the duration must be longer than zero",
+        ),
+        (
+            &["--checkpoint-after", "0", "--checkpoint-out", "x.snap"],
+            2,
+            "the duration must be longer than zero",
+        ),
         (
             &["--dir", "/tmp::/x", "--ro-dir", "/tmp::/x"],
             1,
