@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
+use std::sync::atomic::{AtomicI32, AtomicU8, Ordering};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -16,6 +16,11 @@ use tern_snapshot::{
 };
 
 use super::run::{HOST_STACK, positive_duration, report};
+
+/// Whether any snapshot was written: none yet, one at least, or only failures.
+const NONE_WRITTEN: u8 = 0;
+const WRITTEN: u8 = 1;
+const FAILED: u8 = 2;
 
 /// Flags that switch on migratable mode. A run without them is not rewritten and pays
 /// nothing for checkpoints.
@@ -213,11 +218,11 @@ impl CheckpointArgs {
         stopping: Arc<AtomicI32>,
     ) -> (
         impl FnMut(Captured<'_>) -> Checkpoint + Send + 'static,
-        Arc<AtomicBool>,
+        Arc<AtomicU8>,
     ) {
         let path = self.checkpoint_out.clone();
         let keep_running = self.keep_running;
-        let written = Arc::new(AtomicBool::new(false));
+        let written = Arc::new(AtomicU8::new(NONE_WRITTEN));
         let flag = written.clone();
         let callback = move |captured: Captured<'_>| {
             let Some(path) = &path else {
@@ -234,7 +239,7 @@ impl CheckpointArgs {
                 });
             match result {
                 Ok(len) => {
-                    flag.store(true, Ordering::SeqCst);
+                    flag.store(WRITTEN, Ordering::SeqCst);
                     eprintln!(
                         "checkpoint: {} written ({} KiB, {} of {} pages non-zero); resume with `{}`",
                         path.display(),
@@ -251,6 +256,12 @@ impl CheckpointArgs {
                 }
                 Err(e) => {
                     eprintln!("error: {e:#}; the guest carries on");
+                    let _ = flag.compare_exchange(
+                        NONE_WRITTEN,
+                        FAILED,
+                        Ordering::SeqCst,
+                        Ordering::SeqCst,
+                    );
                     Checkpoint::Continue
                 }
             }
@@ -261,15 +272,21 @@ impl CheckpointArgs {
     fn finish(
         &self,
         end: RunEnd,
-        written: &AtomicBool,
+        written: &AtomicU8,
         stopping: &AtomicI32,
     ) -> anyhow::Result<ExitCode> {
         match end {
             RunEnd::Finished(outcome) => {
                 let asked =
                     self.checkpoint_after.is_some() || self.checkpoint_at_safepoint.is_some();
-                if asked && !written.load(Ordering::SeqCst) {
-                    eprintln!("note: the guest ended before its checkpoint; no snapshot written");
+                match written.load(Ordering::SeqCst) {
+                    NONE_WRITTEN if asked => eprintln!(
+                        "note: the guest ended before its checkpoint; no snapshot written"
+                    ),
+                    FAILED => eprintln!(
+                        "note: the guest ended; no snapshot was written (see the error above)"
+                    ),
+                    _ => {}
                 }
                 Ok(report(outcome))
             }
