@@ -58,8 +58,33 @@ const MAX_ROUNDS: u32 = 6;
 const SMALL_DELTA_PAGES: usize = 64;
 /// How long the source waits for any answer of the destination.
 const REPLY_TIMEOUT: Duration = Duration::from_secs(30);
-/// Largest frame accepted (a module or a round of pages).
-const MAX_FRAME: usize = 1 << 31;
+/// What a migration stream starts with, before its first frame: anything else is not
+/// a Tern migration, and is dropped after eight bytes.
+const MAGIC: &[u8; 8] = b"TERNMIG\x02";
+/// Pages sent in one frame at most (16 MiB), so that no frame needs more memory than that
+/// to be read.
+const PAGES_PER_FRAME: usize = 256;
+/// How long a receiver waits for a new connection's first bytes: a source sends them
+/// at once, and a peer that stalls must not keep the next one waiting long.
+const GREET_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a receiver waits for its peer to say anything, after the first bytes.
+const PEER_TIMEOUT: Duration = Duration::from_secs(30);
+/// Room for a frame's JSON header.
+const HEADER_ROOM: usize = 64 << 10;
+
+/// The largest frame of each kind the protocol allows: a length above it is refused
+/// before anything is allocated for it.
+fn max_frame(tag: u8) -> usize {
+    // An LZ4 block of a 64 KiB page or block is at most this long.
+    let block = PAGE + PAGE / 255 + 16 + 8;
+    match tag {
+        b'H' => HEADER_ROOM + crate::format::MAX_MODULE + crate::format::MAX_MODULE / 255 + 16,
+        b'P' => 8 + PAGES_PER_FRAME * (8 + block),
+        b'F' => HEADER_ROOM + 4 + BLOCKS_PER_FRAME * (8 + block),
+        b'Z' | b'A' => 64 << 20,
+        _ => HEADER_ROOM,
+    }
+}
 
 /// Why a migration did not happen when the guest ran to its end first.
 const ENDED: &str = "the guest finished before the migration";
@@ -123,17 +148,31 @@ fn lost(e: std::io::Error) -> SnapshotError {
     }
 }
 
+/// Reads one frame, refusing a length above what its kind allows ([`max_frame`])
+/// before allocating, and allocating only as its bytes arrive.
 fn read_frame(r: &mut impl Read) -> Result<(u8, Vec<u8>), SnapshotError> {
-    let mut len = [0u8; 4];
-    r.read_exact(&mut len).map_err(lost)?;
-    let len = u32::from_le_bytes(len) as usize;
-    if len == 0 || len > MAX_FRAME {
-        return Err(net(format!("bad frame length {len}")));
+    let mut head = [0u8; 5];
+    r.read_exact(&mut head).map_err(lost)?;
+    let len = u32::from_le_bytes([head[0], head[1], head[2], head[3]]) as usize;
+    let tag = head[4];
+    if len == 0 {
+        return Err(net("a frame of length 0"));
     }
-    let mut buf = vec![0u8; len];
-    r.read_exact(&mut buf).map_err(lost)?;
-    let tag = buf.remove(0);
-    Ok((tag, buf))
+    let max = max_frame(tag);
+    if len - 1 > max {
+        return Err(net(format!(
+            "a frame {:?} of {len} bytes, where the protocol allows {max}",
+            tag as char
+        )));
+    }
+    let mut body = Vec::with_capacity((len - 1).min(1 << 20));
+    r.take(len as u64 - 1)
+        .read_to_end(&mut body)
+        .map_err(lost)?;
+    if body.len() != len - 1 {
+        return Err(net("the peer closed the connection inside a frame"));
+    }
+    Ok((tag, body))
 }
 
 /// Reads fields of a frame payload, refusing anything short.
@@ -278,6 +317,8 @@ impl Source {
                 .collect(),
         };
         let module = lz4_flex::compress_prepend_size(migratable.original());
+        s.stream.write_all(MAGIC).map_err(net)?;
+        s.bytes += MAGIC.len() as u64;
         s.bytes += write_frame(&mut s.stream, b'H', &json_frame(&hello, &module))?;
         s.stream.flush().map_err(net)?;
         let offers: Vec<VolumeOffer> = serde_json::from_slice(&s.expect(b'A')?)
@@ -309,14 +350,21 @@ impl Source {
 
     /// Sends a round's changed pages; returns how many.
     fn send_pages(&mut self, delta: &Delta) -> Result<usize, SnapshotError> {
-        let mut body = Vec::with_capacity(8 + delta.pages.len() * 8192);
-        body.extend_from_slice(&delta.meta.memory_pages.to_le_bytes());
-        body.extend_from_slice(&(delta.pages.len() as u32).to_le_bytes());
-        for (i, page) in &delta.pages {
-            body.extend_from_slice(&i.to_le_bytes());
-            put_block(&mut body, &lz4_flex::compress(page));
+        // At least one frame, even with no page: it carries the memory's size.
+        let mut chunks: Vec<&[(u32, Vec<u8>)]> = delta.pages.chunks(PAGES_PER_FRAME).collect();
+        if chunks.is_empty() {
+            chunks.push(&[]);
         }
-        self.bytes += write_frame(&mut self.stream, b'P', &body)?;
+        for chunk in chunks {
+            let mut body = Vec::with_capacity(8 + chunk.len() * 8192);
+            body.extend_from_slice(&delta.meta.memory_pages.to_le_bytes());
+            body.extend_from_slice(&(chunk.len() as u32).to_le_bytes());
+            for (i, page) in chunk {
+                body.extend_from_slice(&i.to_le_bytes());
+                put_block(&mut body, &lz4_flex::compress(page));
+            }
+            self.bytes += write_frame(&mut self.stream, b'P', &body)?;
+        }
         Ok(delta.pages.len())
     }
 
@@ -710,67 +758,32 @@ pub fn receive(
     limits: &Limits,
     progress: impl Fn(&str),
 ) -> Result<RunEnd, SnapshotError> {
-    let (stream, peer) = listener.accept().map_err(net)?;
+    // Until a migration is accepted, a connection that fails (not a Tern migration, a
+    // peer that says nothing, a hello that cannot be accepted) is dropped with one line
+    // and the next one is awaited: no peer can end the receiver before it commits to one.
+    let (peer, accepted) = loop {
+        let (stream, peer) = listener.accept().map_err(net)?;
+        match greet(&stream).and_then(|()| accept(stream, engine, rewriter, dirs, limits)) {
+            Ok(a) => break (peer, a),
+            Err(e) => progress(&format!(
+                "receive: {peer}: {}; still listening",
+                reason_of(&e)
+            )),
+        }
+    };
     progress(&format!("receive: migration from {peer}"));
-    stream.set_nodelay(true).map_err(net)?;
-    let mut reader = BufReader::with_capacity(1 << 20, stream.try_clone().map_err(net)?);
-    let mut replies = stream;
+    let Accepted {
+        mut reader,
+        mut replies,
+        migratable,
+        trigger,
+        mut prepared,
+        mut staging,
+    } = accepted;
     let refuse = |w: &mut TcpStream, e: SnapshotError| {
         let _ = write_frame(w, b'E', reason_of(&e).as_bytes());
         e
     };
-    let (tag, body) = read_frame(&mut reader)?;
-    if tag != b'H' {
-        return Err(refuse(&mut replies, net("expected a hello frame")));
-    }
-    let mut c = Cursor { b: &body };
-    let hello: Hello = parse_json(&mut c).map_err(|e| refuse(&mut replies, e))?;
-    if hello.protocol != PROTOCOL {
-        return Err(refuse(
-            &mut replies,
-            net(format!(
-                "the source speaks migration protocol {}, this Tern {PROTOCOL}; migrate between the same Tern versions",
-                hello.protocol
-            )),
-        ));
-    }
-    let module = crate::format::decompress_bounded(c.b, crate::format::MAX_MODULE)
-        .map_err(|e| refuse(&mut replies, net(format!("bad module: {e}"))))?;
-    if hex::encode(Sha256::digest(&module)) != hello.module_digest {
-        return Err(refuse(
-            &mut replies,
-            net("module does not match its digest"),
-        ));
-    }
-    crate::sync::clear_stale_stages(dirs);
-    let mut staging = match Staging::new(dirs, &hello.volumes) {
-        Ok(s) => s,
-        Err(e) => return Err(refuse(&mut replies, e)),
-    };
-    let migratable = match Migratable::new(engine, rewriter, &module) {
-        Ok(m) => m,
-        Err(e) => return Err(refuse(&mut replies, e)),
-    };
-    // The instance is made now, and memory filled in place as pre-copy rounds arrive,
-    // so that the stop-and-copy phase only writes the last changes.
-    let trigger = Trigger::new();
-    let mut prepared = match migratable.prepare(limits, &trigger) {
-        Ok(Ok(p)) => p,
-        Ok(Err(outcome)) => {
-            return Err(refuse(
-                &mut replies,
-                net(format!(
-                    "the guest cannot be instantiated here: {outcome:?}"
-                )),
-            ));
-        }
-        Err(e) => return Err(refuse(&mut replies, e)),
-    };
-    let offer = match staging.offer() {
-        Ok(o) => serde_json::to_vec(&o).map_err(net)?,
-        Err(e) => return Err(refuse(&mut replies, e)),
-    };
-    write_frame(&mut replies, b'A', &offer)?;
     // From here on, `staging` holds whatever arrives; dropped on any failure, it
     // leaves the volumes untouched.
     let meta: Meta = loop {
@@ -828,6 +841,95 @@ pub fn receive(
     end
 }
 
+/// A migration accepted: its stream, the instance its memory goes into, and the stage
+/// its files go into.
+struct Accepted {
+    reader: BufReader<TcpStream>,
+    replies: TcpStream,
+    migratable: Migratable,
+    trigger: Trigger,
+    prepared: crate::Prepared,
+    staging: Staging,
+}
+
+/// Reads a source's hello and accepts its migration, or refuses it (telling the source
+/// why).
+fn accept(
+    stream: TcpStream,
+    engine: &tern_runtime::Engine,
+    rewriter: &crate::Rewriter,
+    dirs: &[Preopen],
+    limits: &Limits,
+) -> Result<Accepted, SnapshotError> {
+    stream.set_nodelay(true).map_err(net)?;
+    let mut reader = BufReader::with_capacity(1 << 20, stream.try_clone().map_err(net)?);
+    let mut replies = stream;
+    let refuse = |w: &mut TcpStream, e: SnapshotError| {
+        let _ = write_frame(w, b'E', reason_of(&e).as_bytes());
+        e
+    };
+    let (tag, body) = read_frame(&mut reader)?;
+    if tag != b'H' {
+        return Err(refuse(&mut replies, net("expected a hello frame")));
+    }
+    let mut c = Cursor { b: &body };
+    let hello: Hello = parse_json(&mut c).map_err(|e| refuse(&mut replies, e))?;
+    if hello.protocol != PROTOCOL {
+        return Err(refuse(
+            &mut replies,
+            net(format!(
+                "the source speaks migration protocol {}, this Tern {PROTOCOL}; migrate between the same Tern versions",
+                hello.protocol
+            )),
+        ));
+    }
+    let module = crate::format::decompress_bounded(c.b, crate::format::MAX_MODULE)
+        .map_err(|e| refuse(&mut replies, net(format!("bad module: {e}"))))?;
+    if hex::encode(Sha256::digest(&module)) != hello.module_digest {
+        return Err(refuse(
+            &mut replies,
+            net("module does not match its digest"),
+        ));
+    }
+    crate::sync::clear_stale_stages(dirs);
+    let staging = match Staging::new(dirs, &hello.volumes) {
+        Ok(s) => s,
+        Err(e) => return Err(refuse(&mut replies, e)),
+    };
+    let migratable = match Migratable::new(engine, rewriter, &module) {
+        Ok(m) => m,
+        Err(e) => return Err(refuse(&mut replies, e)),
+    };
+    // The instance is made now, and memory filled in place as pre-copy rounds arrive,
+    // so that the stop-and-copy phase only writes the last changes.
+    let trigger = Trigger::new();
+    let prepared = match migratable.prepare(limits, &trigger) {
+        Ok(Ok(p)) => p,
+        Ok(Err(outcome)) => {
+            return Err(refuse(
+                &mut replies,
+                net(format!(
+                    "the guest cannot be instantiated here: {outcome:?}"
+                )),
+            ));
+        }
+        Err(e) => return Err(refuse(&mut replies, e)),
+    };
+    let offer = match staging.offer() {
+        Ok(o) => serde_json::to_vec(&o).map_err(net)?,
+        Err(e) => return Err(refuse(&mut replies, e)),
+    };
+    write_frame(&mut replies, b'A', &offer)?;
+    Ok(Accepted {
+        reader,
+        replies,
+        migratable,
+        trigger,
+        prepared,
+        staging,
+    })
+}
+
 fn apply_pages(c: &mut Cursor<'_>, memory: &mut crate::Prepared) -> Result<(), SnapshotError> {
     let total = c.u32()?;
     let count = c.u32()?;
@@ -851,6 +953,38 @@ fn apply_pages(c: &mut Cursor<'_>, memory: &mut crate::Prepared) -> Result<(), S
             Ok(_) => return Err(net(format!("page {index} is not 64 KiB"))),
             Err(e) => return Err(net(format!("page {index}: {e}"))),
         }
+    }
+    Ok(())
+}
+
+/// Reads the magic a migration starts with, within [`GREET_TIMEOUT`]; from then on,
+/// the peer must say something at least every [`PEER_TIMEOUT`].
+fn greet(stream: &TcpStream) -> Result<(), SnapshotError> {
+    stream.set_read_timeout(Some(GREET_TIMEOUT)).map_err(net)?;
+    let mut magic = [0u8; MAGIC.len()];
+    let mut r = stream;
+    r.read_exact(&mut magic).map_err(|e| match e.kind() {
+        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut => net(format!(
+            "sent nothing within {} s; dropped",
+            GREET_TIMEOUT.as_secs()
+        )),
+        _ => lost(e),
+    })?;
+    stream.set_read_timeout(Some(PEER_TIMEOUT)).map_err(net)?;
+    if &magic != MAGIC {
+        let shown: String = magic
+            .iter()
+            .map(|b| {
+                if b.is_ascii_graphic() || *b == b' ' {
+                    *b as char
+                } else {
+                    '.'
+                }
+            })
+            .collect();
+        return Err(net(format!(
+            "not a Tern migration (it began with {shown:?}); dropped"
+        )));
     }
     Ok(())
 }

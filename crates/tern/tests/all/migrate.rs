@@ -8,8 +8,16 @@ use std::process::{Child, Command, Stdio};
 
 use crate::support::{Run, guest, scratch, tern};
 
-/// A `tern receive` listening on a free loopback port, and that port's address.
-fn receiver(dir: &Path, args: &[String]) -> (Child, String) {
+/// A `tern receive` listening on a free loopback port.
+struct Receiver {
+    child: Child,
+    /// The address it listens on.
+    addr: String,
+    /// The rest of its stderr, drained as it comes so that it never blocks.
+    err: std::thread::JoinHandle<String>,
+}
+
+fn receiver(dir: &Path, args: &[String]) -> Receiver {
     let mut child = Command::new(env!("CARGO_BIN_EXE_tern"))
         .env_clear()
         .env("TERN_CACHE_DIR", dir.join("cache"))
@@ -29,12 +37,40 @@ fn receiver(dir: &Path, args: &[String]) -> (Child, String) {
         .strip_prefix("receive: listening on ")
         .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
         .to_owned();
-    // Keep draining stderr so the receiver never blocks on a full pipe.
-    std::thread::spawn(move || {
+    let err = std::thread::spawn(move || {
         let mut rest = String::new();
         let _ = std::io::Read::read_to_string(&mut err, &mut rest);
+        rest
     });
-    (child, addr)
+    Receiver { child, addr, err }
+}
+
+impl Receiver {
+    /// Waits for it to end by itself.
+    fn finish(self) -> Run {
+        let out = self.child.wait_with_output().expect("receiver ends");
+        let mut run = Run::from(out);
+        run.stderr = self.err.join().expect("stderr");
+        run
+    }
+
+    /// Ends it if it is still listening a moment after what it was sent; its code is
+    /// `None` then.
+    fn stop(mut self) -> Run {
+        for _ in 0..20 {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return self.finish();
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        let _ = self.child.kill();
+        let out = self.child.wait_with_output().expect("receiver ends");
+        Run {
+            code: None,
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: self.err.join().expect("stderr"),
+        }
+    }
 }
 
 fn journal_args(vol: &Path) -> Vec<String> {
@@ -73,9 +109,9 @@ fn a_guest_with_open_files_moves_and_finishes_on_the_destination() {
     let (src, dst) = (d.path().join("src"), d.path().join("dst"));
     std::fs::create_dir_all(&src).expect("mkdir");
     std::fs::create_dir_all(&dst).expect("mkdir");
-    let (child, addr) = receiver(d.path(), &[format!("--dir={}::/data", dst.display())]);
-    let from = source(d.path(), &addr, &src);
-    let to = Run::from(child.wait_with_output().expect("receiver ends"));
+    let r = receiver(d.path(), &[format!("--dir={}::/data", dst.display())]);
+    let from = source(d.path(), &r.addr, &src);
+    let to = r.finish();
     assert_eq!(from.code, Some(0), "{from:?}");
     assert!(from.stderr.contains("migrated to"), "{from:?}");
     assert_eq!(to.code, Some(0), "{to:?}");
@@ -126,11 +162,18 @@ fn a_destination_that_refuses_leaves_the_guest_here() {
     let d = scratch();
     let src = d.path().join("src");
     std::fs::create_dir_all(&src).expect("mkdir");
-    // No directory for the guest's /data volume.
-    let (child, addr) = receiver(d.path(), &[]);
-    let from = source(d.path(), &addr, &src);
-    let to = Run::from(child.wait_with_output().expect("receiver ends"));
-    assert_eq!(to.code, Some(1), "{to:?}");
+    // No directory for the guest's /data volume: refused before it is accepted, so the
+    // receiver says so and goes on listening.
+    let r = receiver(d.path(), &[]);
+    let from = source(d.path(), &r.addr, &src);
+    let to = r.stop();
+    assert_eq!(to.code, None, "still listening: {to:?}");
+    assert!(
+        to.stderr
+            .contains("volume /data of the snapshot has no host directory")
+            && to.stderr.contains("still listening"),
+        "{to:?}"
+    );
     assert_resumed_locally(&from, d.path(), &src, "volume /data");
 }
 
@@ -142,9 +185,9 @@ fn a_destination_that_cannot_restore_leaves_the_guest_here() {
     std::fs::create_dir_all(&dst).expect("mkdir");
     // Read-only here: the journal the guest writes is never copied in, and the
     // destination's copy (none) is not the source's.
-    let (child, addr) = receiver(d.path(), &[format!("--ro-dir={}::/data", dst.display())]);
-    let from = source(d.path(), &addr, &src);
-    let to = Run::from(child.wait_with_output().expect("receiver ends"));
+    let r = receiver(d.path(), &[format!("--ro-dir={}::/data", dst.display())]);
+    let from = source(d.path(), &r.addr, &src);
+    let to = r.finish();
     assert_eq!(to.code, Some(1), "{to:?}");
     assert!(
         to.stdout.is_empty(),
@@ -169,12 +212,12 @@ fn a_destination_killed_mid_migration_leaves_the_guest_here() {
     let (src, dst) = (d.path().join("src"), d.path().join("dst"));
     std::fs::create_dir_all(&src).expect("mkdir");
     std::fs::create_dir_all(&dst).expect("mkdir");
-    let (mut child, addr) = receiver(d.path(), &[format!("--dir={}::/data", dst.display())]);
+    let mut r = receiver(d.path(), &[format!("--dir={}::/data", dst.display())]);
     // Killed before any migration arrives: the source finds the port closed or the
     // connection reset, whichever phase it reaches.
-    child.kill().expect("kill receiver");
-    let _ = child.wait();
-    let from = source(d.path(), &addr, &src);
+    r.child.kill().expect("kill receiver");
+    let _ = r.child.wait();
+    let from = source(d.path(), &r.addr, &src);
     assert_resumed_locally(&from, d.path(), &src, "migration failed");
 }
 
@@ -231,12 +274,12 @@ fn sqlite_with_an_open_database_migrates_without_losing_a_committed_row() {
     assert_eq!(whole.code, Some(0), "{whole:?}");
     assert!(whole.stdout.ends_with("rows 150 sum 11175\n"), "{whole:?}");
 
-    let (child, addr) = receiver(d.path(), &[format!("--dir={}::/data", dst.display())]);
+    let r = receiver(d.path(), &[format!("--dir={}::/data", dst.display())]);
     let from = tern(d.path())
-        .args(["run", "--migrate-to", &addr, "--migrate-after", "300ms"])
+        .args(["run", "--migrate-to", &r.addr, "--migrate-after", "300ms"])
         .args(args(&src))
         .run();
-    let to = Run::from(child.wait_with_output().expect("receiver ends"));
+    let to = r.finish();
     assert_eq!(from.code, Some(0), "{from:?}");
     assert!(from.stderr.contains("migrated to"), "{from:?}");
     assert!(
@@ -252,14 +295,13 @@ fn sqlite_with_an_open_database_migrates_without_losing_a_committed_row() {
 /// Runs `module` with `stdin`, `--migrate-to` a receiver and `--migrate-after after`,
 /// for migrations that never happen: the receiver is stopped once the source is done.
 fn migrate_to_nowhere(dir: &Path, module: &Path, stdin: &[u8], after: &str) -> Run {
-    let (mut child, addr) = receiver(dir, &[]);
+    let r = receiver(dir, &[]);
     let from = tern(dir)
-        .args(["run", "--migrate-to", &addr, "--migrate-after", after])
+        .args(["run", "--migrate-to", &r.addr, "--migrate-after", after])
         .arg(module)
         .stdin(stdin)
         .run();
-    let _ = child.kill();
-    let _ = child.wait();
+    r.stop();
     from
 }
 
@@ -302,7 +344,8 @@ fn a_guest_that_ends_first_says_it_finished_here() {
 }
 
 /// Where a relay cuts the source's stream: in the first frame tagged `tag`, after
-/// `keep` of its bytes (counting its 5-byte head) have gone through.
+/// `keep` of its bytes (counting its 5-byte head) have gone through; `M` is the
+/// stream's 8-byte magic.
 #[derive(Debug, Clone, Copy)]
 struct Cut {
     tag: u8,
@@ -333,6 +376,20 @@ fn cutting_relay(to: String, cut: Option<Cut>) -> (String, std::thread::JoinHand
         std::thread::spawn(move || {
             let _ = std::io::copy(&mut back_from, &mut back_to);
         });
+        // The stream's magic first, then frames.
+        let mut magic = [0u8; 8];
+        if from.read_exact(&mut magic).is_err() {
+            return tags;
+        }
+        if let Some(c) = cut.filter(|c| c.tag == b'M') {
+            let _ = there.write_all(&magic[..c.keep.min(8)]);
+            let _ = there.shutdown(std::net::Shutdown::Both);
+            let _ = from.shutdown(std::net::Shutdown::Both);
+            return tags;
+        }
+        if there.write_all(&magic).is_err() {
+            return tags;
+        }
         loop {
             let mut head = [0u8; 5];
             if from.read_exact(&mut head).is_err() {
@@ -420,10 +477,10 @@ fn a_migration_cut_at_any_point_changes_nothing_on_the_destination() {
         let dst = occupied_volume(&parent);
         let src = src_parent.join("whole");
         std::fs::create_dir_all(&src).expect("mkdir");
-        let (child, addr) = receiver(d.path(), &[format!("--dir={}::/data", dst.display())]);
-        let (relay, tags) = cutting_relay(addr, None);
+        let r = receiver(d.path(), &[format!("--dir={}::/data", dst.display())]);
+        let (relay, tags) = cutting_relay(r.addr.clone(), None);
         let from = source(d.path(), &relay, &src);
-        let to = Run::from(child.wait_with_output().expect("receiver ends"));
+        let to = r.finish();
         assert!(from.stderr.contains("migrated to"), "{from:?}");
         assert_eq!(to.code, Some(0), "{to:?}");
         tags.join().expect("relay")
@@ -436,6 +493,7 @@ fn a_migration_cut_at_any_point_changes_nothing_on_the_destination() {
         );
     }
     let cuts = [
+        Cut { tag: b'M', keep: 4 },
         Cut { tag: b'H', keep: 0 },
         Cut { tag: b'H', keep: 3 },
         Cut {
@@ -464,11 +522,16 @@ fn a_migration_cut_at_any_point_changes_nothing_on_the_destination() {
         let before = picture(&parent);
         let src = src_parent.join(format!("cut{i}"));
         std::fs::create_dir_all(&src).expect("mkdir");
-        let (child, addr) = receiver(d.path(), &[format!("--dir={}::/data", dst.display())]);
-        let (relay, _) = cutting_relay(addr, Some(cut));
+        let r = receiver(d.path(), &[format!("--dir={}::/data", dst.display())]);
+        let (relay, _) = cutting_relay(r.addr.clone(), Some(cut));
         let from = source(d.path(), &relay, &src);
-        let to = Run::from(child.wait_with_output().expect("receiver ends"));
-        assert_eq!(to.code, Some(1), "{cut:?}: {to:?}");
+        let to = r.stop();
+        // Cut before it accepted, the receiver goes on listening; after, it fails.
+        assert!(
+            to.code == Some(1)
+                || (matches!(cut.tag, b'M' | b'H') && to.stderr.contains("still listening")),
+            "{cut:?}: {to:?}"
+        );
         assert!(to.stdout.is_empty(), "{cut:?}: the guest ran there: {to:?}");
         assert_resumed_locally(&from, d.path(), &src, "migration failed");
         assert!(
@@ -529,9 +592,9 @@ fn only_what_the_destination_lacks_is_sent() {
             std::fs::copy(&big, dst.join("big.bin")).expect("copy");
             std::fs::write(dst.join("theirs.txt"), "the destination's own\n").expect("write");
         }
-        let (child, addr) = receiver(d.path(), &[format!("--dir={}::/data", dst.display())]);
-        let from = source(d.path(), &addr, &src);
-        let to = Run::from(child.wait_with_output().expect("receiver ends"));
+        let r = receiver(d.path(), &[format!("--dir={}::/data", dst.display())]);
+        let from = source(d.path(), &r.addr, &src);
+        let to = r.finish();
         assert_eq!(to.code, Some(0), "{to:?}");
         sent.push(kib_sent(&from));
         let there = std::fs::metadata(dst.join("big.bin")).expect("big.bin there");
@@ -558,4 +621,98 @@ fn only_what_the_destination_lacks_is_sent() {
         "{had} KiB sent when the destination had the file, {lacked} KiB when it had not"
     );
     assert!(had < 4096, "{had} KiB sent for a file the destination had");
+}
+
+/// The peak resident memory of process `pid`, in KiB (`VmHWM`).
+fn peak_rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("status");
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches(" kB").trim().parse().ok())
+        .expect("VmHWM")
+}
+
+/// Connects to `addr`, sends `bytes`, then holds the connection for `hold` (a stall) and
+/// closes it.
+fn hostile(addr: &str, bytes: &[u8], hold: std::time::Duration) {
+    use std::io::Write as _;
+    let mut c = std::net::TcpStream::connect(addr).expect("connect");
+    let _ = c.write_all(bytes);
+    std::thread::sleep(hold);
+}
+
+/// Gives the receiver a moment to handle what it was sent.
+fn wait_a_moment() {
+    std::thread::sleep(std::time::Duration::from_millis(300));
+}
+
+/// Hostile peers — random bytes, an HTTP request, a frame claiming 2 GiB, a hello cut
+/// short, a peer that says nothing — each get one line and are dropped: the receiver
+/// goes on listening with flat memory, and then takes a real migration.
+#[test]
+fn hostile_peers_are_dropped_and_the_receiver_lives_on() {
+    let d = scratch();
+    let (src, dst) = (d.path().join("src"), d.path().join("dst"));
+    std::fs::create_dir_all(&src).expect("mkdir");
+    std::fs::create_dir_all(&dst).expect("mkdir");
+    let r = receiver(d.path(), &[format!("--dir={}::/data", dst.display())]);
+    wait_a_moment();
+    let before = peak_rss_kib(r.child.id());
+    let mut x = 0x2545_F491_4F6C_DD1Du64;
+    let random: Vec<u8> = (0..4096)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect();
+    let quick = std::time::Duration::from_millis(50);
+    hostile(&r.addr, &random, quick);
+    hostile(&r.addr, b"GET / HTTP/1.0\r\n\r\n", quick);
+    // A Tern stream whose hello claims 2 GiB, then stops.
+    let mut huge = b"TERNMIG\x02".to_vec();
+    huge.extend_from_slice(&0x7fff_ffffu32.to_le_bytes());
+    huge.push(b'H');
+    huge.extend_from_slice(&[0u8; 1000]);
+    hostile(&r.addr, &huge, quick);
+    // A hello whose length is allowed, cut after a few bytes.
+    let mut cut = b"TERNMIG\x02".to_vec();
+    cut.extend_from_slice(&(1u32 << 20).to_le_bytes());
+    cut.push(b'H');
+    cut.extend_from_slice(b"{\"protocol\":2");
+    hostile(&r.addr, &cut, quick);
+    // Nothing at all, for longer than the receiver waits for a greeting.
+    hostile(&r.addr, b"", std::time::Duration::from_secs(6));
+    wait_a_moment();
+    let after = peak_rss_kib(r.child.id());
+    assert!(
+        after < before + 16 * 1024,
+        "peak RSS grew from {before} KiB to {after} KiB"
+    );
+    // Still alive, it takes a real migration.
+    let from = source(d.path(), &r.addr, &src);
+    let to = r.finish();
+    assert!(from.stderr.contains("migrated to"), "{from:?}");
+    assert_eq!(to.code, Some(0), "{to:?}");
+    for needle in [
+        "not a Tern migration (it began with",
+        "not a Tern migration (it began with \"GET / HT\")",
+        "a frame 'H' of 2147483647 bytes, where the protocol allows",
+        "the peer closed the connection inside a frame",
+        "sent nothing within 5 s",
+    ] {
+        assert!(
+            to.stderr.contains(needle),
+            "{needle:?} not in {}",
+            to.stderr
+        );
+    }
+    assert_eq!(
+        to.stderr.matches("still listening").count(),
+        5,
+        "one line each: {}",
+        to.stderr
+    );
 }
