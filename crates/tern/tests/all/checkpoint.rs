@@ -503,6 +503,22 @@ fn restore_with_less_stdin_than_was_read_says_so() {
     );
 }
 
+/// Checkpoints the `journal` guest 150 ms in, its `/data` volume in `vol` and `extra`
+/// flags given; returns the run and the snapshot's path.
+fn journal_checkpoint(dir: &Path, vol: &Path, extra: &[String]) -> (Run, std::path::PathBuf) {
+    let snap = dir.join("app.snap");
+    let first = tern(dir)
+        .args(["run", "--checkpoint-after", "150ms", "--checkpoint-out"])
+        .arg(&snap)
+        .arg(format!("--dir={}::/data", vol.display()))
+        .args(extra)
+        .arg(guest("journal"))
+        .args(["/data", "30", "10000000"])
+        .run();
+    assert_eq!(first.code, Some(0), "{first:?}");
+    (first, snap)
+}
+
 /// A restore onto a volume whose files are no longer what the guest left (a database
 /// that moved on after the checkpoint) is refused, naming the file, and changes nothing;
 /// `--force` restores anyway after listing the differences.
@@ -511,15 +527,7 @@ fn restore_refuses_a_volume_that_moved_on() {
     let d = scratch();
     let vol = d.path().join("vol");
     std::fs::create_dir(&vol).expect("mkdir");
-    let snap = d.path().join("app.snap");
-    let first = tern(d.path())
-        .args(["run", "--checkpoint-after", "150ms", "--checkpoint-out"])
-        .arg(&snap)
-        .arg(format!("--dir={}::/data", vol.display()))
-        .arg(guest("journal"))
-        .args(["/data", "30", "10000000"])
-        .run();
-    assert_eq!(first.code, Some(0), "{first:?}");
+    let (_, snap) = journal_checkpoint(d.path(), &vol, &[]);
     let journal = vol.join("journal.txt");
     let left = std::fs::read(&journal).expect("journal");
     // The directory moves on after the checkpoint.
@@ -588,16 +596,8 @@ fn the_resume_hint_names_the_volumes() {
     let (vol, ro) = (d.path().join("vol"), d.path().join("ro dir"));
     std::fs::create_dir(&vol).expect("mkdir");
     std::fs::create_dir(&ro).expect("mkdir");
-    let snap = d.path().join("app.snap");
-    let first = tern(d.path())
-        .args(["run", "--checkpoint-after", "150ms", "--checkpoint-out"])
-        .arg(&snap)
-        .arg(format!("--dir={}::/data", vol.display()))
-        .arg(format!("--ro-dir={}::/ro", ro.display()))
-        .arg(guest("journal"))
-        .args(["/data", "30", "10000000"])
-        .run();
-    assert_eq!(first.code, Some(0), "{first:?}");
+    let (first, snap) =
+        journal_checkpoint(d.path(), &vol, &[format!("--ro-dir={}::/ro", ro.display())]);
     let hint = format!(
         "resume with `tern restore --dir {}::/data --ro-dir '{}::/ro' {}`",
         vol.display(),
@@ -714,15 +714,7 @@ fn restore_checks_how_volumes_are_mapped() {
     let (vol, other) = (d.path().join("vol"), d.path().join("other"));
     std::fs::create_dir(&vol).expect("mkdir");
     std::fs::create_dir(&other).expect("mkdir");
-    let snap = d.path().join("app.snap");
-    let first = tern(d.path())
-        .args(["run", "--checkpoint-after", "150ms", "--checkpoint-out"])
-        .arg(&snap)
-        .arg(format!("--dir={}::/data", vol.display()))
-        .arg(guest("journal"))
-        .args(["/data", "30", "10000000"])
-        .run();
-    assert_eq!(first.code, Some(0), "{first:?}");
+    let (_, snap) = journal_checkpoint(d.path(), &vol, &[]);
     let restore = |args: &[String]| tern(d.path()).arg("restore").args(args).arg(&snap).run();
     restore(&[]).fails_with(
         1,
