@@ -788,25 +788,10 @@ pub fn receive(
     // leaves the volumes untouched.
     let meta: Meta = loop {
         let (tag, body) = read_frame(&mut reader)?;
-        let mut c = Cursor { b: &body };
-        let step = match tag {
-            b'P' => apply_pages(&mut c, &mut prepared),
-            b'F' => stage_file(&mut c, &mut staging),
-            b'D' => parse_json::<Gone>(&mut c).and_then(|g| staging.delete(&g.volume, &g.path)),
-            b'V' => parse_json::<Expected>(&mut c).and_then(|e| staging.verify(&e)),
-            b'K' => write_frame(&mut replies, b'K', &[]).and_then(|_| replies.flush().map_err(net)),
-            b'E' => Err(net(format!(
-                "the source gave up: {}",
-                String::from_utf8_lossy(&body)
-            ))),
-            b'Z' => match serde_json::from_slice(&body) {
-                Ok(meta) => break meta,
-                Err(e) => Err(net(format!("bad final frame: {e}"))),
-            },
-            other => Err(net(format!("unexpected frame {:?}", other as char))),
-        };
-        if let Err(e) = step {
-            return Err(refuse(&mut replies, e));
+        match apply_frame(tag, &body, &mut prepared, &mut staging, &mut replies) {
+            Ok(Some(meta)) => break meta,
+            Ok(None) => {}
+            Err(e) => return Err(refuse(&mut replies, e)),
         }
     };
     // Everything is here: the volumes take the staged files now, and give them back if
@@ -869,28 +854,7 @@ fn accept(
         e
     };
     let (tag, body) = read_frame(&mut reader)?;
-    if tag != b'H' {
-        return Err(refuse(&mut replies, net("expected a hello frame")));
-    }
-    let mut c = Cursor { b: &body };
-    let hello: Hello = parse_json(&mut c).map_err(|e| refuse(&mut replies, e))?;
-    if hello.protocol != PROTOCOL {
-        return Err(refuse(
-            &mut replies,
-            net(format!(
-                "the source speaks migration protocol {}, this Tern {PROTOCOL}; migrate between the same Tern versions",
-                hello.protocol
-            )),
-        ));
-    }
-    let module = crate::format::decompress_bounded(c.b, crate::format::MAX_MODULE)
-        .map_err(|e| refuse(&mut replies, net(format!("bad module: {e}"))))?;
-    if hex::encode(Sha256::digest(&module)) != hello.module_digest {
-        return Err(refuse(
-            &mut replies,
-            net("module does not match its digest"),
-        ));
-    }
+    let (hello, module) = parse_hello(tag, &body).map_err(|e| refuse(&mut replies, e))?;
     crate::sync::clear_stale_stages(dirs);
     let staging = match Staging::new(dirs, &hello.volumes) {
         Ok(s) => s,
@@ -930,7 +894,53 @@ fn accept(
     })
 }
 
-fn apply_pages(c: &mut Cursor<'_>, memory: &mut crate::Prepared) -> Result<(), SnapshotError> {
+/// Applies one frame of the rounds: pages into `memory`, files into `staging`, a round's
+/// end echoed on `replies`. The final frame's metadata is `Some`.
+fn apply_frame(
+    tag: u8,
+    body: &[u8],
+    memory: &mut impl Memory,
+    staging: &mut Staging,
+    replies: &mut impl Write,
+) -> Result<Option<Meta>, SnapshotError> {
+    let mut c = Cursor { b: body };
+    match tag {
+        b'P' => apply_pages(&mut c, memory),
+        b'F' => stage_file(&mut c, staging),
+        b'D' => parse_json::<Gone>(&mut c).and_then(|g| staging.delete(&g.volume, &g.path)),
+        b'V' => parse_json::<Expected>(&mut c).and_then(|e| staging.verify(&e)),
+        b'K' => write_frame(replies, b'K', &[]).and_then(|_| replies.flush().map_err(net)),
+        b'E' => Err(net(format!(
+            "the source gave up: {}",
+            String::from_utf8_lossy(body)
+        ))),
+        b'Z' => {
+            return serde_json::from_slice(body)
+                .map(Some)
+                .map_err(|e| net(format!("bad final frame: {e}")));
+        }
+        other => Err(net(format!("unexpected frame {:?}", other as char))),
+    }
+    .map(|()| None)
+}
+
+/// Where a migration's pages go: the destination's instance, or (for fuzzing) plain
+/// memory.
+pub(crate) trait Memory {
+    fn resize(&mut self, pages: u32) -> Result<(), SnapshotError>;
+    fn page_mut(&mut self, index: u32) -> Result<&mut [u8], SnapshotError>;
+}
+
+impl Memory for crate::Prepared {
+    fn resize(&mut self, pages: u32) -> Result<(), SnapshotError> {
+        crate::Prepared::resize(self, pages)
+    }
+    fn page_mut(&mut self, index: u32) -> Result<&mut [u8], SnapshotError> {
+        crate::Prepared::page_mut(self, index)
+    }
+}
+
+fn apply_pages(c: &mut Cursor<'_>, memory: &mut impl Memory) -> Result<(), SnapshotError> {
     let total = c.u32()?;
     let count = c.u32()?;
     if total > 65536 {
@@ -955,6 +965,28 @@ fn apply_pages(c: &mut Cursor<'_>, memory: &mut crate::Prepared) -> Result<(), S
         }
     }
     Ok(())
+}
+
+/// The hello frame: what the source announces, and its module, checked against its
+/// digest.
+fn parse_hello(tag: u8, body: &[u8]) -> Result<(Hello, Vec<u8>), SnapshotError> {
+    if tag != b'H' {
+        return Err(net("expected a hello frame"));
+    }
+    let mut c = Cursor { b: body };
+    let hello: Hello = parse_json(&mut c)?;
+    if hello.protocol != PROTOCOL {
+        return Err(net(format!(
+            "the source speaks migration protocol {}, this Tern {PROTOCOL}; migrate between the same Tern versions",
+            hello.protocol
+        )));
+    }
+    let module = crate::format::decompress_bounded(c.b, crate::format::MAX_MODULE)
+        .map_err(|e| net(format!("bad module: {e}")))?;
+    if hex::encode(Sha256::digest(&module)) != hello.module_digest {
+        return Err(net("module does not match its digest"));
+    }
+    Ok((hello, module))
 }
 
 /// Reads the magic a migration starts with, within [`GREET_TIMEOUT`]; from then on,
@@ -1010,4 +1042,143 @@ fn stage_file(c: &mut Cursor<'_>, staging: &mut Staging) -> Result<(), SnapshotE
         blocks.push(Ok((index, data)));
     }
     staging.write(&h, blocks)
+}
+
+/// The receiving side of a migration stream on arbitrary bytes, without an engine, for
+/// the `migration_receive` fuzz target: the magic, the hello, then every frame applied to
+/// a plain memory of at most 64 pages and to a stage of the read-write volume `/data` in
+/// `dir`. It returns an error or `Ok`, and never panics; nothing is committed.
+#[doc(hidden)]
+pub fn fuzz_receive(bytes: &[u8], dir: &std::path::Path) -> Result<(), SnapshotError> {
+    struct Plain(Vec<u8>);
+    impl Memory for Plain {
+        fn resize(&mut self, pages: u32) -> Result<(), SnapshotError> {
+            if pages > 64 {
+                return Err(net("over the memory limit"));
+            }
+            let want = pages as usize * PAGE;
+            if want < self.0.len() {
+                return Err(net("memory shrinks"));
+            }
+            self.0.resize(want, 0);
+            Ok(())
+        }
+        fn page_mut(&mut self, index: u32) -> Result<&mut [u8], SnapshotError> {
+            let at = index as usize * PAGE;
+            self.0
+                .get_mut(at..at + PAGE)
+                .ok_or_else(|| net("page outside memory"))
+        }
+    }
+    let mut r = bytes;
+    let mut magic = [0u8; MAGIC.len()];
+    r.read_exact(&mut magic).map_err(lost)?;
+    if &magic != MAGIC {
+        return Err(net("not a Tern migration"));
+    }
+    let (tag, body) = read_frame(&mut r)?;
+    let (hello, _module) = parse_hello(tag, &body)?;
+    let dirs = [Preopen {
+        host: dir.to_owned(),
+        guest: "/data".into(),
+        access: DirAccess::ReadWrite,
+    }];
+    let mut staging = Staging::new(&dirs, &hello.volumes)?;
+    let mut memory = Plain(Vec::new());
+    let mut echo = std::io::sink();
+    loop {
+        let (tag, body) = read_frame(&mut r)?;
+        if apply_frame(tag, &body, &mut memory, &mut staging, &mut echo)?.is_some() {
+            return Ok(());
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::format::WasiState;
+
+    /// A whole stream as a source sends it: magic, hello, a page, a file, a round's end,
+    /// the final frame.
+    fn stream() -> Vec<u8> {
+        let module = b"\0asm\x01\0\0\0".to_vec();
+        let hello = Hello {
+            protocol: PROTOCOL,
+            format_version: crate::FORMAT_VERSION,
+            module_digest: hex::encode(Sha256::digest(&module)),
+            volumes: vec![("/data".into(), false)],
+        };
+        let mut out = MAGIC.to_vec();
+        let compressed = lz4_flex::compress_prepend_size(&module);
+        write_frame(&mut out, b'H', &json_frame(&hello, &compressed)).expect("hello");
+        let mut pages = Vec::new();
+        pages.extend_from_slice(&2u32.to_le_bytes());
+        pages.extend_from_slice(&1u32.to_le_bytes());
+        pages.extend_from_slice(&1u32.to_le_bytes());
+        put_block(&mut pages, &lz4_flex::compress(&[7u8; PAGE]));
+        write_frame(&mut out, b'P', &pages).expect("pages");
+        let header = FileHeader {
+            volume: "/data".into(),
+            path: "a.txt".into(),
+            size: 5,
+            mode: 0o644,
+            mtime_ns: 0,
+        };
+        let mut blocks = 1u32.to_le_bytes().to_vec();
+        blocks.extend_from_slice(&0u32.to_le_bytes());
+        put_block(&mut blocks, &lz4_flex::compress_prepend_size(b"hello"));
+        write_frame(&mut out, b'F', &json_frame(&header, &blocks)).expect("file");
+        write_frame(&mut out, b'K', &[]).expect("round");
+        let meta = Meta {
+            module_digest: hello.module_digest.clone(),
+            rewrite_digest: String::new(),
+            memory_pages: 2,
+            globals: Vec::new(),
+            unwind_data: 0,
+            wasi: WasiState::default(),
+            writer: "test".into(),
+        };
+        write_frame(&mut out, b'Z', &serde_json::to_vec(&meta).expect("meta")).expect("final");
+        out
+    }
+
+    /// The fuzz entry point takes a well-formed stream to its end, and refuses every
+    /// truncation and every single-byte change of it with an error, never a panic.
+    #[test]
+    fn the_receiving_side_reads_a_stream_and_refuses_damage() {
+        let d = tempfile::tempdir().expect("tmp");
+        let vol = d.path().join("vol");
+        std::fs::create_dir(&vol).expect("mkdir");
+        let good = stream();
+        fuzz_receive(&good, &vol).expect("a well-formed stream");
+        for n in 0..good.len() {
+            assert!(
+                fuzz_receive(&good[..n], &vol).is_err(),
+                "cut at {n} accepted"
+            );
+        }
+        for i in 0..good.len() {
+            let mut bad = good.clone();
+            bad[i] ^= 0x5a;
+            let _ = fuzz_receive(&bad, &vol);
+        }
+        // Nothing was committed: the volume is as it was, and no stage is left.
+        assert_eq!(std::fs::read_dir(&vol).expect("vol").count(), 0);
+        assert_eq!(std::fs::read_dir(d.path()).expect("dir").count(), 1);
+    }
+
+    /// Lengths are refused by kind before anything is allocated.
+    #[test]
+    fn frame_lengths_are_bounded_by_kind() {
+        let mut huge = 0x7fff_ffffu32.to_le_bytes().to_vec();
+        huge.push(b'P');
+        let e = read_frame(&mut huge.as_slice()).expect_err("2 GiB of pages");
+        assert!(e.to_string().contains("where the protocol allows"), "{e}");
+        let mut small = 100u32.to_le_bytes().to_vec();
+        small.push(b'K');
+        small.extend_from_slice(&[0u8; 99]);
+        assert!(read_frame(&mut small.as_slice()).is_ok());
+        assert!(max_frame(b'P') < 20 << 20 && max_frame(b'F') < 5 << 20);
+    }
 }
