@@ -51,7 +51,7 @@ mod test_support {
 
 pub use format::{FORMAT_VERSION, GlobalValue, Meta, OpenFile, PAGE, Snapshot, Volume, WasiState};
 pub use live::{Captured, Checkpoint, Migratable, Placement, Prepared, RunEnd, Trigger};
-pub use migrate::{MigrateEnd, MigrationStats, fuzz_receive, migrate_run, receive};
+pub use migrate::{MigrateEnd, MigrationStats, fuzz_hello, fuzz_receive, migrate_run, receive};
 pub use rewrite::Rewriter;
 pub use volumes::{Difference, FileFacts, FileRecord, Mismatch, check as check_volumes};
 

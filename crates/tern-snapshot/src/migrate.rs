@@ -1044,6 +1044,25 @@ fn stage_file(c: &mut Cursor<'_>, staging: &mut Staging) -> Result<(), SnapshotE
     staging.write(&h, blocks)
 }
 
+/// The start of a well-formed migration stream: the magic and a hello for a tiny module
+/// with one read-write volume, `/data`. The fuzz target puts it in front of arbitrary
+/// frames so that the fuzzer reaches them past the hello's digest.
+#[doc(hidden)]
+pub fn fuzz_hello() -> Vec<u8> {
+    let module = b"\0asm\x01\0\0\0".to_vec();
+    let hello = Hello {
+        protocol: PROTOCOL,
+        format_version: crate::FORMAT_VERSION,
+        module_digest: hex::encode(Sha256::digest(&module)),
+        volumes: vec![("/data".into(), false)],
+    };
+    let mut out = MAGIC.to_vec();
+    let compressed = lz4_flex::compress_prepend_size(&module);
+    // Writing to a Vec cannot fail.
+    let _ = write_frame(&mut out, b'H', &json_frame(&hello, &compressed));
+    out
+}
+
 /// The receiving side of a migration stream on arbitrary bytes, without an engine, for
 /// the `migration_receive` fuzz target: the magic, the hello, then every frame applied to
 /// a plain memory of at most 64 pages and to a stage of the read-write volume `/data` in
@@ -1103,15 +1122,7 @@ mod tests {
     /// the final frame.
     fn stream() -> Vec<u8> {
         let module = b"\0asm\x01\0\0\0".to_vec();
-        let hello = Hello {
-            protocol: PROTOCOL,
-            format_version: crate::FORMAT_VERSION,
-            module_digest: hex::encode(Sha256::digest(&module)),
-            volumes: vec![("/data".into(), false)],
-        };
-        let mut out = MAGIC.to_vec();
-        let compressed = lz4_flex::compress_prepend_size(&module);
-        write_frame(&mut out, b'H', &json_frame(&hello, &compressed)).expect("hello");
+        let mut out = fuzz_hello();
         let mut pages = Vec::new();
         pages.extend_from_slice(&2u32.to_le_bytes());
         pages.extend_from_slice(&1u32.to_le_bytes());
@@ -1131,7 +1142,7 @@ mod tests {
         write_frame(&mut out, b'F', &json_frame(&header, &blocks)).expect("file");
         write_frame(&mut out, b'K', &[]).expect("round");
         let meta = Meta {
-            module_digest: hello.module_digest.clone(),
+            module_digest: hex::encode(Sha256::digest(&module)),
             rewrite_digest: String::new(),
             memory_pages: 2,
             globals: Vec::new(),
