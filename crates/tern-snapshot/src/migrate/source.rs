@@ -1,0 +1,569 @@
+//! The source side of a live migration: pre-copy rounds while the guest runs, the final
+//! stop, and the guest resumed here if anything fails before the destination confirms.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::io::{BufReader, BufWriter, Write};
+use std::net::{TcpStream, ToSocketAddrs};
+use std::sync::{Arc, Mutex, mpsc};
+use std::time::{Duration, Instant};
+
+use tern_runtime::{DirAccess, Limits, Policy, Preopen};
+
+use crate::SnapshotError;
+use crate::format::{Meta, PAGE};
+use crate::live::{Captured, Checkpoint, Migratable, RunEnd, Trigger};
+use crate::sync::{
+    Expected, FileEntry, FileHeader, FileIndex, VolumeOffer, list_files, read_blocks,
+};
+
+use super::wire::{
+    MAGIC, REPLY_TIMEOUT, json_frame, net, put_block, read_frame, reason_of, write_frame,
+};
+use super::{BLOCKS_PER_FRAME, ENDED, Gone, Hello, PAGES_PER_FRAME, PROTOCOL};
+
+/// Most pre-copy rounds before the final stop.
+const MAX_ROUNDS: u32 = 6;
+
+/// A round that sends fewer pages than this is followed by the final stop.
+const SMALL_DELTA_PAGES: usize = 64;
+
+/// What a finished migration measured, for the source to print.
+#[derive(Debug, Clone, Default)]
+pub struct MigrationStats {
+    /// Pre-copy rounds, the final one included.
+    pub rounds: u32,
+    /// Bytes written to the destination.
+    pub bytes_sent: u64,
+    /// From the guest's last stop to the destination's confirmation.
+    pub downtime: Duration,
+    /// From connecting to the confirmation.
+    pub total: Duration,
+}
+
+/// One round: the guest's metadata and the pages that changed since the last round.
+struct Delta {
+    meta: Meta,
+    pages: Vec<(u32, Vec<u8>)>,
+    /// Files the guest has open or has changed, by volume and path.
+    touched: Vec<(String, String)>,
+    /// When the guest stopped at the safe point of this capture: the last one's is where
+    /// downtime starts.
+    paused: Instant,
+}
+
+/// Compares memory with the copy of what was sent, page by page, on the guest's thread
+/// while it is paused: only changed pages are copied (once into `sent`, once into the
+/// delta), so a round costs a read of memory plus the changes.
+fn page_delta(sent: &mut HashMap<u32, Vec<u8>>, captured: Captured<'_>) -> Delta {
+    let paused = Instant::now();
+    let mut pages = Vec::new();
+    for (i, page) in captured.memory().chunks(PAGE).enumerate() {
+        let i = i as u32;
+        let changed = match sent.get(&i) {
+            Some(old) => old.as_slice() != page,
+            None => page.iter().any(|b| *b != 0),
+        };
+        if changed {
+            sent.insert(i, page.to_vec());
+            pages.push((i, page.to_vec()));
+        }
+    }
+    Delta {
+        touched: captured.touched().to_vec(),
+        meta: captured.meta,
+        pages,
+        paused,
+    }
+}
+
+/// The source side of a migration, driven by [`migrate_run`].
+struct Source {
+    stream: BufWriter<TcpStream>,
+    replies: BufReader<TcpStream>,
+    volumes: Vec<Preopen>,
+    /// The destination's files of each read-write volume as they will be once what
+    /// was sent is applied, by (volume, path).
+    there: BTreeMap<(String, String), FileEntry>,
+    /// Volumes the destination maps read-only: only checked.
+    checked: BTreeSet<String>,
+    /// What was last sent for the checked files.
+    expected: BTreeMap<(String, String), Option<String>>,
+    index: FileIndex,
+    /// Files the destination had that the source did not have when the migration
+    /// began: they are the destination's own, and left alone.
+    kept: Vec<(String, String)>,
+    /// Whether files were compared yet.
+    compared: bool,
+    bytes: u64,
+}
+
+impl Source {
+    fn connect(
+        addr: &str,
+        migratable: &Migratable,
+        volumes: Vec<Preopen>,
+        line: &Line,
+    ) -> Result<Source, SnapshotError> {
+        let target = addr
+            .to_socket_addrs()
+            .map_err(|e| net(format!("cannot resolve {addr}: {e}")))?
+            .next()
+            .ok_or_else(|| net(format!("{addr} resolves to nothing")))?;
+        let stream = TcpStream::connect_timeout(&target, Duration::from_secs(10))
+            .map_err(|e| net(format!("cannot connect to {addr}: {e}")))?;
+        if !line.open(&stream) {
+            return Err(net(ENDED));
+        }
+        stream.set_nodelay(true).map_err(net)?;
+        stream.set_read_timeout(Some(REPLY_TIMEOUT)).map_err(net)?;
+        let replies = BufReader::new(stream.try_clone().map_err(net)?);
+        let mut s = Source {
+            stream: BufWriter::with_capacity(1 << 20, stream),
+            replies,
+            volumes,
+            there: BTreeMap::new(),
+            checked: BTreeSet::new(),
+            expected: BTreeMap::new(),
+            index: FileIndex::default(),
+            kept: Vec::new(),
+            compared: false,
+            bytes: 0,
+        };
+        let hello = Hello {
+            protocol: PROTOCOL,
+            format_version: crate::FORMAT_VERSION,
+            module_digest: migratable.digest().to_owned(),
+            volumes: s
+                .volumes
+                .iter()
+                .map(|v| (v.guest.clone(), v.access == DirAccess::ReadOnly))
+                .collect(),
+        };
+        let module = lz4_flex::compress_prepend_size(migratable.original());
+        s.stream.write_all(MAGIC).map_err(net)?;
+        s.bytes += MAGIC.len() as u64;
+        s.bytes += write_frame(&mut s.stream, b'H', &json_frame(&hello, &module))?;
+        s.stream.flush().map_err(net)?;
+        let offers: Vec<VolumeOffer> = serde_json::from_slice(&s.expect(b'A')?)
+            .map_err(|e| net(format!("bad accept frame: {e}")))?;
+        for o in offers {
+            if o.read_only {
+                s.checked.insert(o.guest);
+                continue;
+            }
+            for f in o.files {
+                s.there.insert((o.guest.clone(), f.path.clone()), f);
+            }
+        }
+        Ok(s)
+    }
+
+    /// Reads the destination's next frame; its payload when it is `ok`.
+    fn expect(&mut self, ok: u8) -> Result<Vec<u8>, SnapshotError> {
+        let (tag, body) = read_frame(&mut self.replies)?;
+        match tag {
+            t if t == ok => Ok(body),
+            b'E' => Err(net(format!(
+                "the destination refused: {}",
+                String::from_utf8_lossy(&body)
+            ))),
+            other => Err(net(format!("unexpected reply {:?}", other as char))),
+        }
+    }
+
+    /// Sends a round's changed pages; returns how many.
+    fn send_pages(&mut self, delta: &Delta) -> Result<usize, SnapshotError> {
+        // At least one frame, even with no page: it carries the memory's size.
+        let mut chunks: Vec<&[(u32, Vec<u8>)]> = delta.pages.chunks(PAGES_PER_FRAME).collect();
+        if chunks.is_empty() {
+            chunks.push(&[]);
+        }
+        for chunk in chunks {
+            let mut body = Vec::with_capacity(8 + chunk.len() * 8192);
+            body.extend_from_slice(&delta.meta.memory_pages.to_le_bytes());
+            body.extend_from_slice(&(chunk.len() as u32).to_le_bytes());
+            for (i, page) in chunk {
+                body.extend_from_slice(&i.to_le_bytes());
+                put_block(&mut body, &lz4_flex::compress(page));
+            }
+            self.bytes += write_frame(&mut self.stream, b'P', &body)?;
+        }
+        Ok(delta.pages.len())
+    }
+
+    /// Brings the destination's copy of each read-write volume up to the source's:
+    /// blocks that differ, files that are gone; and sends the SHA-256 of each file the
+    /// guest uses in a volume the destination only checks.
+    fn send_files(&mut self, touched: &[(String, String)]) -> Result<(), SnapshotError> {
+        for v in self.volumes.clone() {
+            let read = |e: std::io::Error| net(format!("reading volume {}: {e}", v.host.display()));
+            if self.checked.contains(&v.guest) {
+                for (volume, path) in touched.iter().filter(|(vol, _)| *vol == v.guest) {
+                    if crate::volumes::inside(&v.host, path).is_none() {
+                        continue;
+                    }
+                    let sha = self.index.get(&v.host, path).map_err(read)?.map(|(_, s)| s);
+                    let key = (volume.clone(), path.clone());
+                    if self.expected.get(&key) == Some(&sha) {
+                        continue;
+                    }
+                    let e = Expected {
+                        volume: volume.clone(),
+                        path: path.clone(),
+                        sha256: sha.clone(),
+                    };
+                    self.bytes += write_frame(&mut self.stream, b'V', &json_frame(&e, &[]))?;
+                    self.expected.insert(key, sha);
+                }
+                continue;
+            }
+            let files = list_files(&v.host).map_err(read)?;
+            if !self.compared {
+                let theirs: Vec<(String, String)> = self
+                    .there
+                    .keys()
+                    .filter(|(vol, path)| *vol == v.guest && files.binary_search(path).is_err())
+                    .cloned()
+                    .collect();
+                for key in theirs {
+                    self.there.remove(&key);
+                    self.kept.push(key);
+                }
+            }
+            for rel in &files {
+                let Some((entry, _)) = self.index.get(&v.host, rel).map_err(read)? else {
+                    continue;
+                };
+                let key = (v.guest.clone(), rel.clone());
+                let old = self.there.get(&key);
+                if old == Some(&entry) {
+                    continue;
+                }
+                let changed: Vec<usize> = (0..entry.blocks.len())
+                    .filter(|i| old.and_then(|o| o.blocks.get(*i)) != Some(&entry.blocks[*i]))
+                    .collect();
+                let header = FileHeader {
+                    volume: v.guest.clone(),
+                    path: rel.clone(),
+                    size: entry.size,
+                    mode: entry.mode,
+                    mtime_ns: entry.mtime_ns,
+                };
+                // At least one frame, even with no block: the size, mode or mtime
+                // changed.
+                let mut chunks: Vec<&[usize]> = changed.chunks(BLOCKS_PER_FRAME).collect();
+                if chunks.is_empty() {
+                    chunks.push(&[]);
+                }
+                for chunk in chunks {
+                    let blocks = read_blocks(&v.host, rel, chunk).map_err(read)?;
+                    let mut rest = Vec::new();
+                    rest.extend_from_slice(&(blocks.len() as u32).to_le_bytes());
+                    for (i, data) in blocks {
+                        rest.extend_from_slice(&(i as u32).to_le_bytes());
+                        put_block(&mut rest, &lz4_flex::compress_prepend_size(&data));
+                    }
+                    self.bytes += write_frame(&mut self.stream, b'F', &json_frame(&header, &rest))?;
+                }
+                self.there.insert(key, entry);
+            }
+            let gone: Vec<(String, String)> = self
+                .there
+                .keys()
+                .filter(|(vol, path)| *vol == v.guest && files.binary_search(path).is_err())
+                .cloned()
+                .collect();
+            for (volume, path) in gone {
+                let g = Gone {
+                    volume: volume.clone(),
+                    path: path.clone(),
+                };
+                self.bytes += write_frame(&mut self.stream, b'D', &json_frame(&g, &[]))?;
+                self.there.remove(&(volume, path));
+            }
+        }
+        self.compared = true;
+        Ok(())
+    }
+
+    fn finish(&mut self, delta: &Delta) -> Result<(), SnapshotError> {
+        self.send_pages(delta)?;
+        self.send_files(&delta.touched)?;
+        let meta = serde_json::to_vec(&delta.meta).map_err(net)?;
+        self.bytes += write_frame(&mut self.stream, b'Z', &meta)?;
+        self.stream.flush().map_err(net)?;
+        self.expect(b'R').map(drop)
+    }
+}
+
+/// How a migrating run ended on the source.
+#[derive(Debug)]
+pub enum MigrateEnd {
+    /// The destination confirmed the restore; the guest goes on there.
+    Migrated(MigrationStats),
+    /// The guest ran to its end here: it finished before the migration, or the migration
+    /// failed (the reason is given) and the guest resumed here.
+    Finished {
+        outcome: tern_runtime::Outcome,
+        failure: Option<String>,
+    },
+}
+
+/// Runs `migratable` under `policy` and, after `after`, live-migrates it to `addr`.
+/// `progress` receives one line per round.
+///
+/// # Errors
+/// Only what [`Migratable::run`] returns; a failed migration is not an error, the guest
+/// resumes and [`MigrateEnd::Finished`] carries the reason.
+pub fn migrate_run(
+    migratable: &Migratable,
+    policy: &Policy,
+    limits: &Limits,
+    addr: &str,
+    after: Duration,
+    progress: impl Fn(&str) + Send + 'static,
+) -> Result<MigrateEnd, SnapshotError> {
+    let trigger = Trigger::new();
+    // The guest thread hands each captured snapshot to the controller and waits for its
+    // verdict: carry on (pre-copy) or stop (the destination has the guest now).
+    let (snap_tx, snap_rx) = mpsc::channel::<Delta>();
+    let (verdict_tx, verdict_rx) = mpsc::channel::<Checkpoint>();
+    // The connection, so that a guest that ends does not wait on a destination that
+    // is slow to answer: the controller's read fails at once.
+    let line = Line::default();
+    let controller = {
+        let line = line.clone();
+        let trigger = trigger.clone();
+        let migratable = migratable.clone();
+        let addr = addr.to_owned();
+        let volumes = policy.preopens.clone();
+        std::thread::Builder::new()
+            .name("migration".into())
+            .spawn(move || {
+                let r = control(
+                    &migratable,
+                    &addr,
+                    after,
+                    volumes,
+                    &trigger,
+                    &snap_rx,
+                    &verdict_tx,
+                    &progress,
+                    &line,
+                );
+                match &r {
+                    Err(_) if line.ended() => {
+                        progress("migration: the guest finished here before it could be migrated");
+                    }
+                    Err(SnapshotError::Migration { reason }) if reason == ENDED => {
+                        progress("migration: the guest finished here before it could be migrated");
+                    }
+                    Err(e) => progress(&format!("{e}; the guest keeps running here")),
+                    Ok(_) => {}
+                }
+                r
+            })
+            .map_err(|e| net(format!("cannot start the migration thread: {e}")))?
+    };
+    let mut sent_pages = HashMap::new();
+    let end = migratable.run(policy, limits, &trigger, |captured| {
+        let delta = page_delta(&mut sent_pages, captured);
+        if snap_tx.send(delta).is_err() {
+            return Checkpoint::Continue;
+        }
+        verdict_rx.recv().unwrap_or(Checkpoint::Continue)
+    })?;
+    drop(snap_tx);
+    if matches!(end, RunEnd::Finished(_)) {
+        line.hang_up();
+    }
+    let result = controller
+        .join()
+        .unwrap_or_else(|_| Err(net("migration thread panicked")));
+    Ok(match (end, result) {
+        (RunEnd::Stopped, Ok(stats)) => MigrateEnd::Migrated(stats),
+        (RunEnd::Stopped, Err(e)) => {
+            // Cannot happen: the controller only says Stop after a confirmation.
+            return Err(e);
+        }
+        (RunEnd::Finished(outcome), result) => MigrateEnd::Finished {
+            outcome,
+            failure: result.err().map(|e| e.to_string()),
+        },
+    })
+}
+
+/// The source's connection, shared between the controller and the guest's thread.
+#[derive(Clone, Default)]
+struct Line(Arc<Mutex<(Option<TcpStream>, bool)>>);
+
+impl Line {
+    fn lock(&self) -> std::sync::MutexGuard<'_, (Option<TcpStream>, bool)> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Remembers the connection; `false` when the guest has ended already.
+    fn open(&self, stream: &TcpStream) -> bool {
+        let mut l = self.lock();
+        l.0 = stream.try_clone().ok();
+        !l.1
+    }
+
+    /// The guest has ended: whatever the controller is waiting for, it stops waiting.
+    fn hang_up(&self) {
+        let mut l = self.lock();
+        l.1 = true;
+        if let Some(s) = &l.0 {
+            let _ = s.shutdown(std::net::Shutdown::Both);
+        }
+    }
+
+    fn ended(&self) -> bool {
+        self.lock().1
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn control(
+    migratable: &Migratable,
+    addr: &str,
+    after: Duration,
+    volumes: Vec<Preopen>,
+    trigger: &Trigger,
+    snapshots: &mpsc::Receiver<Delta>,
+    verdict: &mpsc::Sender<Checkpoint>,
+    progress: &dyn Fn(&str),
+    line: &Line,
+) -> Result<MigrationStats, SnapshotError> {
+    // Wait, unless the guest ends first (no snapshot is sent before the trigger fires).
+    match snapshots.recv_timeout(after) {
+        Err(mpsc::RecvTimeoutError::Timeout) => {}
+        _ => return Err(net(ENDED)),
+    }
+    let started = Instant::now();
+    let mut source = Source::connect(addr, migratable, volumes, line)?;
+    progress(&format!("migration: connected to {addr}, pre-copying"));
+    let r = precopy(
+        &mut source,
+        addr,
+        trigger,
+        snapshots,
+        verdict,
+        progress,
+        started,
+    );
+    if let Err(e) = &r {
+        // Tell the destination why, so it says more than that the line went dead.
+        let _ = write_frame(&mut source.stream, b'E', reason_of(e).as_bytes());
+        let _ = source.stream.flush();
+    }
+    r
+}
+
+/// The rounds of a migration, the final one included.
+fn precopy(
+    source: &mut Source,
+    addr: &str,
+    trigger: &Trigger,
+    snapshots: &mpsc::Receiver<Delta>,
+    verdict: &mpsc::Sender<Checkpoint>,
+    progress: &dyn Fn(&str),
+    started: Instant,
+) -> Result<MigrationStats, SnapshotError> {
+    let mut rounds = 0;
+    loop {
+        rounds += 1;
+        trigger.fire();
+        let Ok(snapshot) = snapshots.recv() else {
+            return Err(net(ENDED));
+        };
+        refuse_stdin_readers(&snapshot.meta, addr)?;
+        let last = rounds >= MAX_ROUNDS;
+        if !last {
+            // Pre-copy: let the guest run on while this round goes out.
+            let _ = verdict.send(Checkpoint::Continue);
+            let changed = source.send_pages(&snapshot).and_then(|n| {
+                source.send_files(&snapshot.touched)?;
+                source.bytes += write_frame(&mut source.stream, b'K', &[])?;
+                source.stream.flush().map_err(net)?;
+                // The guest runs on meanwhile; only the next round waits.
+                source.expect(b'K')?;
+                Ok(n)
+            });
+            let changed = changed?;
+            progress(&format!(
+                "migration: round {rounds}: {changed} pages ({} KiB sent so far)",
+                source.bytes / 1024
+            ));
+            if rounds == 1 && !source.kept.is_empty() {
+                progress(&kept_note(&source.kept));
+            }
+            if changed > SMALL_DELTA_PAGES || rounds == 1 {
+                continue;
+            }
+            // Small enough: stop for good in the next round.
+            rounds += 1;
+            trigger.fire();
+            let Ok(snapshot) = snapshots.recv() else {
+                return Err(net(ENDED));
+            };
+            refuse_stdin_readers(&snapshot.meta, addr)?;
+            return finish(source, &snapshot, verdict, rounds, started);
+        }
+        return finish(source, &snapshot, verdict, rounds, started);
+    }
+}
+
+/// Says which files of its own the destination keeps.
+fn kept_note(kept: &[(String, String)]) -> String {
+    let names: Vec<String> = kept
+        .iter()
+        .take(3)
+        .map(|(v, p)| format!("{v}/{p}"))
+        .collect();
+    let more = if kept.len() > 3 { ", …" } else { "" };
+    format!(
+        "migration: the destination keeps {} file(s) of its own that the source does not have ({}{more}); the guest will see them there",
+        kept.len(),
+        names.join(", ")
+    )
+}
+
+/// A guest that has read its stdin is not migrated: the rest of that input is a pipe,
+/// file or terminal of this machine, which cannot follow it, and forwarding it would tie
+/// the source to the guest for as long as it reads. (A guest that has not read stdin yet
+/// reads the destination's.)
+fn refuse_stdin_readers(meta: &Meta, addr: &str) -> Result<(), SnapshotError> {
+    match meta.wasi.stdin_consumed {
+        0 => Ok(()),
+        n => Err(net(format!(
+            "the guest has read {n} bytes of its stdin, which cannot follow it to {addr}"
+        ))),
+    }
+}
+
+fn finish(
+    source: &mut Source,
+    snapshot: &Delta,
+    verdict: &mpsc::Sender<Checkpoint>,
+    rounds: u32,
+    started: Instant,
+) -> Result<MigrationStats, SnapshotError> {
+    match source.finish(snapshot) {
+        Ok(()) => {
+            let _ = verdict.send(Checkpoint::Stop);
+            Ok(MigrationStats {
+                rounds,
+                bytes_sent: source.bytes,
+                // From the guest's stop at its last safe point (the final delta is
+                // computed while it waits) to the destination's confirmation.
+                downtime: snapshot.paused.elapsed(),
+                total: started.elapsed(),
+            })
+        }
+        Err(e) => {
+            let _ = verdict.send(Checkpoint::Continue);
+            Err(e)
+        }
+    }
+}
