@@ -310,8 +310,6 @@ fn migrate_to_nowhere(dir: &Path, module: &Path, stdin: &[u8], after: &str) -> R
 #[test]
 fn a_guest_reading_stdin_is_not_migrated() {
     let d = scratch();
-    let dst = d.path().join("dst");
-    std::fs::create_dir_all(&dst).expect("mkdir");
     let input: Vec<u8> = (0..800)
         .flat_map(|i| format!("line {i:05}\n").into_bytes())
         .collect();
