@@ -8,7 +8,7 @@
 //! corrupt entry is recompiled and never trusted.
 
 use std::fs;
-use std::io::Write as _;
+
 use std::path::{Path, PathBuf};
 
 use sha2::{Digest as _, Sha256};
@@ -428,12 +428,7 @@ impl ArtifactCache {
     }
 
     fn store(&self, entry: &Path, artifact: &[u8]) -> std::io::Result<()> {
-        let parent = entry.parent().unwrap_or(&self.dir);
-        fs::create_dir_all(parent)?;
-        let mut tmp = tempfile::NamedTempFile::new_in(parent)?;
-        tmp.write_all(artifact)?;
-        tmp.persist(entry).map_err(|e| e.error)?;
-        Ok(())
+        crate::write_atomically(entry, artifact)
     }
 }
 

@@ -20,6 +20,7 @@
 //! ```
 
 mod artifact;
+mod atomic;
 pub mod builtins;
 mod engine;
 mod errno;
@@ -36,6 +37,7 @@ pub use artifact::{
     ArtifactCache, CacheOutcome, LoadedModule, ModuleFormat, detect_format, digest, load_module,
     precompile, wasm_binary,
 };
+pub use atomic::write_atomically;
 pub use engine::{DEFAULT_MAX_STACK, Engine, EngineKind, EngineOptions};
 pub use errno::wasi_errno_text;
 pub use limits::{

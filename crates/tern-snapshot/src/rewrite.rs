@@ -8,7 +8,7 @@
 //! version and the passes' source, so a module is rewritten once; the compiled rewritten
 //! module is kept beside it in an `ArtifactCache`.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use sha2::{Digest as _, Sha256};
 
@@ -71,7 +71,7 @@ impl Rewriter {
         let out = crate::unwind::unwindable(&instrumented, safepoint)?;
         if let Some(path) = &cached {
             // A cache that cannot be written only costs time next run.
-            if let Err(e) = write_atomically(path, &out) {
+            if let Err(e) = tern_runtime::write_atomically(path, &out) {
                 tracing::warn!(path = %path.display(), error = %e, "cannot cache rewritten module");
             }
         }
@@ -82,13 +82,4 @@ impl Rewriter {
     pub fn artifacts(&self) -> Option<tern_runtime::ArtifactCache> {
         self.cache.clone().map(tern_runtime::ArtifactCache::new)
     }
-}
-
-fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    let dir = path.parent().unwrap_or(Path::new("."));
-    std::fs::create_dir_all(dir)?;
-    let mut tmp = tempfile::NamedTempFile::new_in(dir)?;
-    std::io::Write::write_all(&mut tmp, bytes)?;
-    tmp.persist(path).map_err(|e| e.error)?;
-    Ok(())
 }

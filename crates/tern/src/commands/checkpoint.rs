@@ -233,7 +233,7 @@ impl CheckpointArgs {
                 .encode()
                 .map_err(anyhow::Error::from)
                 .and_then(|bytes| {
-                    write_atomically(path, &bytes)
+                    tern_runtime::write_atomically(path, &bytes)
                         .with_context(|| format!("writing snapshot {}", path.display()))?;
                     Ok(bytes.len())
                 });
@@ -354,18 +354,4 @@ pub fn read_wasm(path: &Path) -> anyhow::Result<Vec<u8>> {
         );
     }
     Ok(wasm_binary(path, &bytes, format)?)
-}
-
-/// Writes `bytes` to `path` through a temporary file, so a crash never leaves half a
-/// snapshot under the final name.
-pub fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    let dir = match path.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d,
-        _ => Path::new("."),
-    };
-    let mut tmp = tempfile::NamedTempFile::new_in(dir)?;
-    std::io::Write::write_all(&mut tmp, bytes)?;
-    tmp.as_file().sync_all()?;
-    tmp.persist(path).map_err(|e| e.error)?;
-    Ok(())
 }
