@@ -21,6 +21,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest as _, Sha256};
 
 use crate::SnapshotError;
+use crate::codec::{Cursor, put_block};
 
 /// The current format version; decoding refuses newer ones.
 pub const FORMAT_VERSION: u32 = 2;
@@ -168,10 +169,11 @@ impl Snapshot {
         if bytes.len() < MAGIC.len() + 4 + 32 {
             return Err(corrupt("truncated"));
         }
-        let mut r = Reader {
-            bytes: &bytes[..bytes.len() - 32],
-            at: MAGIC.len(),
-        };
+        let mut r = Cursor::new(&bytes[MAGIC.len()..bytes.len() - 32], || {
+            SnapshotError::Corrupt {
+                reason: "truncated".into(),
+            }
+        });
         let version = r.u32()?;
         if version > FORMAT_VERSION {
             return Err(SnapshotError::FutureVersion {
@@ -216,7 +218,7 @@ impl Snapshot {
             }
             pages.push((index, data));
         }
-        if r.at != r.bytes.len() {
+        if !r.rest().is_empty() {
             return Err(corrupt("trailing bytes"));
         }
         Ok(Snapshot {
@@ -239,40 +241,6 @@ pub(crate) fn decompress_bounded(block: &[u8], max: usize) -> Result<Vec<u8>, St
         return Err(format!("block claims {size} bytes"));
     }
     lz4_flex::decompress_size_prepended(block).map_err(|e| e.to_string())
-}
-
-fn put_block(out: &mut Vec<u8>, block: &[u8]) {
-    out.extend_from_slice(&(block.len() as u32).to_le_bytes());
-    out.extend_from_slice(block);
-}
-
-struct Reader<'a> {
-    bytes: &'a [u8],
-    at: usize,
-}
-
-impl<'a> Reader<'a> {
-    fn take(&mut self, n: usize) -> Result<&'a [u8], SnapshotError> {
-        let end = self.at.checked_add(n).filter(|e| *e <= self.bytes.len());
-        let Some(end) = end else {
-            return Err(SnapshotError::Corrupt {
-                reason: "truncated".into(),
-            });
-        };
-        let s = &self.bytes[self.at..end];
-        self.at = end;
-        Ok(s)
-    }
-
-    fn u32(&mut self) -> Result<u32, SnapshotError> {
-        let b = self.take(4)?;
-        Ok(u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-    }
-
-    fn block(&mut self) -> Result<&'a [u8], SnapshotError> {
-        let n = self.u32()? as usize;
-        self.take(n)
-    }
 }
 
 #[cfg(test)]

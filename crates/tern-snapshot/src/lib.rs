@@ -8,6 +8,7 @@
 //! rebuilds the instance from a snapshot and rewinds into the same frame.
 
 mod bounded;
+mod codec;
 mod format;
 pub mod instrument;
 mod live;

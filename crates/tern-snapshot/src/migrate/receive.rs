@@ -15,7 +15,7 @@ use crate::live::{Checkpoint, Migratable, RunEnd, Trigger};
 use crate::sync::{BLOCK, Expected, FileHeader, Staging};
 
 use super::wire::{
-    Cursor, MAGIC, json_frame, lost, net, parse_json, read_frame, reason_of, write_frame,
+    Cursor, MAGIC, json_frame, lost, net, parse_json, payload, read_frame, reason_of, write_frame,
 };
 use super::{Gone, Hello, PROTOCOL};
 
@@ -184,7 +184,7 @@ fn apply_frame(
     staging: &mut Staging,
     replies: &mut impl Write,
 ) -> Result<Option<Meta>, SnapshotError> {
-    let mut c = Cursor { b: body };
+    let mut c = payload(body);
     match tag {
         b'P' => apply_pages(&mut c, memory),
         b'F' => stage_file(&mut c, staging),
@@ -254,7 +254,7 @@ fn parse_hello(tag: u8, body: &[u8]) -> Result<(Hello, Vec<u8>), SnapshotError> 
     if tag != b'H' {
         return Err(net("expected a hello frame"));
     }
-    let mut c = Cursor { b: body };
+    let mut c = payload(body);
     let hello: Hello = parse_json(&mut c)?;
     if hello.protocol != PROTOCOL {
         return Err(net(format!(
@@ -262,7 +262,7 @@ fn parse_hello(tag: u8, body: &[u8]) -> Result<(Hello, Vec<u8>), SnapshotError> 
             hello.protocol
         )));
     }
-    let module = crate::format::decompress_bounded(c.b, crate::format::MAX_MODULE)
+    let module = crate::format::decompress_bounded(c.rest(), crate::format::MAX_MODULE)
         .map_err(|e| net(format!("bad module: {e}")))?;
     if hex::encode(Sha256::digest(&module)) != hello.module_digest {
         return Err(net("module does not match its digest"));

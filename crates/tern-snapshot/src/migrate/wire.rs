@@ -7,6 +7,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use crate::SnapshotError;
+pub(super) use crate::codec::{Cursor, put_block};
 use crate::format::PAGE;
 
 use super::{BLOCKS_PER_FRAME, PAGES_PER_FRAME};
@@ -93,33 +94,9 @@ pub(super) fn read_frame(r: &mut impl Read) -> Result<(u8, Vec<u8>), SnapshotErr
     Ok((tag, body))
 }
 
-/// Reads fields of a frame payload, refusing anything short.
-pub(super) struct Cursor<'a> {
-    pub(super) b: &'a [u8],
-}
-
-impl<'a> Cursor<'a> {
-    pub(super) fn u32(&mut self) -> Result<u32, SnapshotError> {
-        let s = self.take(4)?;
-        Ok(u32::from_le_bytes([s[0], s[1], s[2], s[3]]))
-    }
-    pub(super) fn take(&mut self, n: usize) -> Result<&'a [u8], SnapshotError> {
-        if self.b.len() < n {
-            return Err(net("truncated frame"));
-        }
-        let (a, rest) = self.b.split_at(n);
-        self.b = rest;
-        Ok(a)
-    }
-    pub(super) fn block(&mut self) -> Result<&'a [u8], SnapshotError> {
-        let n = self.u32()? as usize;
-        self.take(n)
-    }
-}
-
-pub(super) fn put_block(out: &mut Vec<u8>, b: &[u8]) {
-    out.extend_from_slice(&(b.len() as u32).to_le_bytes());
-    out.extend_from_slice(b);
+/// A reader of a frame's payload; a short one is a truncated frame.
+pub(super) fn payload(body: &[u8]) -> Cursor<'_> {
+    Cursor::new(body, || net("truncated frame"))
 }
 
 /// JSON header, then binary rest: `u32` JSON length first.
