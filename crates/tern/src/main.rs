@@ -1,8 +1,11 @@
 //! `tern`: the command line. It parses, dispatches to a command, prints and sets the
 //! exit code; the work is done by the library crates.
 
+mod checkpoint;
 mod commands;
+mod common;
 mod exit;
+mod landing;
 
 use std::process::ExitCode;
 

@@ -28,7 +28,7 @@ pub struct CompileCommand {
 
     /// Engine the artifact is for: cranelift (native code) or pulley (portable bytecode,
     /// runs on any architecture with `tern run --engine pulley`).
-    #[arg(long, value_name = "ENGINE", value_parser = super::parse_engine, default_value = "cranelift")]
+    #[arg(long, value_name = "ENGINE", value_parser = crate::common::parse_engine, default_value = "cranelift")]
     engine: EngineKind,
 
     /// Compile in fuel metering, for `tern run --fuel`.

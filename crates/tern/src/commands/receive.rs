@@ -8,8 +8,8 @@ use anyhow::Context as _;
 use clap::Args;
 use tern_snapshot::{RunEnd, receive};
 
-use super::checkpoint::on_guest_thread;
-use super::run::report;
+use crate::common::on_guest_thread;
+use crate::common::report;
 
 /// Receive one migrating guest and run it to completion in the given volume directories.
 ///
@@ -23,7 +23,7 @@ pub struct ReceiveCommand {
     listen: String,
 
     #[command(flatten)]
-    landing: super::landing::LandingArgs,
+    landing: crate::landing::LandingArgs,
 }
 
 impl ReceiveCommand {

@@ -12,7 +12,7 @@ use tern_runtime::{DirAccess, Preopen};
 const FD_WRITE: u64 = 1 << 6;
 use tern_snapshot::{Migratable, Snapshot};
 
-use super::run::{Watchdog, positive_duration};
+use crate::common::{Watchdog, positive_duration};
 
 /// Resume a checkpointed program where it stopped, on this machine, under either engine.
 ///
@@ -27,7 +27,7 @@ pub struct RestoreCommand {
     snapshot: PathBuf,
 
     #[command(flatten)]
-    landing: super::landing::LandingArgs,
+    landing: crate::landing::LandingArgs,
 
     /// Wall-clock limit for the resumed run.
     #[arg(long, value_name = "DURATION", value_parser = positive_duration)]
@@ -47,7 +47,7 @@ pub struct RestoreCommand {
     stdin_from_start: bool,
 
     #[command(flatten)]
-    checkpoint: super::checkpoint::CheckpointArgs,
+    checkpoint: crate::checkpoint::CheckpointArgs,
 }
 
 impl RestoreCommand {

@@ -1,20 +1,20 @@
 //! `tern run`: run a WASI command module (`.wasm`, `.wat` or `.cwasm`) to completion.
 
-use std::io::Write as _;
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::Args;
 use tern_runtime::{
-    ArtifactCache, DirAccess, Engine, EngineKind, EngineOptions, LimitExceeded, Limits, Outcome,
-    Policy, Preopen, Program, RuntimeError, load_module, parse_duration, parse_size,
+    ArtifactCache, Engine, EngineKind, EngineOptions, Limits, Policy, Preopen, Program, load_module,
 };
 
-use crate::exit;
+use crate::common::{
+    HOST_STACK, Watchdog, memory_size, positive_duration, read_only_dir, read_write_dir, report,
+    stack_size,
+};
 
 /// Run a WebAssembly program (WASI preview1 command) with no access to the host beyond
 /// what the flags grant.
@@ -66,7 +66,7 @@ pub struct RunCommand {
     max_stack: usize,
 
     /// Execution engine: cranelift (native code) or pulley (portable interpreter).
-    #[arg(long, value_name = "ENGINE", value_parser = super::parse_engine, default_value = "cranelift")]
+    #[arg(long, value_name = "ENGINE", value_parser = crate::common::parse_engine, default_value = "cranelift")]
     engine: EngineKind,
 
     /// Compile the guest's libc `memcpy`, `memmove`, `memset`, `memcmp` and `strlen` as
@@ -103,7 +103,7 @@ pub struct RunCommand {
     argv0: Option<String>,
 
     #[command(flatten)]
-    checkpoint: super::checkpoint::CheckpointArgs,
+    checkpoint: crate::checkpoint::CheckpointArgs,
 }
 
 impl RunCommand {
@@ -121,8 +121,8 @@ impl RunCommand {
             vectorize: !self.no_vectorize,
             huge_pages: !self.no_huge_pages,
         })?;
-        let cache =
-            super::cache_root(self.no_cache, self.cache_dir.as_deref()).map(ArtifactCache::new);
+        let cache = crate::common::cache_root(self.no_cache, self.cache_dir.as_deref())
+            .map(ArtifactCache::new);
         let policy = self.policy(&module)?;
         let limits = Limits {
             max_memory: self.max_memory,
@@ -131,7 +131,7 @@ impl RunCommand {
             ..Limits::default()
         };
         if self.checkpoint.wanted() {
-            let wasm = super::checkpoint::read_wasm(&module)?;
+            let wasm = crate::common::read_wasm(&module)?;
             let watchdog = self.timeout.map(Watchdog::start);
             let code = self.checkpoint.run(
                 &engine,
@@ -204,95 +204,5 @@ impl RunCommand {
             preopens,
             inherit_stdio: true,
         })
-    }
-}
-
-/// Stack reserved for host frames (Tern, Wasmtime, WASI) on the guest thread.
-pub(crate) const HOST_STACK: usize = 8 << 20;
-
-pub(crate) fn read_write_dir(spec: &str) -> Result<Preopen, RuntimeError> {
-    Preopen::parse(spec, DirAccess::ReadWrite)
-}
-
-pub(crate) fn read_only_dir(spec: &str) -> Result<Preopen, RuntimeError> {
-    Preopen::parse(spec, DirAccess::ReadOnly)
-}
-
-pub(crate) fn positive_duration(text: &str) -> Result<Duration, String> {
-    match parse_duration(text) {
-        Ok(d) if d.is_zero() => Err("the duration must be longer than zero".into()),
-        Ok(d) => Ok(d),
-        Err(e) => Err(e.to_string()),
-    }
-}
-
-/// Parses a size given on the command line, which must carry its unit: a bare `64`
-/// is far more often a forgotten `MiB` than 64 bytes.
-pub(crate) fn memory_size(text: &str) -> Result<u64, String> {
-    let t = text.trim();
-    if !t.is_empty() && t.chars().all(|c| c.is_ascii_digit() || c == '.') {
-        return Err(format!(
-            "`{t}` has no unit: write {t}MiB, or use B, K/KiB, M/MiB, G/GiB (binary) or KB, MB, GB (decimal)"
-        ));
-    }
-    parse_size(t).map_err(|e| e.to_string())
-}
-
-pub(crate) fn stack_size(text: &str) -> Result<usize, String> {
-    let bytes = memory_size(text)?;
-    usize::try_from(bytes)
-        .ok()
-        .filter(|b| (16 << 10..=64 << 20).contains(b))
-        .ok_or_else(|| "the stack bound must be between 16KiB and 64MiB".into())
-}
-
-/// Prints how the guest ended (nothing for a normal exit) and picks the exit code.
-pub(crate) fn report(outcome: Outcome) -> ExitCode {
-    match outcome {
-        Outcome::Exited(code) => ExitCode::from(code as u8),
-        // Quietly, as a native process killed by SIGPIPE.
-        Outcome::BrokenPipe => ExitCode::from(exit::BROKEN_PIPE),
-        Outcome::LimitExceeded(limit) => {
-            eprintln!("error: {limit}");
-            ExitCode::from(exit::for_limit(&limit))
-        }
-        Outcome::Trapped { message, backtrace } => {
-            eprintln!("error: guest trapped: {message}");
-            if let Some(bt) = backtrace {
-                eprintln!("{}", bt.trim_end());
-            }
-            ExitCode::from(exit::TRAP)
-        }
-    }
-}
-
-/// Ends the process when the guest runs past `--timeout`, whether it spins in Wasm code
-/// or blocks in a host call. A process-wide stop needs no checks in the generated code;
-/// embedders that must stop one guest among many use `Limits::timeout` with an
-/// interruptible engine instead.
-pub(crate) struct Watchdog {
-    done: Arc<Mutex<bool>>,
-}
-
-impl Watchdog {
-    pub(crate) fn start(limit: Duration) -> Watchdog {
-        let done = Arc::new(Mutex::new(false));
-        let flag = Arc::clone(&done);
-        thread::spawn(move || {
-            thread::sleep(limit);
-            // Holding the lock while exiting means the guest cannot be reported as both
-            // finished and timed out.
-            let finished = flag.lock().unwrap_or_else(|e| e.into_inner());
-            if !*finished {
-                let _ = std::io::stdout().flush();
-                eprintln!("error: {}", LimitExceeded::Timeout { limit });
-                std::process::exit(exit::TIMEOUT.into());
-            }
-        });
-        Watchdog { done }
-    }
-
-    pub(crate) fn disarm(self) {
-        *self.done.lock().unwrap_or_else(|e| e.into_inner()) = true;
     }
 }

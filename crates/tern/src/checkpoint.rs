@@ -10,12 +10,12 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use clap::Args;
-use tern_runtime::{Engine, Limits, ModuleFormat, Policy, detect_format, wasm_binary};
+use tern_runtime::{Engine, Limits, Policy};
 use tern_snapshot::{
     Captured, Checkpoint, Migratable, MigrateEnd, Rewriter, RunEnd, Snapshot, Trigger, migrate_run,
 };
 
-use super::run::{HOST_STACK, positive_duration, report};
+use crate::common::{on_guest_thread, positive_duration, report};
 
 /// Whether any snapshot was written: none yet, one at least, or only failures.
 const NONE_WRITTEN: u8 = 0;
@@ -325,33 +325,4 @@ fn shell_word(word: &str) -> String {
     } else {
         format!("'{}'", word.replace('\'', "'\\''"))
     }
-}
-
-/// Runs `f` on a thread whose stack holds the Wasm stack bound plus host frames.
-pub fn on_guest_thread<T: Send + 'static>(
-    max_stack: usize,
-    f: impl FnOnce() -> T + Send + 'static,
-) -> anyhow::Result<T> {
-    thread::Builder::new()
-        .name("guest".into())
-        .stack_size(max_stack + HOST_STACK)
-        .spawn(f)
-        .context("starting the guest thread")?
-        .join()
-        .map_err(|_| anyhow::anyhow!("the guest thread panicked"))
-}
-
-/// The Wasm binary of a module file; checkpointing rewrites Wasm, so a precompiled
-/// artifact will not do.
-pub fn read_wasm(path: &Path) -> anyhow::Result<Vec<u8>> {
-    let bytes =
-        std::fs::read(path).with_context(|| format!("cannot read module {}", path.display()))?;
-    let format = detect_format(path, &bytes)?;
-    if format == ModuleFormat::Precompiled {
-        anyhow::bail!(
-            "{} is a precompiled artifact; checkpointing needs the module's .wasm",
-            path.display()
-        );
-    }
-    Ok(wasm_binary(path, &bytes, format)?)
 }

@@ -8,7 +8,7 @@ use clap::Args;
 use tern_runtime::{Engine, EngineKind, EngineOptions, Limits, Preopen};
 use tern_snapshot::Rewriter;
 
-use super::run::{memory_size, read_only_dir, read_write_dir, stack_size};
+use crate::common::{memory_size, read_only_dir, read_write_dir, stack_size};
 
 #[derive(Debug, Args)]
 pub struct LandingArgs {
@@ -23,7 +23,7 @@ pub struct LandingArgs {
 
     /// Execution engine: cranelift (native code) or pulley (portable interpreter),
     /// whichever engine the guest ran under before.
-    #[arg(long, value_name = "ENGINE", value_parser = super::parse_engine, default_value = "cranelift")]
+    #[arg(long, value_name = "ENGINE", value_parser = crate::common::parse_engine, default_value = "cranelift")]
     engine: EngineKind,
 
     /// Cap on the guest's linear memory, e.g. 64MiB.
@@ -54,7 +54,7 @@ impl LandingArgs {
 
     pub fn rewriter(&self) -> Rewriter {
         Rewriter::new(
-            super::cache_root(self.no_cache, self.cache_dir.as_deref())
+            crate::common::cache_root(self.no_cache, self.cache_dir.as_deref())
                 .map(|d| d.join("migratable")),
         )
     }

@@ -1,0 +1,155 @@
+//! What several verbs share: the values of their flags, the guest thread, the
+//! watchdog that enforces `--timeout`, and how a guest's end becomes an exit code.
+
+use std::io::Write as _;
+use std::path::Path;
+use std::process::ExitCode;
+use std::sync::{Arc, Mutex};
+use std::thread;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use tern_runtime::{
+    DirAccess, EngineKind, LimitExceeded, ModuleFormat, Outcome, Preopen, RuntimeError,
+    detect_format, parse_duration, parse_size, wasm_binary,
+};
+
+use crate::exit;
+
+/// Parses `--engine`.
+pub fn parse_engine(s: &str) -> Result<EngineKind, RuntimeError> {
+    s.parse()
+}
+
+/// The artifact cache directory the flags ask for: none with `--no-cache`, else
+/// `--cache-dir` or the default.
+pub fn cache_root(
+    no_cache: bool,
+    cache_dir: Option<&std::path::Path>,
+) -> Option<std::path::PathBuf> {
+    if no_cache {
+        return None;
+    }
+    cache_dir
+        .map(std::path::Path::to_path_buf)
+        .or_else(tern_runtime::ArtifactCache::default_dir)
+}
+
+/// Stack reserved for host frames (Tern, Wasmtime, WASI) on the guest thread.
+pub(crate) const HOST_STACK: usize = 8 << 20;
+
+pub(crate) fn read_write_dir(spec: &str) -> Result<Preopen, RuntimeError> {
+    Preopen::parse(spec, DirAccess::ReadWrite)
+}
+
+pub(crate) fn read_only_dir(spec: &str) -> Result<Preopen, RuntimeError> {
+    Preopen::parse(spec, DirAccess::ReadOnly)
+}
+
+pub(crate) fn positive_duration(text: &str) -> Result<Duration, String> {
+    match parse_duration(text) {
+        Ok(d) if d.is_zero() => Err("the duration must be longer than zero".into()),
+        Ok(d) => Ok(d),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+/// Parses a size given on the command line, which must carry its unit: a bare `64`
+/// is far more often a forgotten `MiB` than 64 bytes.
+pub(crate) fn memory_size(text: &str) -> Result<u64, String> {
+    let t = text.trim();
+    if !t.is_empty() && t.chars().all(|c| c.is_ascii_digit() || c == '.') {
+        return Err(format!(
+            "`{t}` has no unit: write {t}MiB, or use B, K/KiB, M/MiB, G/GiB (binary) or KB, MB, GB (decimal)"
+        ));
+    }
+    parse_size(t).map_err(|e| e.to_string())
+}
+
+pub(crate) fn stack_size(text: &str) -> Result<usize, String> {
+    let bytes = memory_size(text)?;
+    usize::try_from(bytes)
+        .ok()
+        .filter(|b| (16 << 10..=64 << 20).contains(b))
+        .ok_or_else(|| "the stack bound must be between 16KiB and 64MiB".into())
+}
+
+/// Prints how the guest ended (nothing for a normal exit) and picks the exit code.
+pub(crate) fn report(outcome: Outcome) -> ExitCode {
+    match outcome {
+        Outcome::Exited(code) => ExitCode::from(code as u8),
+        // Quietly, as a native process killed by SIGPIPE.
+        Outcome::BrokenPipe => ExitCode::from(exit::BROKEN_PIPE),
+        Outcome::LimitExceeded(limit) => {
+            eprintln!("error: {limit}");
+            ExitCode::from(exit::for_limit(&limit))
+        }
+        Outcome::Trapped { message, backtrace } => {
+            eprintln!("error: guest trapped: {message}");
+            if let Some(bt) = backtrace {
+                eprintln!("{}", bt.trim_end());
+            }
+            ExitCode::from(exit::TRAP)
+        }
+    }
+}
+
+/// Ends the process when the guest runs past `--timeout`, whether it spins in Wasm code
+/// or blocks in a host call. A process-wide stop needs no checks in the generated code;
+/// embedders that must stop one guest among many use `Limits::timeout` with an
+/// interruptible engine instead.
+pub(crate) struct Watchdog {
+    done: Arc<Mutex<bool>>,
+}
+
+impl Watchdog {
+    pub(crate) fn start(limit: Duration) -> Watchdog {
+        let done = Arc::new(Mutex::new(false));
+        let flag = Arc::clone(&done);
+        thread::spawn(move || {
+            thread::sleep(limit);
+            // Holding the lock while exiting means the guest cannot be reported as both
+            // finished and timed out.
+            let finished = flag.lock().unwrap_or_else(|e| e.into_inner());
+            if !*finished {
+                let _ = std::io::stdout().flush();
+                eprintln!("error: {}", LimitExceeded::Timeout { limit });
+                std::process::exit(exit::TIMEOUT.into());
+            }
+        });
+        Watchdog { done }
+    }
+
+    pub(crate) fn disarm(self) {
+        *self.done.lock().unwrap_or_else(|e| e.into_inner()) = true;
+    }
+}
+
+/// Runs `f` on a thread whose stack holds the Wasm stack bound plus host frames.
+pub fn on_guest_thread<T: Send + 'static>(
+    max_stack: usize,
+    f: impl FnOnce() -> T + Send + 'static,
+) -> anyhow::Result<T> {
+    thread::Builder::new()
+        .name("guest".into())
+        .stack_size(max_stack + HOST_STACK)
+        .spawn(f)
+        .context("starting the guest thread")?
+        .join()
+        .map_err(|_| anyhow::anyhow!("the guest thread panicked"))
+}
+
+/// The Wasm binary of a module file; checkpointing rewrites Wasm, so a precompiled
+/// artifact will not do.
+pub fn read_wasm(path: &Path) -> anyhow::Result<Vec<u8>> {
+    let bytes =
+        std::fs::read(path).with_context(|| format!("cannot read module {}", path.display()))?;
+    let format = detect_format(path, &bytes)?;
+    if format == ModuleFormat::Precompiled {
+        anyhow::bail!(
+            "{} is a precompiled artifact; checkpointing needs the module's .wasm",
+            path.display()
+        );
+    }
+    Ok(wasm_binary(path, &bytes, format)?)
+}
