@@ -2,13 +2,14 @@
 //! watchdog that enforces `--timeout`, and how a guest's end becomes an exit code.
 
 use std::io::Write as _;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::Duration;
 
 use anyhow::Context as _;
+use clap::Args;
 use tern_runtime::{
     DirAccess, EngineKind, LimitExceeded, ModuleFormat, Outcome, Preopen, RuntimeError,
     detect_format, parse_duration, parse_size, wasm_binary,
@@ -152,4 +153,60 @@ pub fn read_wasm(path: &Path) -> anyhow::Result<Vec<u8>> {
         );
     }
     Ok(wasm_binary(path, &bytes, format)?)
+}
+
+/// `--dir` and `--ro-dir`: the host directories a guest is given, or (for a restored or
+/// received guest) where its volumes land.
+#[derive(Debug, Args)]
+pub struct DirArgs {
+    /// A host directory the guest sees read-write, as GUEST (without `::GUEST`, under the
+    /// same path). For a restored or received guest, GUEST names one of its volumes.
+    /// Repeatable.
+    #[arg(long = "dir", value_name = "HOST[::GUEST]", value_parser = read_write_dir)]
+    dirs: Vec<Preopen>,
+
+    /// The same, read-only: writes fail inside the guest. Repeatable.
+    #[arg(long = "ro-dir", value_name = "HOST[::GUEST]", value_parser = read_only_dir)]
+    ro_dirs: Vec<Preopen>,
+}
+
+impl DirArgs {
+    /// Every directory given, read-write ones first.
+    pub fn all(&self) -> Vec<Preopen> {
+        self.dirs.iter().chain(&self.ro_dirs).cloned().collect()
+    }
+}
+
+/// The engine that runs a guest, its memory and stack bounds, and the cache of what it
+/// compiles.
+#[derive(Debug, Args)]
+pub struct EngineArgs {
+    /// Execution engine: cranelift (native code) or pulley (portable interpreter). A
+    /// restored or received guest runs under either, whichever it ran under before.
+    #[arg(long, value_name = "ENGINE", value_parser = parse_engine, default_value = "cranelift")]
+    pub engine: EngineKind,
+
+    /// Cap on the guest's linear memory, e.g. 64MiB, 512K, 2G.
+    #[arg(long, value_name = "SIZE", value_parser = memory_size)]
+    pub max_memory: Option<u64>,
+
+    /// Bound on the native stack used by Wasm frames, from 16KiB to 64MiB.
+    #[arg(long, value_name = "SIZE", value_parser = stack_size, default_value = "512KiB")]
+    pub max_stack: usize,
+
+    /// Do not read or write the cache of compiled (and rewritten) modules.
+    #[arg(long)]
+    no_cache: bool,
+
+    /// Cache directory [default: $TERN_CACHE_DIR, $XDG_CACHE_HOME/tern/artifacts or
+    /// ~/.cache/tern/artifacts].
+    #[arg(long, value_name = "DIR")]
+    cache_dir: Option<PathBuf>,
+}
+
+impl EngineArgs {
+    /// The cache directory the flags ask for: none with `--no-cache`.
+    pub fn cache_root(&self) -> Option<PathBuf> {
+        cache_root(self.no_cache, self.cache_dir.as_deref())
+    }
 }

@@ -36,7 +36,7 @@ impl ReceiveCommand {
         let local = listener.local_addr().context("listening socket")?;
         eprintln!("receive: listening on {local}");
         let limits = self.landing.limits();
-        let end = on_guest_thread(self.landing.max_stack, move || {
+        let end = on_guest_thread(self.landing.engine.max_stack, move || {
             receive(listener, &engine, &rewriter, &dirs, &limits, |line| {
                 eprintln!("{line}")
             })

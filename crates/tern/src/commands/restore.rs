@@ -159,7 +159,7 @@ impl RestoreCommand {
                 snapshot,
                 dirs,
                 limits,
-                self.landing.max_stack,
+                self.landing.engine.max_stack,
                 skip_stdin,
             )
             .with_context(|| format!("cannot restore {}", self.snapshot.display()));

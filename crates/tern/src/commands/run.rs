@@ -7,20 +7,16 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::Args;
-use tern_runtime::{
-    ArtifactCache, Engine, EngineKind, EngineOptions, Limits, Policy, Preopen, Program, load_module,
-};
+use tern_runtime::{ArtifactCache, Engine, EngineOptions, Limits, Policy, Program, load_module};
 
-use crate::common::{
-    HOST_STACK, Watchdog, memory_size, positive_duration, read_only_dir, read_write_dir, report,
-    stack_size,
-};
+use crate::common::{DirArgs, EngineArgs, HOST_STACK, Watchdog, positive_duration, report};
 
 /// Run a WebAssembly program (WASI preview1 command) with no access to the host beyond
 /// what the flags grant.
 ///
 /// Exit status: the guest's own exit code; 121 stack limit, 122 memory limit,
-/// 123 fuel exhausted, 124 timeout, 125 trap; 1 when Tern cannot start the guest.
+/// 123 fuel exhausted, 124 timeout, 125 trap, 141 its stdout or stderr was closed (as
+/// SIGPIPE); 1 when Tern cannot start the guest, 2 for a bad command line.
 #[derive(Debug, Args)]
 pub struct RunCommand {
     /// Module to run (a Wasm binary, WebAssembly text, or an artifact from `tern
@@ -34,23 +30,16 @@ pub struct RunCommand {
     )]
     command: Vec<String>,
 
-    /// Preopen a host directory read-write, as GUEST inside (default: same path).
-    /// Repeatable.
-    #[arg(long = "dir", value_name = "HOST[::GUEST]", value_parser = read_write_dir)]
-    dirs: Vec<Preopen>,
+    #[command(flatten)]
+    dirs: DirArgs,
 
-    /// Preopen a host directory read-only: writes fail inside the guest. Repeatable.
-    #[arg(long = "ro-dir", value_name = "HOST[::GUEST]", value_parser = read_only_dir)]
-    ro_dirs: Vec<Preopen>,
+    #[command(flatten)]
+    engine: EngineArgs,
 
     /// Set an environment variable for the guest (KEY=VALUE; the value may contain `=`;
     /// the last of a repeated KEY wins). No host variable is passed unless given here.
     #[arg(long = "env", value_name = "KEY=VALUE", value_parser = Policy::parse_env)]
     envs: Vec<(String, String)>,
-
-    /// Cap on the guest's linear memory, e.g. 64MiB, 512K, 2G.
-    #[arg(long, value_name = "SIZE", value_parser = memory_size)]
-    max_memory: Option<u64>,
 
     /// Wall-clock limit, e.g. 2s, 500ms, 5m. Stops guests that never call the host too.
     #[arg(long, value_name = "DURATION", value_parser = positive_duration)]
@@ -60,14 +49,6 @@ pub struct RunCommand {
     /// slows code down, so it is only compiled in when this flag is given.
     #[arg(long, value_name = "N")]
     fuel: Option<u64>,
-
-    /// Bound on the native stack used by Wasm frames, from 16KiB to 64MiB.
-    #[arg(long, value_name = "SIZE", value_parser = stack_size, default_value = "512KiB")]
-    max_stack: usize,
-
-    /// Execution engine: cranelift (native code) or pulley (portable interpreter).
-    #[arg(long, value_name = "ENGINE", value_parser = crate::common::parse_engine, default_value = "cranelift")]
-    engine: EngineKind,
 
     /// Compile the guest's libc `memcpy`, `memmove`, `memset`, `memcmp` and `strlen` as
     /// written, without Tern's fast paths (`memory.copy`/`memory.fill`, eight bytes per
@@ -89,15 +70,6 @@ pub struct RunCommand {
     #[arg(long)]
     no_huge_pages: bool,
 
-    /// Do not read or write the compiled-artifact cache.
-    #[arg(long)]
-    no_cache: bool,
-
-    /// Artifact cache directory [default: $TERN_CACHE_DIR, $XDG_CACHE_HOME/tern/artifacts
-    /// or ~/.cache/tern/artifacts].
-    #[arg(long, value_name = "DIR")]
-    cache_dir: Option<PathBuf>,
-
     /// argv[0] as the guest sees it [default: the module's file name].
     #[arg(long, value_name = "NAME")]
     argv0: Option<String>,
@@ -110,10 +82,10 @@ impl RunCommand {
     pub fn execute(self) -> anyhow::Result<ExitCode> {
         let module = PathBuf::from(&self.command[0]);
         let engine = Engine::new(EngineOptions {
-            kind: self.engine,
+            kind: self.engine.engine,
             target: None,
             fuel: self.fuel.is_some(),
-            max_stack: self.max_stack,
+            max_stack: self.engine.max_stack,
             // `--timeout` is enforced by the watchdog below, not by epoch checks in the
             // generated code: those cost up to 8x in tight loops (gemm, measured).
             interruptible: false,
@@ -121,11 +93,10 @@ impl RunCommand {
             vectorize: !self.no_vectorize,
             huge_pages: !self.no_huge_pages,
         })?;
-        let cache = crate::common::cache_root(self.no_cache, self.cache_dir.as_deref())
-            .map(ArtifactCache::new);
+        let cache = self.engine.cache_root().map(ArtifactCache::new);
         let policy = self.policy(&module)?;
         let limits = Limits {
-            max_memory: self.max_memory,
+            max_memory: self.engine.max_memory,
             timeout: None,
             fuel: self.fuel,
             ..Limits::default()
@@ -139,7 +110,7 @@ impl RunCommand {
                 &wasm,
                 policy,
                 limits,
-                self.max_stack,
+                self.engine.max_stack,
             );
             if let Some(w) = watchdog {
                 w.disarm();
@@ -155,7 +126,7 @@ impl RunCommand {
         // Wasm frames live on the calling thread's stack: give the guest a thread whose
         // stack holds the whole Wasm stack bound plus room for host frames, so that the
         // bound, not the thread's own guard page, is what a deep guest hits.
-        let stack = self.max_stack + HOST_STACK;
+        let stack = self.engine.max_stack + HOST_STACK;
         let outcome = thread::Builder::new()
             .name("guest".into())
             .stack_size(stack)
@@ -176,7 +147,7 @@ impl RunCommand {
                 .map(|n| n.to_string_lossy().into_owned())
                 .unwrap_or_else(|| module.display().to_string())
         });
-        let preopens: Vec<Preopen> = self.dirs.iter().chain(&self.ro_dirs).cloned().collect();
+        let preopens = self.dirs.all();
         for (i, p) in preopens.iter().enumerate() {
             if preopens[..i].iter().any(|q| q.guest == p.guest) {
                 anyhow::bail!(
