@@ -539,6 +539,19 @@ fn a_migration_cut_at_any_point_changes_nothing_on_the_destination() {
     }
 }
 
+/// `len` bytes of xorshift noise from `seed`: incompressible, and the same every run.
+fn noise(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
+
 /// KiB the source says it sent.
 fn kib_sent(from: &Run) -> u64 {
     let line = from
@@ -562,15 +575,7 @@ fn only_what_the_destination_lacks_is_sent() {
     use std::os::unix::fs::PermissionsExt as _;
     let d = scratch();
     // Incompressible, so that what is sent is what is counted.
-    let mut x = 0x9E37_79B9_7F4A_7C15u64;
-    let data: Vec<u8> = (0..4 << 20)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect();
+    let data = noise(4 << 20, 0x9E37_79B9_7F4A_7C15);
     let old = std::time::UNIX_EPOCH + std::time::Duration::from_secs(1_500_000_000);
     let mut sent = Vec::new();
     for dst_has_it in [true, false] {
@@ -657,15 +662,7 @@ fn hostile_peers_are_dropped_and_the_receiver_lives_on() {
     let r = receiver(d.path(), &[format!("--dir={}::/data", dst.display())]);
     wait_a_moment();
     let before = peak_rss_kib(r.child.id());
-    let mut x = 0x2545_F491_4F6C_DD1Du64;
-    let random: Vec<u8> = (0..4096)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect();
+    let random = noise(4096, 0x2545_F491_4F6C_DD1D);
     let quick = std::time::Duration::from_millis(50);
     hostile(&r.addr, &random, quick);
     hostile(&r.addr, b"GET / HTTP/1.0\r\n\r\n", quick);
