@@ -77,6 +77,18 @@ pub struct OpenFile {
     pub offset: u64,
 }
 
+/// WASI rights that let a descriptor change its file: `fd_write`, `fd_allocate`,
+/// `fd_filestat_set_size`, `fd_datasync` (wasi-libc asks for them only with O_WRONLY or
+/// O_RDWR).
+pub(crate) const WRITE_RIGHTS: u64 = 1 << 6 | 1 << 8 | 1 << 22 | 1 << 0;
+
+impl OpenFile {
+    /// Whether the guest opened it to change it.
+    pub fn writable(&self) -> bool {
+        self.rights_base & WRITE_RIGHTS != 0
+    }
+}
+
 /// What of WASI a snapshot carries.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct WasiState {

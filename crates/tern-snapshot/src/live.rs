@@ -24,7 +24,7 @@ use tern_runtime::{
 };
 use wasmtime::{Caller, Memory, TypedFunc, Val};
 
-use crate::format::{GlobalValue, Meta, OpenFile, PAGE, Snapshot, Volume, WasiState};
+use crate::format::{GlobalValue, Meta, OpenFile, PAGE, Snapshot, Volume, WRITE_RIGHTS, WasiState};
 use crate::instrument::{GLOBAL_EXPORT_PREFIX, POLL_FLAG_ADDR, SAFEPOINT, SLEEP};
 use crate::volumes::FileRecord;
 use crate::{Rewriter, SnapshotError};
@@ -255,14 +255,19 @@ struct Ext {
     changed: BTreeSet<(String, String)>,
 }
 
+/// The host directory of each of `policy`'s volumes, by guest path.
+fn volume_hosts(policy: &Policy) -> Vec<(String, PathBuf)> {
+    policy
+        .preopens
+        .iter()
+        .map(|p| (p.guest.clone(), p.host.clone()))
+        .collect()
+}
+
 /// Most changed files remembered; a guest that touches more is not fully recorded,
 /// and says so once.
 const MAX_CHANGED: usize = 100_000;
 
-/// WASI rights that let a descriptor change its file: `fd_write`, `fd_allocate`,
-/// `fd_filestat_set_size`, `fd_datasync` (wasi-libc asks for them only with O_WRONLY or
-/// O_RDWR).
-const WRITE_RIGHTS: u64 = 1 << 6 | 1 << 8 | 1 << 22 | 1 << 0;
 /// WASI oflags that change a file by opening it: create, truncate.
 const OFLAGS_CREAT_TRUNC: u32 = 0x1 | 0x8;
 
@@ -544,11 +549,7 @@ impl Migratable {
             .monotonic_clock(clock.clone())
             .build_p1();
         session.store.data_mut().replace_context(wasi, stdio);
-        ext(&mut session.store).hosts = policy
-            .preopens
-            .iter()
-            .map(|p| (p.guest.clone(), p.host.clone()))
-            .collect();
+        ext(&mut session.store).hosts = volume_hosts(&policy);
         ext(&mut session.store).volumes = meta
             .wasi
             .volumes
@@ -596,11 +597,7 @@ impl Migratable {
             unwinding: false,
             volumes,
             files: BTreeMap::new(),
-            hosts: policy
-                .preopens
-                .iter()
-                .map(|p| (p.guest.clone(), p.host.clone()))
-                .collect(),
+            hosts: volume_hosts(policy),
             changed: BTreeSet::new(),
         };
         let mut session =

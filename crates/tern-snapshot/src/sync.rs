@@ -18,22 +18,21 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fs::{File, FileTimes};
 use std::io::{Read as _, Seek as _, SeekFrom, Write as _};
 use std::os::unix::fs::PermissionsExt as _;
-use std::path::{Component, Path, PathBuf};
+use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
-use sha2::{Digest as _, Sha256};
 use tern_runtime::{DirAccess, Preopen};
 
 use crate::SnapshotError;
-use crate::volumes::inside;
+use crate::volumes::{hash_file, inside, mtime_ns, plain_relative};
 
 mod stage;
 
 pub(crate) use stage::{Staging, clear_stale_stages};
 
 /// Size of a file block compared and sent as a unit.
-pub(crate) const BLOCK: usize = 64 * 1024;
+pub(crate) use crate::volumes::BLOCK;
 
 /// How long after its mtime a file's cached hashes are trusted: file times are kept at
 /// the kernel's tick, so a write right after a hash may leave the mtime unchanged.
@@ -88,14 +87,6 @@ pub(crate) struct Expected {
     pub sha256: Option<String>,
 }
 
-fn mtime_ns(meta: &std::fs::Metadata) -> u64 {
-    meta.modified()
-        .ok()
-        .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
-        .map(|d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
-        .unwrap_or(0)
-}
-
 /// Relative paths of the regular files under `root` (symlinks are not followed).
 pub(crate) fn list_files(root: &Path) -> std::io::Result<Vec<String>> {
     fn walk(root: &Path, rel: &Path, out: &mut Vec<String>) -> std::io::Result<()> {
@@ -117,42 +108,18 @@ pub(crate) fn list_files(root: &Path) -> std::io::Result<Vec<String>> {
     Ok(out)
 }
 
-/// Reads `path` once: its entry (block hashes) and the SHA-256 of all of it.
-fn hash_file(path: &Path, rel: &str) -> std::io::Result<(FileEntry, String)> {
-    let mut file = File::open(path)?;
-    let meta = file.metadata()?;
-    let mut whole = Sha256::new();
-    let mut blocks = Vec::new();
-    let mut buf = vec![0u8; BLOCK];
-    let mut size = 0u64;
-    loop {
-        let mut n = 0;
-        while n < BLOCK {
-            let got = file.read(&mut buf[n..])?;
-            if got == 0 {
-                break;
-            }
-            n += got;
-        }
-        if n == 0 {
-            break;
-        }
-        size += n as u64;
-        whole.update(&buf[..n]);
-        blocks.push(hex::encode(Sha256::digest(&buf[..n])));
-        if n < BLOCK {
-            break;
-        }
-    }
+/// `path` read once: its entry (block hashes) and the SHA-256 of all of it.
+fn entry(path: &Path, rel: &str) -> std::io::Result<(FileEntry, String)> {
+    let h = hash_file(path, true)?;
     Ok((
         FileEntry {
             path: rel.to_owned(),
-            size,
-            mode: meta.permissions().mode() & 0o7777,
-            mtime_ns: mtime_ns(&meta),
-            blocks,
+            size: h.size,
+            mode: h.mode,
+            mtime_ns: h.mtime_ns,
+            blocks: h.blocks,
         },
-        hex::encode(whole.finalize()),
+        h.sha256,
     ))
 }
 
@@ -160,7 +127,7 @@ fn hash_file(path: &Path, rel: &str) -> std::io::Result<(FileEntry, String)> {
 pub(crate) fn inventory(root: &Path) -> std::io::Result<Vec<FileEntry>> {
     let mut out = Vec::new();
     for rel in list_files(root)? {
-        match hash_file(&root.join(&rel), &rel) {
+        match entry(&root.join(&rel), &rel) {
             Ok((entry, _)) => out.push(entry),
             // Gone meanwhile: it is simply not there.
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
@@ -208,7 +175,7 @@ impl FileIndex {
             }
         }
         let hashed_at = SystemTime::now();
-        let (entry, sha256) = match hash_file(&full, rel) {
+        let (entry, sha256) = match entry(&full, rel) {
             Ok(r) => r,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
             Err(e) => return Err(e),

@@ -100,13 +100,18 @@ impl std::fmt::Display for Mismatch {
     }
 }
 
+/// Whether `path` is a plain relative path: not empty, no `..`, not absolute.
+pub(crate) fn plain_relative(path: &str) -> bool {
+    let rel = Path::new(path);
+    !rel.as_os_str().is_empty() && rel.components().all(|c| matches!(c, Component::Normal(_)))
+}
+
 /// The host path of `path` in the volume at `root`, if it stays inside it.
 pub(crate) fn inside(root: &Path, path: &str) -> Option<PathBuf> {
-    let rel = Path::new(path);
-    if rel.as_os_str().is_empty() || rel.components().any(|c| !matches!(c, Component::Normal(_))) {
+    if !plain_relative(path) {
         return None;
     }
-    let full = root.join(rel);
+    let full = root.join(path);
     // A symlink anywhere on the way could lead out: resolve what exists of the path.
     let root = root.canonicalize().ok()?;
     let mut probe = full.clone();
@@ -120,37 +125,81 @@ pub(crate) fn inside(root: &Path, path: &str) -> Option<PathBuf> {
         .then_some(full)
 }
 
-/// Size, mtime and SHA-256 of the file at `path`; `Ok(None)` when there is none.
-pub(crate) fn facts(path: &Path) -> std::io::Result<Option<FileFacts>> {
-    let meta = match std::fs::metadata(path) {
-        Ok(m) => m,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(e),
-    };
-    if !meta.is_file() {
-        return Err(std::io::Error::other("not a regular file"));
-    }
-    let mtime_ns = meta
-        .modified()?
-        .duration_since(UNIX_EPOCH)
+/// A file's modification time in nanoseconds since the Unix epoch (0 when unknown).
+pub(crate) fn mtime_ns(meta: &std::fs::Metadata) -> u64 {
+    meta.modified()
+        .ok()
+        .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
         .map(|d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
-        .unwrap_or(0);
+        .unwrap_or(0)
+}
+
+/// What one read of a file gives: its size, mode and mtime, the SHA-256 of all of it,
+/// and (when asked for) the SHA-256 of each 64 KiB block, hex.
+pub(crate) struct Hashed {
+    pub size: u64,
+    pub mode: u32,
+    pub mtime_ns: u64,
+    pub sha256: String,
+    pub blocks: Vec<String>,
+}
+
+/// Size of the blocks [`hash_file`] hashes one by one.
+pub(crate) const BLOCK: usize = 64 * 1024;
+
+/// Reads the file at `path` once and hashes it: whole, and by blocks with `blocks`.
+/// The one reader of volume files for checkpoints, restores and migrations.
+pub(crate) fn hash_file(path: &Path, blocks: bool) -> std::io::Result<Hashed> {
+    use std::os::unix::fs::PermissionsExt as _;
     let mut file = std::fs::File::open(path)?;
-    let mut hash = Sha256::new();
-    let mut buf = vec![0u8; 1 << 20];
+    let meta = file.metadata()?;
+    let mut whole = Sha256::new();
+    let mut block_hashes = Vec::new();
+    let mut buf = vec![0u8; BLOCK];
     let mut size = 0u64;
     loop {
-        let n = file.read(&mut buf)?;
+        let mut n = 0;
+        while n < BLOCK {
+            let got = file.read(&mut buf[n..])?;
+            if got == 0 {
+                break;
+            }
+            n += got;
+        }
         if n == 0 {
             break;
         }
         size += n as u64;
-        hash.update(&buf[..n]);
+        whole.update(&buf[..n]);
+        if blocks {
+            block_hashes.push(hex::encode(Sha256::digest(&buf[..n])));
+        }
+        if n < BLOCK {
+            break;
+        }
     }
-    Ok(Some(FileFacts {
+    Ok(Hashed {
         size,
-        mtime_ns,
-        sha256: hex::encode(hash.finalize()),
+        mode: meta.permissions().mode() & 0o7777,
+        mtime_ns: mtime_ns(&meta),
+        sha256: hex::encode(whole.finalize()),
+        blocks: block_hashes,
+    })
+}
+
+/// Size, mtime and SHA-256 of the file at `path`; `Ok(None)` when there is none.
+pub(crate) fn facts(path: &Path) -> std::io::Result<Option<FileFacts>> {
+    match std::fs::metadata(path) {
+        Ok(m) if m.is_file() => {}
+        Ok(_) => return Err(std::io::Error::other("not a regular file")),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e),
+    }
+    let h = hash_file(path, false)?;
+    Ok(Some(FileFacts {
+        size: h.size,
+        mtime_ns: h.mtime_ns,
+        sha256: h.sha256,
     }))
 }
 

@@ -61,10 +61,6 @@ pub fn receive(
         mut prepared,
         mut staging,
     } = accepted;
-    let refuse = |w: &mut TcpStream, e: SnapshotError| {
-        let _ = write_frame(w, b'E', reason_of(&e).as_bytes());
-        e
-    };
     // From here on, `staging` holds whatever arrives; dropped on any failure, it
     // leaves the volumes untouched.
     let meta: Meta = loop {
@@ -130,10 +126,6 @@ fn accept(
     stream.set_nodelay(true).map_err(net)?;
     let mut reader = BufReader::with_capacity(1 << 20, stream.try_clone().map_err(net)?);
     let mut replies = stream;
-    let refuse = |w: &mut TcpStream, e: SnapshotError| {
-        let _ = write_frame(w, b'E', reason_of(&e).as_bytes());
-        e
-    };
     let (tag, body) = read_frame(&mut reader)?;
     let (hello, module) = parse_hello(tag, &body).map_err(|e| refuse(&mut replies, e))?;
     crate::sync::clear_stale_stages(dirs);
@@ -173,6 +165,13 @@ fn accept(
         prepared,
         staging,
     })
+}
+
+/// Tells the source why its migration is refused (as well as the line allows), and
+/// gives the reason back.
+fn refuse(w: &mut TcpStream, e: SnapshotError) -> SnapshotError {
+    let _ = write_frame(w, b'E', reason_of(&e).as_bytes());
+    e
 }
 
 /// Applies one frame of the rounds: pages into `memory`, files into `staging`, a round's

@@ -98,11 +98,6 @@ impl std::fmt::Debug for Staging {
     }
 }
 
-fn rel_ok(path: &str) -> bool {
-    let p = Path::new(path);
-    !p.as_os_str().is_empty() && p.components().all(|c| matches!(c, Component::Normal(_)))
-}
-
 impl Staging {
     /// The volumes `names` (guest path, read-only at the source) mapped to `dirs`; a
     /// volume is read-only here when either side says so.
@@ -165,7 +160,7 @@ impl Staging {
         h: &FileHeader,
         blocks: impl IntoIterator<Item = Result<(u64, Vec<u8>), SnapshotError>>,
     ) -> Result<(), SnapshotError> {
-        if !rel_ok(&h.path) {
+        if !plain_relative(&h.path) {
             return Err(err(format!("file path {} leaves its volume", h.path)));
         }
         let v = self.volume(&h.volume)?;
@@ -213,7 +208,7 @@ impl Staging {
 
     /// Marks a file to be removed at commit.
     pub(crate) fn delete(&mut self, volume: &str, path: &str) -> Result<(), SnapshotError> {
-        if !rel_ok(path) {
+        if !plain_relative(path) {
             return Err(err(format!("file path {path} leaves its volume")));
         }
         let v = self.volume(volume)?;
@@ -243,9 +238,9 @@ impl Staging {
         };
         let found = match inside(&v.root, &e.path) {
             Some(p) if p.is_file() => Some(
-                hash_file(&p, &e.path)
+                hash_file(&p, false)
                     .map_err(|x| refuse(&format!("cannot be read here: {x}")))?
-                    .1,
+                    .sha256,
             ),
             Some(p) if p.exists() => return Err(refuse("is not a regular file here")),
             Some(_) => None,
@@ -353,28 +348,17 @@ fn commit_volume(c: &mut CommittedVolume) -> Result<(), SnapshotError> {
     dirs.insert(root.clone());
     c.times = dirs.iter().filter_map(|d| Times::of(d)).collect();
 
-    let fail = |reason: String| err(reason);
     for rel in c.volume.deleted.clone() {
         let Some(target) = inside(&root, &rel) else {
-            return Err(fail(format!("{rel} leaves its volume")));
+            return Err(err(format!("{rel} leaves its volume")));
         };
-        if !target.is_file() {
-            continue;
+        if target.is_file() {
+            move_out(c, &stage, &rel, target, "removing")?;
         }
-        let backup = stage.join("old").join(&rel);
-        if let Some(parent) = backup.parent()
-            && let Err(e) = std::fs::create_dir_all(parent)
-        {
-            return Err(fail(format!("staging: {e}")));
-        }
-        if let Err(e) = std::fs::rename(&target, &backup) {
-            return Err(fail(format!("removing {rel}: {e}")));
-        }
-        c.moved_out.push((target, backup));
     }
     for (rel, (mode, mtime)) in c.volume.written.clone() {
         let Some(target) = inside(&root, &rel) else {
-            return Err(fail(format!("{rel} leaves its volume")));
+            return Err(err(format!("{rel} leaves its volume")));
         };
         let staged = stage.join("new").join(&rel);
         // The file's own mode and mtime, set on the staged copy: a rename keeps them.
@@ -384,7 +368,7 @@ fn commit_volume(c: &mut CommittedVolume) -> Result<(), SnapshotError> {
             f.set_permissions(std::fs::Permissions::from_mode(mode & 0o777))
         });
         if let Err(e) = set {
-            return Err(fail(format!("{rel}: {e}")));
+            return Err(err(format!("{rel}: {e}")));
         }
         // Directories on the way that do not exist yet, outermost first.
         let mut missing = Vec::new();
@@ -398,27 +382,36 @@ fn commit_volume(c: &mut CommittedVolume) -> Result<(), SnapshotError> {
         }
         for d in missing.into_iter().rev() {
             if let Err(e) = std::fs::create_dir(&d) {
-                return Err(fail(format!("{}: {e}", d.display())));
+                return Err(err(format!("{}: {e}", d.display())));
             }
             c.made.push(d);
         }
         if target.is_file() {
-            let backup = stage.join("old").join(&rel);
-            if let Some(parent) = backup.parent()
-                && let Err(e) = std::fs::create_dir_all(parent)
-            {
-                return Err(fail(format!("staging: {e}")));
-            }
-            if let Err(e) = std::fs::rename(&target, &backup) {
-                return Err(fail(format!("replacing {rel}: {e}")));
-            }
-            c.moved_out.push((target.clone(), backup));
+            move_out(c, &stage, &rel, target.clone(), "replacing")?;
         }
         if let Err(e) = std::fs::rename(&staged, &target) {
-            return Err(fail(format!("placing {rel}: {e}")));
+            return Err(err(format!("placing {rel}: {e}")));
         }
         c.placed.push(target);
     }
+    Ok(())
+}
+
+/// Moves the volume's file `target` (at `rel`) into the stage's `old/`, where a
+/// rollback finds it; `doing` names the step in an error.
+fn move_out(
+    c: &mut CommittedVolume,
+    stage: &Path,
+    rel: &str,
+    target: PathBuf,
+    doing: &str,
+) -> Result<(), SnapshotError> {
+    let backup = stage.join("old").join(rel);
+    if let Some(parent) = backup.parent() {
+        std::fs::create_dir_all(parent).map_err(|e| err(format!("staging: {e}")))?;
+    }
+    std::fs::rename(&target, &backup).map_err(|e| err(format!("{doing} {rel}: {e}")))?;
+    c.moved_out.push((target, backup));
     Ok(())
 }
 
@@ -507,6 +500,7 @@ pub(crate) fn clear_stale_stages(dirs: &[Preopen]) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use sha2::{Digest as _, Sha256};
 
     /// Everything about a tree a migration must not change: each entry's relative
     /// path, kind, mode, mtime and contents, and the times of the directory itself.

@@ -7,9 +7,6 @@ use std::time::Duration;
 use anyhow::Context as _;
 use clap::Args;
 use tern_runtime::{DirAccess, Preopen};
-
-/// The WASI right to write through a descriptor.
-const FD_WRITE: u64 = 1 << 6;
 use tern_snapshot::{Migratable, Snapshot};
 
 use crate::common::{Watchdog, positive_duration};
@@ -69,7 +66,7 @@ impl RestoreCommand {
                 .wasi
                 .files
                 .iter()
-                .find(|f| f.volume == v.guest && f.rights_base & FD_WRITE != 0);
+                .find(|f| f.volume == v.guest && f.writable());
             if let (Some(f), DirAccess::ReadOnly, false) = (writing, dir.access, v.read_only) {
                 anyhow::bail!(
                     "the guest has {} in volume {} open for writing; map it with --dir, not --ro-dir",
