@@ -8,7 +8,6 @@
 //! corrupt entry is recompiled and never trusted.
 
 use std::fs;
-
 use std::path::{Path, PathBuf};
 
 use sha2::{Digest as _, Sha256};

@@ -549,10 +549,11 @@ mod tests {
             let module = wasmtime::Module::new(engine.wasmtime(), grow).expect("valid wat");
             let program = Program::new(&engine, module).expect("links");
             let policy = Policy::default();
+            let stdio = StdioTap::new();
             let mut session = program
                 .instantiate(
-                    policy.wasi_context(&StdioTap::new()).expect("wasi"),
-                    StdioTap::new(),
+                    policy.wasi_context(&stdio).expect("wasi"),
+                    stdio,
                     &Limits::default(),
                     None,
                 )

@@ -37,7 +37,7 @@ pub fn cache_root(
 }
 
 /// Stack reserved for host frames (Tern, Wasmtime, WASI) on the guest thread.
-pub(crate) const HOST_STACK: usize = 8 << 20;
+const HOST_STACK: usize = 8 << 20;
 
 pub(crate) fn read_write_dir(spec: &str) -> Result<Preopen, RuntimeError> {
     Preopen::parse(spec, DirAccess::ReadWrite)
@@ -126,7 +126,9 @@ impl Watchdog {
     }
 }
 
-/// Runs `f` on a thread whose stack holds the Wasm stack bound plus host frames.
+/// Runs `f` on a thread whose stack holds the Wasm stack bound plus host frames. Wasm
+/// frames live on the calling thread's stack, so that the bound, not the thread's own
+/// guard page, is what a deep guest hits.
 pub fn on_guest_thread<T: Send + 'static>(
     max_stack: usize,
     f: impl FnOnce() -> T + Send + 'static,

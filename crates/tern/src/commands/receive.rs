@@ -8,8 +8,7 @@ use anyhow::Context as _;
 use clap::Args;
 use tern_snapshot::{RunEnd, receive};
 
-use crate::common::on_guest_thread;
-use crate::common::report;
+use crate::common::{on_guest_thread, report};
 
 /// Receive one migrating guest and run it to completion in the given volume directories.
 ///

@@ -2,14 +2,13 @@
 
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::thread;
 use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::Args;
 use tern_runtime::{ArtifactCache, Engine, EngineOptions, Limits, Policy, Program, load_module};
 
-use crate::common::{DirArgs, EngineArgs, HOST_STACK, Watchdog, positive_duration, report};
+use crate::common::{DirArgs, EngineArgs, Watchdog, on_guest_thread, positive_duration, report};
 
 /// Run a WebAssembly program (WASI preview1 command) with no access to the host beyond
 /// what the flags grant.
@@ -123,17 +122,8 @@ impl RunCommand {
             .with_context(|| format!("cannot run {}", module.display()))?;
 
         let watchdog = self.timeout.map(Watchdog::start);
-        // Wasm frames live on the calling thread's stack: give the guest a thread whose
-        // stack holds the whole Wasm stack bound plus room for host frames, so that the
-        // bound, not the thread's own guard page, is what a deep guest hits.
-        let stack = self.engine.max_stack + HOST_STACK;
-        let outcome = thread::Builder::new()
-            .name("guest".into())
-            .stack_size(stack)
-            .spawn(move || program.run(&policy, &limits))
-            .context("starting the guest thread")?
-            .join()
-            .map_err(|_| anyhow::anyhow!("the guest thread panicked"))??;
+        let outcome =
+            on_guest_thread(self.engine.max_stack, move || program.run(&policy, &limits))??;
         if let Some(w) = watchdog {
             w.disarm();
         }
