@@ -255,7 +255,7 @@ fn prepare<'a>(engine: &Engine, wasm: &'a [u8]) -> std::borrow::Cow<'a, [u8]> {
     use std::borrow::Cow;
     let options = engine.options();
     let wasm = if options.libc_builtins {
-        crate::builtins::apply(wasm)
+        tern_passes::builtins::apply(wasm)
     } else {
         Cow::Borrowed(wasm)
     };
@@ -263,9 +263,9 @@ fn prepare<'a>(engine: &Engine, wasm: &'a [u8]) -> std::borrow::Cow<'a, [u8]> {
         return wasm;
     }
     match wasm {
-        Cow::Borrowed(b) => crate::vectorize::apply(b),
+        Cow::Borrowed(b) => tern_passes::vectorize::apply(b),
         // Keep the fast paths' output when the vectoriser leaves it as it is.
-        Cow::Owned(o) => match crate::vectorize::apply(&o) {
+        Cow::Owned(o) => match tern_passes::vectorize::apply(&o) {
             Cow::Owned(v) => Cow::Owned(v),
             Cow::Borrowed(_) => Cow::Owned(o),
         },

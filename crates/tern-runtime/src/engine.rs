@@ -273,10 +273,10 @@ fn fingerprint(engine: &wasmtime::Engine, options: &EngineOptions, target: &str)
     options.fuel.hash(&mut h);
     options.interruptible.hash(&mut h);
     if options.libc_builtins {
-        crate::builtins::IDENTITY.hash(&mut h);
+        tern_passes::builtins::IDENTITY.hash(&mut h);
     }
     if options.vectorize && options.kind == EngineKind::Cranelift {
-        crate::vectorize::IDENTITY.hash(&mut h);
+        tern_passes::vectorize::IDENTITY.hash(&mut h);
     }
     hex::encode(&h.0.finalize()[..16])
 }

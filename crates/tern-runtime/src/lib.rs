@@ -1,35 +1,13 @@
-//! Tern's runtime: runs WASI preview1 command modules on Wasmtime, sandboxed by a
-//! capability [`Policy`], bounded by [`Limits`], compiled ahead of time by an [`Engine`]
-//! (Cranelift, or the portable Pulley interpreter) and cached as artifacts.
-//!
-//! ```no_run
-//! use tern_runtime::{ArtifactCache, Engine, EngineOptions, Limits, Outcome, Policy, Program};
-//!
-//! # fn main() -> Result<(), tern_runtime::RuntimeError> {
-//! let engine = Engine::new(EngineOptions::default())?;
-//! let cache = ArtifactCache::new("/tmp/tern-cache");
-//! let loaded = tern_runtime::load_module(&engine, "hello.wasm".as_ref(), Some(&cache))?;
-//! let program = Program::new(&engine, loaded.module)?;
-//! let policy = Policy { args: vec!["hello".into()], inherit_stdio: true, ..Policy::default() };
-//! match program.run(&policy, &Limits::default())? {
-//!     Outcome::Exited(code) => println!("exited with {code}"),
-//!     other => println!("stopped: {other:?}"),
-//! }
-//! # Ok(())
-//! # }
-//! ```
+#![doc = include_str!("../README.md")]
 
 mod artifact;
 mod atomic;
-pub mod builtins;
 mod engine;
 mod errno;
 mod limits;
 mod policy;
 mod run;
-mod scan;
 mod stdio;
-pub mod vectorize;
 
 use std::path::PathBuf;
 

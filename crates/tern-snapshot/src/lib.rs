@@ -1,67 +1,29 @@
-//! Tern's checkpoint and restore: a running guest stopped at a safe point, saved as a
-//! [`Snapshot`] that depends on no engine and no architecture, and resumed elsewhere.
-//!
-//! A module is first made migratable ([`Rewriter`]: Tern's pre-pass, then Tern's unwind
-//! pass), so that at a safe point — any WASI call, any loop header — it can unwind
-//! its call stack into its own linear memory. [`Migratable::run`] runs it and, when its
-//! [`Trigger`] fires, captures memory, globals and WASI state; [`Migratable::restore`]
-//! rebuilds the instance from a snapshot and rewinds into the same frame.
+#![doc = include_str!("../README.md")]
 
-mod bounded;
 mod codec;
 mod format;
-pub mod instrument;
 mod live;
-mod liveness;
 mod migrate;
 mod rewrite;
 mod sync;
-mod unwind;
 mod volumes;
-
-/// Helpers shared by the passes' unit tests.
-#[cfg(test)]
-mod test_support {
-    use wasmparser::Operator;
-
-    /// Calls `f` with the operators of the only function of the module `text` (WAT) and
-    /// the number of locals it declares.
-    pub(crate) fn with_only_function<R>(
-        text: &str,
-        f: impl FnOnce(&[Operator<'_>], u32) -> R,
-    ) -> R {
-        let wasm = wat::parse_str(text).expect("valid wat");
-        for payload in wasmparser::Parser::new(0).parse_all(&wasm) {
-            if let wasmparser::Payload::CodeSectionEntry(body) = payload.expect("parses") {
-                let mut declared = 0;
-                for l in body.get_locals_reader().expect("locals") {
-                    declared += l.expect("local").0;
-                }
-                let ops: Vec<_> = body
-                    .get_operators_reader()
-                    .expect("ops")
-                    .into_iter()
-                    .collect::<Result<_, _>>()
-                    .expect("reads");
-                return f(&ops, declared);
-            }
-        }
-        panic!("no function")
-    }
-}
 
 pub use format::{FORMAT_VERSION, GlobalValue, Meta, OpenFile, PAGE, Snapshot, Volume, WasiState};
 pub use live::{Captured, Checkpoint, Migratable, Placement, Prepared, RunEnd, Trigger};
-pub use migrate::{MigrateEnd, MigrationStats, fuzz_hello, fuzz_receive, migrate_run, receive};
+pub use migrate::{
+    MigrateEnd, MigrationError, MigrationFailure, MigrationStats, fuzz_hello, fuzz_receive,
+    migrate_run, receive,
+};
 pub use rewrite::Rewriter;
+pub use tern_passes::{PassError, instrument};
 pub use volumes::{Difference, FileFacts, FileRecord, Mismatch, check as check_volumes};
 
 /// Why a module cannot be made migratable, or a snapshot cannot be taken or restored.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum SnapshotError {
-    #[error("module cannot be made migratable: {reason}")]
-    Rewrite { reason: String },
+    #[error("module cannot be made migratable: {0}")]
+    Rewrite(#[from] tern_passes::PassError),
     #[error("not a Tern snapshot (bad magic)")]
     NotASnapshot,
     #[error(
@@ -83,8 +45,8 @@ pub enum SnapshotError {
         path: String,
         errno: i32,
     },
-    #[error("migration failed: {reason}")]
-    Migration { reason: String },
+    #[error("migration failed: {0}")]
+    Migration(#[from] MigrationError),
     #[error("checkpoint failed: {reason}")]
     Capture { reason: String },
     #[error(transparent)]

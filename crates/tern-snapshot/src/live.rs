@@ -25,9 +25,10 @@ use tern_runtime::{
 use wasmtime::{Caller, Memory, TypedFunc, Val};
 
 use crate::format::{GlobalValue, Meta, OpenFile, PAGE, Snapshot, Volume, WRITE_RIGHTS, WasiState};
-use crate::instrument::{GLOBAL_EXPORT_PREFIX, POLL_FLAG_ADDR, SAFEPOINT, SLEEP};
 use crate::volumes::FileRecord;
 use crate::{Rewriter, SnapshotError};
+use tern_passes::PassError;
+use tern_passes::instrument::{GLOBAL_EXPORT_PREFIX, POLL_FLAG_ADDR, SAFEPOINT, SLEEP};
 
 mod imports;
 mod reopen;
@@ -316,8 +317,10 @@ impl Migratable {
         wasm: &[u8],
     ) -> Result<Migratable, SnapshotError> {
         let rewritten = rewriter.rewrite(wasm)?;
-        let compile_err = |e: &dyn std::fmt::Display| SnapshotError::Rewrite {
-            reason: format!("the rewritten module does not compile: {e:#}"),
+        let compile_err = |e: &dyn std::fmt::Display| {
+            SnapshotError::Rewrite(PassError::Defect {
+                reason: format!("the rewritten module does not compile: {e:#}"),
+            })
         };
         let module = match rewriter.artifacts() {
             Some(cache) => {
@@ -779,8 +782,10 @@ fn asyncify_export<P: wasmtime::WasmParams, R: wasmtime::WasmResults>(
     session
         .instance
         .get_typed_func(&mut session.store, name)
-        .map_err(|e| SnapshotError::Rewrite {
-            reason: format!("the rewritten module lacks the unwind export {name}: {e:#}"),
+        .map_err(|e| {
+            SnapshotError::Rewrite(PassError::Defect {
+                reason: format!("the rewritten module lacks the unwind export {name}: {e:#}"),
+            })
         })
 }
 

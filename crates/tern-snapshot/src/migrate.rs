@@ -29,12 +29,14 @@
 //! never written, and the files the guest uses there must match by SHA-256. A migration
 //! that fails at any point leaves the destination's volumes as they were.
 
+mod error;
 mod receive;
 mod source;
 mod wire;
 
 use serde::{Deserialize, Serialize};
 
+pub use error::{MigrationError, MigrationFailure};
 pub use receive::{fuzz_hello, fuzz_receive, receive};
 pub use source::{MigrateEnd, MigrationStats, migrate_run};
 
@@ -48,9 +50,6 @@ const PROTOCOL: u32 = 2;
 /// Pages sent in one frame at most (16 MiB), so that no frame needs more memory than that
 /// to be read.
 const PAGES_PER_FRAME: usize = 256;
-
-/// Why a migration did not happen when the guest ran to its end first.
-const ENDED: &str = "the guest finished before the migration";
 
 /// First frame of a migration.
 #[derive(Debug, Serialize, Deserialize)]

@@ -1,5 +1,4 @@
-//! `tern`: the command line. It parses, dispatches to a command, prints and sets the
-//! exit code; the work is done by the library crates.
+#![doc = include_str!("../README.md")]
 
 mod checkpoint;
 mod commands;

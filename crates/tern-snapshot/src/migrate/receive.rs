@@ -15,9 +15,10 @@ use crate::live::{Checkpoint, Migratable, RunEnd, Trigger};
 use crate::sync::{BLOCK, Expected, FileHeader, Staging};
 
 use super::wire::{
-    Cursor, MAGIC, json_frame, lost, net, parse_json, payload, read_frame, reason_of, write_frame,
+    Cursor, MAGIC, json_frame, local, lost, parse_json, payload, protocol, read_frame, reason_of,
+    write_frame,
 };
-use super::{Gone, Hello, PROTOCOL};
+use super::{Gone, Hello, MigrationFailure, PROTOCOL};
 
 /// How long a receiver waits for a new connection's first bytes: a source sends them
 /// at once, and a peer that stalls must not keep the next one waiting long.
@@ -43,7 +44,7 @@ pub fn receive(
     // peer that says nothing, a hello that cannot be accepted) is dropped with one line
     // and the next one is awaited: no peer can end the receiver before it commits to one.
     let (peer, accepted) = loop {
-        let (stream, peer) = listener.accept().map_err(net)?;
+        let (stream, peer) = listener.accept().map_err(local)?;
         match greet(&stream).and_then(|()| accept(stream, engine, rewriter, dirs, limits)) {
             Ok(a) => break (peer, a),
             Err(e) => progress(&format!(
@@ -53,6 +54,12 @@ pub fn receive(
         }
     };
     progress(&format!("receive: migration from {peer}"));
+    take(accepted, dirs, limits).map_err(|e| e.with_peer(peer))
+}
+
+/// Takes an accepted migration to its end: the rest of its frames, the commit of its
+/// files and the restore.
+fn take(accepted: Accepted, dirs: &[Preopen], limits: &Limits) -> Result<RunEnd, SnapshotError> {
     let Accepted {
         mut reader,
         mut replies,
@@ -77,7 +84,7 @@ pub fn receive(
         Ok(c) => c,
         Err(e) => return Err(refuse(&mut replies, e)),
     };
-    let mut confirm = replies.try_clone().map_err(net)?;
+    let mut confirm = replies.try_clone().map_err(local)?;
     let end = migratable.resume(
         prepared,
         &meta,
@@ -91,7 +98,7 @@ pub fn receive(
         &trigger,
         move || {
             write_frame(&mut confirm, b'R', &[])?;
-            confirm.flush().map_err(net)?;
+            confirm.flush().map_err(lost)?;
             committed.finish();
             Ok(())
         },
@@ -123,8 +130,8 @@ fn accept(
     dirs: &[Preopen],
     limits: &Limits,
 ) -> Result<Accepted, SnapshotError> {
-    stream.set_nodelay(true).map_err(net)?;
-    let mut reader = BufReader::with_capacity(1 << 20, stream.try_clone().map_err(net)?);
+    stream.set_nodelay(true).map_err(local)?;
+    let mut reader = BufReader::with_capacity(1 << 20, stream.try_clone().map_err(local)?);
     let mut replies = stream;
     let (tag, body) = read_frame(&mut reader)?;
     let (hello, module) = parse_hello(tag, &body).map_err(|e| refuse(&mut replies, e))?;
@@ -145,7 +152,7 @@ fn accept(
         Ok(Err(outcome)) => {
             return Err(refuse(
                 &mut replies,
-                net(format!(
+                local(format!(
                     "the guest cannot be instantiated here: {outcome:?}"
                 )),
             ));
@@ -153,7 +160,7 @@ fn accept(
         Err(e) => return Err(refuse(&mut replies, e)),
     };
     let offer = match staging.offer() {
-        Ok(o) => serde_json::to_vec(&o).map_err(net)?,
+        Ok(o) => serde_json::to_vec(&o).map_err(local)?,
         Err(e) => return Err(refuse(&mut replies, e)),
     };
     write_frame(&mut replies, b'A', &offer)?;
@@ -189,17 +196,17 @@ fn apply_frame(
         b'F' => stage_file(&mut c, staging),
         b'D' => parse_json::<Gone>(&mut c).and_then(|g| staging.delete(&g.volume, &g.path)),
         b'V' => parse_json::<Expected>(&mut c).and_then(|e| staging.verify(&e)),
-        b'K' => write_frame(replies, b'K', &[]).and_then(|_| replies.flush().map_err(net)),
-        b'E' => Err(net(format!(
-            "the source gave up: {}",
-            String::from_utf8_lossy(body)
-        ))),
+        b'K' => write_frame(replies, b'K', &[]).and_then(|_| replies.flush().map_err(lost)),
+        b'E' => Err(MigrationFailure::SourceGaveUp {
+            reason: String::from_utf8_lossy(body).into_owned(),
+        }
+        .here()),
         b'Z' => {
             return serde_json::from_slice(body)
                 .map(Some)
-                .map_err(|e| net(format!("bad final frame: {e}")));
+                .map_err(|e| protocol(format!("bad final frame: {e}")));
         }
-        other => Err(net(format!("unexpected frame {:?}", other as char))),
+        other => Err(protocol(format!("unexpected frame {:?}", other as char))),
     }
     .map(|()| None)
 }
@@ -224,13 +231,13 @@ fn apply_pages(c: &mut Cursor<'_>, memory: &mut impl Memory) -> Result<(), Snaps
     let total = c.u32()?;
     let count = c.u32()?;
     if total > 65536 {
-        return Err(net("more than 4 GiB of memory"));
+        return Err(protocol("more than 4 GiB of memory"));
     }
     memory.resize(total)?;
     for _ in 0..count {
         let index = c.u32()?;
         if index >= total {
-            return Err(net("page index out of range"));
+            return Err(protocol("page index out of range"));
         }
         let block = c.block()?;
         let page = memory.page_mut(index)?;
@@ -240,8 +247,8 @@ fn apply_pages(c: &mut Cursor<'_>, memory: &mut impl Memory) -> Result<(), Snaps
         }
         match lz4_flex::block::decompress_into(block, page) {
             Ok(n) if n == PAGE => {}
-            Ok(_) => return Err(net(format!("page {index} is not 64 KiB"))),
-            Err(e) => return Err(net(format!("page {index}: {e}"))),
+            Ok(_) => return Err(protocol(format!("page {index} is not 64 KiB"))),
+            Err(e) => return Err(protocol(format!("page {index}: {e}"))),
         }
     }
     Ok(())
@@ -251,20 +258,20 @@ fn apply_pages(c: &mut Cursor<'_>, memory: &mut impl Memory) -> Result<(), Snaps
 /// digest.
 fn parse_hello(tag: u8, body: &[u8]) -> Result<(Hello, Vec<u8>), SnapshotError> {
     if tag != b'H' {
-        return Err(net("expected a hello frame"));
+        return Err(protocol("expected a hello frame"));
     }
     let mut c = payload(body);
     let hello: Hello = parse_json(&mut c)?;
     if hello.protocol != PROTOCOL {
-        return Err(net(format!(
+        return Err(protocol(format!(
             "the source speaks migration protocol {}, this Tern {PROTOCOL}; migrate between the same Tern versions",
             hello.protocol
         )));
     }
     let module = crate::format::decompress_bounded(c.rest(), crate::format::MAX_MODULE)
-        .map_err(|e| net(format!("bad module: {e}")))?;
+        .map_err(|e| protocol(format!("bad module: {e}")))?;
     if hex::encode(Sha256::digest(&module)) != hello.module_digest {
-        return Err(net("module does not match its digest"));
+        return Err(protocol("module does not match its digest"));
     }
     Ok((hello, module))
 }
@@ -272,17 +279,22 @@ fn parse_hello(tag: u8, body: &[u8]) -> Result<(Hello, Vec<u8>), SnapshotError> 
 /// Reads the magic a migration starts with, within [`GREET_TIMEOUT`]; from then on,
 /// the peer must say something at least every [`PEER_TIMEOUT`].
 fn greet(stream: &TcpStream) -> Result<(), SnapshotError> {
-    stream.set_read_timeout(Some(GREET_TIMEOUT)).map_err(net)?;
+    stream
+        .set_read_timeout(Some(GREET_TIMEOUT))
+        .map_err(local)?;
     let mut magic = [0u8; MAGIC.len()];
     let mut r = stream;
     r.read_exact(&mut magic).map_err(|e| match e.kind() {
-        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut => net(format!(
-            "sent nothing within {} s; dropped",
-            GREET_TIMEOUT.as_secs()
-        )),
+        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut => {
+            MigrationFailure::TimedOut {
+                what: "sent nothing",
+                waited: GREET_TIMEOUT,
+            }
+            .here()
+        }
         _ => lost(e),
     })?;
-    stream.set_read_timeout(Some(PEER_TIMEOUT)).map_err(net)?;
+    stream.set_read_timeout(Some(PEER_TIMEOUT)).map_err(local)?;
     if &magic != MAGIC {
         let shown: String = magic
             .iter()
@@ -294,7 +306,7 @@ fn greet(stream: &TcpStream) -> Result<(), SnapshotError> {
                 }
             })
             .collect();
-        return Err(net(format!(
+        return Err(protocol(format!(
             "not a Tern migration (it began with {shown:?}); dropped"
         )));
     }
@@ -309,7 +321,7 @@ fn stage_file(c: &mut Cursor<'_>, staging: &mut Staging) -> Result<(), SnapshotE
     for _ in 0..count {
         let index = u64::from(c.u32()?);
         let data = crate::format::decompress_bounded(c.block()?, BLOCK)
-            .map_err(|e| net(format!("{}: {e}", h.path)))?;
+            .map_err(|e| protocol(format!("{}: {e}", h.path)))?;
         blocks.push(Ok((index, data)));
     }
     staging.write(&h, blocks)
@@ -344,11 +356,11 @@ pub fn fuzz_receive(bytes: &[u8], dir: &std::path::Path) -> Result<(), SnapshotE
     impl Memory for Plain {
         fn resize(&mut self, pages: u32) -> Result<(), SnapshotError> {
             if pages > 64 {
-                return Err(net("over the memory limit"));
+                return Err(protocol("over the memory limit"));
             }
             let want = pages as usize * PAGE;
             if want < self.0.len() {
-                return Err(net("memory shrinks"));
+                return Err(protocol("memory shrinks"));
             }
             self.0.resize(want, 0);
             Ok(())
@@ -357,14 +369,14 @@ pub fn fuzz_receive(bytes: &[u8], dir: &std::path::Path) -> Result<(), SnapshotE
             let at = index as usize * PAGE;
             self.0
                 .get_mut(at..at + PAGE)
-                .ok_or_else(|| net("page outside memory"))
+                .ok_or_else(|| protocol("page outside memory"))
         }
     }
     let mut r = bytes;
     let mut magic = [0u8; MAGIC.len()];
     r.read_exact(&mut magic).map_err(lost)?;
     if &magic != MAGIC {
-        return Err(net("not a Tern migration"));
+        return Err(protocol("not a Tern migration"));
     }
     let (tag, body) = read_frame(&mut r)?;
     let (hello, _module) = parse_hello(tag, &body)?;

@@ -17,9 +17,17 @@ use crate::sync::{
 };
 
 use super::wire::{
-    MAGIC, REPLY_TIMEOUT, json_frame, net, put_block, read_frame, reason_of, write_frame,
+    MAGIC, REPLY_TIMEOUT, json_frame, local, lost, protocol, put_block, read_frame, reason_of,
+    write_frame,
 };
-use super::{BLOCKS_PER_FRAME, ENDED, Gone, Hello, PAGES_PER_FRAME, PROTOCOL};
+use super::{
+    BLOCKS_PER_FRAME, Gone, Hello, MigrationError, MigrationFailure, PAGES_PER_FRAME, PROTOCOL,
+};
+
+/// The destination could not be resolved or reached.
+fn connect(reason: String) -> SnapshotError {
+    MigrationFailure::Connect { reason }.here()
+}
 
 /// Most pre-copy rounds before the final stop.
 const MAX_ROUNDS: u32 = 6;
@@ -94,6 +102,9 @@ struct Source {
     kept: Vec<(String, String)>,
     /// Whether files were compared yet.
     compared: bool,
+    /// Whether the destination has accepted the guest: an error it sends from then on
+    /// is a failure after accepting, not a refusal.
+    accepted: bool,
     bytes: u64,
 }
 
@@ -106,17 +117,19 @@ impl Source {
     ) -> Result<Source, SnapshotError> {
         let target = addr
             .to_socket_addrs()
-            .map_err(|e| net(format!("cannot resolve {addr}: {e}")))?
+            .map_err(|e| connect(format!("cannot resolve {addr}: {e}")))?
             .next()
-            .ok_or_else(|| net(format!("{addr} resolves to nothing")))?;
+            .ok_or_else(|| connect(format!("{addr} resolves to nothing")))?;
         let stream = TcpStream::connect_timeout(&target, Duration::from_secs(10))
-            .map_err(|e| net(format!("cannot connect to {addr}: {e}")))?;
+            .map_err(|e| connect(format!("cannot connect to {addr}: {e}")))?;
         if !line.open(&stream) {
-            return Err(net(ENDED));
+            return Err(MigrationFailure::Ended.here());
         }
-        stream.set_nodelay(true).map_err(net)?;
-        stream.set_read_timeout(Some(REPLY_TIMEOUT)).map_err(net)?;
-        let replies = BufReader::new(stream.try_clone().map_err(net)?);
+        stream.set_nodelay(true).map_err(local)?;
+        stream
+            .set_read_timeout(Some(REPLY_TIMEOUT))
+            .map_err(local)?;
+        let replies = BufReader::new(stream.try_clone().map_err(local)?);
         let mut s = Source {
             stream: BufWriter::with_capacity(1 << 20, stream),
             replies,
@@ -127,6 +140,7 @@ impl Source {
             index: FileIndex::default(),
             kept: Vec::new(),
             compared: false,
+            accepted: false,
             bytes: 0,
         };
         let hello = Hello {
@@ -140,12 +154,13 @@ impl Source {
                 .collect(),
         };
         let module = lz4_flex::compress_prepend_size(migratable.original());
-        s.stream.write_all(MAGIC).map_err(net)?;
+        s.stream.write_all(MAGIC).map_err(lost)?;
         s.bytes += MAGIC.len() as u64;
         s.bytes += write_frame(&mut s.stream, b'H', &json_frame(&hello, &module))?;
-        s.stream.flush().map_err(net)?;
+        s.stream.flush().map_err(lost)?;
         let offers: Vec<VolumeOffer> = serde_json::from_slice(&s.expect(b'A')?)
-            .map_err(|e| net(format!("bad accept frame: {e}")))?;
+            .map_err(|e| protocol(format!("bad accept frame: {e}")))?;
+        s.accepted = true;
         for o in offers {
             if o.read_only {
                 s.checked.insert(o.guest);
@@ -163,11 +178,16 @@ impl Source {
         let (tag, body) = read_frame(&mut self.replies)?;
         match tag {
             t if t == ok => Ok(body),
-            b'E' => Err(net(format!(
-                "the destination refused: {}",
-                String::from_utf8_lossy(&body)
-            ))),
-            other => Err(net(format!("unexpected reply {:?}", other as char))),
+            b'E' => {
+                let reason = String::from_utf8_lossy(&body).into_owned();
+                Err(if self.accepted {
+                    MigrationFailure::FailedAfterAccept { reason }
+                } else {
+                    MigrationFailure::Refused { reason }
+                }
+                .here())
+            }
+            other => Err(protocol(format!("unexpected reply {:?}", other as char))),
         }
     }
 
@@ -196,7 +216,8 @@ impl Source {
     /// guest uses in a volume the destination only checks.
     fn send_files(&mut self, touched: &[(String, String)]) -> Result<(), SnapshotError> {
         for v in self.volumes.clone() {
-            let read = |e: std::io::Error| net(format!("reading volume {}: {e}", v.host.display()));
+            let read =
+                |e: std::io::Error| local(format!("reading volume {}: {e}", v.host.display()));
             if self.checked.contains(&v.guest) {
                 for (volume, path) in touched.iter().filter(|(vol, _)| *vol == v.guest) {
                     if crate::volumes::inside(&v.host, path).is_none() {
@@ -289,9 +310,9 @@ impl Source {
     fn finish(&mut self, delta: &Delta) -> Result<(), SnapshotError> {
         self.send_pages(delta)?;
         self.send_files(&delta.touched)?;
-        let meta = serde_json::to_vec(&delta.meta).map_err(net)?;
+        let meta = serde_json::to_vec(&delta.meta).map_err(local)?;
         self.bytes += write_frame(&mut self.stream, b'Z', &meta)?;
-        self.stream.flush().map_err(net)?;
+        self.stream.flush().map_err(lost)?;
         self.expect(b'R').map(drop)
     }
 }
@@ -305,7 +326,7 @@ pub enum MigrateEnd {
     /// failed (the reason is given) and the guest resumed here.
     Finished {
         outcome: tern_runtime::Outcome,
-        failure: Option<String>,
+        failure: Option<SnapshotError>,
     },
 }
 
@@ -350,12 +371,16 @@ pub fn migrate_run(
                     &verdict_tx,
                     &progress,
                     &line,
-                );
+                )
+                .map_err(|e| e.with_peer(&addr));
                 match &r {
                     Err(_) if line.ended() => {
                         progress("migration: the guest finished here before it could be migrated");
                     }
-                    Err(SnapshotError::Migration { reason }) if reason == ENDED => {
+                    Err(SnapshotError::Migration(MigrationError {
+                        failure: MigrationFailure::Ended,
+                        ..
+                    })) => {
                         progress("migration: the guest finished here before it could be migrated");
                     }
                     Err(e) => progress(&format!("{e}; the guest keeps running here")),
@@ -363,7 +388,7 @@ pub fn migrate_run(
                 }
                 r
             })
-            .map_err(|e| net(format!("cannot start the migration thread: {e}")))?
+            .map_err(|e| local(format!("cannot start the migration thread: {e}")))?
     };
     let mut sent_pages = HashMap::new();
     let end = migratable.run(policy, limits, &trigger, |captured| {
@@ -379,7 +404,7 @@ pub fn migrate_run(
     }
     let result = controller
         .join()
-        .unwrap_or_else(|_| Err(net("migration thread panicked")));
+        .unwrap_or_else(|_| Err(local("migration thread panicked")));
     Ok(match (end, result) {
         (RunEnd::Stopped, Ok(stats)) => MigrateEnd::Migrated(stats),
         (RunEnd::Stopped, Err(e)) => {
@@ -388,7 +413,7 @@ pub fn migrate_run(
         }
         (RunEnd::Finished(outcome), result) => MigrateEnd::Finished {
             outcome,
-            failure: result.err().map(|e| e.to_string()),
+            failure: result.err(),
         },
     })
 }
@@ -438,7 +463,7 @@ fn control(
     // Wait, unless the guest ends first (no snapshot is sent before the trigger fires).
     match snapshots.recv_timeout(after) {
         Err(mpsc::RecvTimeoutError::Timeout) => {}
-        _ => return Err(net(ENDED)),
+        _ => return Err(MigrationFailure::Ended.here()),
     }
     let started = Instant::now();
     let mut source = Source::connect(addr, migratable, volumes, line)?;
@@ -475,7 +500,7 @@ fn precopy(
         rounds += 1;
         trigger.fire();
         let Ok(snapshot) = snapshots.recv() else {
-            return Err(net(ENDED));
+            return Err(MigrationFailure::Ended.here());
         };
         refuse_stdin_readers(&snapshot.meta, addr)?;
         let last = rounds >= MAX_ROUNDS;
@@ -485,7 +510,7 @@ fn precopy(
             let changed = source.send_pages(&snapshot).and_then(|n| {
                 source.send_files(&snapshot.touched)?;
                 source.bytes += write_frame(&mut source.stream, b'K', &[])?;
-                source.stream.flush().map_err(net)?;
+                source.stream.flush().map_err(lost)?;
                 // The guest runs on meanwhile; only the next round waits.
                 source.expect(b'K')?;
                 Ok(n)
@@ -505,7 +530,7 @@ fn precopy(
             rounds += 1;
             trigger.fire();
             let Ok(snapshot) = snapshots.recv() else {
-                return Err(net(ENDED));
+                return Err(MigrationFailure::Ended.here());
             };
             refuse_stdin_readers(&snapshot.meta, addr)?;
             return finish(source, &snapshot, verdict, rounds, started);
@@ -536,7 +561,7 @@ fn kept_note(kept: &[(String, String)]) -> String {
 fn refuse_stdin_readers(meta: &Meta, addr: &str) -> Result<(), SnapshotError> {
     match meta.wasi.stdin_consumed {
         0 => Ok(()),
-        n => Err(net(format!(
+        n => Err(local(format!(
             "the guest has read {n} bytes of its stdin, which cannot follow it to {addr}"
         ))),
     }

@@ -6,9 +6,9 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::SnapshotError;
 pub(super) use crate::codec::{Cursor, put_block};
 use crate::format::PAGE;
+use crate::{MigrationFailure, SnapshotError};
 
 use super::{BLOCKS_PER_FRAME, PAGES_PER_FRAME};
 
@@ -36,10 +36,20 @@ pub(super) fn max_frame(tag: u8) -> usize {
     }
 }
 
-pub(super) fn net(reason: impl std::fmt::Display) -> SnapshotError {
-    SnapshotError::Migration {
+/// The peer sent what the protocol does not allow here.
+pub(super) fn protocol(reason: impl std::fmt::Display) -> SnapshotError {
+    MigrationFailure::Protocol {
         reason: reason.to_string(),
     }
+    .here()
+}
+
+/// This end failed on its own.
+pub(super) fn local(reason: impl std::fmt::Display) -> SnapshotError {
+    MigrationFailure::Local {
+        reason: reason.to_string(),
+    }
+    .here()
 }
 
 pub(super) fn write_frame(
@@ -47,10 +57,10 @@ pub(super) fn write_frame(
     tag: u8,
     payload: &[u8],
 ) -> Result<u64, SnapshotError> {
-    let len = u32::try_from(payload.len() + 1).map_err(|_| net("frame too large"))?;
-    w.write_all(&len.to_le_bytes()).map_err(net)?;
-    w.write_all(&[tag]).map_err(net)?;
-    w.write_all(payload).map_err(net)?;
+    let len = u32::try_from(payload.len() + 1).map_err(|_| local("frame too large"))?;
+    w.write_all(&len.to_le_bytes()).map_err(lost)?;
+    w.write_all(&[tag]).map_err(lost)?;
+    w.write_all(payload).map_err(lost)?;
     Ok(payload.len() as u64 + 5)
 }
 
@@ -58,13 +68,18 @@ pub(super) fn write_frame(
 pub(super) fn lost(e: std::io::Error) -> SnapshotError {
     use std::io::ErrorKind;
     match e.kind() {
-        ErrorKind::UnexpectedEof => net("the peer closed the connection"),
-        ErrorKind::WouldBlock | ErrorKind::TimedOut => net(format!(
-            "the peer did not answer within {} s",
-            REPLY_TIMEOUT.as_secs()
-        )),
-        _ => net(format!("connection lost: {e}")),
+        ErrorKind::UnexpectedEof => MigrationFailure::Lost {
+            reason: "the peer closed the connection".into(),
+        },
+        ErrorKind::WouldBlock | ErrorKind::TimedOut => MigrationFailure::TimedOut {
+            what: "did not answer",
+            waited: REPLY_TIMEOUT,
+        },
+        _ => MigrationFailure::Lost {
+            reason: format!("connection lost: {e}"),
+        },
     }
+    .here()
 }
 
 /// Reads one frame, refusing a length above what its kind allows ([`max_frame`])
@@ -75,11 +90,11 @@ pub(super) fn read_frame(r: &mut impl Read) -> Result<(u8, Vec<u8>), SnapshotErr
     let len = u32::from_le_bytes([head[0], head[1], head[2], head[3]]) as usize;
     let tag = head[4];
     if len == 0 {
-        return Err(net("a frame of length 0"));
+        return Err(protocol("a frame of length 0"));
     }
     let max = max_frame(tag);
     if len - 1 > max {
-        return Err(net(format!(
+        return Err(protocol(format!(
             "a frame {:?} of {len} bytes, where the protocol allows {max}",
             tag as char
         )));
@@ -89,14 +104,17 @@ pub(super) fn read_frame(r: &mut impl Read) -> Result<(u8, Vec<u8>), SnapshotErr
         .read_to_end(&mut body)
         .map_err(lost)?;
     if body.len() != len - 1 {
-        return Err(net("the peer closed the connection inside a frame"));
+        return Err(MigrationFailure::Lost {
+            reason: "the peer closed the connection inside a frame".into(),
+        }
+        .here());
     }
     Ok((tag, body))
 }
 
 /// A reader of a frame's payload; a short one is a truncated frame.
 pub(super) fn payload(body: &[u8]) -> Cursor<'_> {
-    Cursor::new(body, || net("truncated frame"))
+    Cursor::new(body, || protocol("truncated frame"))
 }
 
 /// JSON header, then binary rest: `u32` JSON length first.
@@ -109,14 +127,14 @@ pub(super) fn json_frame<T: Serialize>(header: &T, rest: &[u8]) -> Vec<u8> {
 }
 
 pub(super) fn parse_json<'a, T: Deserialize<'a>>(c: &mut Cursor<'a>) -> Result<T, SnapshotError> {
-    serde_json::from_slice(c.block()?).map_err(|e| net(format!("bad header: {e}")))
+    serde_json::from_slice(c.block()?).map_err(|e| protocol(format!("bad header: {e}")))
 }
 
 /// What to tell the peer of `e`: its reason, without the "migration failed" the peer
 /// adds itself.
 pub(super) fn reason_of(e: &SnapshotError) -> String {
     match e {
-        SnapshotError::Migration { reason } => reason.clone(),
+        SnapshotError::Migration(e) => e.failure.to_string(),
         other => other.to_string(),
     }
 }

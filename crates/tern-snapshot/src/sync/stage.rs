@@ -150,7 +150,7 @@ impl Staging {
         self.volumes
             .iter_mut()
             .find(|v| v.guest == guest)
-            .ok_or_else(|| err(format!("volume {guest} was not announced")))
+            .ok_or_else(|| violation(format!("volume {guest} was not announced")))
     }
 
     /// Stages a file: the volume's copy (if any) with `blocks` (index, contents)
@@ -161,7 +161,7 @@ impl Staging {
         blocks: impl IntoIterator<Item = Result<(u64, Vec<u8>), SnapshotError>>,
     ) -> Result<(), SnapshotError> {
         if !plain_relative(&h.path) {
-            return Err(err(format!("file path {} leaves its volume", h.path)));
+            return Err(violation(format!("file path {} leaves its volume", h.path)));
         }
         let v = self.volume(&h.volume)?;
         if v.read_only {
@@ -209,7 +209,7 @@ impl Staging {
     /// Marks a file to be removed at commit.
     pub(crate) fn delete(&mut self, volume: &str, path: &str) -> Result<(), SnapshotError> {
         if !plain_relative(path) {
-            return Err(err(format!("file path {path} leaves its volume")));
+            return Err(violation(format!("file path {path} leaves its volume")));
         }
         let v = self.volume(volume)?;
         if v.read_only {
@@ -350,7 +350,7 @@ fn commit_volume(c: &mut CommittedVolume) -> Result<(), SnapshotError> {
 
     for rel in c.volume.deleted.clone() {
         let Some(target) = inside(&root, &rel) else {
-            return Err(err(format!("{rel} leaves its volume")));
+            return Err(violation(format!("{rel} leaves its volume")));
         };
         if target.is_file() {
             move_out(c, &stage, &rel, target, "removing")?;
@@ -358,7 +358,7 @@ fn commit_volume(c: &mut CommittedVolume) -> Result<(), SnapshotError> {
     }
     for (rel, (mode, mtime)) in c.volume.written.clone() {
         let Some(target) = inside(&root, &rel) else {
-            return Err(err(format!("{rel} leaves its volume")));
+            return Err(violation(format!("{rel} leaves its volume")));
         };
         let staged = stage.join("new").join(&rel);
         // The file's own mode and mtime, set on the staged copy: a rename keeps them.

@@ -1,4 +1,5 @@
 //! Integration tests of `tern-snapshot`. One test binary, one module per area.
 
 mod differential;
+mod migration_errors;
 mod unwinding;

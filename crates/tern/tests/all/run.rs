@@ -227,7 +227,7 @@ fn same_as_written(
     let expected = written.succeeds().to_owned();
     assert!(expected.contains("final: "), "{expected}");
     let rewritten = tern(d.path())
-        .env("TERN_LOG", "tern_runtime=debug")
+        .env("TERN_LOG", "tern_runtime=debug,tern_passes=debug")
         .arg("run")
         .arg(&wasm)
         .run();
@@ -240,7 +240,7 @@ fn same_as_written(
     // Migratable: the rewrite's output goes through the same passes.
     let snap = d.path().join(format!("{name}.snap"));
     let first = tern(d.path())
-        .env("TERN_LOG", "tern_runtime=debug")
+        .env("TERN_LOG", "tern_runtime=debug,tern_passes=debug")
         .args([
             "run",
             "--checkpoint-at-safepoint",

@@ -6,7 +6,7 @@ use std::ops::Range;
 use wasmparser::{KnownCustom, Name, Parser, Payload, TypeRef, ValType};
 
 /// The parts of a core module the passes look at.
-pub(crate) struct ModuleScan {
+pub(crate) struct ModuleOutline {
     /// Every type's parameters and results; `None` for a type that is not a function's.
     pub types: Vec<Option<(Vec<ValType>, Vec<ValType>)>>,
     pub imported_funcs: u32,
@@ -18,7 +18,7 @@ pub(crate) struct ModuleScan {
     pub names: Vec<(u32, String)>,
 }
 
-impl ModuleScan {
+impl ModuleOutline {
     /// The parameter types of function `func`.
     pub fn params(&self, func: u32) -> Option<&[ValType]> {
         let ty = *self.func_types.get(func as usize)?;
@@ -29,8 +29,8 @@ impl ModuleScan {
 /// Reads `wasm`, or returns `None` when it is not a core module that parses, when it has
 /// other than one 32-bit unshared memory, or when it has a custom section named `mark`
 /// (a pass's own mark: the pass already ran).
-pub(crate) fn scan(wasm: &[u8], mark: &str) -> Option<ModuleScan> {
-    let mut scan = ModuleScan {
+pub(crate) fn outline(wasm: &[u8], mark: &str) -> Option<ModuleOutline> {
+    let mut outline = ModuleOutline {
         types: Vec::new(),
         imported_funcs: 0,
         func_types: Vec::new(),
@@ -46,7 +46,7 @@ pub(crate) fn scan(wasm: &[u8], mark: &str) -> Option<ModuleScan> {
             Payload::TypeSection(reader) => {
                 for group in reader {
                     for sub in group.ok()?.into_types() {
-                        scan.types.push(match &sub.composite_type.inner {
+                        outline.types.push(match &sub.composite_type.inner {
                             wasmparser::CompositeInnerType::Func(f) => {
                                 Some((f.params().to_vec(), f.results().to_vec()))
                             }
@@ -59,8 +59,8 @@ pub(crate) fn scan(wasm: &[u8], mark: &str) -> Option<ModuleScan> {
                 for import in reader.into_imports() {
                     match import.ok()?.ty {
                         TypeRef::Func(ty) => {
-                            scan.imported_funcs += 1;
-                            scan.func_types.push(ty);
+                            outline.imported_funcs += 1;
+                            outline.func_types.push(ty);
                         }
                         TypeRef::Memory(m) => memories.push(m),
                         _ => {}
@@ -69,7 +69,7 @@ pub(crate) fn scan(wasm: &[u8], mark: &str) -> Option<ModuleScan> {
             }
             Payload::FunctionSection(reader) => {
                 for ty in reader {
-                    scan.func_types.push(ty.ok()?);
+                    outline.func_types.push(ty.ok()?);
                 }
             }
             Payload::MemorySection(reader) => {
@@ -79,7 +79,8 @@ pub(crate) fn scan(wasm: &[u8], mark: &str) -> Option<ModuleScan> {
             }
             Payload::CodeSectionEntry(body) => {
                 let r = body.range();
-                scan.bodies
+                outline
+                    .bodies
                     .push(usize::try_from(r.start).ok()?..usize::try_from(r.end).ok()?);
             }
             Payload::CustomSection(c) if c.name() == mark => return None,
@@ -89,7 +90,7 @@ pub(crate) fn scan(wasm: &[u8], mark: &str) -> Option<ModuleScan> {
                         if let Name::Function(map) = sub.ok()? {
                             for naming in map {
                                 let naming = naming.ok()?;
-                                scan.names.push((naming.index, naming.name.to_owned()));
+                                outline.names.push((naming.index, naming.name.to_owned()));
                             }
                         }
                     }
@@ -101,5 +102,5 @@ pub(crate) fn scan(wasm: &[u8], mark: &str) -> Option<ModuleScan> {
     let [memory] = memories.as_slice() else {
         return None;
     };
-    (!memory.memory64 && !memory.shared).then_some(scan)
+    (!memory.memory64 && !memory.shared).then_some(outline)
 }

@@ -1,5 +1,5 @@
 //! Writes a stage of the migratable rewrite, to study what each stage costs:
-//! `cargo run --release -p tern-snapshot --example instrument -- [--full] IN.wasm OUT.wasm`
+//! `cargo run --release -p tern-passes --example instrument -- [--full] IN.wasm OUT.wasm`
 //! writes Tern's pre-pass output alone, or with `--full` the whole rewrite (pre-pass and
 //! unwind pass), which is what `tern run --checkpoint-*` compiles.
 
@@ -14,9 +14,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     };
     let wasm = std::fs::read(input)?;
     let out = if full {
-        tern_snapshot::Rewriter::new(None).rewrite(&wasm)?
+        tern_passes::migratable(&wasm)?
     } else {
-        tern_snapshot::instrument::instrument(&wasm)?
+        tern_passes::instrument::instrument(&wasm)?
     };
     std::fs::write(output, out)?;
     Ok(())

@@ -44,8 +44,8 @@
 //! No crate does this: Binaryen's optimiser recognises no libc routines, and Wasmtime
 //! compiles what it is given. The pass leaves the module as it is when it finds nothing,
 //! or when the module does not validate (Wasmtime then reports the error on the
-//! original bytes). [`crate::EngineOptions::libc_builtins`] turns it off for plain runs;
-//! the migratable rewrite of `tern-snapshot` always applies it first.
+//! original bytes). `tern_runtime::EngineOptions::libc_builtins` turns it off for plain runs;
+//! the migratable rewrite ([`crate::migratable`]) always applies it first.
 
 use std::borrow::Cow;
 use std::convert::Infallible;
@@ -155,20 +155,20 @@ pub fn apply(wasm: &[u8]) -> Cow<'_, [u8]> {
 /// The routines of `wasm` the pass may replace, or `None` when the module does not parse
 /// or has several or 64-bit or shared memories.
 fn find(wasm: &[u8]) -> Option<Plan> {
-    let scan = crate::scan::scan(wasm, MARK)?;
+    let outline = crate::outline::outline(wasm, MARK)?;
     let mut found = Vec::new();
     for routine in Routine::ALL {
         // A name given twice is ambiguous: leave the module alone.
-        let mut named = scan.names.iter().filter(|(_, n)| n == routine.name());
+        let mut named = outline.names.iter().filter(|(_, n)| n == routine.name());
         let (Some((func, _)), None) = (named.next(), named.next()) else {
             continue;
         };
-        let Some(defined) = func.checked_sub(scan.imported_funcs) else {
+        let Some(defined) = func.checked_sub(outline.imported_funcs) else {
             continue;
         };
         let (Some(&ty), Some(body)) = (
-            scan.func_types.get(*func as usize),
-            scan.bodies.get(defined as usize),
+            outline.func_types.get(*func as usize),
+            outline.bodies.get(defined as usize),
         ) else {
             continue;
         };
@@ -176,7 +176,7 @@ fn find(wasm: &[u8]) -> Option<Plan> {
             vec![wasmparser::ValType::I32; routine.params()],
             vec![wasmparser::ValType::I32],
         );
-        if scan.types.get(ty as usize) == Some(&Some(c_signature)) {
+        if outline.types.get(ty as usize) == Some(&Some(c_signature)) {
             found.push(Found {
                 routine,
                 func: *func,
@@ -190,7 +190,7 @@ fn find(wasm: &[u8]) -> Option<Plan> {
     found.retain(|f| is_plain_leaf(&wasm[f.body.clone()], &routines));
     Some(Plan {
         found,
-        funcs: scan.func_types.len() as u32,
+        funcs: outline.func_types.len() as u32,
     })
 }
 
