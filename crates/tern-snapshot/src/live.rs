@@ -30,10 +30,15 @@ use crate::{Rewriter, SnapshotError};
 use tern_passes::PassError;
 use tern_passes::instrument::{GLOBAL_EXPORT_PREFIX, POLL_FLAG_ADDR, SAFEPOINT, SLEEP};
 
+mod captured;
+mod clock;
+
 mod imports;
 mod reopen;
 mod trigger;
 
+pub use captured::Captured;
+use clock::Clock;
 use imports::add_host_imports;
 use reopen::load_state;
 pub use trigger::Trigger;
@@ -133,63 +138,6 @@ pub enum RunEnd {
     Stopped,
 }
 
-/// A guest paused at a safe point, as the `on_checkpoint` callback sees it: its
-/// metadata, and its linear memory borrowed in place (nothing is copied until asked).
-#[derive(Debug)]
-pub struct Captured<'a> {
-    /// Everything but the memory and the module.
-    pub meta: Meta,
-    memory: &'a [u8],
-    module: &'a [u8],
-    /// Host directory of each volume, by guest path.
-    hosts: Vec<(String, PathBuf)>,
-    /// Files the guest has open or has changed, by volume and path.
-    touched: Vec<(String, String)>,
-}
-
-impl Captured<'_> {
-    /// The guest's whole linear memory.
-    pub fn memory(&self) -> &[u8] {
-        self.memory
-    }
-
-    /// Files the guest has open or has changed, by volume and path.
-    pub(crate) fn touched(&self) -> &[(String, String)] {
-        &self.touched
-    }
-
-    /// The host directory of each volume, by the guest path the guest knows it by.
-    pub fn volume_hosts(&self) -> &[(String, PathBuf)] {
-        &self.hosts
-    }
-
-    /// The files the guest has open or has changed, as they are now in their host
-    /// directories: what a restore checks its directories against. Reads and hashes
-    /// each of them, so a migration's rounds do not ask for it.
-    pub fn volume_files(&self) -> Vec<FileRecord> {
-        crate::volumes::record(&self.hosts, &self.touched)
-    }
-
-    /// An owned snapshot: the non-zero pages copied, the original module included, and
-    /// the files of [`Captured::volume_files`] recorded.
-    pub fn to_snapshot(&self) -> Snapshot {
-        let pages = self
-            .memory
-            .chunks(PAGE)
-            .enumerate()
-            .filter(|(_, page)| page.iter().any(|b| *b != 0))
-            .map(|(i, page)| (i as u32, page.to_vec()))
-            .collect();
-        let mut meta = self.meta.clone();
-        meta.wasi.volume_files = self.volume_files();
-        Snapshot {
-            meta,
-            module: self.module.to_vec(),
-            pages,
-        }
-    }
-}
-
 /// What to do after a checkpoint was captured.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Checkpoint {
@@ -197,35 +145,6 @@ pub enum Checkpoint {
     Stop,
     /// Let the guest continue where it stopped.
     Continue,
-}
-
-/// The guest's monotonic clock: host time plus an offset, so it continues from the
-/// snapshot's reading after a restore on any machine.
-#[derive(Clone)]
-struct Clock {
-    start: Instant,
-    offset_ns: Arc<AtomicU64>,
-}
-
-impl Clock {
-    fn new(offset_ns: u64) -> Clock {
-        Clock {
-            start: Instant::now(),
-            offset_ns: Arc::new(AtomicU64::new(offset_ns)),
-        }
-    }
-}
-
-impl wasmtime_wasi::HostMonotonicClock for Clock {
-    fn resolution(&self) -> u64 {
-        1
-    }
-    fn now(&self) -> u64 {
-        let elapsed = u64::try_from(self.start.elapsed().as_nanos()).unwrap_or(u64::MAX);
-        self.offset_ns
-            .load(Ordering::Relaxed)
-            .saturating_add(elapsed)
-    }
 }
 
 #[derive(Clone)]
