@@ -93,57 +93,46 @@ fn an_unreachable_destination_is_a_connect_failure_naming_it() {
     assert!(e.to_string().contains("cannot connect to"), "{e}");
 }
 
-#[test]
-fn a_refusal_carries_the_destination_reason() {
-    let addr = destination(|s| {
-        write_frame(s, b'E', b"no room for 2 pages");
+/// Migrates the guest to a destination that answers its hello with `answers` (frames
+/// of tag and payload) and then reads on; checks that the source reports `expected`,
+/// naming that destination, and returns the error's text.
+fn fails_with(answers: &'static [(u8, &'static [u8])], expected: MigrationFailure) -> String {
+    let addr = destination(move |s| {
+        for (tag, payload) in answers {
+            write_frame(s, *tag, payload);
+        }
         drain(s);
     });
     let e = migrate_to(&addr);
-    assert_eq!(
-        e.failure,
-        MigrationFailure::Refused {
-            reason: "no room for 2 pages".into()
-        }
-    );
+    assert_eq!(e.failure, expected, "{e}");
     assert_eq!(e.peer.as_deref(), Some(addr.as_str()));
+    e.to_string().replace(&addr, "ADDR")
+}
+
+#[test]
+fn a_refusal_carries_the_destination_reason() {
+    let reason = "no room for 2 pages".to_string();
+    let text = fails_with(
+        &[(b'E', b"no room for 2 pages")],
+        MigrationFailure::Refused { reason },
+    );
     assert_eq!(
-        e.to_string(),
-        format!("the destination refused: no room for 2 pages (peer {addr})")
+        text,
+        "the destination refused: no room for 2 pages (peer ADDR)"
     );
 }
 
 #[test]
 fn a_failure_after_accepting_is_told_apart_from_a_refusal() {
-    let addr = destination(|s| {
-        write_frame(s, b'A', b"[]");
-        write_frame(s, b'E', b"disk full");
-        drain(s);
-    });
-    let e = migrate_to(&addr);
-    assert_eq!(
-        e.failure,
-        MigrationFailure::FailedAfterAccept {
-            reason: "disk full".into()
-        }
-    );
-    assert_eq!(e.peer.as_deref(), Some(addr.as_str()));
+    let reason = "disk full".to_string();
+    let failure = MigrationFailure::FailedAfterAccept { reason };
+    fails_with(&[(b'A', b"[]"), (b'E', b"disk full")], failure);
 }
 
 #[test]
 fn an_answer_the_protocol_does_not_allow_is_a_protocol_violation() {
-    let addr = destination(|s| {
-        write_frame(s, b'Q', b"?");
-        drain(s);
-    });
-    let e = migrate_to(&addr);
-    assert_eq!(
-        e.failure,
-        MigrationFailure::Protocol {
-            reason: "unexpected reply 'Q'".into()
-        }
-    );
-    assert_eq!(e.peer.as_deref(), Some(addr.as_str()));
+    let reason = "unexpected reply 'Q'".to_string();
+    fails_with(&[(b'Q', b"?")], MigrationFailure::Protocol { reason });
 }
 
 #[test]
