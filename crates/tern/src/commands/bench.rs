@@ -5,6 +5,7 @@ use std::path::PathBuf;
 
 use anyhow::Context as _;
 use clap::{Args, Subcommand};
+use tern_bench::cluster::{self, ClusterOptions};
 use tern_bench::migration::{self, MigrationOptions};
 use tern_bench::polybench::{self, Dataset};
 use tern_bench::progress::Progress;
@@ -38,6 +39,10 @@ enum Suite {
     /// overhead on PolyBench, snapshot size, and downtime and total time of live
     /// migrations of 1 to 256 MiB working sets between two `tern` processes on loopback.
     Migration(MigrationArgs),
+    /// The scheduler on a simulated continuum: time to place 10,000 apps on 1,000 nodes
+    /// (each app's memory reserved before the next is placed), and one `explain` over
+    /// every node.
+    Cluster(ClusterArgs),
     /// Print the table of a saved run (`--json` of polybench, compute or sqlite) again, and
     /// optionally plot it, without running anything.
     Report(ReportArgs),
@@ -67,6 +72,25 @@ struct MigrationArgs {
     /// Hide progress bars.
     #[arg(long, short)]
     quiet: bool,
+}
+
+#[derive(Debug, Args)]
+struct ClusterArgs {
+    /// Simulated nodes, a third each cloud, edge and IoT.
+    #[arg(long, default_value_t = 1000, value_parser = at_least_one)]
+    nodes: usize,
+    /// Apps placed one after another.
+    #[arg(long, default_value_t = 10_000, value_parser = at_least_one)]
+    apps: usize,
+    /// Sites the nodes are spread over, with a round trip measured between each pair.
+    #[arg(long, default_value_t = 20, value_parser = at_least_one)]
+    sites: usize,
+    /// Placement waves to time.
+    #[arg(long, default_value_t = 5, value_parser = at_least_one)]
+    runs: usize,
+    /// Write the results as JSON to FILE.
+    #[arg(long, value_name = "FILE")]
+    json: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -313,6 +337,26 @@ impl BenchCommand {
                 if let Some(path) = a.plot {
                     migration::plot(&report, &path)?;
                     eprintln!("plot written to {}", path.display());
+                }
+                Ok(())
+            }
+            Suite::Cluster(a) => {
+                eprintln!(
+                    "placing {} apps on {} simulated nodes, {} times …",
+                    a.apps, a.nodes, a.runs
+                );
+                let report = cluster::run(&ClusterOptions {
+                    nodes: a.nodes,
+                    apps: a.apps,
+                    sites: a.sites,
+                    runs: a.runs,
+                });
+                println!("{}", machine_line());
+                print!("{}", report.render());
+                if let Some(path) = a.json {
+                    let text = serde_json::to_string_pretty(&report)?;
+                    std::fs::write(&path, text)
+                        .with_context(|| format!("writing {}", path.display()))?;
                 }
                 Ok(())
             }

@@ -1,0 +1,11 @@
+#![doc = include_str!("../README.md")]
+
+pub mod manifest;
+pub mod model;
+pub mod scheduler;
+
+pub use manifest::{Manifest, ManifestError};
+pub use model::{InstanceState, NodeDescriptor, NodeLoad, Tee, Tier};
+pub use scheduler::{
+    Explanation, Rejection, Request, RttMatrix, Scheduler, Score, Verdict, Weights,
+};
