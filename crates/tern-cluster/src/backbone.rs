@@ -279,6 +279,18 @@ impl Backbone {
         Ok(())
     }
 
+    /// Removes `name`'s entry: the node leaves, and watchers are told at once.
+    ///
+    /// # Errors
+    /// [`BackboneError::JetStream`].
+    pub async fn leave(&self, name: &str) -> Result<(), BackboneError> {
+        self.nodes
+            .delete(name)
+            .await
+            .map_err(|e| js_err("leave", e))?;
+        Ok(())
+    }
+
     /// Every node whose heartbeat is current.
     ///
     /// # Errors

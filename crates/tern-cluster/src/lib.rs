@@ -1,6 +1,8 @@
 #![doc = include_str!("../README.md")]
 
+pub mod agent;
 pub mod backbone;
+pub mod control;
 pub mod manifest;
 pub mod model;
 pub mod scheduler;

@@ -41,7 +41,10 @@ async fn a_node_that_stops_its_heartbeat_is_gone_within_seconds() {
         Some(Ok(NodeEvent::Up(n))) => assert_eq!(*n, edge),
         other => panic!("expected the node to come up: {other:?}"),
     }
-    assert_eq!(bb.nodes().await.expect("nodes"), std::slice::from_ref(&edge));
+    assert_eq!(
+        bb.nodes().await.expect("nodes"),
+        std::slice::from_ref(&edge)
+    );
     // The last heartbeat went out up to 300 ms ago; the watcher is told of the expiry.
     let silent = Instant::now();
     let gone = tokio::time::timeout(Duration::from_secs(15), async {

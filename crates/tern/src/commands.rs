@@ -4,6 +4,10 @@
 
 pub mod bench;
 pub mod compile;
+pub mod controller;
+pub mod node;
+pub mod nodes;
+pub mod plan;
 pub mod receive;
 pub mod restore;
 pub mod run;

@@ -212,3 +212,19 @@ impl EngineArgs {
         cache_root(self.no_cache, self.cache_dir.as_deref())
     }
 }
+
+/// Completes on Ctrl-C or SIGTERM.
+pub async fn stopped() {
+    use tokio::signal::unix::{SignalKind, signal};
+    match signal(SignalKind::terminate()) {
+        Ok(mut term) => {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+        }
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}

@@ -1,5 +1,6 @@
 #![doc = include_str!("../README.md")]
 
+mod api;
 mod checkpoint;
 mod commands;
 mod common;
@@ -27,6 +28,10 @@ enum Command {
     Receive(commands::receive::ReceiveCommand),
     Compile(commands::compile::CompileCommand),
     Bench(commands::bench::BenchCommand),
+    Node(commands::node::NodeCommand),
+    Controller(commands::controller::ControllerCommand),
+    Nodes(commands::nodes::NodesCommand),
+    Plan(commands::plan::PlanCommand),
 }
 
 fn main() -> ExitCode {
@@ -38,6 +43,10 @@ fn main() -> ExitCode {
         Command::Receive(c) => c.execute(),
         Command::Compile(c) => c.execute().map(|()| ExitCode::SUCCESS),
         Command::Bench(c) => c.execute().map(|()| ExitCode::SUCCESS),
+        Command::Node(c) => c.execute(),
+        Command::Controller(c) => c.execute(),
+        Command::Nodes(c) => c.execute(),
+        Command::Plan(c) => c.execute(),
     };
     match result {
         Ok(code) => code,

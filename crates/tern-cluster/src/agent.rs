@@ -1,0 +1,168 @@
+//! The node agent: a node joins the backbone with its descriptor and what it measured
+//! of itself, keeps its entry alive with heartbeats, and leaves when told to stop.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use tern_runtime::{Engine, EngineKind, EngineOptions, Limits, Outcome, Policy, Program};
+
+use crate::backbone::{Backbone, BackboneError, HEARTBEAT};
+use crate::model::{NodeDescriptor, NodeLoad, Tee, Tier};
+
+/// What a node declares about itself.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NodeConfig {
+    pub name: String,
+    pub site: String,
+    pub tier: Tier,
+    pub engine: EngineKind,
+    pub cores: u32,
+    pub memory: u64,
+    pub labels: BTreeMap<String, String>,
+}
+
+/// Why a node could not join or stay.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum AgentError {
+    #[error(transparent)]
+    Backbone(#[from] BackboneError),
+    #[error("cannot measure this node's compute: {reason}")]
+    Measure { reason: String },
+}
+
+/// Iterations of the compute benchmark's loop per run.
+const ITERATIONS: u32 = 2_000_000;
+/// How long the measurement runs the benchmark at least, and runs at least.
+const MEASURE_FOR: Duration = Duration::from_millis(300);
+const MIN_RUNS: usize = 3;
+
+/// The compute benchmark: a PRNG, a float accumulator and scattered stores in one
+/// loop, so integer, float and memory work all count.
+fn benchmark_wat() -> String {
+    format!(
+        r#"(module
+  (memory (export "memory") 1)
+  (func (export "_start") (local $i i32) (local $x i64) (local $f f64)
+    (local.set $x (i64.const 88172645463325252))
+    (loop $l
+      (local.set $x (i64.xor (local.get $x) (i64.shl (local.get $x) (i64.const 13))))
+      (local.set $x (i64.xor (local.get $x) (i64.shr_u (local.get $x) (i64.const 7))))
+      (local.set $x (i64.xor (local.get $x) (i64.shl (local.get $x) (i64.const 17))))
+      (local.set $f (f64.add (f64.mul (local.get $f) (f64.const 0.5))
+                             (f64.convert_i64_u (local.get $x))))
+      (i64.store (i32.and (i32.wrap_i64 (local.get $x)) (i32.const 0xfff8)) (local.get $x))
+      (local.set $i (i32.add (local.get $i) (i32.const 1)))
+      (br_if $l (i32.lt_u (local.get $i) (i32.const {ITERATIONS}))))
+    (f64.store (i32.const 0) (local.get $f))))"#
+    )
+}
+
+/// Runs the compute benchmark under `engine` with `memory` as the memory limit, and
+/// returns the node's compute score: runs per second (the median run) times `cores`.
+///
+/// # Errors
+/// [`AgentError::Measure`] when the engine cannot be set up or the guest does not end
+/// normally.
+pub fn measure_compute(engine: EngineKind, cores: u32, memory: u64) -> Result<f64, AgentError> {
+    let bad = |e: &dyn std::fmt::Display| AgentError::Measure {
+        reason: e.to_string(),
+    };
+    let engine = Engine::new(EngineOptions {
+        kind: engine,
+        ..EngineOptions::default()
+    })
+    .map_err(|e| bad(&e))?;
+    let module = wasmtime::Module::new(engine.wasmtime(), benchmark_wat()).map_err(|e| bad(&e))?;
+    let program = Program::new(&engine, module).map_err(|e| bad(&e))?;
+    let limits = Limits {
+        max_memory: Some(memory),
+        ..Limits::default()
+    };
+    let policy = Policy::default();
+    let mut times = Vec::new();
+    let start = Instant::now();
+    while times.len() < MIN_RUNS || start.elapsed() < MEASURE_FOR {
+        let t = Instant::now();
+        match program.run(&policy, &limits).map_err(|e| bad(&e))? {
+            Outcome::Exited(0) => times.push(t.elapsed().as_secs_f64()),
+            other => return Err(bad(&format!("the benchmark guest ended with {other:?}"))),
+        }
+    }
+    times.sort_by(f64::total_cmp);
+    let median = times[times.len() / 2].max(1e-9);
+    Ok(f64::from(cores.max(1)) / median)
+}
+
+/// Measures the node, joins the backbone and heartbeats until `stop` completes; then
+/// leaves, so the continuum knows at once. `joined` is called once with the
+/// descriptor the node registered.
+///
+/// # Errors
+/// [`AgentError`] when the measurement fails or the backbone cannot be reached.
+pub async fn run(
+    config: NodeConfig,
+    backbone: &Backbone,
+    stop: impl std::future::Future<Output = ()>,
+    joined: impl FnOnce(&NodeDescriptor),
+) -> Result<(), AgentError> {
+    let (engine, cores, memory) = (config.engine, config.cores, config.memory);
+    let compute_score = tokio::task::spawn_blocking(move || measure_compute(engine, cores, memory))
+        .await
+        .map_err(|e| AgentError::Measure {
+            reason: e.to_string(),
+        })??;
+    let node = NodeDescriptor {
+        name: config.name,
+        arch: std::env::consts::ARCH.to_owned(),
+        tier: config.tier,
+        engine: config.engine,
+        cores: config.cores,
+        memory: config.memory,
+        site: config.site,
+        labels: config.labels,
+        tee: Tee::None,
+        compute_score,
+        load: NodeLoad::default(),
+    };
+    backbone.heartbeat(&node).await?;
+    joined(&node);
+    tokio::pin!(stop);
+    loop {
+        tokio::select! {
+            () = &mut stop => break,
+            () = tokio::time::sleep(HEARTBEAT) => backbone.heartbeat(&node).await?,
+        }
+    }
+    backbone.leave(&node.name).await?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The interpreter scores far below native code on the same machine, and more
+    /// cores score more.
+    #[test]
+    fn the_compute_score_tells_engines_and_cores_apart() {
+        let native = measure_compute(EngineKind::Cranelift, 1, 64 << 20).expect("cranelift");
+        let two = measure_compute(EngineKind::Cranelift, 2, 64 << 20).expect("cranelift");
+        let pulley = measure_compute(EngineKind::Pulley, 1, 64 << 20).expect("pulley");
+        assert!(
+            native > 5.0 * pulley,
+            "cranelift {native:.1}, pulley {pulley:.1}"
+        );
+        assert!(two > 1.3 * native, "1 core {native:.1}, 2 cores {two:.1}");
+    }
+
+    #[test]
+    fn a_memory_limit_below_the_guest_is_a_clear_error() {
+        let e = measure_compute(EngineKind::Cranelift, 1, 1024).expect_err("1 KiB");
+        assert!(
+            e.to_string()
+                .starts_with("cannot measure this node's compute: "),
+            "{e}"
+        );
+    }
+}

@@ -1,0 +1,187 @@
+//! The control plane: it keeps no state of its own. Its view of the nodes is rebuilt
+//! from the backbone's registry (watched, never polled), and it serves the HTTP API the
+//! CLI verbs talk to.
+//!
+//! | method and path | body | answer |
+//! | --- | --- | --- |
+//! | `GET /v1/nodes` | — | JSON array of [`NodeDescriptor`]s, by name |
+//! | `POST /v1/plan` | a manifest (TOML, at most [`MAX_BODY`] bytes) | JSON [`Plan`]: every node's verdict, best first |
+//!
+//! Every error is a 4xx (or 503 while the backbone is unreachable) with a JSON body
+//! `{"error": "…"}` of one line.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, RwLock};
+
+use axum::Router;
+use axum::extract::{DefaultBodyLimit, State};
+use axum::http::{StatusCode, Uri};
+use axum::response::{IntoResponse, Json, Response};
+use axum::routing::{get, post};
+use futures_util::StreamExt as _;
+use serde::{Deserialize, Serialize};
+
+use crate::backbone::{Backbone, NodeEvent};
+use crate::manifest;
+use crate::model::NodeDescriptor;
+use crate::scheduler::{Explanation, Request, RttMatrix, Scheduler};
+
+/// The largest request body the API reads: a manifest is a few hundred bytes.
+pub const MAX_BODY: usize = 256 << 10;
+
+/// The nodes as the registry says they are, and the round trips between their sites.
+#[derive(Debug, Default)]
+struct View {
+    nodes: BTreeMap<String, NodeDescriptor>,
+    rtt: RttMatrix,
+}
+
+#[derive(Clone)]
+struct Shared {
+    view: Arc<RwLock<View>>,
+    scheduler: Scheduler,
+}
+
+/// `POST /v1/plan`'s answer.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Plan {
+    /// The node the deployment would go to, if any passes every filter.
+    pub chosen: Option<String>,
+    /// Every node: `{"node": …, "verdict": "eligible", "score": {…}}` or
+    /// `{"node": …, "verdict": "rejected", "rejections": [{…, "text": …}]}`.
+    pub nodes: Vec<serde_json::Value>,
+}
+
+/// An API error: its status and one line.
+#[derive(Debug)]
+struct ApiError(StatusCode, String);
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (self.0, Json(serde_json::json!({ "error": self.1 }))).into_response()
+    }
+}
+
+/// Serves the API on `listener` and follows the registry until `stop` completes.
+///
+/// # Errors
+/// When the registry cannot be watched, or the listener fails.
+pub async fn serve(
+    backbone: Backbone,
+    listener: tokio::net::TcpListener,
+    stop: impl std::future::Future<Output = ()> + Send + 'static,
+) -> Result<(), crate::backbone::BackboneError> {
+    let shared = Shared {
+        view: Arc::new(RwLock::new(View::default())),
+        scheduler: Scheduler::default(),
+    };
+    let mut events = Box::pin(backbone.watch_nodes().await?);
+    let view = shared.view.clone();
+    let follow = tokio::spawn(async move {
+        while let Some(event) = events.next().await {
+            let Ok(mut v) = view.write() else { break };
+            match event {
+                Ok(NodeEvent::Up(node)) => {
+                    v.nodes.insert(node.name.clone(), *node);
+                }
+                Ok(NodeEvent::Gone(name)) => {
+                    v.nodes.remove(&name);
+                }
+                Err(e) => tracing::warn!(error = %e, "node registry"),
+            }
+        }
+    });
+    let app = Router::new()
+        .route("/v1/nodes", get(nodes))
+        .route("/v1/plan", post(plan))
+        .fallback(not_found)
+        .layer(DefaultBodyLimit::max(MAX_BODY))
+        .with_state(shared);
+    let served = axum::serve(listener, app)
+        .with_graceful_shutdown(stop)
+        .await;
+    follow.abort();
+    served.map_err(|e| crate::backbone::BackboneError::JetStream {
+        what: "API".into(),
+        reason: e.to_string(),
+    })
+}
+
+/// Binds the API's address, with a message that says what to do when it is taken.
+///
+/// # Errors
+/// The address in use or not allowed, in one line.
+pub async fn bind(addr: SocketAddr) -> Result<tokio::net::TcpListener, String> {
+    tokio::net::TcpListener::bind(addr).await.map_err(|e| match e.kind() {
+        std::io::ErrorKind::AddrInUse => format!(
+            "cannot listen on {addr}: it is in use (another `tern controller` or `tern up`?); choose another with --listen"
+        ),
+        _ => format!("cannot listen on {addr}: {e}"),
+    })
+}
+
+async fn nodes(State(s): State<Shared>) -> Result<Json<Vec<NodeDescriptor>>, ApiError> {
+    let v = s.view.read().map_err(|_| unavailable())?;
+    Ok(Json(v.nodes.values().cloned().collect()))
+}
+
+async fn plan(State(s): State<Shared>, body: axum::body::Bytes) -> Result<Json<Plan>, ApiError> {
+    let text = std::str::from_utf8(&body).map_err(|_| {
+        ApiError(
+            StatusCode::BAD_REQUEST,
+            "the manifest is not UTF-8 text".into(),
+        )
+    })?;
+    let m = manifest::parse(text).map_err(|e| {
+        ApiError(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            format!("invalid manifest: {e}"),
+        )
+    })?;
+    let v = s.view.read().map_err(|_| unavailable())?;
+    let nodes: Vec<NodeDescriptor> = v.nodes.values().cloned().collect();
+    let e = s.scheduler.explain(&Request::new(&m), &nodes, &v.rtt);
+    Ok(Json(plan_of(e)))
+}
+
+fn plan_of(e: Explanation) -> Plan {
+    use crate::scheduler::Verdict;
+    let nodes = e
+        .nodes
+        .into_iter()
+        .map(|(node, verdict)| match verdict {
+            Verdict::Eligible { score } => serde_json::json!({
+                "node": node, "verdict": "eligible", "score": score,
+            }),
+            Verdict::Rejected { rejections } => serde_json::json!({
+                "node": node, "verdict": "rejected",
+                "rejections": rejections.iter().map(|r| {
+                    let mut v = serde_json::to_value(r).unwrap_or_default();
+                    if let Some(o) = v.as_object_mut() {
+                        o.insert("text".into(), r.to_string().into());
+                    }
+                    v
+                }).collect::<Vec<_>>(),
+            }),
+        })
+        .collect();
+    Plan {
+        chosen: e.chosen,
+        nodes,
+    }
+}
+
+fn unavailable() -> ApiError {
+    ApiError(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "the control plane's view is unavailable; restart it".into(),
+    )
+}
+
+async fn not_found(method: axum::http::Method, uri: Uri) -> ApiError {
+    ApiError(
+        StatusCode::NOT_FOUND,
+        format!("no such endpoint: {method} {}", uri.path()),
+    )
+}

@@ -1,0 +1,50 @@
+//! `tern controller`: the control plane, on its own (`tern up` starts one too).
+
+use std::net::SocketAddr;
+use std::process::ExitCode;
+
+use anyhow::Context as _;
+use clap::Args;
+use tern_cluster::backbone::Backbone;
+
+/// Run the control plane: follow the nodes registered on the backbone and serve the
+/// HTTP API that `tern nodes`, `tern plan` and the other continuum verbs talk to. It
+/// keeps no state of its own: restarted, it rebuilds its view from the backbone.
+#[derive(Debug, Args)]
+pub struct ControllerCommand {
+    /// The backbone's NATS URL.
+    #[arg(
+        long,
+        value_name = "URL",
+        default_value = "nats://127.0.0.1:4222",
+        env = "TERN_NATS"
+    )]
+    nats: String,
+    /// Address the API listens on.
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:7680")]
+    listen: SocketAddr,
+}
+
+impl ControllerCommand {
+    pub fn execute(self) -> anyhow::Result<ExitCode> {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .context("starting the control plane's runtime")?;
+        runtime.block_on(async move {
+            let backbone = Backbone::connect(&self.nats).await?;
+            let listener = tern_cluster::control::bind(self.listen)
+                .await
+                .map_err(anyhow::Error::msg)?;
+            eprintln!(
+                "control plane: API on http://{}, nodes from {}",
+                listener.local_addr().unwrap_or(self.listen),
+                self.nats
+            );
+            tern_cluster::control::serve(backbone, listener, crate::common::stopped()).await?;
+            eprintln!("control plane stopped");
+            Ok(ExitCode::SUCCESS)
+        })
+    }
+}

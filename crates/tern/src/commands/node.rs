@@ -1,0 +1,109 @@
+//! `tern node`: a node agent. It measures this machine under its engine, joins the
+//! continuum's backbone, and heartbeats until it is stopped.
+
+use std::collections::BTreeMap;
+use std::process::ExitCode;
+
+use anyhow::Context as _;
+use clap::Args;
+use tern_cluster::Tier;
+use tern_cluster::agent::{self, NodeConfig};
+use tern_cluster::backbone::Backbone;
+use tern_runtime::EngineKind;
+
+/// Run a node agent: measure this machine's compute under the node's engine, join the
+/// continuum over NATS, and keep the node's entry alive with heartbeats until Ctrl-C or
+/// SIGTERM (then the node leaves at once). A node killed without leaving is noticed
+/// when its entry expires, within seconds.
+#[derive(Debug, Args)]
+pub struct NodeCommand {
+    /// The node's name, unique in the continuum.
+    #[arg(long, value_parser = node_name)]
+    name: String,
+    /// The backbone's NATS URL.
+    #[arg(
+        long,
+        value_name = "URL",
+        default_value = "nats://127.0.0.1:4222",
+        env = "TERN_NATS"
+    )]
+    nats: String,
+    /// Where the node is; nodes of a site share its links [default: the node's name].
+    #[arg(long)]
+    site: Option<String>,
+    /// cloud, edge or iot.
+    #[arg(long, default_value = "edge", value_parser = |s: &str| s.parse::<Tier>())]
+    tier: Tier,
+    /// Engine the node runs guests on: cranelift or pulley.
+    #[arg(long, value_parser = crate::common::parse_engine, default_value = "cranelift")]
+    engine: EngineKind,
+    /// Cores the node gives its instances [default: all of this machine's].
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=4096))]
+    cores: Option<u32>,
+    /// Memory the node gives its instances (`512MiB`, `2GiB`).
+    #[arg(long, default_value = "1GiB", value_parser = crate::common::memory_size)]
+    memory: u64,
+    /// A label as KEY=VALUE, for manifests' constraints and affinities; repeatable.
+    #[arg(long = "label", value_name = "KEY=VALUE", value_parser = label)]
+    labels: Vec<(String, String)>,
+}
+
+fn node_name(s: &str) -> Result<String, String> {
+    if tern_cluster::manifest::valid_name(s) {
+        Ok(s.to_owned())
+    } else {
+        Err(format!(
+            "`{s}` is not a node name: use 1 to 63 lowercase letters, digits and `-`, starting with a letter"
+        ))
+    }
+}
+
+fn label(s: &str) -> Result<(String, String), String> {
+    match s.split_once('=') {
+        Some((k, v)) if !k.is_empty() => Ok((k.to_owned(), v.to_owned())),
+        _ => Err(format!("`{s}`: write a label as KEY=VALUE")),
+    }
+}
+
+impl NodeCommand {
+    pub fn execute(self) -> anyhow::Result<ExitCode> {
+        let cores = self.cores.unwrap_or_else(|| {
+            std::thread::available_parallelism().map_or(1, |n| u32::try_from(n.get()).unwrap_or(1))
+        });
+        let config = NodeConfig {
+            site: self.site.unwrap_or_else(|| self.name.clone()),
+            name: self.name,
+            tier: self.tier,
+            engine: self.engine,
+            cores,
+            memory: self.memory,
+            labels: self.labels.into_iter().collect::<BTreeMap<_, _>>(),
+        };
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .context("starting the node's runtime")?;
+        runtime.block_on(async move {
+            let backbone = Backbone::connect(&self.nats).await?;
+            let name = config.name.clone();
+            agent::run(config, &backbone, crate::common::stopped(), |node| {
+                eprintln!(
+                    "node {} joined {}: {} {}, {} on {}, {} cores, {} MiB, compute score {:.0}",
+                    node.name,
+                    self.nats,
+                    node.tier,
+                    node.site,
+                    node.engine,
+                    node.arch,
+                    node.cores,
+                    node.memory >> 20,
+                    node.compute_score
+                );
+            })
+            .await?;
+            eprintln!("node {name} left");
+            Ok(ExitCode::SUCCESS)
+        })
+    }
+}

@@ -1,0 +1,64 @@
+//! `tern nodes`: the nodes of the continuum, as the control plane sees them.
+
+use std::process::ExitCode;
+
+use clap::Args;
+use tern_cluster::NodeDescriptor;
+
+use crate::api::{ApiArgs, print_table};
+
+/// List the nodes that have joined: tier, site, engine, what each measured of its
+/// compute, and its load.
+#[derive(Debug, Args)]
+pub struct NodesCommand {
+    /// Print a JSON array of node descriptors (name, tier, arch, compute_score, …).
+    #[arg(long)]
+    json: bool,
+    #[command(flatten)]
+    api: ApiArgs,
+}
+
+impl NodesCommand {
+    pub fn execute(self) -> anyhow::Result<ExitCode> {
+        let nodes: Vec<NodeDescriptor> = self.api.get("/v1/nodes")?;
+        if self.json {
+            println!("{}", serde_json::to_string_pretty(&nodes)?);
+            return Ok(ExitCode::SUCCESS);
+        }
+        if nodes.is_empty() {
+            eprintln!("no node has joined yet; start one with `tern node --name NAME`");
+            return Ok(ExitCode::SUCCESS);
+        }
+        let rows: Vec<Vec<String>> = nodes
+            .iter()
+            .map(|n| {
+                vec![
+                    n.name.clone(),
+                    n.tier.to_string(),
+                    n.site.clone(),
+                    n.engine.to_string(),
+                    n.arch.clone(),
+                    n.cores.to_string(),
+                    format!("{} MiB", n.memory >> 20),
+                    format!("{:.0}", n.compute_score),
+                    n.load.instances.to_string(),
+                ]
+            })
+            .collect();
+        print_table(
+            &[
+                "NAME",
+                "TIER",
+                "SITE",
+                "ENGINE",
+                "ARCH",
+                "CORES",
+                "MEMORY",
+                "COMPUTE",
+                "INSTANCES",
+            ],
+            &rows,
+        );
+        Ok(ExitCode::SUCCESS)
+    }
+}

@@ -1,0 +1,176 @@
+//! `tern node` against a real nats-server: a node joins with what it measured, a node
+//! killed is noticed when its heartbeat expires, a node stopped leaves at once, and bad
+//! flags or an unreachable backbone are one clear line.
+
+use std::time::{Duration, Instant};
+
+use futures_util::StreamExt as _;
+use tern_cluster::Tier;
+use tern_cluster::backbone::{Backbone, NODE_TTL, NatsServer, NodeEvent};
+
+use crate::support::{scratch, signal, tern};
+
+/// Waits for the next event about `name`, up to `within`.
+async fn next_about(
+    events: &mut (
+             impl futures_util::Stream<Item = Result<NodeEvent, tern_cluster::backbone::BackboneError>>
+             + Unpin
+         ),
+    within: Duration,
+) -> NodeEvent {
+    tokio::time::timeout(within, events.next())
+        .await
+        .expect("an event in time")
+        .expect("the watch goes on")
+        .expect("a node event")
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_node_joins_measured_and_is_gone_seconds_after_a_kill() {
+    let d = scratch();
+    let server = NatsServer::start(&d.path().join("nats"), 0)
+        .await
+        .expect("nats-server starts");
+    let bb = Backbone::connect(server.url()).await.expect("connects");
+    let mut events = Box::pin(bb.watch_nodes().await.expect("watch"));
+    let mut node = tern(d.path())
+        .args([
+            "node",
+            "--nats",
+            server.url(),
+            "--name",
+            "edge-1",
+            "--site",
+            "edge",
+        ])
+        .args([
+            "--tier",
+            "edge",
+            "--cores",
+            "1",
+            "--memory",
+            "512MiB",
+            "--label",
+            "region=eu",
+        ])
+        .spawn();
+    let NodeEvent::Up(up) = next_about(&mut events, Duration::from_secs(30)).await else {
+        panic!("the node did not come up")
+    };
+    assert_eq!(
+        (up.name.as_str(), up.site.as_str(), up.tier),
+        ("edge-1", "edge", Tier::Edge)
+    );
+    assert_eq!((up.cores, up.memory), (1, 512 << 20));
+    assert_eq!(up.labels.get("region").map(String::as_str), Some("eu"));
+    assert_eq!(up.arch, std::env::consts::ARCH);
+    assert!(up.compute_score > 1.0, "measured {}", up.compute_score);
+
+    signal(&node, "-KILL");
+    let killed = Instant::now();
+    let _ = node.wait();
+    loop {
+        match next_about(&mut events, NODE_TTL + Duration::from_secs(5)).await {
+            NodeEvent::Up(_) => {} // a heartbeat sent before the kill
+            NodeEvent::Gone(name) => {
+                assert_eq!(name, "edge-1");
+                break;
+            }
+        }
+    }
+    let noticed = killed.elapsed();
+    assert!(
+        noticed < NODE_TTL + Duration::from_secs(2),
+        "noticed after {noticed:?}"
+    );
+    eprintln!("killed node noticed after {noticed:?}");
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_stopped_node_leaves_at_once() {
+    let d = scratch();
+    let server = NatsServer::start(&d.path().join("nats"), 0)
+        .await
+        .expect("starts");
+    let bb = Backbone::connect(server.url()).await.expect("connects");
+    let mut events = Box::pin(bb.watch_nodes().await.expect("watch"));
+    let node = tern(d.path())
+        .args([
+            "node",
+            "--nats",
+            server.url(),
+            "--name",
+            "iot-1",
+            "--tier",
+            "iot",
+        ])
+        .args(["--engine", "pulley", "--memory", "128MiB"])
+        .spawn();
+    let NodeEvent::Up(up) = next_about(&mut events, Duration::from_secs(60)).await else {
+        panic!("the node did not come up")
+    };
+    assert_eq!(up.engine.as_str(), "pulley");
+    signal(&node, "-TERM");
+    let stopped = Instant::now();
+    let out = node.wait_with_output().expect("exits");
+    assert!(out.status.success(), "{out:?}");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("node iot-1 joined nats://127.0.0.1:"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("node iot-1 left"), "{stderr}");
+    loop {
+        if let NodeEvent::Gone(name) = next_about(&mut events, Duration::from_secs(2)).await {
+            assert_eq!(name, "iot-1");
+            break;
+        }
+    }
+    assert!(
+        stopped.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        stopped.elapsed()
+    );
+    server.stop().await;
+}
+
+#[test]
+fn bad_node_flags_and_an_unreachable_backbone_are_one_line() {
+    let d = scratch();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port();
+    let url = format!("nats://127.0.0.1:{port}");
+    tern(d.path())
+        .args(["node", "--nats", &url, "--name", "edge-1"])
+        .run()
+        .fails_with(1, &format!("error: cannot reach NATS at {url}: "));
+    let cases: &[(&[&str], &str)] = &[
+        (&["--name", "Edge_1"], "`Edge_1` is not a node name"),
+        (
+            &["--name", "e", "--tier", "fog"],
+            "unknown tier `fog` (expected cloud, edge or iot)",
+        ),
+        (
+            &["--name", "e", "--label", "region"],
+            "`region`: write a label as KEY=VALUE",
+        ),
+        (
+            &["--name", "e", "--memory", "512"],
+            "`512` has no unit: write 512MiB",
+        ),
+        (&["--name", "e", "--cores", "0"], "--cores"),
+    ];
+    for (flags, needle) in cases {
+        let r = tern(d.path()).arg("node").args(*flags).run();
+        assert_eq!(r.code, Some(2), "{flags:?}: {r:?}");
+        assert!(
+            r.stderr.contains(needle),
+            "{flags:?}: expected {needle:?} in {}",
+            r.stderr
+        );
+    }
+}
