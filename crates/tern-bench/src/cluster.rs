@@ -94,6 +94,8 @@ fn continuum(o: &ClusterOptions, rng: &mut Rng) -> (Vec<NodeDescriptor>, RttMatr
             tee: Tee::None,
             compute_score: compute * (0.5 + rng.below(100) as f64 / 100.0),
             load: NodeLoad::default(),
+            link: None,
+            rtt_ms: BTreeMap::new(),
         });
     }
     let mut rtt = RttMatrix::default();

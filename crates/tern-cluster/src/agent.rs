@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use tern_runtime::{Engine, EngineKind, EngineOptions, Limits, Outcome, Policy, Program};
 
-use crate::backbone::{Backbone, BackboneError, HEARTBEAT};
+use crate::backbone::{Backbone, BackboneError, HEARTBEAT, NodeEvent};
 use crate::model::{NodeDescriptor, NodeLoad, Tee, Tier};
 
 /// What a node declares about itself.
@@ -19,6 +19,10 @@ pub struct NodeConfig {
     pub cores: u32,
     pub memory: u64,
     pub labels: BTreeMap<String, String>,
+    /// Where the node listens for other nodes' pings (and, later, migrations).
+    pub link_listen: std::net::SocketAddr,
+    /// The address other nodes reach the link at [default: what `link_listen` bound].
+    pub link_advertise: Option<String>,
 }
 
 /// Why a node could not join or stay.
@@ -29,6 +33,34 @@ pub enum AgentError {
     Backbone(#[from] BackboneError),
     #[error("cannot measure this node's compute: {reason}")]
     Measure { reason: String },
+    #[error("cannot listen for other nodes on {addr}: {reason}")]
+    Link {
+        addr: std::net::SocketAddr,
+        reason: String,
+    },
+}
+
+/// Heartbeats between two rounds of pings.
+const PING_EVERY: u64 = 2;
+
+/// Pings every known peer at once and records the round trips.
+async fn ping_peers(
+    peers: &std::sync::Mutex<BTreeMap<String, String>>,
+    measured: &mut crate::link::Measured,
+) {
+    let targets: Vec<(String, String)> = match peers.lock() {
+        Ok(p) => p.iter().map(|(n, l)| (n.clone(), l.clone())).collect(),
+        Err(_) => return,
+    };
+    let pings = targets.iter().map(|(_, addr)| crate::link::ping(addr));
+    let answers = futures_util::future::join_all(pings).await;
+    for ((name, _), rtt) in targets.iter().zip(answers) {
+        measured.record(name, rtt);
+    }
+    // Peers that left are forgotten.
+    measured
+        .0
+        .retain(|n, _| targets.iter().any(|(t, _)| t == n));
 }
 
 /// Iterations of the compute benchmark's loop per run.
@@ -112,7 +144,24 @@ pub async fn run(
         .map_err(|e| AgentError::Measure {
             reason: e.to_string(),
         })??;
-    let node = NodeDescriptor {
+    let listener = tokio::net::TcpListener::bind(config.link_listen)
+        .await
+        .map_err(|e| AgentError::Link {
+            addr: config.link_listen,
+            reason: e.to_string(),
+        })?;
+    let link = match config.link_advertise {
+        Some(a) => a,
+        None => listener
+            .local_addr()
+            .map_err(|e| AgentError::Link {
+                addr: config.link_listen,
+                reason: e.to_string(),
+            })?
+            .to_string(),
+    };
+    let answering = tokio::spawn(crate::link::answer(listener));
+    let mut node = NodeDescriptor {
         name: config.name,
         arch: std::env::consts::ARCH.to_owned(),
         tier: config.tier,
@@ -124,16 +173,56 @@ pub async fn run(
         tee: Tee::None,
         compute_score,
         load: NodeLoad::default(),
+        link: Some(link),
+        rtt_ms: BTreeMap::new(),
     };
     backbone.heartbeat(&node).await?;
     joined(&node);
+    // The other nodes' links, as the registry tells them.
+    let peers = std::sync::Arc::new(std::sync::Mutex::new(BTreeMap::<String, String>::new()));
+    let following = {
+        let peers = peers.clone();
+        let mut events = Box::pin(backbone.watch_nodes().await?);
+        let me = node.name.clone();
+        tokio::spawn(async move {
+            use futures_util::StreamExt as _;
+            while let Some(Ok(event)) = events.next().await {
+                let Ok(mut p) = peers.lock() else { break };
+                match event {
+                    NodeEvent::Up(n) if n.name != me => {
+                        if let Some(l) = n.link {
+                            p.insert(n.name, l);
+                        }
+                    }
+                    NodeEvent::Gone(name) => {
+                        p.remove(&name);
+                    }
+                    NodeEvent::Up(_) => {}
+                }
+            }
+        })
+    };
+    let mut measured = crate::link::Measured::default();
+    let mut beats = 0u64;
     tokio::pin!(stop);
-    loop {
+    let result = loop {
         tokio::select! {
-            () = &mut stop => break,
-            () = tokio::time::sleep(HEARTBEAT) => backbone.heartbeat(&node).await?,
+            () = &mut stop => break Ok(()),
+            () = tokio::time::sleep(HEARTBEAT) => {
+                beats += 1;
+                if beats % PING_EVERY == 1 {
+                    ping_peers(&peers, &mut measured).await;
+                    node.rtt_ms = measured.0.clone();
+                }
+                if let Err(e) = backbone.heartbeat(&node).await {
+                    break Err(e);
+                }
+            }
         }
-    }
+    };
+    following.abort();
+    answering.abort();
+    result?;
     backbone.leave(&node.name).await?;
     Ok(())
 }

@@ -6,6 +6,7 @@
 //! | --- | --- | --- |
 //! | `GET /v1/nodes` | — | JSON array of [`NodeDescriptor`]s, by name |
 //! | `POST /v1/plan` | a manifest (TOML, at most [`MAX_BODY`] bytes) | JSON [`Plan`]: every node's verdict, best first |
+//! | `GET /v1/latency` | — | JSON array of [`SiteRtt`]: the measured round trips between sites |
 //!
 //! Every error is a 4xx (or 503 while the backbone is unreachable) with a JSON body
 //! `{"error": "…"}` of one line.
@@ -83,6 +84,13 @@ pub async fn serve(
             let Ok(mut v) = view.write() else { break };
             match event {
                 Ok(NodeEvent::Up(node)) => {
+                    // Each node's round trips to its peers, folded in by site.
+                    for (peer, ms) in &node.rtt_ms {
+                        let peer_site = v.nodes.get(peer).map(|p| p.site.clone());
+                        if let Some(peer_site) = peer_site {
+                            v.rtt.observe(&node.site, &peer_site, *ms);
+                        }
+                    }
                     v.nodes.insert(node.name.clone(), *node);
                 }
                 Ok(NodeEvent::Gone(name)) => {
@@ -95,6 +103,7 @@ pub async fn serve(
     let app = Router::new()
         .route("/v1/nodes", get(nodes))
         .route("/v1/plan", post(plan))
+        .route("/v1/latency", get(latency))
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(MAX_BODY))
         .with_state(shared);
@@ -124,6 +133,32 @@ pub async fn bind(addr: SocketAddr) -> Result<tokio::net::TcpListener, String> {
 async fn nodes(State(s): State<Shared>) -> Result<Json<Vec<NodeDescriptor>>, ApiError> {
     let v = s.view.read().map_err(|_| unavailable())?;
     Ok(Json(v.nodes.values().cloned().collect()))
+}
+
+/// A measured round trip between two sites.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SiteRtt {
+    pub a: String,
+    pub b: String,
+    pub ms: f64,
+}
+
+async fn latency(State(s): State<Shared>) -> Result<Json<Vec<SiteRtt>>, ApiError> {
+    let v = s.view.read().map_err(|_| unavailable())?;
+    let mut pairs: Vec<SiteRtt> = v
+        .rtt
+        .pairs()
+        .map(|(a, b, ms)| {
+            let (a, b) = if a <= b { (a, b) } else { (b, a) };
+            SiteRtt {
+                a: a.to_owned(),
+                b: b.to_owned(),
+                ms,
+            }
+        })
+        .collect();
+    pairs.sort_by(|x, y| (&x.a, &x.b).cmp(&(&y.a, &y.b)));
+    Ok(Json(pairs))
 }
 
 async fn plan(State(s): State<Shared>, body: axum::body::Bytes) -> Result<Json<Plan>, ApiError> {

@@ -3,6 +3,7 @@
 pub mod agent;
 pub mod backbone;
 pub mod control;
+pub mod link;
 pub mod manifest;
 pub mod model;
 pub mod scheduler;

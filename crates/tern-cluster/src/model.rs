@@ -109,6 +109,12 @@ pub struct NodeDescriptor {
     pub compute_score: f64,
     /// Live load, from the node's heartbeats.
     pub load: NodeLoad,
+    /// Where other nodes reach this one for pings (and migrations): `HOST:PORT`.
+    #[serde(default)]
+    pub link: Option<String>,
+    /// Smoothed round trips this node measured to others, in ms, by node name.
+    #[serde(default)]
+    pub rtt_ms: BTreeMap<String, f64>,
 }
 
 /// What a node's instances use now.

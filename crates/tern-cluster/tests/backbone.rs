@@ -21,6 +21,8 @@ fn node(name: &str) -> NodeDescriptor {
         tee: Tee::None,
         compute_score: 100.0,
         load: NodeLoad::default(),
+        link: None,
+        rtt_ms: BTreeMap::new(),
     }
 }
 

@@ -24,6 +24,8 @@ fn node(
         tee: Tee::None,
         compute_score: compute,
         load: NodeLoad::default(),
+        link: None,
+        rtt_ms: BTreeMap::new(),
     }
 }
 

@@ -46,6 +46,13 @@ pub struct NodeCommand {
     /// A label as KEY=VALUE, for manifests' constraints and affinities; repeatable.
     #[arg(long = "label", value_name = "KEY=VALUE", value_parser = label)]
     labels: Vec<(String, String)>,
+    /// Where the node listens for other nodes' pings (port 0: any free port).
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:0")]
+    link_listen: std::net::SocketAddr,
+    /// The address other nodes reach this node's link at, when not the one it listens
+    /// on (behind NAT, or listening on 0.0.0.0).
+    #[arg(long, value_name = "HOST:PORT")]
+    link_advertise: Option<String>,
 }
 
 fn node_name(s: &str) -> Result<String, String> {
@@ -78,6 +85,8 @@ impl NodeCommand {
             cores,
             memory: self.memory,
             labels: self.labels.into_iter().collect::<BTreeMap<_, _>>(),
+            link_listen: self.link_listen,
+            link_advertise: self.link_advertise,
         };
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)

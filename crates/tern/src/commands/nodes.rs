@@ -4,6 +4,7 @@ use std::process::ExitCode;
 
 use clap::Args;
 use tern_cluster::NodeDescriptor;
+use tern_cluster::control::SiteRtt;
 
 use crate::api::{ApiArgs, print_table};
 
@@ -14,12 +15,32 @@ pub struct NodesCommand {
     /// Print a JSON array of node descriptors (name, tier, arch, compute_score, …).
     #[arg(long)]
     json: bool,
+    /// Show the round trips measured between sites instead.
+    #[arg(long)]
+    latency: bool,
     #[command(flatten)]
     api: ApiArgs,
 }
 
 impl NodesCommand {
     pub fn execute(self) -> anyhow::Result<ExitCode> {
+        if self.latency {
+            let pairs: Vec<SiteRtt> = self.api.get("/v1/latency")?;
+            if self.json {
+                println!("{}", serde_json::to_string_pretty(&pairs)?);
+            } else if pairs.is_empty() {
+                eprintln!(
+                    "no round trip measured yet: nodes ping each other every 2 s once two have joined"
+                );
+            } else {
+                let rows: Vec<Vec<String>> = pairs
+                    .iter()
+                    .map(|p| vec![p.a.clone(), p.b.clone(), format!("{:.2} ms", p.ms)])
+                    .collect();
+                print_table(&["SITE", "SITE", "RTT"], &rows);
+            }
+            return Ok(ExitCode::SUCCESS);
+        }
         let nodes: Vec<NodeDescriptor> = self.api.get("/v1/nodes")?;
         if self.json {
             println!("{}", serde_json::to_string_pretty(&nodes)?);

@@ -110,6 +110,52 @@ async fn nodes_and_plans_through_the_api() {
         "cranelift on 2 cores {cloud}, pulley on 1 {iot}"
     );
 
+    // The nodes ping each other over their links; the control plane folds the round
+    // trips into its matrix by site.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let rtt = loop {
+        let r = tern(d.path())
+            .args(["nodes", "--latency", "--json", "--api", &api])
+            .run();
+        let pairs: serde_json::Value = serde_json::from_str(&r.stdout).expect("JSON");
+        if let Some(p) = pairs.as_array().and_then(|a| a.first()) {
+            assert_eq!(
+                (p["a"].as_str(), p["b"].as_str()),
+                (Some("cloud"), Some("iot")),
+                "{pairs}"
+            );
+            break p["ms"].as_f64().expect("ms");
+        }
+        assert!(Instant::now() < deadline, "no round trip measured: {r:?}");
+        std::thread::sleep(Duration::from_millis(300));
+    };
+    assert!(rtt > 0.0 && rtt < 50.0, "loopback round trip {rtt} ms");
+    let latency = tern(d.path())
+        .args(["nodes", "--latency", "--api", &api])
+        .run();
+    assert!(latency.succeeds().contains("cloud  iot"), "{latency:?}");
+    let near = d.path().join("near.toml");
+    std::fs::write(
+        &near,
+        "name = \"agg\"\nmodule = \"agg.wasm\"\nnear = \"iot\"\nmax_rtt_ms = 50\n",
+    )
+    .expect("write");
+    let plan = tern(d.path())
+        .args(["plan", "--json", "--api", &api])
+        .arg(&near)
+        .run();
+    let v: serde_json::Value = serde_json::from_str(&plan.stdout).expect("JSON");
+    let eligible = v["nodes"]
+        .as_array()
+        .expect("nodes")
+        .iter()
+        .filter(|n| n["verdict"] == "eligible")
+        .count();
+    assert_eq!(
+        eligible, 2,
+        "both nodes are within 50 ms of iot, measured: {v}"
+    );
+
     let table = tern(d.path()).args(["nodes", "--api", &api]).run();
     let out = table.succeeds();
     assert!(out.starts_with("NAME "), "{out}");
