@@ -14,6 +14,7 @@
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, RwLock};
+use std::time::Duration;
 
 use axum::Router;
 use axum::extract::{DefaultBodyLimit, State};
@@ -107,14 +108,65 @@ pub async fn serve(
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(MAX_BODY))
         .with_state(shared);
-    let served = axum::serve(listener, app)
-        .with_graceful_shutdown(stop)
-        .await;
+    let served = accept(listener, app, stop).await;
     follow.abort();
     served.map_err(|e| crate::backbone::BackboneError::JetStream {
         what: "API".into(),
         reason: e.to_string(),
     })
+}
+
+/// Connections the API serves at once; more are closed as they come.
+pub const MAX_CONNECTIONS: usize = 256;
+/// How long a client may take to send a request's headers.
+pub const HEADER_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long one connection may last in all.
+pub const CONNECTION_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// The API's accept loop. axum's own `serve` sets no timeouts, so a client that sends
+/// half a request and stalls would hold its connection forever: here each connection
+/// gets [`HEADER_TIMEOUT`] for its headers and [`CONNECTION_TIMEOUT`] in all, and at
+/// most [`MAX_CONNECTIONS`] are served at once.
+async fn accept(
+    listener: tokio::net::TcpListener,
+    app: Router,
+    stop: impl std::future::Future<Output = ()>,
+) -> std::io::Result<()> {
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
+    tokio::pin!(stop);
+    loop {
+        let (stream, peer) = tokio::select! {
+            () = &mut stop => return Ok(()),
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    // Out of descriptors, or a connection reset before it was taken:
+                    // wait a little and go on.
+                    tracing::warn!(error = %e, "API accept");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            tracing::warn!(%peer, "API: {MAX_CONNECTIONS} connections open; closing a new one");
+            continue;
+        };
+        let service = hyper_util::service::TowerToHyperService::new(app.clone());
+        tokio::spawn(async move {
+            let mut http = hyper::server::conn::http1::Builder::new();
+            http.timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(HEADER_TIMEOUT);
+            let conn = http.serve_connection(hyper_util::rt::TokioIo::new(stream), service);
+            if tokio::time::timeout(CONNECTION_TIMEOUT, conn)
+                .await
+                .is_err()
+            {
+                tracing::debug!(%peer, "API connection outlived its time");
+            }
+            drop(slot);
+        });
+    }
 }
 
 /// Binds the API's address, with a message that says what to do when it is taken.

@@ -234,6 +234,25 @@ async fn nodes_and_plans_through_the_api() {
     let (status, _) = raw_http(&addr, b"\x00\x01garbage\r\n\r\n");
     assert!(status.is_empty() || status.contains(" 400 "), "{status}");
     wait_for_nodes(d.path(), &api, 2);
+    // A client that sends half its headers and stalls is cut off after the header
+    // timeout, and the API answers others meanwhile.
+    let mut stall = TcpStream::connect(&addr).expect("connect");
+    stall
+        .write_all(b"POST /v1/plan HTTP/1.1\r\nHost: x\r\n")
+        .expect("half a request");
+    let stalled = Instant::now();
+    wait_for_nodes(d.path(), &api, 2);
+    stall
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .expect("timeout");
+    let mut rest = Vec::new();
+    let _ = stall.read_to_end(&mut rest);
+    let cut = stalled.elapsed();
+    assert!(
+        cut >= tern_cluster::control::HEADER_TIMEOUT - Duration::from_millis(500)
+            && cut < tern_cluster::control::HEADER_TIMEOUT + Duration::from_secs(3),
+        "a stalled client was cut off after {cut:?}"
+    );
 
     for a in &mut agents {
         signal(a, "-TERM");
