@@ -7,6 +7,7 @@ pub mod link;
 pub mod manifest;
 pub mod model;
 pub mod scheduler;
+pub mod up;
 
 pub use manifest::{Manifest, ManifestError};
 pub use model::{InstanceState, NodeDescriptor, NodeLoad, Tee, Tier};

@@ -11,3 +11,4 @@ pub mod plan;
 pub mod receive;
 pub mod restore;
 pub mod run;
+pub mod up;

@@ -32,6 +32,7 @@ enum Command {
     Controller(commands::controller::ControllerCommand),
     Nodes(commands::nodes::NodesCommand),
     Plan(commands::plan::PlanCommand),
+    Up(commands::up::UpCommand),
 }
 
 fn main() -> ExitCode {
@@ -47,6 +48,7 @@ fn main() -> ExitCode {
         Command::Controller(c) => c.execute(),
         Command::Nodes(c) => c.execute(),
         Command::Plan(c) => c.execute(),
+        Command::Up(c) => c.execute(),
     };
     match result {
         Ok(code) => code,

@@ -13,3 +13,4 @@ mod node;
 mod run;
 mod sandbox;
 mod support;
+mod up;

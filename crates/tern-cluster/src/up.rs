@@ -1,0 +1,321 @@
+//! `tern up`: a whole continuum on one machine. A `nats-server` child with JetStream in
+//! the state directory, the control plane in this process, and one `tern node` process
+//! per node of the configuration, each of which talks to the others only through NATS
+//! and their links: the same code a fleet runs.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use serde::Deserialize;
+use tern_runtime::EngineKind;
+
+use crate::backbone::{Backbone, NatsServer};
+use crate::manifest::valid_name;
+use crate::model::Tier;
+
+/// One node of a continuum configuration.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NodeSpec {
+    pub name: String,
+    pub site: String,
+    pub tier: Tier,
+    pub engine: EngineKind,
+    /// `None`: every core of this machine.
+    pub cores: Option<u32>,
+    pub memory: u64,
+    pub labels: BTreeMap<String, String>,
+}
+
+/// The nodes `tern up` starts.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ContinuumConfig {
+    pub nodes: Vec<NodeSpec>,
+}
+
+impl Default for ContinuumConfig {
+    /// A cloud node (Cranelift, every core), an edge node (Cranelift, one core,
+    /// 512 MiB) and an IoT node (the Pulley interpreter, 128 MiB), one site each.
+    fn default() -> ContinuumConfig {
+        let node = |name: &str, tier, engine, cores, memory_mib: u64| NodeSpec {
+            name: name.into(),
+            site: name.into(),
+            tier,
+            engine,
+            cores,
+            memory: memory_mib << 20,
+            labels: BTreeMap::new(),
+        };
+        ContinuumConfig {
+            nodes: vec![
+                node("cloud", Tier::Cloud, EngineKind::Cranelift, None, 4096),
+                node("edge", Tier::Edge, EngineKind::Cranelift, Some(1), 512),
+                node("iot", Tier::Iot, EngineKind::Pulley, Some(1), 128),
+            ],
+        }
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    #[serde(rename = "node")]
+    nodes: Vec<RawNode>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawNode {
+    name: String,
+    site: Option<String>,
+    tier: String,
+    #[serde(default = "cranelift")]
+    engine: String,
+    cores: Option<u32>,
+    memory: String,
+    #[serde(default)]
+    labels: BTreeMap<String, String>,
+}
+
+fn cranelift() -> String {
+    "cranelift".into()
+}
+
+/// Reads a continuum configuration: `[[node]]` tables with `name`, `tier`, `memory` and
+/// optionally `site`, `engine`, `cores` and `labels`.
+///
+/// # Errors
+/// One line naming the node and what is wrong.
+pub fn parse_config(text: &str) -> Result<ContinuumConfig, String> {
+    let raw: RawConfig = toml::from_str(text).map_err(|e| e.message().trim_end().to_owned())?;
+    if raw.nodes.is_empty() {
+        return Err("no [[node]]: a continuum needs at least one node".into());
+    }
+    let mut nodes = Vec::new();
+    for (i, n) in raw.nodes.into_iter().enumerate() {
+        let at = |what: String| format!("node {} ({}): {what}", i + 1, n.name);
+        if !valid_name(&n.name) {
+            return Err(at(
+                "not a node name: use lowercase letters, digits and `-`".into()
+            ));
+        }
+        if nodes.iter().any(|m: &NodeSpec| m.name == n.name) {
+            return Err(at("the name is given twice".into()));
+        }
+        let tier = n.tier.parse().map_err(at)?;
+        let engine = n
+            .engine
+            .parse()
+            .map_err(|e: tern_runtime::RuntimeError| at(e.to_string()))?;
+        let memory = tern_runtime::parse_size(&n.memory).map_err(|e| at(e.to_string()))?;
+        if n.cores == Some(0) {
+            return Err(at("cores must be at least 1".into()));
+        }
+        nodes.push(NodeSpec {
+            site: n.site.clone().unwrap_or_else(|| n.name.clone()),
+            name: n.name,
+            tier,
+            engine,
+            cores: n.cores,
+            memory,
+            labels: n.labels,
+        });
+    }
+    Ok(ContinuumConfig { nodes })
+}
+
+/// The `tern node` command line of `spec`, joining `nats`.
+pub fn node_args(spec: &NodeSpec, nats: &str) -> Vec<String> {
+    let mut a = vec![
+        "node".into(),
+        "--nats".into(),
+        nats.into(),
+        "--name".into(),
+        spec.name.clone(),
+        "--site".into(),
+        spec.site.clone(),
+        "--tier".into(),
+        spec.tier.to_string(),
+        "--engine".into(),
+        spec.engine.to_string(),
+        "--memory".into(),
+        format!("{}B", spec.memory),
+    ];
+    if let Some(c) = spec.cores {
+        a.extend(["--cores".into(), c.to_string()]);
+    }
+    for (k, v) in &spec.labels {
+        a.extend(["--label".into(), format!("{k}={v}")]);
+    }
+    a
+}
+
+/// A running continuum: the backbone server and the node processes.
+#[derive(Debug)]
+pub struct Continuum {
+    pub server: NatsServer,
+    pub nodes: Vec<(String, tokio::process::Child)>,
+}
+
+impl Continuum {
+    /// Starts nats-server in `state/nats` and a `tern node` process (`tern` is this
+    /// program) per node; node output goes to `state/logs/NODE.log`.
+    ///
+    /// # Errors
+    /// One line: the server that does not start, or a node that cannot be spawned.
+    pub async fn start(
+        config: &ContinuumConfig,
+        state: &Path,
+        tern: &Path,
+    ) -> Result<Continuum, String> {
+        let server = NatsServer::start(&state.join("nats"), 0)
+            .await
+            .map_err(|e| e.to_string())?;
+        let logs = state.join("logs");
+        std::fs::create_dir_all(&logs).map_err(|e| format!("{}: {e}", logs.display()))?;
+        let mut nodes = Vec::new();
+        for spec in &config.nodes {
+            let log = logs.join(format!("{}.log", spec.name));
+            let out = std::fs::File::create(&log).map_err(|e| format!("{}: {e}", log.display()))?;
+            let err = out
+                .try_clone()
+                .map_err(|e| format!("{}: {e}", log.display()))?;
+            let child = tokio::process::Command::new(tern)
+                .args(node_args(spec, server.url()))
+                .stdin(Stdio::null())
+                .stdout(out)
+                .stderr(err)
+                .kill_on_drop(true)
+                .spawn()
+                .map_err(|e| format!("cannot start node {}: {e}", spec.name))?;
+            nodes.push((spec.name.clone(), child));
+        }
+        Ok(Continuum { server, nodes })
+    }
+
+    /// Waits until every node of the configuration has joined, up to `within`.
+    ///
+    /// # Errors
+    /// The nodes that did not join, and where their logs are.
+    pub async fn joined(
+        &mut self,
+        backbone: &Backbone,
+        state: &Path,
+        within: Duration,
+    ) -> Result<(), String> {
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            let there = backbone.nodes().await.map_err(|e| e.to_string())?;
+            let missing: Vec<String> = self
+                .nodes
+                .iter()
+                .map(|(n, _)| n.clone())
+                .filter(|n| !there.iter().any(|t| t.name == *n))
+                .collect();
+            if missing.is_empty() {
+                return Ok(());
+            }
+            for (name, child) in &mut self.nodes {
+                if let Ok(Some(status)) = child.try_wait() {
+                    return Err(format!(
+                        "node {name} exited ({status}); see {}",
+                        state.join("logs").join(format!("{name}.log")).display()
+                    ));
+                }
+            }
+            if tokio::time::Instant::now() > deadline {
+                return Err(format!(
+                    "nodes {} did not join within {} s; see their logs in {}",
+                    missing.join(", "),
+                    within.as_secs(),
+                    state.join("logs").display()
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Stops every node (SIGTERM: each leaves the registry), then the server.
+    pub async fn stop(mut self) {
+        for (_, child) in &mut self.nodes {
+            if let Some(pid) = child
+                .id()
+                .and_then(|p| rustix::process::Pid::from_raw(p as i32))
+            {
+                let _ = rustix::process::kill_process(pid, rustix::process::Signal::TERM);
+            }
+        }
+        for (_, child) in &mut self.nodes {
+            if tokio::time::timeout(Duration::from_secs(5), child.wait())
+                .await
+                .is_err()
+            {
+                let _ = child.kill().await;
+            }
+        }
+        self.server.stop().await;
+    }
+}
+
+/// Where `tern up` keeps its state when not told: `$XDG_STATE_HOME/tern` or
+/// `~/.local/state/tern`.
+pub fn default_state() -> PathBuf {
+    match std::env::var_os("XDG_STATE_HOME") {
+        Some(s) => PathBuf::from(s).join("tern"),
+        None => {
+            PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".local/state/tern")
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_config_reads_and_bad_ones_name_the_node() {
+        let c = parse_config(
+            "[[node]]\nname = \"gw\"\ntier = \"iot\"\nengine = \"pulley\"\nmemory = \"64MiB\"\nlabels = { floor = \"2\" }\n",
+        )
+        .expect("valid");
+        assert_eq!(c.nodes[0].site, "gw");
+        assert_eq!(c.nodes[0].engine, EngineKind::Pulley);
+        let args = node_args(&c.nodes[0], "nats://x");
+        assert!(
+            args.windows(2).any(|w| w == ["--label", "floor=2"]),
+            "{args:?}"
+        );
+        let cases = [
+            (
+                "[[node]]\nname = \"a\"\ntier = \"fog\"\nmemory = \"1G\"\n",
+                "node 1 (a): unknown tier `fog`",
+            ),
+            (
+                "[[node]]\nname = \"a\"\ntier = \"edge\"\nmemory = \"lots\"\n",
+                "node 1 (a): invalid size `lots`",
+            ),
+            (
+                "[[node]]\nname = \"A\"\ntier = \"edge\"\nmemory = \"1G\"\n",
+                "node 1 (A): not a node name",
+            ),
+            ("node = []\n", "no [[node]]"),
+            (
+                "[[node]]\nname = \"a\"\ntier = \"edge\"\nmemory = \"1G\"\nram = 1\n",
+                "unknown field `ram`",
+            ),
+        ];
+        for (text, want) in cases {
+            let e = parse_config(text).expect_err(text);
+            assert!(e.starts_with(want), "{text:?}: {e}");
+        }
+    }
+
+    #[test]
+    fn the_default_continuum_has_a_cloud_an_edge_and_an_iot_node() {
+        let c = ContinuumConfig::default();
+        let tiers: Vec<Tier> = c.nodes.iter().map(|n| n.tier).collect();
+        assert_eq!(tiers, Tier::ALL);
+        assert_eq!(c.nodes[2].engine, EngineKind::Pulley);
+    }
+}

@@ -1,0 +1,92 @@
+//! `tern up`: a whole continuum on this machine, until Ctrl-C.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{Context as _, anyhow};
+use clap::Args;
+use tern_cluster::backbone::Backbone;
+use tern_cluster::up::{Continuum, ContinuumConfig};
+
+/// Start a continuum on this machine: nats-server with JetStream in the state
+/// directory, the control plane and its API, and one `tern node` process per node (by
+/// default a cloud, an edge and an IoT node). Runs until Ctrl-C or SIGTERM, then stops
+/// every node and the server.
+#[derive(Debug, Args)]
+pub struct UpCommand {
+    /// The nodes to start, as `[[node]]` tables (name, tier, memory; site, engine,
+    /// cores, labels) [default: cloud, edge and iot].
+    #[arg(long, value_name = "FILE.toml")]
+    config: Option<PathBuf>,
+    /// Address the API listens on.
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:7680")]
+    listen: SocketAddr,
+    /// Where the backbone's files and the nodes' logs live [default:
+    /// ~/.local/state/tern].
+    #[arg(long, value_name = "DIR")]
+    state: Option<PathBuf>,
+}
+
+impl UpCommand {
+    pub fn execute(self) -> anyhow::Result<ExitCode> {
+        let config = match &self.config {
+            None => ContinuumConfig::default(),
+            Some(path) => {
+                let text = std::fs::read_to_string(path)
+                    .with_context(|| format!("cannot read {}", path.display()))?;
+                tern_cluster::up::parse_config(&text)
+                    .map_err(|e| anyhow!("{}: {e}", path.display()))?
+            }
+        };
+        let state = self.state.unwrap_or_else(tern_cluster::up::default_state);
+        let tern = std::env::current_exe().context("locating the tern binary")?;
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .context("starting the runtime")?;
+        runtime.block_on(async move {
+            let listener = tern_cluster::control::bind(self.listen)
+                .await
+                .map_err(anyhow::Error::msg)?;
+            let mut continuum = Continuum::start(&config, &state, &tern)
+                .await
+                .map_err(anyhow::Error::msg)?;
+            let started = async {
+                let backbone = Backbone::connect(continuum.server.url()).await?;
+                continuum
+                    .joined(&backbone, &state, Duration::from_secs(60))
+                    .await
+                    .map_err(anyhow::Error::msg)?;
+                anyhow::Ok(backbone)
+            }
+            .await;
+            let backbone = match started {
+                Ok(b) => b,
+                Err(e) => {
+                    continuum.stop().await;
+                    return Err(e);
+                }
+            };
+            let names: Vec<&str> = config.nodes.iter().map(|n| n.name.as_str()).collect();
+            eprintln!(
+                "continuum up: nodes {}; API on http://{}; NATS on {}; state in {}",
+                names.join(", "),
+                self.listen,
+                continuum.server.url(),
+                state.display()
+            );
+            eprintln!(
+                "try `tern nodes`, `tern nodes --latency` or `tern plan app.toml`; Ctrl-C stops it"
+            );
+            let served =
+                tern_cluster::control::serve(backbone, listener, crate::common::stopped()).await;
+            continuum.stop().await;
+            served?;
+            eprintln!("continuum stopped");
+            Ok(ExitCode::SUCCESS)
+        })
+    }
+}

@@ -1,0 +1,133 @@
+//! `tern up`: a whole continuum on one machine, as separate processes, stopped by Ctrl-C
+//! with nothing left running.
+
+use std::io::Read as _;
+use std::time::{Duration, Instant};
+
+use crate::support::{scratch, signal, tern};
+
+fn free_addr() -> String {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .to_string()
+}
+
+/// The command lines of running `tern node` processes that use `state`'s server.
+fn node_processes(needle: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir("/proc").expect("/proc").flatten() {
+        if let Ok(cmd) = std::fs::read(entry.path().join("cmdline")) {
+            let cmd = String::from_utf8_lossy(&cmd).replace('\0', " ");
+            if cmd.contains(" node --nats ") && cmd.contains(needle) {
+                out.push(cmd);
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn up_starts_three_node_processes_and_ctrl_c_stops_them_all() {
+    let d = scratch();
+    let addr = free_addr();
+    let api = format!("http://{addr}");
+    let mut up = tern(d.path())
+        .inherit(&["HOME"])
+        .args(["up", "--listen", &addr, "--state"])
+        .arg(d.path().join("state"))
+        .spawn();
+    let deadline = Instant::now() + Duration::from_secs(90);
+    let nodes = loop {
+        let r = tern(d.path())
+            .args(["nodes", "--json", "--api", &api])
+            .run();
+        if r.code == Some(0) {
+            let v: serde_json::Value = serde_json::from_str(&r.stdout).expect("JSON");
+            if v.as_array().map_or(0, Vec::len) == 3 {
+                break v;
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the continuum never came up: {r:?}"
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    };
+    let tiers: Vec<(&str, &str, &str)> = nodes
+        .as_array()
+        .expect("array")
+        .iter()
+        .map(|n| {
+            (
+                n["name"].as_str().expect("name"),
+                n["tier"].as_str().expect("tier"),
+                n["engine"].as_str().expect("engine"),
+            )
+        })
+        .collect();
+    assert_eq!(
+        tiers,
+        [
+            ("cloud", "cloud", "cranelift"),
+            ("edge", "edge", "cranelift"),
+            ("iot", "iot", "pulley")
+        ]
+    );
+    // Each node is a plain `tern node` process an operator can find and kill.
+    let state = d.path().join("state");
+    let procs = node_processes("--name edge");
+    assert!(procs.iter().any(|p| p.contains("--tier edge")), "{procs:?}");
+    assert!(state.join("logs/iot.log").is_file());
+
+    signal(&up, "-INT");
+    let status = up.wait().expect("tern up exits");
+    let mut stderr = String::new();
+    up.stderr
+        .take()
+        .expect("stderr")
+        .read_to_string(&mut stderr)
+        .expect("read");
+    assert!(status.success(), "{status:?}: {stderr}");
+    assert!(
+        stderr.contains("continuum up: nodes cloud, edge, iot"),
+        "{stderr}"
+    );
+    assert!(stderr.ends_with("continuum stopped\n"), "{stderr}");
+    let url = stderr
+        .split("NATS on ")
+        .nth(1)
+        .and_then(|s| s.split(';').next())
+        .expect("the NATS URL")
+        .to_owned();
+    assert!(
+        node_processes(&url).is_empty(),
+        "{:?}",
+        node_processes(&url)
+    );
+}
+
+#[test]
+fn up_refuses_a_bad_config_and_a_taken_port_in_one_line() {
+    let d = scratch();
+    let config = d.path().join("continuum.toml");
+    std::fs::write(
+        &config,
+        "[[node]]\nname = \"gw\"\ntier = \"fog\"\nmemory = \"64MiB\"\n",
+    )
+    .expect("write");
+    tern(d.path())
+        .args(["up", "--config"])
+        .arg(&config)
+        .run()
+        .fails_with(1, "continuum.toml: node 1 (gw): unknown tier `fog`");
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = taken.local_addr().expect("addr").to_string();
+    tern(d.path())
+        .inherit(&["HOME"])
+        .args(["up", "--listen", &addr, "--state"])
+        .arg(d.path().join("state"))
+        .run()
+        .fails_with(1, &format!("cannot listen on {addr}: it is in use"));
+}
