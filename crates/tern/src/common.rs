@@ -228,3 +228,16 @@ pub async fn stopped() {
         }
     }
 }
+
+/// Where the continuum's backbone is.
+#[derive(Debug, clap::Args)]
+pub struct NatsArgs {
+    /// The backbone's NATS URL.
+    #[arg(
+        long,
+        value_name = "URL",
+        default_value = "nats://127.0.0.1:4222",
+        env = "TERN_NATS"
+    )]
+    pub nats: String,
+}

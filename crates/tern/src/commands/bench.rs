@@ -300,11 +300,7 @@ impl BenchCommand {
                 })?;
                 println!("{}", machine_line());
                 print!("{}", report.render());
-                if let Some(path) = a.json {
-                    let text = serde_json::to_string_pretty(&report)?;
-                    std::fs::write(&path, text)
-                        .with_context(|| format!("writing {}", path.display()))?;
-                }
+                write_json(a.json.as_deref(), &report)?;
                 Ok(())
             }
             Suite::Polybench(a) => a.common.programs("polybench", a.size, |dir, progress| {
@@ -329,11 +325,7 @@ impl BenchCommand {
                 )?;
                 println!("{}", machine_line());
                 print!("{}", report.render());
-                if let Some(path) = a.json {
-                    let text = serde_json::to_string_pretty(&report)?;
-                    std::fs::write(&path, text)
-                        .with_context(|| format!("writing {}", path.display()))?;
-                }
+                write_json(a.json.as_deref(), &report)?;
                 if let Some(path) = a.plot {
                     migration::plot(&report, &path)?;
                     eprintln!("plot written to {}", path.display());
@@ -353,11 +345,7 @@ impl BenchCommand {
                 });
                 println!("{}", machine_line());
                 print!("{}", report.render());
-                if let Some(path) = a.json {
-                    let text = serde_json::to_string_pretty(&report)?;
-                    std::fs::write(&path, text)
-                        .with_context(|| format!("writing {}", path.display()))?;
-                }
+                write_json(a.json.as_deref(), &report)?;
                 Ok(())
             }
             Suite::Report(a) => {
@@ -436,4 +424,16 @@ fn machine_line() -> String {
         "machine: {cpu}, {cores} cores, tern {}",
         env!("CARGO_PKG_VERSION")
     )
+}
+
+/// Writes `report` as JSON to `path`, when one was given.
+fn write_json(
+    path: Option<&std::path::Path>,
+    report: &impl serde::Serialize,
+) -> anyhow::Result<()> {
+    if let Some(path) = path {
+        let text = serde_json::to_string_pretty(report)?;
+        std::fs::write(path, text).with_context(|| format!("writing {}", path.display()))?;
+    }
+    Ok(())
 }

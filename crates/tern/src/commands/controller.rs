@@ -12,14 +12,8 @@ use tern_cluster::backbone::Backbone;
 /// keeps no state of its own: restarted, it rebuilds its view from the backbone.
 #[derive(Debug, Args)]
 pub struct ControllerCommand {
-    /// The backbone's NATS URL.
-    #[arg(
-        long,
-        value_name = "URL",
-        default_value = "nats://127.0.0.1:4222",
-        env = "TERN_NATS"
-    )]
-    nats: String,
+    #[command(flatten)]
+    nats: crate::common::NatsArgs,
     /// Address the API listens on.
     #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:7680")]
     listen: SocketAddr,
@@ -33,14 +27,14 @@ impl ControllerCommand {
             .build()
             .context("starting the control plane's runtime")?;
         runtime.block_on(async move {
-            let backbone = Backbone::connect(&self.nats).await?;
+            let backbone = Backbone::connect(&self.nats.nats).await?;
             let listener = tern_cluster::control::bind(self.listen)
                 .await
                 .map_err(anyhow::Error::msg)?;
             eprintln!(
                 "control plane: API on http://{}, nodes from {}",
                 listener.local_addr().unwrap_or(self.listen),
-                self.nats
+                self.nats.nats
             );
             tern_cluster::control::serve(backbone, listener, crate::common::stopped()).await?;
             eprintln!("control plane stopped");

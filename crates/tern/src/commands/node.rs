@@ -20,14 +20,8 @@ pub struct NodeCommand {
     /// The node's name, unique in the continuum.
     #[arg(long, value_parser = node_name)]
     name: String,
-    /// The backbone's NATS URL.
-    #[arg(
-        long,
-        value_name = "URL",
-        default_value = "nats://127.0.0.1:4222",
-        env = "TERN_NATS"
-    )]
-    nats: String,
+    #[command(flatten)]
+    nats: crate::common::NatsArgs,
     /// Where the node is; nodes of a site share its links [default: the node's name].
     #[arg(long)]
     site: Option<String>,
@@ -94,13 +88,13 @@ impl NodeCommand {
             .build()
             .context("starting the node's runtime")?;
         runtime.block_on(async move {
-            let backbone = Backbone::connect(&self.nats).await?;
+            let backbone = Backbone::connect(&self.nats.nats).await?;
             let name = config.name.clone();
             agent::run(config, &backbone, crate::common::stopped(), |node| {
                 eprintln!(
                     "node {} joined {}: {} {}, {} on {}, {} cores, {} MiB, compute score {:.0}",
                     node.name,
-                    self.nats,
+                    self.nats.nats,
                     node.tier,
                     node.site,
                     node.engine,

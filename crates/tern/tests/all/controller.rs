@@ -8,15 +8,7 @@ use std::time::{Duration, Instant};
 
 use tern_cluster::backbone::NatsServer;
 
-use crate::support::{Run, scratch, signal, tern};
-
-fn free_addr() -> String {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .expect("bind")
-        .local_addr()
-        .expect("addr")
-        .to_string()
-}
+use crate::support::{Run, free_addr, scratch, signal, tern};
 
 /// Retries `tern nodes --json` until `want` nodes are listed.
 fn wait_for_nodes(dir: &std::path::Path, api: &str, want: usize) -> serde_json::Value {

@@ -8,7 +8,7 @@ use futures_util::StreamExt as _;
 use tern_cluster::Tier;
 use tern_cluster::backbone::{Backbone, NODE_TTL, NatsServer, NodeEvent};
 
-use crate::support::{scratch, signal, tern};
+use crate::support::{free_addr, scratch, signal, tern};
 
 /// Waits for the next event about `name`, up to `within`.
 async fn next_about(
@@ -138,12 +138,7 @@ async fn a_stopped_node_leaves_at_once() {
 #[test]
 fn bad_node_flags_and_an_unreachable_backbone_are_one_line() {
     let d = scratch();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .expect("bind")
-        .local_addr()
-        .expect("addr")
-        .port();
-    let url = format!("nats://127.0.0.1:{port}");
+    let url = format!("nats://{}", free_addr());
     tern(d.path())
         .args(["node", "--nats", &url, "--name", "edge-1"])
         .run()

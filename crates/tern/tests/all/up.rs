@@ -4,15 +4,7 @@
 use std::io::Read as _;
 use std::time::{Duration, Instant};
 
-use crate::support::{scratch, signal, tern};
-
-fn free_addr() -> String {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .expect("bind")
-        .local_addr()
-        .expect("addr")
-        .to_string()
-}
+use crate::support::{free_addr, scratch, signal, tern};
 
 /// The command lines of running `tern node` processes that use `state`'s server.
 fn node_processes(needle: &str) -> Vec<String> {
