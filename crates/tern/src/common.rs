@@ -213,18 +213,23 @@ impl EngineArgs {
     }
 }
 
-/// Completes on Ctrl-C or SIGTERM.
-pub async fn stopped() {
+/// A future that completes on Ctrl-C (SIGINT) or SIGTERM. The handlers are installed
+/// when this is called, not when the future is first polled, so a signal that comes in
+/// between is not lost to the default action. Call it inside the runtime.
+pub fn stopped() -> impl std::future::Future<Output = ()> {
     use tokio::signal::unix::{SignalKind, signal};
-    match signal(SignalKind::terminate()) {
-        Ok(mut term) => {
-            tokio::select! {
-                _ = tokio::signal::ctrl_c() => {}
-                _ = term.recv() => {}
+    let term = signal(SignalKind::terminate());
+    let int = signal(SignalKind::interrupt());
+    async move {
+        match (term, int) {
+            (Ok(mut term), Ok(mut int)) => {
+                tokio::select! {
+                    _ = term.recv() => {}
+                    _ = int.recv() => {}
+                }
             }
-        }
-        Err(_) => {
-            let _ = tokio::signal::ctrl_c().await;
+            // No handler could be installed: only the default actions remain.
+            _ => std::future::pending().await,
         }
     }
 }

@@ -27,6 +27,7 @@ impl ControllerCommand {
             .build()
             .context("starting the control plane's runtime")?;
         runtime.block_on(async move {
+            let stop = crate::common::stopped();
             let backbone = Backbone::connect(&self.nats.nats).await?;
             let listener = tern_cluster::control::bind(self.listen)
                 .await
@@ -36,7 +37,7 @@ impl ControllerCommand {
                 listener.local_addr().unwrap_or(self.listen),
                 self.nats.nats
             );
-            tern_cluster::control::serve(backbone, listener, crate::common::stopped()).await?;
+            tern_cluster::control::serve(backbone, listener, stop).await?;
             eprintln!("control plane stopped");
             Ok(ExitCode::SUCCESS)
         })

@@ -88,9 +88,10 @@ impl NodeCommand {
             .build()
             .context("starting the node's runtime")?;
         runtime.block_on(async move {
+            let stop = crate::common::stopped();
             let backbone = Backbone::connect(&self.nats.nats).await?;
             let name = config.name.clone();
-            agent::run(config, &backbone, crate::common::stopped(), |node| {
+            agent::run(config, &backbone, stop, |node| {
                 eprintln!(
                     "node {} joined {}: {} {}, {} on {}, {} cores, {} MiB, compute score {:.0}",
                     node.name,

@@ -48,6 +48,8 @@ impl UpCommand {
             .build()
             .context("starting the runtime")?;
         runtime.block_on(async move {
+            // Installed first: a Ctrl-C while the continuum starts stops it once started.
+            let stop = crate::common::stopped();
             let listener = tern_cluster::control::bind(self.listen)
                 .await
                 .map_err(anyhow::Error::msg)?;
@@ -81,8 +83,7 @@ impl UpCommand {
             eprintln!(
                 "try `tern nodes`, `tern nodes --latency` or `tern plan app.toml`; Ctrl-C stops it"
             );
-            let served =
-                tern_cluster::control::serve(backbone, listener, crate::common::stopped()).await;
+            let served = tern_cluster::control::serve(backbone, listener, stop).await;
             continuum.stop().await;
             served?;
             eprintln!("continuum stopped");
