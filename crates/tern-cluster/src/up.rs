@@ -159,22 +159,49 @@ pub struct Continuum {
 }
 
 impl Continuum {
-    /// Starts nats-server in `state/nats` and a `tern node` process (`tern` is this
-    /// program) per node; node output goes to `state/logs/NODE.log`.
+    /// Starts nats-server in `state/nats`, then a `tern node` process (`tern` is this
+    /// program) per node, one after another: each measures its compute alone, not
+    /// against the others' measurements on the same cores. Node output goes to
+    /// `state/logs/NODE.log`. Returns once every node has joined.
     ///
     /// # Errors
-    /// One line: the server that does not start, or a node that cannot be spawned.
+    /// One line: the server that does not start, a node that cannot be spawned, exits
+    /// or does not join within `within` (its log is named); what was started is
+    /// stopped.
     pub async fn start(
         config: &ContinuumConfig,
         state: &Path,
         tern: &Path,
-    ) -> Result<Continuum, String> {
+        within: Duration,
+    ) -> Result<(Continuum, Backbone), String> {
         let server = NatsServer::start(&state.join("nats"), 0)
+            .await
+            .map_err(|e| e.to_string())?;
+        let mut continuum = Continuum {
+            server,
+            nodes: Vec::new(),
+        };
+        match continuum.start_nodes(config, state, tern, within).await {
+            Ok(backbone) => Ok((continuum, backbone)),
+            Err(e) => {
+                continuum.stop().await;
+                Err(e)
+            }
+        }
+    }
+
+    async fn start_nodes(
+        &mut self,
+        config: &ContinuumConfig,
+        state: &Path,
+        tern: &Path,
+        within: Duration,
+    ) -> Result<Backbone, String> {
+        let backbone = Backbone::connect(self.server.url())
             .await
             .map_err(|e| e.to_string())?;
         let logs = state.join("logs");
         std::fs::create_dir_all(&logs).map_err(|e| format!("{}: {e}", logs.display()))?;
-        let mut nodes = Vec::new();
         for spec in &config.nodes {
             let log = logs.join(format!("{}.log", spec.name));
             let out = std::fs::File::create(&log).map_err(|e| format!("{}: {e}", log.display()))?;
@@ -182,57 +209,49 @@ impl Continuum {
                 .try_clone()
                 .map_err(|e| format!("{}: {e}", log.display()))?;
             let child = tokio::process::Command::new(tern)
-                .args(node_args(spec, server.url()))
+                .args(node_args(spec, self.server.url()))
                 .stdin(Stdio::null())
                 .stdout(out)
                 .stderr(err)
                 .kill_on_drop(true)
                 .spawn()
                 .map_err(|e| format!("cannot start node {}: {e}", spec.name))?;
-            nodes.push((spec.name.clone(), child));
+            self.nodes.push((spec.name.clone(), child));
+            self.joined(&backbone, &log, within).await?;
         }
-        Ok(Continuum { server, nodes })
+        Ok(backbone)
     }
 
-    /// Waits until every node of the configuration has joined, up to `within`.
-    ///
-    /// # Errors
-    /// The nodes that did not join, and where their logs are.
-    pub async fn joined(
+    /// Waits until the last node started has joined, up to `within`.
+    async fn joined(
         &mut self,
         backbone: &Backbone,
-        state: &Path,
+        log: &Path,
         within: Duration,
     ) -> Result<(), String> {
         let deadline = tokio::time::Instant::now() + within;
+        let Some((name, child)) = self.nodes.last_mut() else {
+            return Ok(());
+        };
         loop {
             let there = backbone.nodes().await.map_err(|e| e.to_string())?;
-            let missing: Vec<String> = self
-                .nodes
-                .iter()
-                .map(|(n, _)| n.clone())
-                .filter(|n| !there.iter().any(|t| t.name == *n))
-                .collect();
-            if missing.is_empty() {
+            if there.iter().any(|t| t.name == *name) {
                 return Ok(());
             }
-            for (name, child) in &mut self.nodes {
-                if let Ok(Some(status)) = child.try_wait() {
-                    return Err(format!(
-                        "node {name} exited ({status}); see {}",
-                        state.join("logs").join(format!("{name}.log")).display()
-                    ));
-                }
+            if let Ok(Some(status)) = child.try_wait() {
+                return Err(format!(
+                    "node {name} exited ({status}); see {}",
+                    log.display()
+                ));
             }
             if tokio::time::Instant::now() > deadline {
                 return Err(format!(
-                    "nodes {} did not join within {} s; see their logs in {}",
-                    missing.join(", "),
+                    "node {name} did not join within {} s; see {}",
                     within.as_secs(),
-                    state.join("logs").display()
+                    log.display()
                 ));
             }
-            tokio::time::sleep(Duration::from_millis(100)).await;
+            tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
 

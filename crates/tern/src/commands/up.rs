@@ -7,7 +7,6 @@ use std::time::Duration;
 
 use anyhow::{Context as _, anyhow};
 use clap::Args;
-use tern_cluster::backbone::Backbone;
 use tern_cluster::up::{Continuum, ContinuumConfig};
 
 /// Start a continuum on this machine: nats-server with JetStream in the state
@@ -53,25 +52,10 @@ impl UpCommand {
             let listener = tern_cluster::control::bind(self.listen)
                 .await
                 .map_err(anyhow::Error::msg)?;
-            let mut continuum = Continuum::start(&config, &state, &tern)
-                .await
-                .map_err(anyhow::Error::msg)?;
-            let started = async {
-                let backbone = Backbone::connect(continuum.server.url()).await?;
-                continuum
-                    .joined(&backbone, &state, Duration::from_secs(60))
+            let (continuum, backbone) =
+                Continuum::start(&config, &state, &tern, Duration::from_secs(60))
                     .await
                     .map_err(anyhow::Error::msg)?;
-                anyhow::Ok(backbone)
-            }
-            .await;
-            let backbone = match started {
-                Ok(b) => b,
-                Err(e) => {
-                    continuum.stop().await;
-                    return Err(e);
-                }
-            };
             let names: Vec<&str> = config.nodes.iter().map(|n| n.name.as_str()).collect();
             eprintln!(
                 "continuum up: nodes {}; API on http://{}; NATS on {}; state in {}",

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use tern_cluster::backbone::NatsServer;
 
-use crate::support::{Run, free_addr, scratch, signal, tern};
+use crate::support::{Run, Running, free_addr, scratch, signal, tern};
 
 /// Retries `tern nodes --json` until `want` nodes are listed.
 fn wait_for_nodes(dir: &std::path::Path, api: &str, want: usize) -> serde_json::Value {
@@ -51,10 +51,12 @@ async fn nodes_and_plans_through_the_api() {
         .expect("nats-server");
     let addr = free_addr();
     let api = format!("http://{addr}");
-    let mut controller = tern(d.path())
-        .args(["controller", "--nats", server.url(), "--listen", &addr])
-        .spawn();
-    let mut agents = vec![
+    let mut controller = Running(
+        tern(d.path())
+            .args(["controller", "--nats", server.url(), "--listen", &addr])
+            .spawn(),
+    );
+    let mut agents = [
         tern(d.path())
             .args([
                 "node",
@@ -79,7 +81,8 @@ async fn nodes_and_plans_through_the_api() {
             ])
             .args(["--engine", "pulley", "--cores", "1", "--memory", "128MiB"])
             .spawn(),
-    ];
+    ]
+    .map(Running);
     let nodes = wait_for_nodes(d.path(), &api, 2);
     let names: Vec<&str> = nodes
         .as_array()

@@ -8,7 +8,7 @@ use futures_util::StreamExt as _;
 use tern_cluster::Tier;
 use tern_cluster::backbone::{Backbone, NODE_TTL, NatsServer, NodeEvent};
 
-use crate::support::{free_addr, scratch, signal, tern};
+use crate::support::{Running, free_addr, scratch, signal, tern};
 
 /// Waits for the next event about `name`, up to `within`.
 async fn next_about(
@@ -33,27 +33,29 @@ async fn a_node_joins_measured_and_is_gone_seconds_after_a_kill() {
         .expect("nats-server starts");
     let bb = Backbone::connect(server.url()).await.expect("connects");
     let mut events = Box::pin(bb.watch_nodes().await.expect("watch"));
-    let mut node = tern(d.path())
-        .args([
-            "node",
-            "--nats",
-            server.url(),
-            "--name",
-            "edge-1",
-            "--site",
-            "edge",
-        ])
-        .args([
-            "--tier",
-            "edge",
-            "--cores",
-            "1",
-            "--memory",
-            "512MiB",
-            "--label",
-            "region=eu",
-        ])
-        .spawn();
+    let mut node = Running(
+        tern(d.path())
+            .args([
+                "node",
+                "--nats",
+                server.url(),
+                "--name",
+                "edge-1",
+                "--site",
+                "edge",
+            ])
+            .args([
+                "--tier",
+                "edge",
+                "--cores",
+                "1",
+                "--memory",
+                "512MiB",
+                "--label",
+                "region=eu",
+            ])
+            .spawn(),
+    );
     let NodeEvent::Up(up) = next_about(&mut events, Duration::from_secs(30)).await else {
         panic!("the node did not come up")
     };

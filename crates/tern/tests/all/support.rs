@@ -237,3 +237,27 @@ pub fn free_addr() -> String {
         .expect("addr")
         .to_string()
 }
+
+/// A spawned process killed when the test ends, even by a failed assertion, so no
+/// agent or control plane outlives its test.
+pub struct Running(pub std::process::Child);
+
+impl std::ops::Deref for Running {
+    type Target = std::process::Child;
+    fn deref(&self) -> &std::process::Child {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Running {
+    fn deref_mut(&mut self) -> &mut std::process::Child {
+        &mut self.0
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}

@@ -4,7 +4,7 @@
 use std::io::Read as _;
 use std::time::{Duration, Instant};
 
-use crate::support::{free_addr, scratch, signal, tern};
+use crate::support::{Running, free_addr, scratch, signal, tern};
 
 /// The command lines of running `tern node` processes that use `state`'s server.
 fn node_processes(needle: &str) -> Vec<String> {
@@ -25,11 +25,13 @@ fn up_starts_three_node_processes_and_ctrl_c_stops_them_all() {
     let d = scratch();
     let addr = free_addr();
     let api = format!("http://{addr}");
-    let mut up = tern(d.path())
-        .inherit(&["HOME"])
-        .args(["up", "--listen", &addr, "--state"])
-        .arg(d.path().join("state"))
-        .spawn();
+    let mut up = Running(
+        tern(d.path())
+            .inherit(&["HOME"])
+            .args(["up", "--listen", &addr, "--state"])
+            .arg(d.path().join("state"))
+            .spawn(),
+    );
     let deadline = Instant::now() + Duration::from_secs(90);
     let nodes = loop {
         let r = tern(d.path())
