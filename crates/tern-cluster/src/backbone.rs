@@ -41,6 +41,10 @@ pub enum BackboneError {
     Start { path: PathBuf, reason: String },
     #[error("cannot reach NATS at {url}: {reason}")]
     Connect { url: String, reason: String },
+    #[error(
+        "NATS at {url} refused the join token; give the one in the continuum's state directory (join-token) with --join or TERN_JOIN_TOKEN"
+    )]
+    Refused { url: String },
     #[error("JetStream {what}: {reason}")]
     JetStream { what: String, reason: String },
     #[error("a node entry that is not a node descriptor: {reason}")]
@@ -86,6 +90,7 @@ fn find_in(path: Option<std::ffi::OsString>, home: &Path) -> Result<PathBuf, Bac
 pub struct NatsServer {
     child: tokio::process::Child,
     url: String,
+    token: String,
 }
 
 impl NatsServer {
@@ -107,9 +112,12 @@ impl NatsServer {
             0 => free_port().map_err(|e| start_err(format!("no free port: {e}")))?,
             p => p,
         };
+        let token = join_token(state).map_err(|e| start_err(format!("join token: {e}")))?;
         let mut child = tokio::process::Command::new(&path)
             .args(["--jetstream", "--addr", "127.0.0.1", "--port"])
             .arg(port.to_string())
+            .arg("--auth")
+            .arg(&token)
             .arg("--store_dir")
             .arg(state)
             .stdin(Stdio::null())
@@ -151,12 +159,25 @@ impl NatsServer {
                 let _ = tokio::io::copy(&mut err, &mut sink).await;
             });
         }
-        Ok(NatsServer { child, url })
+        Ok(NatsServer { child, url, token })
     }
 
     /// Where clients connect.
     pub fn url(&self) -> &str {
         &self.url
+    }
+
+    /// The token every client must give (`state/join-token`).
+    pub fn token(&self) -> &str {
+        &self.token
+    }
+
+    /// A connection to this server's backbone.
+    ///
+    /// # Errors
+    /// As [`Backbone::join`].
+    pub async fn backbone(&self) -> Result<Backbone, BackboneError> {
+        Backbone::join(&self.url, Some(&self.token)).await
     }
 
     /// Stops the server (SIGTERM, so JetStream flushes its files; SIGKILL after 5 s).
@@ -175,6 +196,30 @@ impl NatsServer {
             let _ = self.child.kill().await;
         }
     }
+}
+
+/// The continuum's join token, in `state/join-token` (readable by its owner only): made
+/// of 32 random bytes the first time, kept across restarts.
+fn join_token(state: &Path) -> std::io::Result<String> {
+    let path = state.join("join-token");
+    if let Ok(t) = std::fs::read_to_string(&path) {
+        let t = t.trim();
+        if t.len() == 64 && t.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Ok(t.to_owned());
+        }
+    }
+    let mut bytes = [0u8; 32];
+    std::io::Read::read_exact(&mut std::fs::File::open("/dev/urandom")?, &mut bytes)?;
+    let token: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&path)?;
+    std::io::Write::write_all(&mut f, token.as_bytes())?;
+    Ok(token)
 }
 
 fn free_port() -> std::io::Result<u16> {
@@ -215,14 +260,32 @@ impl Backbone {
     /// [`BackboneError::Connect`], or [`BackboneError::JetStream`] when JetStream is
     /// off or a bucket cannot be made.
     pub async fn connect(url: &str) -> Result<Backbone, BackboneError> {
-        let client = async_nats::ConnectOptions::new()
-            .connection_timeout(Duration::from_secs(5))
-            .connect(url)
-            .await
-            .map_err(|e| BackboneError::Connect {
-                url: url.to_owned(),
-                reason: e.to_string(),
-            })?;
+        Backbone::join(url, None).await
+    }
+
+    /// [`Backbone::connect`], giving `token` (the continuum's join token) to the server.
+    ///
+    /// # Errors
+    /// [`BackboneError::Refused`] for a wrong or missing token, and as
+    /// [`Backbone::connect`].
+    pub async fn join(url: &str, token: Option<&str>) -> Result<Backbone, BackboneError> {
+        let mut options =
+            async_nats::ConnectOptions::new().connection_timeout(Duration::from_secs(5));
+        if let Some(t) = token {
+            options = options.token(t.to_owned());
+        }
+        let client = options.connect(url).await.map_err(|e| {
+            if e.kind() == async_nats::ConnectErrorKind::AuthorizationViolation {
+                BackboneError::Refused {
+                    url: url.to_owned(),
+                }
+            } else {
+                BackboneError::Connect {
+                    url: url.to_owned(),
+                    reason: e.to_string(),
+                }
+            }
+        })?;
         let js = jetstream::new(client.clone());
         let nodes = bucket(
             &js,

@@ -197,9 +197,7 @@ impl Continuum {
         tern: &Path,
         within: Duration,
     ) -> Result<Backbone, String> {
-        let backbone = Backbone::connect(self.server.url())
-            .await
-            .map_err(|e| e.to_string())?;
+        let backbone = self.server.backbone().await.map_err(|e| e.to_string())?;
         let logs = state.join("logs");
         std::fs::create_dir_all(&logs).map_err(|e| format!("{}: {e}", logs.display()))?;
         for spec in &config.nodes {
@@ -208,8 +206,10 @@ impl Continuum {
             let err = out
                 .try_clone()
                 .map_err(|e| format!("{}: {e}", log.display()))?;
+            // The token goes in the environment, not on the command line `ps` shows.
             let child = tokio::process::Command::new(tern)
                 .args(node_args(spec, self.server.url()))
+                .env("TERN_JOIN_TOKEN", self.server.token())
                 .stdin(Stdio::null())
                 .stdout(out)
                 .stderr(err)

@@ -32,7 +32,7 @@ async fn a_node_that_stops_its_heartbeat_is_gone_within_seconds() {
     let server = NatsServer::start(state.path(), 0)
         .await
         .expect("nats-server starts");
-    let bb = Backbone::connect(server.url()).await.expect("connects");
+    let bb = server.backbone().await.expect("connects");
     let mut events = bb.watch_nodes().await.expect("watch");
     let edge = node("edge");
     for _ in 0..3 {
@@ -76,7 +76,7 @@ async fn deployments_and_modules_outlive_the_server() {
     let state = tempfile::tempdir().expect("tmp");
     let wasm = wat::parse_str("(module (func (export \"_start\")))").expect("wat");
     let server = NatsServer::start(state.path(), 0).await.expect("starts");
-    let bb = Backbone::connect(server.url()).await.expect("connects");
+    let bb = server.backbone().await.expect("connects");
     bb.put_app("sensor-agg", "name = \"sensor-agg\"\n")
         .await
         .expect("put app");
@@ -84,7 +84,7 @@ async fn deployments_and_modules_outlive_the_server() {
     server.stop().await;
 
     let server = NatsServer::start(state.path(), 0).await.expect("restarts");
-    let bb = Backbone::connect(server.url()).await.expect("reconnects");
+    let bb = server.backbone().await.expect("reconnects");
     assert_eq!(
         bb.app("sensor-agg").await.expect("app").as_deref(),
         Some("name = \"sensor-agg\"\n")

@@ -245,4 +245,21 @@ pub struct NatsArgs {
         env = "TERN_NATS"
     )]
     pub nats: String,
+    /// The continuum's join token (`join-token` in the state directory of `tern up`).
+    #[arg(
+        long = "join",
+        value_name = "TOKEN",
+        env = "TERN_JOIN_TOKEN",
+        hide_env_values = true
+    )]
+    pub token: Option<String>,
+}
+
+impl NatsArgs {
+    /// Joins the backbone.
+    pub async fn backbone(
+        &self,
+    ) -> Result<tern_cluster::backbone::Backbone, tern_cluster::backbone::BackboneError> {
+        tern_cluster::backbone::Backbone::join(&self.nats, self.token.as_deref()).await
+    }
 }

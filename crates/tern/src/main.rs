@@ -61,7 +61,10 @@ fn main() -> ExitCode {
 
 fn init_logging() {
     use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_env("TERN_LOG").unwrap_or_else(|_| EnvFilter::new("warn"));
+    // async-nats logs what Tern reports itself, in one line of its own (a refused
+    // token, a lost connection), so it is quiet unless TERN_LOG names it.
+    let filter = EnvFilter::try_from_env("TERN_LOG")
+        .unwrap_or_else(|_| EnvFilter::new("warn,async_nats=off"));
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)

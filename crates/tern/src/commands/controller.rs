@@ -5,7 +5,6 @@ use std::process::ExitCode;
 
 use anyhow::Context as _;
 use clap::Args;
-use tern_cluster::backbone::Backbone;
 
 /// Run the control plane: follow the nodes registered on the backbone and serve the
 /// HTTP API that `tern nodes`, `tern plan` and the other continuum verbs talk to. It
@@ -28,7 +27,7 @@ impl ControllerCommand {
             .context("starting the control plane's runtime")?;
         runtime.block_on(async move {
             let stop = crate::common::stopped();
-            let backbone = Backbone::connect(&self.nats.nats).await?;
+            let backbone = self.nats.backbone().await?;
             let listener = tern_cluster::control::bind(self.listen)
                 .await
                 .map_err(anyhow::Error::msg)?;

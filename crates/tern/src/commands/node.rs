@@ -8,7 +8,6 @@ use anyhow::Context as _;
 use clap::Args;
 use tern_cluster::Tier;
 use tern_cluster::agent::{self, NodeConfig};
-use tern_cluster::backbone::Backbone;
 use tern_runtime::EngineKind;
 
 /// Run a node agent: measure this machine's compute under the node's engine, join the
@@ -89,7 +88,7 @@ impl NodeCommand {
             .context("starting the node's runtime")?;
         runtime.block_on(async move {
             let stop = crate::common::stopped();
-            let backbone = Backbone::connect(&self.nats.nats).await?;
+            let backbone = self.nats.backbone().await?;
             let name = config.name.clone();
             agent::run(config, &backbone, stop, |node| {
                 eprintln!(

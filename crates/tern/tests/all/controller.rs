@@ -53,11 +53,13 @@ async fn nodes_and_plans_through_the_api() {
     let api = format!("http://{addr}");
     let mut controller = Running(
         tern(d.path())
+            .env("TERN_JOIN_TOKEN", server.token())
             .args(["controller", "--nats", server.url(), "--listen", &addr])
             .spawn(),
     );
     let mut agents = [
         tern(d.path())
+            .env("TERN_JOIN_TOKEN", server.token())
             .args([
                 "node",
                 "--nats",
@@ -70,6 +72,7 @@ async fn nodes_and_plans_through_the_api() {
             .args(["--cores", "2", "--memory", "4GiB", "--label", "region=eu"])
             .spawn(),
         tern(d.path())
+            .env("TERN_JOIN_TOKEN", server.token())
             .args([
                 "node",
                 "--nats",

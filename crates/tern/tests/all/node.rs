@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use futures_util::StreamExt as _;
 use tern_cluster::Tier;
-use tern_cluster::backbone::{Backbone, NODE_TTL, NatsServer, NodeEvent};
+use tern_cluster::backbone::{NODE_TTL, NatsServer, NodeEvent};
 
 use crate::support::{Running, free_addr, scratch, signal, tern};
 
@@ -31,10 +31,11 @@ async fn a_node_joins_measured_and_is_gone_seconds_after_a_kill() {
     let server = NatsServer::start(&d.path().join("nats"), 0)
         .await
         .expect("nats-server starts");
-    let bb = Backbone::connect(server.url()).await.expect("connects");
+    let bb = server.backbone().await.expect("connects");
     let mut events = Box::pin(bb.watch_nodes().await.expect("watch"));
     let mut node = Running(
         tern(d.path())
+            .env("TERN_JOIN_TOKEN", server.token())
             .args([
                 "node",
                 "--nats",
@@ -95,9 +96,24 @@ async fn a_stopped_node_leaves_at_once() {
     let server = NatsServer::start(&d.path().join("nats"), 0)
         .await
         .expect("starts");
-    let bb = Backbone::connect(server.url()).await.expect("connects");
+    let bb = server.backbone().await.expect("connects");
+    // A wrong join token, or none, is refused before the node does anything.
+    for token in [Some("0".repeat(64)), None] {
+        let mut t = tern(d.path());
+        if let Some(token) = &token {
+            t = t.env("TERN_JOIN_TOKEN", token);
+        }
+        t.args(["node", "--nats", server.url(), "--name", "intruder"])
+            .run()
+            .fails_with(
+                1,
+                &format!("NATS at {} refused the join token", server.url()),
+            );
+    }
+    assert!(bb.nodes().await.expect("nodes").is_empty());
     let mut events = Box::pin(bb.watch_nodes().await.expect("watch"));
     let node = tern(d.path())
+        .env("TERN_JOIN_TOKEN", server.token())
         .args([
             "node",
             "--nats",
