@@ -263,3 +263,14 @@ impl NatsArgs {
         tern_cluster::backbone::Backbone::join(&self.nats, self.token.as_deref()).await
     }
 }
+
+/// The async runtime of the continuum's verbs: two worker threads are plenty for an
+/// agent, a control plane or `tern up`, which mostly wait.
+pub fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    use anyhow::Context as _;
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("starting the async runtime")
+}

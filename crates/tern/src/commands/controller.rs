@@ -3,7 +3,6 @@
 use std::net::SocketAddr;
 use std::process::ExitCode;
 
-use anyhow::Context as _;
 use clap::Args;
 
 /// Run the control plane: follow the nodes registered on the backbone and serve the
@@ -20,11 +19,7 @@ pub struct ControllerCommand {
 
 impl ControllerCommand {
     pub fn execute(self) -> anyhow::Result<ExitCode> {
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()
-            .context("starting the control plane's runtime")?;
+        let runtime = crate::common::runtime()?;
         runtime.block_on(async move {
             let stop = crate::common::stopped();
             let backbone = self.nats.backbone().await?;

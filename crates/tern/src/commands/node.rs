@@ -4,7 +4,6 @@
 use std::collections::BTreeMap;
 use std::process::ExitCode;
 
-use anyhow::Context as _;
 use clap::Args;
 use tern_cluster::Tier;
 use tern_cluster::agent::{self, NodeConfig};
@@ -81,11 +80,7 @@ impl NodeCommand {
             link_listen: self.link_listen,
             link_advertise: self.link_advertise,
         };
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()
-            .context("starting the node's runtime")?;
+        let runtime = crate::common::runtime()?;
         runtime.block_on(async move {
             let stop = crate::common::stopped();
             let backbone = self.nats.backbone().await?;

@@ -41,11 +41,7 @@ impl UpCommand {
         };
         let state = self.state.unwrap_or_else(tern_cluster::up::default_state);
         let tern = std::env::current_exe().context("locating the tern binary")?;
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()
-            .context("starting the runtime")?;
+        let runtime = crate::common::runtime()?;
         runtime.block_on(async move {
             // Installed first: a Ctrl-C while the continuum starts stops it once started.
             let stop = crate::common::stopped();

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use tern_cluster::backbone::NatsServer;
 
-use crate::support::{Run, Running, free_addr, scratch, signal, tern};
+use crate::support::{Run, Running, free_addr, scratch, signal, spawn_node, tern};
 
 /// Retries `tern nodes --json` until `want` nodes are listed.
 fn wait_for_nodes(dir: &std::path::Path, api: &str, want: usize) -> serde_json::Value {
@@ -58,34 +58,30 @@ async fn nodes_and_plans_through_the_api() {
             .spawn(),
     );
     let mut agents = [
-        tern(d.path())
-            .env("TERN_JOIN_TOKEN", server.token())
-            .args([
-                "node",
-                "--nats",
-                server.url(),
-                "--name",
-                "cloud",
+        spawn_node(
+            d.path(),
+            &server,
+            "cloud",
+            &[
                 "--tier",
                 "cloud",
-            ])
-            .args(["--cores", "2", "--memory", "4GiB", "--label", "region=eu"])
-            .spawn(),
-        tern(d.path())
-            .env("TERN_JOIN_TOKEN", server.token())
-            .args([
-                "node",
-                "--nats",
-                server.url(),
-                "--name",
-                "iot",
-                "--tier",
-                "iot",
-            ])
-            .args(["--engine", "pulley", "--cores", "1", "--memory", "128MiB"])
-            .spawn(),
-    ]
-    .map(Running);
+                "--cores",
+                "2",
+                "--memory",
+                "4GiB",
+                "--label",
+                "region=eu",
+            ],
+        ),
+        spawn_node(
+            d.path(),
+            &server,
+            "iot",
+            &[
+                "--tier", "iot", "--engine", "pulley", "--cores", "1", "--memory", "128MiB",
+            ],
+        ),
+    ];
     let nodes = wait_for_nodes(d.path(), &api, 2);
     let names: Vec<&str> = nodes
         .as_array()

@@ -8,7 +8,7 @@ use futures_util::StreamExt as _;
 use tern_cluster::Tier;
 use tern_cluster::backbone::{NODE_TTL, NatsServer, NodeEvent};
 
-use crate::support::{Running, free_addr, scratch, signal, tern};
+use crate::support::{free_addr, scratch, signal, spawn_node, tern};
 
 /// Waits for the next event about `name`, up to `within`.
 async fn next_about(
@@ -25,37 +25,36 @@ async fn next_about(
         .expect("a node event")
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn a_node_joins_measured_and_is_gone_seconds_after_a_kill() {
-    let d = scratch();
-    let server = NatsServer::start(&d.path().join("nats"), 0)
+/// A nats-server in `dir` and a connection to its backbone.
+async fn backbone(dir: &std::path::Path) -> (NatsServer, tern_cluster::backbone::Backbone) {
+    let server = NatsServer::start(&dir.join("nats"), 0)
         .await
         .expect("nats-server starts");
     let bb = server.backbone().await.expect("connects");
+    (server, bb)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_node_joins_measured_and_is_gone_seconds_after_a_kill() {
+    let d = scratch();
+    let (server, bb) = backbone(d.path()).await;
     let mut events = Box::pin(bb.watch_nodes().await.expect("watch"));
-    let mut node = Running(
-        tern(d.path())
-            .env("TERN_JOIN_TOKEN", server.token())
-            .args([
-                "node",
-                "--nats",
-                server.url(),
-                "--name",
-                "edge-1",
-                "--site",
-                "edge",
-            ])
-            .args([
-                "--tier",
-                "edge",
-                "--cores",
-                "1",
-                "--memory",
-                "512MiB",
-                "--label",
-                "region=eu",
-            ])
-            .spawn(),
+    let mut node = spawn_node(
+        d.path(),
+        &server,
+        "edge-1",
+        &[
+            "--site",
+            "edge",
+            "--tier",
+            "edge",
+            "--cores",
+            "1",
+            "--memory",
+            "512MiB",
+            "--label",
+            "region=eu",
+        ],
     );
     let NodeEvent::Up(up) = next_about(&mut events, Duration::from_secs(30)).await else {
         panic!("the node did not come up")
@@ -93,10 +92,7 @@ async fn a_node_joins_measured_and_is_gone_seconds_after_a_kill() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_stopped_node_leaves_at_once() {
     let d = scratch();
-    let server = NatsServer::start(&d.path().join("nats"), 0)
-        .await
-        .expect("starts");
-    let bb = server.backbone().await.expect("connects");
+    let (server, bb) = backbone(d.path()).await;
     // A wrong join token, or none, is refused before the node does anything.
     for token in [Some("0".repeat(64)), None] {
         let mut t = tern(d.path());
@@ -112,28 +108,23 @@ async fn a_stopped_node_leaves_at_once() {
     }
     assert!(bb.nodes().await.expect("nodes").is_empty());
     let mut events = Box::pin(bb.watch_nodes().await.expect("watch"));
-    let node = tern(d.path())
-        .env("TERN_JOIN_TOKEN", server.token())
-        .args([
-            "node",
-            "--nats",
-            server.url(),
-            "--name",
-            "iot-1",
-            "--tier",
-            "iot",
-        ])
-        .args(["--engine", "pulley", "--memory", "128MiB"])
-        .spawn();
+    let mut node = spawn_node(
+        d.path(),
+        &server,
+        "iot-1",
+        &["--tier", "iot", "--engine", "pulley", "--memory", "128MiB"],
+    );
     let NodeEvent::Up(up) = next_about(&mut events, Duration::from_secs(60)).await else {
         panic!("the node did not come up")
     };
     assert_eq!(up.engine.as_str(), "pulley");
     signal(&node, "-TERM");
     let stopped = Instant::now();
-    let out = node.wait_with_output().expect("exits");
-    assert!(out.status.success(), "{out:?}");
-    let stderr = String::from_utf8_lossy(&out.stderr);
+    let status = node.wait().expect("exits");
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut node.stderr.take().expect("stderr"), &mut stderr)
+        .expect("read");
+    assert!(status.success(), "{status:?}: {stderr}");
     assert!(
         stderr.contains("node iot-1 joined nats://127.0.0.1:"),
         "{stderr}"

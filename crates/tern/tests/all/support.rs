@@ -261,3 +261,20 @@ impl Drop for Running {
         let _ = self.0.wait();
     }
 }
+
+/// Starts `tern node --nats URL --name NAME` with the join token and `flags`, as a
+/// process killed when the test ends.
+pub fn spawn_node(
+    dir: &Path,
+    server: &tern_cluster::backbone::NatsServer,
+    name: &str,
+    flags: &[&str],
+) -> Running {
+    Running(
+        tern(dir)
+            .env("TERN_JOIN_TOKEN", server.token())
+            .args(["node", "--nats", server.url(), "--name", name])
+            .args(flags)
+            .spawn(),
+    )
+}
