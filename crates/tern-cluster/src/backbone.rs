@@ -51,11 +51,6 @@ pub enum BackboneError {
     BadEntry { reason: String },
 }
 
-fn js(what: impl Into<String>) -> impl FnOnce(String) -> BackboneError {
-    let what = what.into();
-    move |reason| BackboneError::JetStream { what, reason }
-}
-
 /// Where `scripts/setup.sh` installs nats-server when it is not on PATH.
 fn default_home() -> PathBuf {
     match std::env::var_os("TERN_NATS_HOME") {
@@ -182,19 +177,25 @@ impl NatsServer {
 
     /// Stops the server (SIGTERM, so JetStream flushes its files; SIGKILL after 5 s).
     pub async fn stop(mut self) {
-        if let Some(pid) = self
-            .child
-            .id()
-            .and_then(|p| rustix::process::Pid::from_raw(p as i32))
-        {
-            let _ = rustix::process::kill_process(pid, rustix::process::Signal::TERM);
-        }
-        if tokio::time::timeout(Duration::from_secs(5), self.child.wait())
-            .await
-            .is_err()
-        {
-            let _ = self.child.kill().await;
-        }
+        terminate(&self.child);
+        reap(&mut self.child, Duration::from_secs(5)).await;
+    }
+}
+
+/// Sends SIGTERM to `child`, so that it can finish cleanly (flush, leave the registry).
+pub(crate) fn terminate(child: &tokio::process::Child) {
+    if let Some(pid) = child
+        .id()
+        .and_then(|p| rustix::process::Pid::from_raw(p as i32))
+    {
+        let _ = rustix::process::kill_process(pid, rustix::process::Signal::TERM);
+    }
+}
+
+/// Waits up to `grace` for `child` to end, then kills it.
+pub(crate) async fn reap(child: &mut tokio::process::Child, grace: Duration) {
+    if tokio::time::timeout(grace, child.wait()).await.is_err() {
+        let _ = child.kill().await;
     }
 }
 
@@ -334,7 +335,7 @@ impl Backbone {
     /// # Errors
     /// [`BackboneError::JetStream`].
     pub async fn heartbeat(&self, node: &NodeDescriptor) -> Result<(), BackboneError> {
-        let json = serde_json::to_vec(node).map_err(|e| js("encode node")(e.to_string()))?;
+        let json = serde_json::to_vec(node).map_err(|e| js_err("encode node", e))?;
         self.nodes
             .put(node.name.as_str(), json.into())
             .await
@@ -461,8 +462,9 @@ impl Backbone {
             .await
             .map_err(|e| js_err(format!("module sha256:{digest}"), e))?;
         if tern_runtime::digest(&wasm) != digest {
-            return Err(js(format!("module sha256:{digest}"))(
-                "its bytes do not match the digest".into(),
+            return Err(js_err(
+                format!("module sha256:{digest}"),
+                "its bytes do not match the digest",
             ));
         }
         Ok(wasm)
@@ -470,7 +472,10 @@ impl Backbone {
 }
 
 fn js_err(what: impl Into<String>, e: impl std::fmt::Display) -> BackboneError {
-    js(what)(e.to_string())
+    BackboneError::JetStream {
+        what: what.into(),
+        reason: e.to_string(),
+    }
 }
 
 async fn bucket(js: &jetstream::Context, config: kv::Config) -> Result<kv::Store, BackboneError> {

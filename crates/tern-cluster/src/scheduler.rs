@@ -56,14 +56,7 @@ impl RttMatrix {
     /// The smoothed round trip between `a` and `b`; a site to itself is 0 unless
     /// measured; `None` when never measured.
     pub fn get(&self, a: &str, b: &str) -> Option<f64> {
-        let measured = match (self.index.get(a), self.index.get(b)) {
-            (Some(&a), Some(&b)) => self.ms[a.max(b)][a.min(b)],
-            _ => None,
-        };
-        match measured {
-            None if a == b => Some(0.0),
-            other => other,
-        }
+        self.to_site(b).from(a)
     }
 
     /// Round trips to `site` from any other, with `site` looked up once.

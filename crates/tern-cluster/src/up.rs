@@ -11,7 +11,7 @@ use std::time::Duration;
 use serde::Deserialize;
 use tern_runtime::EngineKind;
 
-use crate::backbone::{Backbone, NatsServer};
+use crate::backbone::{Backbone, BackboneError, NatsServer, NodeEvent, reap, terminate};
 use crate::manifest::valid_name;
 use crate::model::Tier;
 
@@ -198,6 +198,7 @@ impl Continuum {
         within: Duration,
     ) -> Result<Backbone, String> {
         let backbone = self.server.backbone().await.map_err(|e| e.to_string())?;
+        let mut events = Box::pin(backbone.watch_nodes().await.map_err(|e| e.to_string())?);
         let logs = state.join("logs");
         std::fs::create_dir_all(&logs).map_err(|e| format!("{}: {e}", logs.display()))?;
         for spec in &config.nodes {
@@ -207,7 +208,7 @@ impl Continuum {
                 .try_clone()
                 .map_err(|e| format!("{}: {e}", log.display()))?;
             // The token goes in the environment, not on the command line `ps` shows.
-            let child = tokio::process::Command::new(tern)
+            let mut child = tokio::process::Command::new(tern)
                 .args(node_args(spec, self.server.url()))
                 .env("TERN_JOIN_TOKEN", self.server.token())
                 .stdin(Stdio::null())
@@ -216,64 +217,58 @@ impl Continuum {
                 .kill_on_drop(true)
                 .spawn()
                 .map_err(|e| format!("cannot start node {}: {e}", spec.name))?;
+            let joined = joined(&mut events, &mut child, &spec.name, &log, within).await;
+            // Kept even when it failed to join, so that `stop` ends it.
             self.nodes.push((spec.name.clone(), child));
-            self.joined(&backbone, &log, within).await?;
+            joined?;
         }
         Ok(backbone)
     }
 
-    /// Waits until the last node started has joined, up to `within`.
-    async fn joined(
-        &mut self,
-        backbone: &Backbone,
-        log: &Path,
-        within: Duration,
-    ) -> Result<(), String> {
-        let deadline = tokio::time::Instant::now() + within;
-        let Some((name, child)) = self.nodes.last_mut() else {
-            return Ok(());
-        };
-        loop {
-            let there = backbone.nodes().await.map_err(|e| e.to_string())?;
-            if there.iter().any(|t| t.name == *name) {
-                return Ok(());
+    /// Stops every node (SIGTERM: each leaves the registry), then the server.
+    pub async fn stop(mut self) {
+        for (_, child) in &self.nodes {
+            terminate(child);
+        }
+        for (_, child) in &mut self.nodes {
+            reap(child, Duration::from_secs(5)).await;
+        }
+        self.server.stop().await;
+    }
+}
+
+/// Waits until the registry says node `name` (the process `child`) has joined, up to
+/// `within`.
+async fn joined(
+    events: &mut (impl futures_util::Stream<Item = Result<NodeEvent, BackboneError>> + Unpin),
+    child: &mut tokio::process::Child,
+    name: &str,
+    log: &Path,
+    within: Duration,
+) -> Result<(), String> {
+    use futures_util::StreamExt as _;
+    let deadline = tokio::time::sleep(within);
+    tokio::pin!(deadline);
+    loop {
+        tokio::select! {
+            event = events.next() => match event {
+                Some(Ok(NodeEvent::Up(n))) if n.name == name => return Ok(()),
+                Some(Ok(_)) => {}
+                Some(Err(e)) => return Err(e.to_string()),
+                None => return Err("the node registry's watch ended".into()),
+            },
+            status = child.wait() => {
+                let status = status.map_or_else(|e| e.to_string(), |s| s.to_string());
+                return Err(format!("node {name} exited ({status}); see {}", log.display()));
             }
-            if let Ok(Some(status)) = child.try_wait() {
-                return Err(format!(
-                    "node {name} exited ({status}); see {}",
-                    log.display()
-                ));
-            }
-            if tokio::time::Instant::now() > deadline {
+            () = &mut deadline => {
                 return Err(format!(
                     "node {name} did not join within {} s; see {}",
                     within.as_secs(),
                     log.display()
                 ));
             }
-            tokio::time::sleep(Duration::from_millis(50)).await;
         }
-    }
-
-    /// Stops every node (SIGTERM: each leaves the registry), then the server.
-    pub async fn stop(mut self) {
-        for (_, child) in &mut self.nodes {
-            if let Some(pid) = child
-                .id()
-                .and_then(|p| rustix::process::Pid::from_raw(p as i32))
-            {
-                let _ = rustix::process::kill_process(pid, rustix::process::Signal::TERM);
-            }
-        }
-        for (_, child) in &mut self.nodes {
-            if tokio::time::timeout(Duration::from_secs(5), child.wait())
-                .await
-                .is_err()
-            {
-                let _ = child.kill().await;
-            }
-        }
-        self.server.stop().await;
     }
 }
 
