@@ -42,7 +42,7 @@ pub enum BackboneError {
     #[error("cannot reach NATS at {url}: {reason}")]
     Connect { url: String, reason: String },
     #[error(
-        "NATS at {url} refused the join token; give the one in the continuum's state directory (join-token) with --join or TERN_JOIN_TOKEN"
+        "NATS at {url} refused the join token; give the one `tern up` printed (kept in STATE/nats/join-token) with --join or TERN_JOIN_TOKEN"
     )]
     Refused { url: String },
     #[error("JetStream {what}: {reason}")]
@@ -86,6 +86,7 @@ pub struct NatsServer {
     child: tokio::process::Child,
     url: String,
     token: String,
+    token_file: PathBuf,
 }
 
 impl NatsServer {
@@ -154,7 +155,12 @@ impl NatsServer {
                 let _ = tokio::io::copy(&mut err, &mut sink).await;
             });
         }
-        Ok(NatsServer { child, url, token })
+        Ok(NatsServer {
+            child,
+            url,
+            token,
+            token_file: state.join(TOKEN_FILE),
+        })
     }
 
     /// Where clients connect.
@@ -165,6 +171,11 @@ impl NatsServer {
     /// The token every client must give (`state/join-token`).
     pub fn token(&self) -> &str {
         &self.token
+    }
+
+    /// Where the token is kept.
+    pub fn token_file(&self) -> &Path {
+        &self.token_file
     }
 
     /// A connection to this server's backbone.
@@ -199,10 +210,13 @@ pub(crate) async fn reap(child: &mut tokio::process::Child, grace: Duration) {
     }
 }
 
+/// The file of the join token, in the server's state directory.
+const TOKEN_FILE: &str = "join-token";
+
 /// The continuum's join token, in `state/join-token` (readable by its owner only): made
 /// of 32 random bytes the first time, kept across restarts.
 fn join_token(state: &Path) -> std::io::Result<String> {
-    let path = state.join("join-token");
+    let path = state.join(TOKEN_FILE);
     if let Ok(t) = std::fs::read_to_string(&path) {
         let t = t.trim();
         if t.len() == 64 && t.bytes().all(|b| b.is_ascii_hexdigit()) {

@@ -245,7 +245,7 @@ pub struct NatsArgs {
         env = "TERN_NATS"
     )]
     pub nats: String,
-    /// The continuum's join token (`join-token` in the state directory of `tern up`).
+    /// The continuum's join token (printed by `tern up`, kept in `STATE/nats/join-token`).
     #[arg(
         long = "join",
         value_name = "TOKEN",

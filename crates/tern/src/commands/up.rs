@@ -61,6 +61,11 @@ impl UpCommand {
                 state.display()
             );
             eprintln!(
+                "join token {} (in {}): other machines join with `tern node --nats URL --join TOKEN --name NAME`",
+                continuum.server.token(),
+                continuum.server.token_file().display()
+            );
+            eprintln!(
                 "try `tern nodes`, `tern nodes --latency` or `tern plan app.toml`; Ctrl-C stops it"
             );
             let served = tern_cluster::control::serve(backbone, listener, stop).await;

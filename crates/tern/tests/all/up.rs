@@ -88,6 +88,10 @@ fn up_starts_three_node_processes_and_ctrl_c_stops_them_all() {
         stderr.contains("continuum up: nodes cloud, edge, iot"),
         "{stderr}"
     );
+    let kept = state.join("nats/join-token");
+    let token = std::fs::read_to_string(&kept).expect("the join token is kept");
+    let told = format!("join token {token} (in {})", kept.display());
+    assert!(stderr.contains(&told), "{stderr}");
     assert!(stderr.ends_with("continuum stopped\n"), "{stderr}");
     let url = stderr
         .split("NATS on ")
