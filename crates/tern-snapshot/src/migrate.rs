@@ -37,6 +37,7 @@ mod wire;
 use serde::{Deserialize, Serialize};
 
 pub use error::{MigrationError, MigrationFailure};
+pub(crate) use error::{local, protocol};
 pub use receive::{fuzz_hello, fuzz_receive, receive};
 pub use source::{MigrateEnd, MigrationStats, migrate_run};
 

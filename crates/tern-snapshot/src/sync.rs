@@ -41,22 +41,7 @@ const MTIME_SLACK: Duration = Duration::from_secs(1);
 /// Prefix of the staging directories made beside a volume.
 const STAGING_PREFIX: &str = ".tern-incoming-";
 
-/// A failure of this end's files.
-fn err(reason: impl std::fmt::Display) -> SnapshotError {
-    crate::MigrationFailure::Local {
-        reason: reason.to_string(),
-    }
-    .here()
-}
-
-/// A source that names what the protocol does not allow: a path out of its volume, a
-/// volume it did not announce.
-fn violation(reason: impl std::fmt::Display) -> SnapshotError {
-    crate::MigrationFailure::Protocol {
-        reason: reason.to_string(),
-    }
-    .here()
-}
+use crate::migrate::{local, protocol};
 
 /// A regular file of a volume: size, mode, mtime and the SHA-256 of each block.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

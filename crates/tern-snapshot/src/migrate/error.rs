@@ -61,6 +61,23 @@ impl MigrationFailure {
     }
 }
 
+/// The peer sent what the protocol does not allow here (the migration stream, or a
+/// path or volume a destination was never told of).
+pub(crate) fn protocol(reason: impl std::fmt::Display) -> crate::SnapshotError {
+    MigrationFailure::Protocol {
+        reason: reason.to_string(),
+    }
+    .here()
+}
+
+/// This end failed on its own: a socket option, a thread, a local file.
+pub(crate) fn local(reason: impl std::fmt::Display) -> crate::SnapshotError {
+    MigrationFailure::Local {
+        reason: reason.to_string(),
+    }
+    .here()
+}
+
 impl crate::SnapshotError {
     /// Names `peer` on a migration error that names none yet.
     pub(crate) fn with_peer(self, peer: impl std::fmt::Display) -> crate::SnapshotError {

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+pub(super) use super::error::{local, protocol};
 pub(super) use crate::codec::{Cursor, put_block};
 use crate::format::PAGE;
 use crate::{MigrationFailure, SnapshotError};
@@ -34,22 +35,6 @@ pub(super) fn max_frame(tag: u8) -> usize {
         b'Z' | b'A' => 64 << 20,
         _ => HEADER_ROOM,
     }
-}
-
-/// The peer sent what the protocol does not allow here.
-pub(super) fn protocol(reason: impl std::fmt::Display) -> SnapshotError {
-    MigrationFailure::Protocol {
-        reason: reason.to_string(),
-    }
-    .here()
-}
-
-/// This end failed on its own.
-pub(super) fn local(reason: impl std::fmt::Display) -> SnapshotError {
-    MigrationFailure::Local {
-        reason: reason.to_string(),
-    }
-    .here()
 }
 
 pub(super) fn write_frame(

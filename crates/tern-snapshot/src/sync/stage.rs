@@ -62,7 +62,7 @@ impl StagedVolume {
         let _ = std::fs::remove_dir_all(&stage);
         for sub in ["new", "old"] {
             std::fs::create_dir_all(stage.join(sub))
-                .map_err(|e| err(format!("cannot make {}: {e}", stage.display())))?;
+                .map_err(|e| local(format!("cannot make {}: {e}", stage.display())))?;
         }
         self.stage = Some(stage.clone());
         Ok(stage)
@@ -135,7 +135,7 @@ impl Staging {
                     Vec::new()
                 } else {
                     inventory(&v.root)
-                        .map_err(|e| err(format!("reading volume {}: {e}", v.root.display())))?
+                        .map_err(|e| local(format!("reading volume {}: {e}", v.root.display())))?
                 };
                 Ok(VolumeOffer {
                     guest: v.guest.clone(),
@@ -150,7 +150,7 @@ impl Staging {
         self.volumes
             .iter_mut()
             .find(|v| v.guest == guest)
-            .ok_or_else(|| violation(format!("volume {guest} was not announced")))
+            .ok_or_else(|| protocol(format!("volume {guest} was not announced")))
     }
 
     /// Stages a file: the volume's copy (if any) with `blocks` (index, contents)
@@ -161,18 +161,18 @@ impl Staging {
         blocks: impl IntoIterator<Item = Result<(u64, Vec<u8>), SnapshotError>>,
     ) -> Result<(), SnapshotError> {
         if !plain_relative(&h.path) {
-            return Err(violation(format!("file path {} leaves its volume", h.path)));
+            return Err(protocol(format!("file path {} leaves its volume", h.path)));
         }
         let v = self.volume(&h.volume)?;
         if v.read_only {
-            return Err(err(format!(
+            return Err(local(format!(
                 "the source sent {} for volume {}, which is read-only here",
                 h.path, v.guest
             )));
         }
         let stage = v.stage()?;
         let staged = stage.join("new").join(&h.path);
-        let io = |e: std::io::Error| err(format!("staging {}: {e}", h.path));
+        let io = |e: std::io::Error| local(format!("staging {}: {e}", h.path));
         if !v.written.contains_key(&h.path) {
             if let Some(parent) = staged.parent() {
                 std::fs::create_dir_all(parent).map_err(io)?;
@@ -209,11 +209,11 @@ impl Staging {
     /// Marks a file to be removed at commit.
     pub(crate) fn delete(&mut self, volume: &str, path: &str) -> Result<(), SnapshotError> {
         if !plain_relative(path) {
-            return Err(violation(format!("file path {path} leaves its volume")));
+            return Err(protocol(format!("file path {path} leaves its volume")));
         }
         let v = self.volume(volume)?;
         if v.read_only {
-            return Err(err(format!(
+            return Err(local(format!(
                 "the source removed {path} in volume {volume}, which is read-only here"
             )));
         }
@@ -231,7 +231,7 @@ impl Staging {
     pub(crate) fn verify(&mut self, e: &Expected) -> Result<(), SnapshotError> {
         let v = self.volume(&e.volume)?;
         let refuse = |what: &str| {
-            err(format!(
+            local(format!(
                 "{} in read-only volume {} {what}; the guest needs the same file on both sides",
                 e.path, e.volume
             ))
@@ -350,7 +350,7 @@ fn commit_volume(c: &mut CommittedVolume) -> Result<(), SnapshotError> {
 
     for rel in c.volume.deleted.clone() {
         let Some(target) = inside(&root, &rel) else {
-            return Err(violation(format!("{rel} leaves its volume")));
+            return Err(protocol(format!("{rel} leaves its volume")));
         };
         if target.is_file() {
             move_out(c, &stage, &rel, target, "removing")?;
@@ -358,7 +358,7 @@ fn commit_volume(c: &mut CommittedVolume) -> Result<(), SnapshotError> {
     }
     for (rel, (mode, mtime)) in c.volume.written.clone() {
         let Some(target) = inside(&root, &rel) else {
-            return Err(violation(format!("{rel} leaves its volume")));
+            return Err(protocol(format!("{rel} leaves its volume")));
         };
         let staged = stage.join("new").join(&rel);
         // The file's own mode and mtime, set on the staged copy: a rename keeps them.
@@ -368,7 +368,7 @@ fn commit_volume(c: &mut CommittedVolume) -> Result<(), SnapshotError> {
             f.set_permissions(std::fs::Permissions::from_mode(mode & 0o777))
         });
         if let Err(e) = set {
-            return Err(err(format!("{rel}: {e}")));
+            return Err(local(format!("{rel}: {e}")));
         }
         // Directories on the way that do not exist yet, outermost first.
         let mut missing = Vec::new();
@@ -382,7 +382,7 @@ fn commit_volume(c: &mut CommittedVolume) -> Result<(), SnapshotError> {
         }
         for d in missing.into_iter().rev() {
             if let Err(e) = std::fs::create_dir(&d) {
-                return Err(err(format!("{}: {e}", d.display())));
+                return Err(local(format!("{}: {e}", d.display())));
             }
             c.made.push(d);
         }
@@ -390,7 +390,7 @@ fn commit_volume(c: &mut CommittedVolume) -> Result<(), SnapshotError> {
             move_out(c, &stage, &rel, target.clone(), "replacing")?;
         }
         if let Err(e) = std::fs::rename(&staged, &target) {
-            return Err(err(format!("placing {rel}: {e}")));
+            return Err(local(format!("placing {rel}: {e}")));
         }
         c.placed.push(target);
     }
@@ -408,9 +408,9 @@ fn move_out(
 ) -> Result<(), SnapshotError> {
     let backup = stage.join("old").join(rel);
     if let Some(parent) = backup.parent() {
-        std::fs::create_dir_all(parent).map_err(|e| err(format!("staging: {e}")))?;
+        std::fs::create_dir_all(parent).map_err(|e| local(format!("staging: {e}")))?;
     }
-    std::fs::rename(&target, &backup).map_err(|e| err(format!("{doing} {rel}: {e}")))?;
+    std::fs::rename(&target, &backup).map_err(|e| local(format!("{doing} {rel}: {e}")))?;
     c.moved_out.push((target, backup));
     Ok(())
 }
