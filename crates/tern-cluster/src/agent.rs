@@ -23,6 +23,10 @@ pub struct NodeConfig {
     pub link_listen: std::net::SocketAddr,
     /// The address other nodes reach the link at [default: what `link_listen` bound].
     pub link_advertise: Option<String>,
+    /// Where the node keeps its instances' files.
+    pub state: std::path::PathBuf,
+    /// The `tern` program, which runs each instance.
+    pub tern: std::path::PathBuf,
 }
 
 /// Why a node could not join or stay.
@@ -161,6 +165,12 @@ pub async fn run(
             .to_string(),
     };
     let answering = tokio::spawn(crate::link::answer(listener));
+    let host = crate::supervisor::Host {
+        node: config.name.clone(),
+        engine: config.engine,
+        state: config.state,
+        tern: config.tern,
+    };
     let mut node = NodeDescriptor {
         name: config.name,
         arch: std::env::consts::ARCH.to_owned(),
@@ -202,20 +212,44 @@ pub async fn run(
             }
         })
     };
+    let load = std::sync::Arc::new(std::sync::Mutex::new(NodeLoad::default()));
+    let (stop_instances, instances_stop) = tokio::sync::oneshot::channel::<()>();
+    let mut instances = tokio::spawn(crate::supervisor::supervise(
+        host,
+        backbone.clone(),
+        load.clone(),
+        async move {
+            let _ = instances_stop.await;
+        },
+    ));
     let mut measured = crate::link::Measured::default();
     let mut beats = 0u64;
+    let mut stop_instances = Some(stop_instances);
     tokio::pin!(stop);
+    // Heartbeats go on while the instances stop (they are checkpointed first), so
+    // that the continuum does not take the node for dead and start them elsewhere.
     let result = loop {
         tokio::select! {
-            () = &mut stop => break Ok(()),
+            () = &mut stop, if stop_instances.is_some() => {
+                if let Some(s) = stop_instances.take() {
+                    let _ = s.send(());
+                }
+            }
+            ended = &mut instances => break match ended {
+                Ok(r) => r.map_err(AgentError::from),
+                Err(e) => Err(AgentError::Measure { reason: format!("the instances' supervisor failed: {e}") }),
+            },
             () = tokio::time::sleep(HEARTBEAT) => {
                 beats += 1;
                 if beats % PING_EVERY == 1 {
                     ping_peers(&peers, &mut measured).await;
                     node.rtt_ms = measured.0.clone();
                 }
+                if let Ok(l) = load.lock() {
+                    node.load = *l;
+                }
                 if let Err(e) = backbone.heartbeat(&node).await {
-                    break Err(e);
+                    break Err(e.into());
                 }
             }
         }

@@ -25,7 +25,6 @@ pub const NODE_TTL: Duration = Duration::from_secs(3);
 pub const HEARTBEAT: Duration = Duration::from_secs(1);
 
 const NODES: &str = "tern-nodes";
-const APPS: &str = "tern-apps";
 const MODULES: &str = "tern-modules";
 
 /// Why the backbone could not be started or used.
@@ -255,9 +254,13 @@ pub enum NodeEvent {
 #[derive(Clone)]
 pub struct Backbone {
     pub client: async_nats::Client,
+    pub(crate) js: jetstream::Context,
     nodes: kv::Store,
-    apps: kv::Store,
+    pub(crate) apps: kv::Store,
+    pub(crate) status: kv::Store,
+    pub(crate) logs: jetstream::stream::Stream,
     modules: object_store::ObjectStore,
+    pub(crate) snapshots: object_store::ObjectStore,
 }
 
 impl std::fmt::Debug for Backbone {
@@ -315,16 +318,7 @@ impl Backbone {
             },
         )
         .await?;
-        let apps = bucket(
-            &js,
-            kv::Config {
-                bucket: APPS.into(),
-                description: "Tern deployments: desired state, as manifests".into(),
-                history: 5,
-                ..Default::default()
-            },
-        )
-        .await?;
+        let (apps, status, logs, snapshots) = crate::apps::open(&js).await?;
         let modules = match js.get_object_store(MODULES).await {
             Ok(s) => s,
             Err(_) => js
@@ -338,9 +332,13 @@ impl Backbone {
         };
         Ok(Backbone {
             client,
+            js,
             nodes,
             apps,
+            status,
+            logs,
             modules,
+            snapshots,
         })
     }
 
@@ -421,31 +419,6 @@ impl Backbone {
         }))
     }
 
-    /// Stores a deployment's manifest under its name.
-    ///
-    /// # Errors
-    /// [`BackboneError::JetStream`].
-    pub async fn put_app(&self, name: &str, manifest: &str) -> Result<(), BackboneError> {
-        self.apps
-            .put(name, manifest.to_owned().into_bytes().into())
-            .await
-            .map_err(|e| js_err("store deployment", e))?;
-        Ok(())
-    }
-
-    /// A deployment's manifest, if it exists.
-    ///
-    /// # Errors
-    /// [`BackboneError::JetStream`].
-    pub async fn app(&self, name: &str) -> Result<Option<String>, BackboneError> {
-        let v = self
-            .apps
-            .get(name)
-            .await
-            .map_err(|e| js_err("read deployment", e))?;
-        Ok(v.map(|b| String::from_utf8_lossy(&b).into_owned()))
-    }
-
     /// Stores a module under its SHA-256 (hex) and returns the digest.
     ///
     /// # Errors
@@ -465,34 +438,21 @@ impl Backbone {
     /// # Errors
     /// [`BackboneError::JetStream`] when it is missing or does not match its digest.
     pub async fn module(&self, digest: &str) -> Result<Vec<u8>, BackboneError> {
-        let mut object = self
-            .modules
-            .get(digest)
-            .await
-            .map_err(|e| js_err(format!("module sha256:{digest}"), e))?;
-        let mut wasm = Vec::new();
-        object
-            .read_to_end(&mut wasm)
-            .await
-            .map_err(|e| js_err(format!("module sha256:{digest}"), e))?;
-        if tern_runtime::digest(&wasm) != digest {
-            return Err(js_err(
-                format!("module sha256:{digest}"),
-                "its bytes do not match the digest",
-            ));
-        }
-        Ok(wasm)
+        crate::apps::read_object(&self.modules, digest, "module").await
     }
 }
 
-fn js_err(what: impl Into<String>, e: impl std::fmt::Display) -> BackboneError {
+pub(crate) fn js_err(what: impl Into<String>, e: impl std::fmt::Display) -> BackboneError {
     BackboneError::JetStream {
         what: what.into(),
         reason: e.to_string(),
     }
 }
 
-async fn bucket(js: &jetstream::Context, config: kv::Config) -> Result<kv::Store, BackboneError> {
+pub(crate) async fn bucket(
+    js: &jetstream::Context,
+    config: kv::Config,
+) -> Result<kv::Store, BackboneError> {
     if let Ok(store) = js.get_key_value(&config.bucket).await {
         return Ok(store);
     }

@@ -7,9 +7,25 @@
 //! | `GET /v1/nodes` | — | JSON array of [`NodeDescriptor`]s, by name |
 //! | `POST /v1/plan` | a manifest (TOML, at most [`MAX_BODY`] bytes) | JSON [`Plan`]: every node's verdict, best first |
 //! | `GET /v1/latency` | — | JSON array of [`SiteRtt`]: the measured round trips between sites |
+//! | `PUT /v1/modules/{sha256}` 🔑 | a module or seed file, at most [`apps::MAX_MODULE`] bytes | `{"digest", "size"}` |
+//! | `POST /v1/apps` 🔑 | JSON [`apps::DeployRequest`] | JSON [`apps::Deployed`] (201) |
+//! | `GET /v1/apps` | — | JSON array of [`AppView`](crate::apps::AppView) |
+//! | `DELETE /v1/apps/{name}` 🔑 | — | `{"removed": name}` |
+//! | `GET /v1/apps/{name}/logs?after=SEQ` 🔑 | — | frames `SEQ out\|err LEN\n` + LEN bytes of output |
+//! | `GET /v1/apps/{name}/explain[?why_not=NODE]` | — | every node's verdict on the app now |
+//!
+//! 🔑: the request must carry `Authorization: Bearer TOKEN`, the continuum's join
+//! token; without it, 401 and nothing is done.
 //!
 //! Every error is a 4xx (or 503 while the backbone is unreachable) with a JSON body
 //! `{"error": "…"}` of one line.
+//!
+//! Besides serving, the control plane keeps apps placed: see `recover`.
+
+mod apps;
+mod recover;
+
+pub use apps::{DeployRequest, Deployed, MAX_MODULE};
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -20,10 +36,11 @@ use axum::Router;
 use axum::extract::{DefaultBodyLimit, State};
 use axum::http::{StatusCode, Uri};
 use axum::response::{IntoResponse, Json, Response};
-use axum::routing::{get, post};
+use axum::routing::{get, post, put};
 use futures_util::StreamExt as _;
 use serde::{Deserialize, Serialize};
 
+use crate::apps::{AppEvent, AppRecord};
 use crate::backbone::{Backbone, NodeEvent};
 use crate::manifest;
 use crate::model::NodeDescriptor;
@@ -37,12 +54,77 @@ pub const MAX_BODY: usize = 256 << 10;
 struct View {
     nodes: BTreeMap<String, NodeDescriptor>,
     rtt: RttMatrix,
+    /// Every app's record, its revision and the memory it reserves on its node.
+    apps: BTreeMap<String, (AppRecord, u64, u64)>,
+    /// The incarnation of each app that has ended (exited or failed): it reserves
+    /// nothing any more.
+    ended: BTreeMap<String, u64>,
+}
+
+impl View {
+    /// The nodes, each with the memory of the apps placed on it counted as used: a
+    /// node's own heartbeat may not count an app placed a moment ago yet.
+    fn nodes_with_reservations(&self) -> Vec<NodeDescriptor> {
+        self.nodes_with_reservations_except("")
+    }
+
+    /// As [`View::nodes_with_reservations`], leaving out app `except` (the one being
+    /// placed again).
+    fn nodes_with_reservations_except(&self, except: &str) -> Vec<NodeDescriptor> {
+        let mut nodes: Vec<NodeDescriptor> = self.nodes.values().cloned().collect();
+        for n in &mut nodes {
+            let on_node = self.apps.values().filter(|(r, _, _)| {
+                r.name != except
+                    && r.node.as_deref() == Some(&n.name)
+                    && self.ended.get(&r.name) != Some(&r.incarnation)
+            });
+            let (count, reserved) =
+                on_node.fold((0u32, 0u64), |(c, m), (_, _, mem)| (c + 1, m + mem));
+            n.load.memory = n.load.memory.max(reserved);
+            n.load.instances = n.load.instances.max(count);
+        }
+        nodes
+    }
 }
 
 #[derive(Clone)]
 struct Shared {
     view: Arc<RwLock<View>>,
     scheduler: Scheduler,
+    backbone: Backbone,
+    /// Checks modules before they are deployed.
+    engine: wasmtime::Engine,
+    /// The token requests that act must carry.
+    token: Option<Arc<str>>,
+}
+
+impl Shared {
+    /// Refuses a request that does not carry the continuum's token.
+    fn authorize(&self, headers: &axum::http::HeaderMap) -> Result<(), ApiError> {
+        let Some(token) = &self.token else {
+            return Ok(());
+        };
+        let given = headers
+            .get(axum::http::header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .unwrap_or_default();
+        // Compared in time that does not depend on where they differ.
+        let same = given.len() == token.len()
+            && given
+                .bytes()
+                .zip(token.bytes())
+                .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+                == 0;
+        if same {
+            Ok(())
+        } else {
+            Err(ApiError(
+                StatusCode::UNAUTHORIZED,
+                "this request needs the continuum's token: pass --token or TERN_TOKEN (the join token `tern up` printed, kept in STATE/nats/join-token)".into(),
+            ))
+        }
+    }
 }
 
 /// `POST /v1/plan`'s answer.
@@ -65,19 +147,62 @@ impl IntoResponse for ApiError {
     }
 }
 
-/// Serves the API on `listener` and follows the registry until `stop` completes.
+/// Serves the API on `listener`, follows the registry and the deployments, and keeps
+/// apps placed, until `stop` completes. Requests that act must carry `token`.
 ///
 /// # Errors
 /// When the registry cannot be watched, or the listener fails.
 pub async fn serve(
     backbone: Backbone,
+    token: Option<String>,
     listener: tokio::net::TcpListener,
     stop: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<(), crate::backbone::BackboneError> {
     let shared = Shared {
         view: Arc::new(RwLock::new(View::default())),
         scheduler: Scheduler::default(),
+        backbone: backbone.clone(),
+        engine: wasmtime::Engine::default(),
+        token: token.map(Arc::from),
     };
+    let mut app_events = Box::pin(backbone.watch_apps().await?);
+    let view = shared.view.clone();
+    let follow_apps = tokio::spawn(async move {
+        while let Some(event) = app_events.next().await {
+            let Ok(mut v) = view.write() else { break };
+            match event {
+                Ok(AppEvent::Put(record, rev)) => {
+                    let memory = manifest::parse(&record.manifest)
+                        .map_or(manifest::DEFAULT_MEMORY, |m| m.memory);
+                    v.apps.insert(record.name.clone(), (*record, rev, memory));
+                }
+                Ok(AppEvent::Removed(name)) => {
+                    v.apps.remove(&name);
+                }
+                Err(e) => tracing::warn!(error = %e, "deployments"),
+            }
+        }
+    });
+    let mut status_events = Box::pin(backbone.watch_statuses().await?);
+    let view = shared.view.clone();
+    let follow_statuses = tokio::spawn(async move {
+        while let Some(event) = status_events.next().await {
+            let Ok(mut v) = view.write() else { break };
+            match event {
+                Ok(st) => {
+                    if matches!(
+                        st.state,
+                        crate::model::InstanceState::Exited { .. }
+                            | crate::model::InstanceState::Failed { .. }
+                    ) {
+                        v.ended.insert(st.app, st.incarnation);
+                    }
+                }
+                Err(e) => tracing::warn!(error = %e, "instances"),
+            }
+        }
+    });
+    let keeping = tokio::spawn(recover::keep_placed(shared.clone()));
     let mut events = Box::pin(backbone.watch_nodes().await?);
     let view = shared.view.clone();
     let follow = tokio::spawn(async move {
@@ -105,11 +230,22 @@ pub async fn serve(
         .route("/v1/nodes", get(nodes))
         .route("/v1/plan", post(plan))
         .route("/v1/latency", get(latency))
+        .route(
+            "/v1/modules/{digest}",
+            put(apps::put_module).layer(DefaultBodyLimit::max(MAX_MODULE)),
+        )
+        .route("/v1/apps", post(apps::deploy).get(apps::list))
+        .route("/v1/apps/{name}", axum::routing::delete(apps::remove))
+        .route("/v1/apps/{name}/logs", get(apps::logs))
+        .route("/v1/apps/{name}/explain", get(apps::explain))
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(MAX_BODY))
         .with_state(shared);
     let served = accept(listener, app, stop).await;
     follow.abort();
+    follow_apps.abort();
+    follow_statuses.abort();
+    keeping.abort();
     served.map_err(|e| crate::backbone::BackboneError::JetStream {
         what: "API".into(),
         reason: e.to_string(),

@@ -1,12 +1,15 @@
 #![doc = include_str!("../README.md")]
 
 pub mod agent;
+pub mod apps;
 pub mod backbone;
 pub mod control;
+pub mod instance;
 pub mod link;
 pub mod manifest;
 pub mod model;
 pub mod scheduler;
+pub mod supervisor;
 pub mod up;
 
 pub use manifest::{Manifest, ManifestError};

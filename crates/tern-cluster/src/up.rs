@@ -210,6 +210,8 @@ impl Continuum {
             // The token goes in the environment, not on the command line `ps` shows.
             let mut child = tokio::process::Command::new(tern)
                 .args(node_args(spec, self.server.url()))
+                .arg("--state")
+                .arg(state.join("nodes").join(&spec.name))
                 .env("TERN_JOIN_TOKEN", self.server.token())
                 .stdin(Stdio::null())
                 .stdout(out)

@@ -77,18 +77,29 @@ async fn deployments_and_modules_outlive_the_server() {
     let wasm = wat::parse_str("(module (func (export \"_start\")))").expect("wat");
     let server = NatsServer::start(state.path(), 0).await.expect("starts");
     let bb = server.backbone().await.expect("connects");
-    bb.put_app("sensor-agg", "name = \"sensor-agg\"\n")
-        .await
-        .expect("put app");
+    let record = tern_cluster::apps::AppRecord {
+        name: "sensor-agg".into(),
+        manifest: "name = \"sensor-agg\"\n".into(),
+        module: "0".repeat(64),
+        seeds: Vec::new(),
+        node: Some("edge".into()),
+        incarnation: 1,
+        restarts: 0,
+        restore: None,
+        note: String::new(),
+    };
+    assert_eq!(bb.put_app(&record, 0).await.expect("put app"), Some(1));
+    assert_eq!(
+        bb.put_app(&record, 0).await.expect("put app"),
+        None,
+        "a second deploy of the same name is refused"
+    );
     let digest = bb.put_module(&wasm).await.expect("put module");
     server.stop().await;
 
     let server = NatsServer::start(state.path(), 0).await.expect("restarts");
     let bb = server.backbone().await.expect("reconnects");
-    assert_eq!(
-        bb.app("sensor-agg").await.expect("app").as_deref(),
-        Some("name = \"sensor-agg\"\n")
-    );
+    assert_eq!(bb.app("sensor-agg").await.expect("app"), Some((record, 1)));
     assert_eq!(bb.app("absent").await.expect("app"), None);
     assert_eq!(bb.module(&digest).await.expect("module"), wasm);
     let missing = bb

@@ -18,14 +18,41 @@ pub struct ApiArgs {
         default_value = "http://127.0.0.1:7680"
     )]
     pub api: String,
+    /// The continuum's token, which requests that act or read an app's output need
+    /// [default: the one in ~/.local/state/tern/nats/join-token, where `tern up` keeps
+    /// it].
+    #[arg(long, value_name = "TOKEN", env = "TERN_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
 }
 
 impl ApiArgs {
+    fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.api.trim_end_matches('/'))
+    }
+
+    fn bearer(&self) -> Option<String> {
+        let token = self.token.clone().or_else(|| {
+            let file = tern_cluster::up::default_state().join("nats/join-token");
+            std::fs::read_to_string(file)
+                .ok()
+                .map(|t| t.trim().to_owned())
+        })?;
+        Some(format!("Bearer {token}"))
+    }
+
     /// GETs `path` and decodes its JSON.
     pub fn get<T: DeserializeOwned>(&self, path: &str) -> anyhow::Result<T> {
-        let url = format!("{}{path}", self.api.trim_end_matches('/'));
-        let response = agent().get(&url).call();
-        self.answer(response)
+        let text = self.get_bytes(path)?;
+        self.decode(&text)
+    }
+
+    /// GETs `path` and returns the answer's bytes.
+    pub fn get_bytes(&self, path: &str) -> anyhow::Result<Vec<u8>> {
+        let mut request = agent().get(self.url(path));
+        if let Some(b) = self.bearer() {
+            request = request.header("Authorization", b);
+        }
+        self.answer(request.call())
     }
 
     /// POSTs `body` (of `content_type`) to `path` and decodes the JSON answer.
@@ -33,17 +60,51 @@ impl ApiArgs {
         &self,
         path: &str,
         content_type: &str,
-        body: &str,
+        body: &[u8],
     ) -> anyhow::Result<T> {
-        let url = format!("{}{path}", self.api.trim_end_matches('/'));
-        let response = agent().post(&url).content_type(content_type).send(body);
-        self.answer(response)
+        let mut request = agent().post(self.url(path)).content_type(content_type);
+        if let Some(b) = self.bearer() {
+            request = request.header("Authorization", b);
+        }
+        let text = self.answer(request.send(body))?;
+        self.decode(&text)
     }
 
-    fn answer<T: DeserializeOwned>(
+    /// PUTs `body` to `path` and decodes the JSON answer.
+    pub fn put<T: DeserializeOwned>(&self, path: &str, body: &[u8]) -> anyhow::Result<T> {
+        let mut request = agent()
+            .put(self.url(path))
+            .content_type("application/octet-stream");
+        if let Some(b) = self.bearer() {
+            request = request.header("Authorization", b);
+        }
+        let text = self.answer(request.send(body))?;
+        self.decode(&text)
+    }
+
+    /// DELETEs `path` and decodes the JSON answer.
+    pub fn delete<T: DeserializeOwned>(&self, path: &str) -> anyhow::Result<T> {
+        let mut request = agent().delete(self.url(path));
+        if let Some(b) = self.bearer() {
+            request = request.header("Authorization", b);
+        }
+        let text = self.answer(request.call())?;
+        self.decode(&text)
+    }
+
+    fn decode<T: DeserializeOwned>(&self, text: &[u8]) -> anyhow::Result<T> {
+        serde_json::from_slice(text).with_context(|| {
+            format!(
+                "the API at {} answered something else than Tern's JSON",
+                self.api
+            )
+        })
+    }
+
+    fn answer(
         &self,
         response: Result<ureq::http::Response<ureq::Body>, ureq::Error>,
-    ) -> anyhow::Result<T> {
+    ) -> anyhow::Result<Vec<u8>> {
         let mut response = match response {
             Ok(r) => r,
             Err(ureq::Error::Io(e)) if e.kind() == std::io::ErrorKind::ConnectionRefused => bail!(
@@ -53,25 +114,21 @@ impl ApiArgs {
             Err(e) => bail!("cannot reach the Tern API at {}: {e}", self.api),
         };
         let status = response.status();
-        let text = response
+        let bytes = response
             .body_mut()
             .with_config()
             .limit(64 << 20)
-            .read_to_string()
+            .read_to_vec()
             .with_context(|| format!("reading the answer of {}", self.api))?;
         if !status.is_success() {
+            let text = String::from_utf8_lossy(&bytes);
             let message = serde_json::from_str::<serde_json::Value>(&text)
                 .ok()
                 .and_then(|v| v.get("error").and_then(|e| e.as_str()).map(str::to_owned))
                 .unwrap_or_else(|| text.trim().to_owned());
             bail!("{message}");
         }
-        serde_json::from_str(&text).with_context(|| {
-            format!(
-                "the API at {} answered something else than Tern's JSON",
-                self.api
-            )
-        })
+        Ok(bytes)
     }
 }
 
@@ -102,5 +159,33 @@ pub fn print_table(header: &[&str], rows: &[Vec<String>]) {
     line(header.iter().map(|h| (*h).to_owned()).collect());
     for row in rows {
         line(row.clone());
+    }
+}
+
+/// A row of `tern plan` and `tern explain`: a node, its verdict, its score and its
+/// parts, or every filter that rejected it.
+pub fn verdict_row(v: &serde_json::Value) -> Vec<String> {
+    let s = |v: &serde_json::Value| v.as_str().unwrap_or_default().to_owned();
+    let node = s(&v["node"]);
+    if v["verdict"] == "eligible" {
+        let score = &v["score"];
+        let parts: Vec<String> = [
+            "latency", "compute", "capacity", "spread", "affinity", "moving",
+        ]
+        .iter()
+        .filter_map(|p| score[*p].as_f64().map(|x| format!("{p} {x:.2}")))
+        .collect();
+        vec![
+            node,
+            "eligible".into(),
+            format!("{:.3}", score["total"].as_f64().unwrap_or_default()),
+            parts.join(", "),
+        ]
+    } else {
+        let why: Vec<String> = v["rejections"]
+            .as_array()
+            .map(|a| a.iter().map(|r| s(&r["text"])).collect())
+            .unwrap_or_default();
+        vec![node, "rejected".into(), "—".into(), why.join("; ")]
     }
 }

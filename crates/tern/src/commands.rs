@@ -5,10 +5,16 @@
 pub mod bench;
 pub mod compile;
 pub mod controller;
+pub mod deploy;
+pub mod explain;
+pub mod instance;
+pub mod logs;
 pub mod node;
 pub mod nodes;
 pub mod plan;
+pub mod ps;
 pub mod receive;
 pub mod restore;
+pub mod rm;
 pub mod run;
 pub mod up;

@@ -32,7 +32,14 @@ enum Command {
     Controller(commands::controller::ControllerCommand),
     Nodes(commands::nodes::NodesCommand),
     Plan(commands::plan::PlanCommand),
+    Deploy(commands::deploy::DeployCommand),
+    Ps(commands::ps::PsCommand),
+    Logs(commands::logs::LogsCommand),
+    Explain(commands::explain::ExplainCommand),
+    Rm(commands::rm::RmCommand),
     Up(commands::up::UpCommand),
+    #[command(hide = true)]
+    Instance(commands::instance::InstanceCommand),
 }
 
 fn main() -> ExitCode {
@@ -48,7 +55,13 @@ fn main() -> ExitCode {
         Command::Controller(c) => c.execute(),
         Command::Nodes(c) => c.execute(),
         Command::Plan(c) => c.execute(),
+        Command::Deploy(c) => c.execute(),
+        Command::Ps(c) => c.execute(),
+        Command::Logs(c) => c.execute(),
+        Command::Explain(c) => c.execute(),
+        Command::Rm(c) => c.execute(),
         Command::Up(c) => c.execute(),
+        Command::Instance(c) => c.execute(),
     };
     match result {
         Ok(code) => code,

@@ -31,7 +31,7 @@ impl ControllerCommand {
                 listener.local_addr().unwrap_or(self.listen),
                 self.nats.nats
             );
-            tern_cluster::control::serve(backbone, listener, stop).await?;
+            tern_cluster::control::serve(backbone, self.nats.token.clone(), listener, stop).await?;
             eprintln!("control plane stopped");
             Ok(ExitCode::SUCCESS)
         })

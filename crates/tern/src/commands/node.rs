@@ -45,6 +45,10 @@ pub struct NodeCommand {
     /// on (behind NAT, or listening on 0.0.0.0).
     #[arg(long, value_name = "HOST:PORT")]
     link_advertise: Option<String>,
+    /// Where the node keeps its instances' files (modules, volumes, checkpoints)
+    /// [default: ~/.local/state/tern/nodes/NAME].
+    #[arg(long, value_name = "DIR")]
+    state: Option<std::path::PathBuf>,
 }
 
 fn node_name(s: &str) -> Result<String, String> {
@@ -69,6 +73,11 @@ impl NodeCommand {
         let cores = self.cores.unwrap_or_else(|| {
             std::thread::available_parallelism().map_or(1, |n| u32::try_from(n.get()).unwrap_or(1))
         });
+        let state = self.state.unwrap_or_else(|| {
+            tern_cluster::up::default_state()
+                .join("nodes")
+                .join(&self.name)
+        });
         let config = NodeConfig {
             site: self.site.unwrap_or_else(|| self.name.clone()),
             name: self.name,
@@ -79,6 +88,8 @@ impl NodeCommand {
             labels: self.labels.into_iter().collect::<BTreeMap<_, _>>(),
             link_listen: self.link_listen,
             link_advertise: self.link_advertise,
+            state,
+            tern: std::env::current_exe()?,
         };
         let runtime = crate::common::runtime()?;
         runtime.block_on(async move {

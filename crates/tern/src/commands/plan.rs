@@ -7,7 +7,7 @@ use anyhow::Context as _;
 use clap::Args;
 use tern_cluster::control::Plan;
 
-use crate::api::{ApiArgs, print_table};
+use crate::api::{ApiArgs, print_table, verdict_row};
 
 /// Show where a deployment would be placed, without deploying anything: every node,
 /// best first, with its score, or every filter that rejected it.
@@ -30,7 +30,9 @@ impl PlanCommand {
         // Checked here first, so the error names the file.
         tern_cluster::manifest::parse(&text)
             .map_err(|e| anyhow::anyhow!("{}: {e}", self.manifest.display()))?;
-        let plan: Plan = self.api.post("/v1/plan", "application/toml", &text)?;
+        let plan: Plan = self
+            .api
+            .post("/v1/plan", "application/toml", text.as_bytes())?;
         if self.json {
             println!("{}", serde_json::to_string_pretty(&plan)?);
             return Ok(ExitCode::SUCCESS);
@@ -39,38 +41,12 @@ impl PlanCommand {
             Some(n) => println!("would go to {n}"),
             None => println!("no node can take it: every node fails a filter"),
         }
-        let rows: Vec<Vec<String>> = plan.nodes.iter().map(row).collect();
+        let rows: Vec<Vec<String>> = plan.nodes.iter().map(verdict_row).collect();
         print_table(&["NODE", "VERDICT", "SCORE", "WHY"], &rows);
         Ok(if plan.chosen.is_some() {
             ExitCode::SUCCESS
         } else {
             ExitCode::from(3)
         })
-    }
-}
-
-fn row(v: &serde_json::Value) -> Vec<String> {
-    let s = |v: &serde_json::Value| v.as_str().unwrap_or_default().to_owned();
-    let node = s(&v["node"]);
-    if v["verdict"] == "eligible" {
-        let score = &v["score"];
-        let parts: Vec<String> = [
-            "latency", "compute", "capacity", "spread", "affinity", "moving",
-        ]
-        .iter()
-        .filter_map(|p| score[*p].as_f64().map(|x| format!("{p} {x:.2}")))
-        .collect();
-        vec![
-            node,
-            "eligible".into(),
-            format!("{:.3}", score["total"].as_f64().unwrap_or_default()),
-            parts.join(", "),
-        ]
-    } else {
-        let why: Vec<String> = v["rejections"]
-            .as_array()
-            .map(|a| a.iter().map(|r| s(&r["text"])).collect())
-            .unwrap_or_default();
-        vec![node, "rejected".into(), "—".into(), why.join("; ")]
     }
 }

@@ -68,7 +68,12 @@ impl UpCommand {
             eprintln!(
                 "try `tern nodes`, `tern nodes --latency` or `tern plan app.toml`; Ctrl-C stops it"
             );
-            let served = tern_cluster::control::serve(backbone, listener, stop).await;
+            let served = tern_cluster::control::serve(
+                backbone,
+                Some(continuum.server.token().to_owned()),
+                listener,
+                stop,
+            ).await;
             continuum.stop().await;
             served?;
             eprintln!("continuum stopped");

@@ -5,6 +5,7 @@ mod bench;
 mod cache;
 mod checkpoint;
 mod compile;
+mod continuum;
 mod controller;
 mod errors;
 mod limits;

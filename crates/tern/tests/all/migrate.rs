@@ -221,38 +221,10 @@ fn a_destination_killed_mid_migration_leaves_the_guest_here() {
     assert_resumed_locally(&from, d.path(), &src, "migration failed");
 }
 
-/// The SQLite guest, built once with the bench's SQLite (fetched on first use).
-fn sqlite_guest() -> std::path::PathBuf {
-    use std::sync::OnceLock;
-    static BUILT: OnceLock<std::path::PathBuf> = OnceLock::new();
-    BUILT
-        .get_or_init(|| {
-            let root = crate::support::repo();
-            let sources = tern_bench::sqlite::obtain_sources(&root.join("target/sqlite-src"))
-                .expect("sqlite sources (scripts/test.sh fetches them)");
-            let src = root.join("guests/sqlite_rows.c");
-            let text = std::fs::read(&src).expect("guest source");
-            let out = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!(
-                "guests/sqlite_rows-{:x}.wasm",
-                text.iter()
-                    .fold(0u64, |h, b| h.wrapping_mul(31).wrapping_add(u64::from(*b)))
-            ));
-            if !out.exists() {
-                std::fs::create_dir_all(out.parent().expect("parent")).expect("mkdir");
-                let tmp = out.with_extension(format!("{}.tmp", std::process::id()));
-                tern_bench::sqlite::build_wasm_with_sqlite(&sources, &src, &tmp)
-                    .expect("building the sqlite guest");
-                std::fs::rename(&tmp, &out).expect("publishing the sqlite guest");
-            }
-            out
-        })
-        .clone()
-}
-
 #[test]
 fn sqlite_with_an_open_database_migrates_without_losing_a_committed_row() {
     let d = scratch();
-    let wasm = sqlite_guest();
+    let wasm = crate::support::sqlite_guest();
     let (reference, src, dst) = (
         d.path().join("ref"),
         d.path().join("src"),

@@ -278,3 +278,31 @@ pub fn spawn_node(
             .spawn(),
     )
 }
+
+/// The SQLite guest, built once with the bench's SQLite (fetched on first use).
+pub fn sqlite_guest() -> std::path::PathBuf {
+    use std::sync::OnceLock;
+    static BUILT: OnceLock<std::path::PathBuf> = OnceLock::new();
+    BUILT
+        .get_or_init(|| {
+            let root = repo();
+            let sources = tern_bench::sqlite::obtain_sources(&root.join("target/sqlite-src"))
+                .expect("sqlite sources (scripts/test.sh fetches them)");
+            let src = root.join("guests/sqlite_rows.c");
+            let text = std::fs::read(&src).expect("guest source");
+            let out = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!(
+                "guests/sqlite_rows-{:x}.wasm",
+                text.iter()
+                    .fold(0u64, |h, b| h.wrapping_mul(31).wrapping_add(u64::from(*b)))
+            ));
+            if !out.exists() {
+                std::fs::create_dir_all(out.parent().expect("parent")).expect("mkdir");
+                let tmp = out.with_extension(format!("{}.tmp", std::process::id()));
+                tern_bench::sqlite::build_wasm_with_sqlite(&sources, &src, &tmp)
+                    .expect("building the sqlite guest");
+                std::fs::rename(&tmp, &out).expect("publishing the sqlite guest");
+            }
+            out
+        })
+        .clone()
+}

@@ -1,0 +1,662 @@
+//! Deployments as the backbone keeps them: what was asked for and where it should run
+//! (`tern-apps`, written by the control plane), what each instance is doing
+//! (`tern-status`, written by the node that runs it), its output (the `tern-logs`
+//! stream) and its checkpoints (the `tern-snapshots` object store, by digest).
+//!
+//! An app's *incarnation* counts its placements: it grows by one each time the control
+//! plane puts the app on a node (deploy, move, restore after a node died). A node runs
+//! an incarnation at most once, and stops its instance as soon as the app's record
+//! names a later incarnation on another node, so no app ever runs twice.
+
+use std::time::Duration;
+
+use async_nats::HeaderMap;
+use async_nats::jetstream::{self, kv, object_store, stream};
+use futures_util::StreamExt as _;
+use serde::{Deserialize, Serialize};
+use tokio::io::AsyncReadExt as _;
+
+use crate::backbone::{Backbone, BackboneError, js_err};
+use crate::model::InstanceState;
+
+pub(crate) const APPS: &str = "tern-apps";
+pub(crate) const STATUS: &str = "tern-status";
+pub(crate) const LOGS: &str = "tern-logs";
+pub(crate) const SNAPSHOTS: &str = "tern-snapshots";
+
+/// Bytes of output the log stream keeps in all; the oldest go first.
+const LOG_BYTES: i64 = 512 << 20;
+
+/// Header of a log chunk: the byte offset of its first byte in the app's stdout.
+pub const OFFSET: &str = "Tern-Offset";
+/// Header of a log message: the incarnation that wrote it.
+pub const INCARNATION: &str = "Tern-Incarnation";
+/// Header of the empty message a node writes when an incarnation's output has all
+/// been published (it migrated away or ended).
+pub const END: &str = "Tern-End";
+
+/// A deployment: its manifest and where the control plane wants it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AppRecord {
+    pub name: String,
+    /// The manifest as deployed (TOML); its `module` is the digest below.
+    pub manifest: String,
+    /// SHA-256 (hex) of the module in `tern-modules`.
+    pub module: String,
+    /// Files copied into the app's volumes before its first start.
+    #[serde(default)]
+    pub seeds: Vec<SeedFile>,
+    /// The node that should run it; `None` while no node can (pending).
+    pub node: Option<String>,
+    /// Grows by one at each placement.
+    pub incarnation: u64,
+    /// Placements after a node died or the app failed to start (not moves).
+    #[serde(default)]
+    pub restarts: u32,
+    /// The checkpoint the incarnation starts from, when it continues an earlier one.
+    #[serde(default)]
+    pub restore: Option<CheckpointRef>,
+    /// Why the app is where it is (the last placement's reason), for `tern ps`.
+    #[serde(default)]
+    pub note: String,
+}
+
+/// A file of a volume's seed, stored in `tern-modules` by digest.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SeedFile {
+    /// The volume's guest path, such as `/data`.
+    pub volume: String,
+    /// The file's path inside the volume, `/`-separated, relative.
+    pub path: String,
+    pub digest: String,
+}
+
+/// A checkpoint in `tern-snapshots`: a bundle of the snapshot and the volumes' files,
+/// taken at one safe point.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CheckpointRef {
+    pub digest: String,
+    /// When it was taken, in milliseconds since the Unix epoch.
+    pub at_ms: u64,
+    /// Bytes of stdout the app had written when it was taken.
+    pub stdout: u64,
+    pub size: u64,
+}
+
+/// What an instance is doing, as the node running it reports.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct InstanceStatus {
+    pub app: String,
+    pub node: String,
+    pub incarnation: u64,
+    pub state: InstanceState,
+    /// Starts from scratch or from a checkpoint after the first.
+    pub restarts: u32,
+    #[serde(default)]
+    pub checkpoint: Option<CheckpointRef>,
+    /// The last thing that happened to it, in one line.
+    #[serde(default)]
+    pub note: String,
+    pub updated_ms: u64,
+}
+
+/// An app as `tern ps` shows it: the record and the status of its incarnation.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AppView {
+    pub name: String,
+    pub node: Option<String>,
+    /// `pending`, `placed`, `running`, `migrating`, `exited` or `failed`.
+    pub state: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub code: Option<i32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    pub incarnation: u64,
+    pub restarts: u32,
+    /// Seconds since its last checkpoint.
+    pub checkpoint_age_s: Option<f64>,
+    pub note: String,
+}
+
+impl AppView {
+    pub fn of(record: &AppRecord, status: Option<&InstanceStatus>) -> AppView {
+        let current = status.filter(|s| s.incarnation == record.incarnation);
+        let state = match (current, &record.node) {
+            (Some(s), _) => s.state.clone(),
+            (None, Some(_)) => InstanceState::Placed,
+            (None, None) => InstanceState::Pending,
+        };
+        let (code, reason) = match &state {
+            InstanceState::Exited { code } => (Some(*code), None),
+            InstanceState::Failed { reason } => (None, Some(reason.clone())),
+            _ => (None, None),
+        };
+        let checkpoint = status
+            .and_then(|s| s.checkpoint.as_ref())
+            .or(record.restore.as_ref());
+        let note = match current {
+            Some(s) if !s.note.is_empty() => s.note.clone(),
+            _ => record.note.clone(),
+        };
+        AppView {
+            name: record.name.clone(),
+            node: record.node.clone(),
+            state: state.name().to_owned(),
+            code,
+            reason,
+            incarnation: record.incarnation,
+            restarts: status.map_or(0, |s| s.restarts),
+            checkpoint_age_s: checkpoint.map(|c| now_ms().saturating_sub(c.at_ms) as f64 / 1e3),
+            note,
+        }
+    }
+}
+
+/// Milliseconds since the Unix epoch.
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// A change to the deployments.
+#[derive(Debug, Clone, PartialEq)]
+pub enum AppEvent {
+    Put(Box<AppRecord>, u64),
+    Removed(String),
+}
+
+/// A chunk of an app's output.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LogChunk {
+    /// The stream's sequence number: ask for what comes after it.
+    pub seq: u64,
+    pub stderr: bool,
+    pub bytes: Vec<u8>,
+}
+
+/// Subject of an app's stdout (`out`) or stderr (`err`).
+pub fn log_subject(app: &str, err: bool) -> String {
+    format!("tern.logs.{app}.{}", if err { "err" } else { "out" })
+}
+
+pub(crate) async fn open(
+    js: &jetstream::Context,
+) -> Result<
+    (
+        kv::Store,
+        kv::Store,
+        stream::Stream,
+        object_store::ObjectStore,
+    ),
+    BackboneError,
+> {
+    let apps = crate::backbone::bucket(
+        js,
+        kv::Config {
+            bucket: APPS.into(),
+            description: "Tern deployments: manifests and the node each should run on".into(),
+            history: 5,
+            ..Default::default()
+        },
+    )
+    .await?;
+    let status = crate::backbone::bucket(
+        js,
+        kv::Config {
+            bucket: STATUS.into(),
+            description: "Tern instances: what each is doing, by app".into(),
+            history: 1,
+            ..Default::default()
+        },
+    )
+    .await?;
+    let logs = js
+        .get_or_create_stream(stream::Config {
+            name: LOGS.into(),
+            subjects: vec!["tern.logs.>".into()],
+            max_bytes: LOG_BYTES,
+            discard: stream::DiscardPolicy::Old,
+            allow_direct: true,
+            ..Default::default()
+        })
+        .await
+        .map_err(|e| js_err("stream tern-logs", e))?;
+    let snapshots = match js.get_object_store(SNAPSHOTS).await {
+        Ok(s) => s,
+        Err(_) => js
+            .create_object_store(object_store::Config {
+                bucket: SNAPSHOTS.into(),
+                description: Some("Tern checkpoints: snapshot and volumes, by SHA-256".into()),
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| js_err("object store tern-snapshots", e))?,
+    };
+    Ok((apps, status, logs, snapshots))
+}
+
+impl Backbone {
+    /// Every deployment, by name, with its revision.
+    ///
+    /// # Errors
+    /// [`BackboneError::JetStream`].
+    pub async fn apps(&self) -> Result<Vec<(AppRecord, u64)>, BackboneError> {
+        let mut keys = match self.apps.keys().await {
+            Ok(k) => k.boxed(),
+            Err(e) => return Err(js_err("list apps", e)),
+        };
+        let mut out = Vec::new();
+        while let Some(key) = keys.next().await {
+            let key = key.map_err(|e| js_err("list apps", e))?;
+            if let Some((r, rev)) = self.app(&key).await? {
+                out.push((r, rev));
+            }
+        }
+        out.sort_by(|a, b| a.0.name.cmp(&b.0.name));
+        Ok(out)
+    }
+
+    /// One deployment and its revision, if it exists.
+    ///
+    /// # Errors
+    /// [`BackboneError::JetStream`], or [`BackboneError::BadEntry`] for an entry that is
+    /// not a record.
+    pub async fn app(&self, name: &str) -> Result<Option<(AppRecord, u64)>, BackboneError> {
+        let entry = self
+            .apps
+            .entry(name)
+            .await
+            .map_err(|e| js_err("read app", e))?;
+        match entry {
+            Some(e) if e.operation == kv::Operation::Put => {
+                Ok(Some((decode(&e.value)?, e.revision)))
+            }
+            _ => Ok(None),
+        }
+    }
+
+    /// Writes `record` if the app is still at `revision` (0: only if it does not
+    /// exist), and returns the new revision; `None` when someone changed it first.
+    ///
+    /// # Errors
+    /// [`BackboneError::JetStream`].
+    pub async fn put_app(
+        &self,
+        record: &AppRecord,
+        revision: u64,
+    ) -> Result<Option<u64>, BackboneError> {
+        let json = serde_json::to_vec(record).map_err(|e| js_err("encode app", e))?;
+        let result = if revision == 0 {
+            self.apps
+                .create(record.name.as_str(), json.into())
+                .await
+                .map_err(|e| {
+                    (
+                        e.kind() == kv::CreateErrorKind::AlreadyExists,
+                        e.to_string(),
+                    )
+                })
+        } else {
+            self.apps
+                .update(record.name.as_str(), json.into(), revision)
+                .await
+                .map_err(|e| {
+                    (
+                        e.kind() == kv::UpdateErrorKind::WrongLastRevision,
+                        e.to_string(),
+                    )
+                })
+        };
+        match result {
+            Ok(rev) => Ok(Some(rev)),
+            Err((true, _)) => Ok(None),
+            Err((false, e)) => Err(js_err("store app", e)),
+        }
+    }
+
+    /// Removes a deployment; the node running it stops it.
+    ///
+    /// # Errors
+    /// [`BackboneError::JetStream`].
+    pub async fn remove_app(&self, name: &str) -> Result<(), BackboneError> {
+        self.apps
+            .delete(name)
+            .await
+            .map_err(|e| js_err("remove app", e))?;
+        let _ = self.status.delete(name).await;
+        Ok(())
+    }
+
+    /// Deployments as they are, then as they change, pushed by the server.
+    ///
+    /// # Errors
+    /// [`BackboneError::JetStream`].
+    pub async fn watch_apps(
+        &self,
+    ) -> Result<
+        impl futures_util::Stream<Item = Result<AppEvent, BackboneError>> + use<>,
+        BackboneError,
+    > {
+        let watch = self
+            .apps
+            .watch_with_history(">")
+            .await
+            .map_err(|e| js_err("watch apps", e))?;
+        Ok(watch.map(|entry| {
+            let entry = entry.map_err(|e| js_err("watch apps", e))?;
+            match entry.operation {
+                kv::Operation::Put => {
+                    decode(&entry.value).map(|r| AppEvent::Put(Box::new(r), entry.revision))
+                }
+                kv::Operation::Delete | kv::Operation::Purge => Ok(AppEvent::Removed(entry.key)),
+            }
+        }))
+    }
+
+    /// Instances' statuses as they are, then as they change.
+    ///
+    /// # Errors
+    /// [`BackboneError::JetStream`].
+    pub async fn watch_statuses(
+        &self,
+    ) -> Result<
+        impl futures_util::Stream<Item = Result<InstanceStatus, BackboneError>> + use<>,
+        BackboneError,
+    > {
+        let watch = self
+            .status
+            .watch_with_history(">")
+            .await
+            .map_err(|e| js_err("watch instances", e))?;
+        Ok(watch
+            .filter(|e| {
+                std::future::ready(
+                    e.as_ref()
+                        .map_or(true, |e| e.operation == kv::Operation::Put),
+                )
+            })
+            .map(|entry| {
+                let entry = entry.map_err(|e| js_err("watch instances", e))?;
+                decode(&entry.value)
+            }))
+    }
+
+    /// Every instance's status, by app.
+    ///
+    /// # Errors
+    /// [`BackboneError::JetStream`].
+    pub async fn statuses(&self) -> Result<Vec<InstanceStatus>, BackboneError> {
+        let mut keys = match self.status.keys().await {
+            Ok(k) => k.boxed(),
+            Err(e) => return Err(js_err("list instances", e)),
+        };
+        let mut out = Vec::new();
+        while let Some(key) = keys.next().await {
+            let key = key.map_err(|e| js_err("list instances", e))?;
+            if let Some(s) = self.status(&key).await? {
+                out.push(s);
+            }
+        }
+        Ok(out)
+    }
+
+    /// The status of `app`'s instance, if one was reported.
+    ///
+    /// # Errors
+    /// [`BackboneError::JetStream`].
+    pub async fn status(&self, app: &str) -> Result<Option<InstanceStatus>, BackboneError> {
+        match self
+            .status
+            .get(app)
+            .await
+            .map_err(|e| js_err("read instance", e))?
+        {
+            Some(bytes) => decode(&bytes).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    /// Reports `status`, unless a later incarnation of the app has reported already.
+    ///
+    /// # Errors
+    /// [`BackboneError::JetStream`].
+    pub async fn put_status(&self, status: &InstanceStatus) -> Result<(), BackboneError> {
+        for _ in 0..8 {
+            let entry = self
+                .status
+                .entry(status.app.as_str())
+                .await
+                .map_err(|e| js_err("read instance", e))?;
+            let json = serde_json::to_vec(status).map_err(|e| js_err("encode instance", e))?;
+            let written = match entry {
+                Some(e) if e.operation == kv::Operation::Put => {
+                    if let Ok(old) = decode::<InstanceStatus>(&e.value)
+                        && old.incarnation > status.incarnation
+                    {
+                        return Ok(());
+                    }
+                    self.status
+                        .update(status.app.as_str(), json.into(), e.revision)
+                        .await
+                        .is_ok()
+                }
+                _ => self
+                    .status
+                    .put(status.app.as_str(), json.into())
+                    .await
+                    .is_ok(),
+            };
+            if written {
+                return Ok(());
+            }
+        }
+        Err(js_err(
+            "store instance",
+            "it kept changing under this writer",
+        ))
+    }
+
+    /// Publishes a chunk of `app`'s output and waits for the stream to hold it.
+    ///
+    /// # Errors
+    /// [`BackboneError::JetStream`].
+    pub async fn publish_log(
+        &self,
+        app: &str,
+        incarnation: u64,
+        stderr: bool,
+        offset: Option<u64>,
+        bytes: Vec<u8>,
+    ) -> Result<(), BackboneError> {
+        let mut headers = HeaderMap::new();
+        headers.insert(INCARNATION, incarnation.to_string().as_str());
+        if let Some(o) = offset {
+            headers.insert(OFFSET, o.to_string().as_str());
+        }
+        self.publish(log_subject(app, stderr), headers, bytes).await
+    }
+
+    /// Says that incarnation `incarnation` of `app` has published all its output.
+    ///
+    /// # Errors
+    /// [`BackboneError::JetStream`].
+    pub async fn end_log(&self, app: &str, incarnation: u64) -> Result<(), BackboneError> {
+        let mut headers = HeaderMap::new();
+        headers.insert(END, incarnation.to_string().as_str());
+        self.publish(log_subject(app, false), headers, Vec::new())
+            .await
+    }
+
+    async fn publish(
+        &self,
+        subject: String,
+        headers: HeaderMap,
+        bytes: Vec<u8>,
+    ) -> Result<(), BackboneError> {
+        self.js
+            .publish_with_headers(subject, headers, bytes.into())
+            .await
+            .map_err(|e| js_err("publish output", e))?
+            .await
+            .map_err(|e| js_err("publish output", e))?;
+        Ok(())
+    }
+
+    /// The last message on `app`'s stdout: `(offset after it, the incarnation that
+    /// ended, if it is an end marker)`. `(0, None)` when the app has written nothing.
+    ///
+    /// # Errors
+    /// [`BackboneError::JetStream`].
+    pub async fn last_output(&self, app: &str) -> Result<(u64, Option<u64>), BackboneError> {
+        let mut offset = 0;
+        let mut end = None;
+        // The end marker carries no offset: the chunk before it does.
+        let subject = log_subject(app, false);
+        let Ok(last) = self.logs.get_last_raw_message_by_subject(&subject).await else {
+            return Ok((0, None));
+        };
+        let mut seq = last.sequence;
+        if let Some(i) = header_u64(&last.headers, END) {
+            end = Some(i);
+        } else if let Some(o) = header_u64(&last.headers, OFFSET) {
+            return Ok((o + last.payload.len() as u64, None));
+        }
+        // Walk back from the marker to the last chunk with an offset.
+        while seq > 1 {
+            seq -= 1;
+            let Ok(m) = self.logs.get_raw_message(seq).await else {
+                continue;
+            };
+            if m.subject.as_str() != subject {
+                continue;
+            }
+            if let Some(o) = header_u64(&m.headers, OFFSET) {
+                offset = o + m.payload.len() as u64;
+                break;
+            }
+        }
+        Ok((offset, end))
+    }
+
+    /// `app`'s output after sequence `after`, at most `max` bytes of it (at least one
+    /// chunk), and whether the stream holds more.
+    ///
+    /// # Errors
+    /// [`BackboneError::JetStream`].
+    pub async fn logs(
+        &self,
+        app: &str,
+        after: u64,
+        max: usize,
+    ) -> Result<Vec<LogChunk>, BackboneError> {
+        let mut out = Vec::new();
+        let mut total = 0usize;
+        let filter = format!("tern.logs.{app}.*");
+        let mut seq = after + 1;
+        loop {
+            let m = self
+                .logs
+                .direct_get_next_for_subject(&filter, Some(seq))
+                .await;
+            let m = match m {
+                Ok(m) => m,
+                Err(e) if e.kind() == jetstream::stream::DirectGetErrorKind::NotFound => break,
+                Err(e) => return Err(js_err("read output", e)),
+            };
+            seq = m.sequence + 1;
+            if m.payload.is_empty() {
+                continue;
+            }
+            total += m.payload.len();
+            out.push(LogChunk {
+                seq: m.sequence,
+                stderr: m.subject.ends_with(".err"),
+                bytes: m.payload.to_vec(),
+            });
+            if total >= max {
+                break;
+            }
+        }
+        Ok(out)
+    }
+
+    /// Forgets `app`'s output.
+    ///
+    /// # Errors
+    /// [`BackboneError::JetStream`].
+    pub async fn purge_logs(&self, app: &str) -> Result<(), BackboneError> {
+        self.logs
+            .purge()
+            .filter(format!("tern.logs.{app}.*"))
+            .await
+            .map_err(|e| js_err("purge output", e))?;
+        Ok(())
+    }
+
+    /// Stores a checkpoint bundle under its SHA-256.
+    ///
+    /// # Errors
+    /// [`BackboneError::JetStream`].
+    pub async fn put_snapshot(
+        &self,
+        path: &std::path::Path,
+    ) -> Result<(String, u64), BackboneError> {
+        let bytes = tokio::fs::read(path)
+            .await
+            .map_err(|e| js_err(format!("read {}", path.display()), e))?;
+        let digest = tern_runtime::digest(&bytes);
+        let mut reader = bytes.as_slice();
+        self.snapshots
+            .put(digest.as_str(), &mut reader)
+            .await
+            .map_err(|e| js_err("store checkpoint", e))?;
+        Ok((digest, bytes.len() as u64))
+    }
+
+    /// The checkpoint bundle stored under `digest`, checked against it.
+    ///
+    /// # Errors
+    /// [`BackboneError::JetStream`] when it is missing or does not match.
+    pub async fn snapshot(&self, digest: &str) -> Result<Vec<u8>, BackboneError> {
+        read_object(&self.snapshots, digest, "checkpoint").await
+    }
+
+    /// Deletes a checkpoint that a later one replaced.
+    pub async fn drop_snapshot(&self, digest: &str) {
+        let _ = self.snapshots.delete(digest).await;
+    }
+}
+
+/// Reads the object `digest` of `store` and checks its bytes against it.
+pub(crate) async fn read_object(
+    store: &object_store::ObjectStore,
+    digest: &str,
+    what: &str,
+) -> Result<Vec<u8>, BackboneError> {
+    let name = format!("{what} sha256:{digest}");
+    let mut object = store.get(digest).await.map_err(|e| js_err(&name, e))?;
+    let mut bytes = Vec::new();
+    object
+        .read_to_end(&mut bytes)
+        .await
+        .map_err(|e| js_err(&name, e))?;
+    if tern_runtime::digest(&bytes) != digest {
+        return Err(js_err(name, "its bytes do not match the digest"));
+    }
+    Ok(bytes)
+}
+
+fn header_u64(headers: &HeaderMap, name: &str) -> Option<u64> {
+    headers.get(name)?.as_str().parse().ok()
+}
+
+fn decode<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, BackboneError> {
+    serde_json::from_slice(bytes).map_err(|e| BackboneError::BadEntry {
+        reason: e.to_string(),
+    })
+}
+
+/// How long a node waits for the previous incarnation's output to be all published
+/// before it publishes its own anyway.
+pub const HANDOVER_WAIT: Duration = Duration::from_secs(10);

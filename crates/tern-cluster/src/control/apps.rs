@@ -1,0 +1,370 @@
+//! The API's deployments: upload a module, deploy, list, remove, read output, explain.
+
+use std::collections::HashMap;
+
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Json, Response};
+use serde::{Deserialize, Serialize};
+
+use super::{ApiError, Shared, plan_of, unavailable};
+use crate::apps::{AppRecord, AppView, SeedFile};
+use crate::manifest::{self, Manifest};
+use crate::model::NodeDescriptor;
+use crate::scheduler::Request;
+
+/// The largest module (or seed file) the API takes.
+pub const MAX_MODULE: usize = 64 << 20;
+
+/// `POST /v1/apps`: a manifest and what it refers to, uploaded first.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DeployRequest {
+    /// The manifest's text (its `module` may be a path: `module` below replaces it).
+    pub manifest: String,
+    /// SHA-256 (hex) of the uploaded module.
+    pub module: String,
+    #[serde(default)]
+    pub seeds: Vec<SeedFile>,
+}
+
+/// `POST /v1/apps`' answer.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Deployed {
+    pub name: String,
+    pub node: String,
+    pub note: String,
+}
+
+fn bad(status: StatusCode, message: impl Into<String>) -> ApiError {
+    ApiError(status, message.into())
+}
+
+fn backbone_down(e: impl std::fmt::Display) -> ApiError {
+    bad(
+        StatusCode::SERVICE_UNAVAILABLE,
+        format!("the backbone is unreachable: {e}"),
+    )
+}
+
+fn is_digest(d: &str) -> bool {
+    d.len() == 64
+        && d.bytes()
+            .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
+}
+
+/// `PUT /v1/modules/{digest}`: stores a module or seed file whose SHA-256 is `digest`.
+pub(super) async fn put_module(
+    State(s): State<Shared>,
+    headers: HeaderMap,
+    Path(digest): Path<String>,
+    body: axum::body::Bytes,
+) -> Result<Response, ApiError> {
+    s.authorize(&headers)?;
+    if !is_digest(&digest) {
+        return Err(bad(
+            StatusCode::BAD_REQUEST,
+            "a module is stored under its SHA-256, 64 lowercase hex digits",
+        ));
+    }
+    if tern_runtime::digest(&body) != digest {
+        return Err(bad(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            format!("the body's SHA-256 is not {digest}: it was damaged or cut short"),
+        ));
+    }
+    let stored = s.backbone.put_module(&body).await.map_err(backbone_down)?;
+    Ok((
+        StatusCode::CREATED,
+        Json(serde_json::json!({ "digest": stored, "size": body.len() })),
+    )
+        .into_response())
+}
+
+/// `POST /v1/apps`: checks the manifest and the module, places the app and records it.
+pub(super) async fn deploy(
+    State(s): State<Shared>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Result<Response, ApiError> {
+    s.authorize(&headers)?;
+    let req: DeployRequest = serde_json::from_slice(&body).map_err(|e| {
+        bad(
+            StatusCode::BAD_REQUEST,
+            format!("not a deploy request: {e}"),
+        )
+    })?;
+    let m = manifest::parse(&req.manifest).map_err(|e| {
+        bad(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            format!("invalid manifest: {e}"),
+        )
+    })?;
+    if m.replicas > 1 {
+        return Err(bad(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid manifest: replicas: more than one replica is not supported yet; deploy each under its own name",
+        ));
+    }
+    if !is_digest(&req.module) {
+        return Err(bad(
+            StatusCode::BAD_REQUEST,
+            "module: give the SHA-256 of an uploaded module",
+        ));
+    }
+    for seed in &req.seeds {
+        if !m.volumes.iter().any(|v| v.guest == seed.volume) || !is_digest(&seed.digest) {
+            return Err(bad(
+                StatusCode::BAD_REQUEST,
+                format!(
+                    "seed file {}/{}: no such volume in the manifest, or no digest",
+                    seed.volume, seed.path
+                ),
+            ));
+        }
+    }
+    let wasm = s.backbone.module(&req.module).await.map_err(|_| {
+        bad(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            format!(
+                "module sha256:{} was not uploaded (PUT /v1/modules/DIGEST first)",
+                req.module
+            ),
+        )
+    })?;
+    check_module(&s, wasm, m.migratable).await?;
+    if s.backbone
+        .app(&m.name)
+        .await
+        .map_err(backbone_down)?
+        .is_some()
+    {
+        return Err(taken(&m.name));
+    }
+    let (node, note) = {
+        let v = s.view.read().map_err(|_| unavailable())?;
+        let nodes = v.nodes_with_reservations();
+        match s.scheduler.place(&Request::new(&m), &nodes, &v.rtt) {
+            Some(i) => (
+                nodes[i].name.clone(),
+                format!("placed on {}", nodes[i].name),
+            ),
+            None => {
+                let e = s.scheduler.explain(&Request::new(&m), &nodes, &v.rtt);
+                return Err(bad(StatusCode::CONFLICT, no_node(&m.name, &e)));
+            }
+        }
+    };
+    let record = AppRecord {
+        name: m.name.clone(),
+        manifest: req.manifest,
+        module: req.module,
+        seeds: req.seeds,
+        node: Some(node.clone()),
+        incarnation: 1,
+        restarts: 0,
+        restore: None,
+        note: note.clone(),
+    };
+    match s
+        .backbone
+        .put_app(&record, 0)
+        .await
+        .map_err(backbone_down)?
+    {
+        Some(_) => Ok((
+            StatusCode::CREATED,
+            Json(Deployed {
+                name: m.name,
+                node,
+                note,
+            }),
+        )
+            .into_response()),
+        None => Err(taken(&m.name)),
+    }
+}
+
+fn taken(name: &str) -> ApiError {
+    bad(
+        StatusCode::CONFLICT,
+        format!("an app named {name} is deployed already; remove it first with `tern rm {name}`"),
+    )
+}
+
+/// One line naming why each node was refused.
+pub(super) fn no_node(name: &str, e: &crate::scheduler::Explanation) -> String {
+    use crate::scheduler::Verdict;
+    let reasons: Vec<String> = e
+        .nodes
+        .iter()
+        .filter_map(|(node, v)| match v {
+            Verdict::Rejected { rejections } => Some(format!(
+                "{node}: {}",
+                rejections
+                    .iter()
+                    .map(ToString::to_string)
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )),
+            Verdict::Eligible { .. } => None,
+        })
+        .collect();
+    if reasons.is_empty() {
+        format!("no node can take {name}: no node has joined the continuum")
+    } else {
+        format!("no node can take {name}: {}", reasons.join("; "))
+    }
+}
+
+/// Refuses a module that does not validate, or that cannot be made migratable when the
+/// manifest asks for it.
+async fn check_module(s: &Shared, wasm: Vec<u8>, migratable: bool) -> Result<(), ApiError> {
+    let engine = s.engine.clone();
+    let checked = tokio::task::spawn_blocking(move || {
+        wasmtime::Module::validate(&engine, &wasm)
+            .map_err(|e| format!("the module does not validate: {e:#}"))?;
+        if migratable {
+            tern_snapshot::Rewriter::new(None)
+                .rewrite(&wasm)
+                .map_err(|e| format!("migratable = true, but {e}"))?;
+        }
+        Ok::<(), String>(())
+    })
+    .await
+    .map_err(|e| bad(StatusCode::SERVICE_UNAVAILABLE, e.to_string()))?;
+    checked.map_err(|e| bad(StatusCode::UNPROCESSABLE_ENTITY, e))
+}
+
+/// `GET /v1/apps`: every app, by name.
+pub(super) async fn list(State(s): State<Shared>) -> Result<Json<Vec<AppView>>, ApiError> {
+    let records = s.backbone.apps().await.map_err(backbone_down)?;
+    let statuses: HashMap<String, crate::apps::InstanceStatus> = s
+        .backbone
+        .statuses()
+        .await
+        .map_err(backbone_down)?
+        .into_iter()
+        .map(|st| (st.app.clone(), st))
+        .collect();
+    Ok(Json(
+        records
+            .iter()
+            .map(|(r, _)| AppView::of(r, statuses.get(&r.name)))
+            .collect(),
+    ))
+}
+
+async fn record(s: &Shared, name: &str) -> Result<(AppRecord, u64), ApiError> {
+    s.backbone
+        .app(name)
+        .await
+        .map_err(backbone_down)?
+        .ok_or_else(|| {
+            bad(
+                StatusCode::NOT_FOUND,
+                format!("no app named {name}; `tern ps` lists them"),
+            )
+        })
+}
+
+/// `DELETE /v1/apps/{name}`: the node running it stops it; its output is forgotten.
+pub(super) async fn remove(
+    State(s): State<Shared>,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    s.authorize(&headers)?;
+    record(&s, &name).await?;
+    s.backbone.remove_app(&name).await.map_err(backbone_down)?;
+    let _ = s.backbone.purge_logs(&name).await;
+    Ok(Json(serde_json::json!({ "removed": name })))
+}
+
+#[derive(Debug, Deserialize)]
+pub(super) struct LogsQuery {
+    #[serde(default)]
+    after: u64,
+}
+
+/// The most output one `GET …/logs` returns; ask again after its last sequence.
+const LOGS_PER_ANSWER: usize = 4 << 20;
+
+/// `GET /v1/apps/{name}/logs?after=SEQ`: the app's output after stream sequence `SEQ`,
+/// as frames `SEQ out|err LEN\n` followed by LEN bytes.
+pub(super) async fn logs(
+    State(s): State<Shared>,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+    Query(q): Query<LogsQuery>,
+) -> Result<Response, ApiError> {
+    s.authorize(&headers)?;
+    record(&s, &name).await?;
+    let chunks = s
+        .backbone
+        .logs(&name, q.after, LOGS_PER_ANSWER)
+        .await
+        .map_err(backbone_down)?;
+    let mut body = Vec::new();
+    for c in chunks {
+        body.extend_from_slice(
+            format!(
+                "{} {} {}\n",
+                c.seq,
+                if c.stderr { "err" } else { "out" },
+                c.bytes.len()
+            )
+            .as_bytes(),
+        );
+        body.extend_from_slice(&c.bytes);
+    }
+    Ok((
+        [(axum::http::header::CONTENT_TYPE, "application/octet-stream")],
+        body,
+    )
+        .into_response())
+}
+
+#[derive(Debug, Deserialize)]
+pub(super) struct ExplainQuery {
+    why_not: Option<String>,
+}
+
+/// `GET /v1/apps/{name}/explain[?why_not=NODE]`: every node's verdict on the app now,
+/// as `POST /v1/plan` answers, with the node it runs on.
+pub(super) async fn explain(
+    State(s): State<Shared>,
+    Path(name): Path<String>,
+    Query(q): Query<ExplainQuery>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let (r, _) = record(&s, &name).await?;
+    let m: Manifest = manifest::parse(&r.manifest).map_err(|e| {
+        bad(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            format!("the stored manifest no longer reads: {e}"),
+        )
+    })?;
+    let v = s.view.read().map_err(|_| unavailable())?;
+    let nodes: Vec<NodeDescriptor> = v.nodes_with_reservations_except(&name);
+    if let Some(n) = &q.why_not
+        && !nodes.iter().any(|d| &d.name == n)
+    {
+        return Err(bad(
+            StatusCode::NOT_FOUND,
+            format!("no node named {n}; `tern nodes` lists them"),
+        ));
+    }
+    let mut req = Request::new(&m);
+    req.current = r.node.as_deref();
+    let mut plan = plan_of(s.scheduler.explain(&req, &nodes, &v.rtt));
+    if let Some(n) = &q.why_not {
+        plan.nodes
+            .retain(|v| v.get("node").and_then(|x| x.as_str()) == Some(n.as_str()));
+    }
+    Ok(Json(serde_json::json!({
+        "name": name,
+        "node": r.node,
+        "note": r.note,
+        "chosen": plan.chosen,
+        "nodes": plan.nodes,
+    })))
+}

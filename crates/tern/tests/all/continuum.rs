@@ -1,0 +1,426 @@
+//! Apps on a continuum of real processes: `tern up` with its nats-server and three
+//! `tern node`s, driven by the verbs as a user would: deploy, ps, logs, explain, rm; a
+//! node killed with SIGKILL and its app restored elsewhere; `tern up` stopped and
+//! started again, its app resuming.
+
+use std::io::Read as _;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+use crate::support::{Run, Running, free_addr, guest, scratch, signal, sqlite_guest, tern};
+
+/// A `tern up` of this test, and how to talk to it.
+struct Up {
+    up: Running,
+    dir: PathBuf,
+    state: PathBuf,
+    api: String,
+}
+
+impl Up {
+    /// Starts `tern up` on `state` (in `dir`) and waits for its three nodes.
+    fn start(dir: &Path, state: &Path) -> Up {
+        let addr = free_addr();
+        let up = Running(
+            tern(dir)
+                .inherit(&["HOME"])
+                .args(["up", "--listen", &addr, "--state"])
+                .arg(state)
+                .spawn(),
+        );
+        let up = Up {
+            up,
+            dir: dir.to_path_buf(),
+            state: state.to_path_buf(),
+            api: format!("http://{addr}"),
+        };
+        up.wait_for("three nodes", Duration::from_secs(90), || {
+            let r = up.verb(&["nodes", "--json"]);
+            (r.code == Some(0)
+                && serde_json::from_str::<Value>(&r.stdout)
+                    .is_ok_and(|v| v.as_array().map_or(0, Vec::len) == 3))
+            .then_some(())
+        });
+        up
+    }
+
+    fn token(&self) -> String {
+        std::fs::read_to_string(self.state.join("nats/join-token")).unwrap_or_default()
+    }
+
+    /// `tern ARGS --api … --token …`.
+    fn verb(&self, args: &[&str]) -> Run {
+        tern(&self.dir)
+            .args(args)
+            .args(["--api", &self.api])
+            .env("TERN_TOKEN", &self.token())
+            .run()
+    }
+
+    /// `tern ps --json`, by name.
+    fn app(&self, name: &str) -> Option<Value> {
+        let r = self.verb(&["ps", "--json"]);
+        let apps: Value = serde_json::from_str(r.succeeds()).expect("ps JSON");
+        apps.as_array()?.iter().find(|a| a["name"] == name).cloned()
+    }
+
+    /// Waits until `app`'s state is `state`, and returns its `ps` row.
+    fn wait_state(&self, app: &str, state: &str, within: Duration) -> Value {
+        self.wait_for(&format!("{app} {state}"), within, || {
+            self.app(app).filter(|a| a["state"] == state)
+        })
+    }
+
+    fn wait_for<T>(&self, what: &str, within: Duration, mut f: impl FnMut() -> Option<T>) -> T {
+        let deadline = Instant::now() + within;
+        loop {
+            if let Some(t) = f() {
+                return t;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "waited {within:?} for {what}; ps: {:?}",
+                self.verb(&["ps"])
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    /// The pid of this continuum's node `name`.
+    fn node_pid(&self, name: &str) -> u32 {
+        let needle = format!("--name {name} ");
+        let state = self.state.join("nodes").join(name);
+        for entry in std::fs::read_dir("/proc").expect("/proc").flatten() {
+            if let Ok(cmd) = std::fs::read(entry.path().join("cmdline")) {
+                let cmd = String::from_utf8_lossy(&cmd).replace('\0', " ");
+                if cmd.contains(" node ")
+                    && cmd.contains(&needle)
+                    && cmd.contains(&state.display().to_string())
+                    && let Ok(pid) = entry.file_name().to_string_lossy().parse()
+                {
+                    return pid;
+                }
+            }
+        }
+        panic!("no process of node {name}");
+    }
+
+    /// Stops `tern up` with Ctrl-C and returns its stderr.
+    fn stop(mut self) -> String {
+        signal(&self.up, "-INT");
+        let status = self.up.wait().expect("tern up exits");
+        let mut stderr = String::new();
+        self.up
+            .stderr
+            .take()
+            .expect("stderr")
+            .read_to_string(&mut stderr)
+            .expect("read");
+        assert!(status.success(), "{status:?}: {stderr}");
+        stderr
+    }
+}
+
+/// The instance processes still running under `state`.
+fn instances(state: &Path) -> usize {
+    let needle = state.display().to_string();
+    std::fs::read_dir("/proc")
+        .expect("/proc")
+        .flatten()
+        .filter(|e| {
+            std::fs::read(e.path().join("cmdline")).is_ok_and(|c| {
+                let c = String::from_utf8_lossy(&c).replace('\0', " ");
+                c.contains(" instance ") && c.contains(&needle)
+            })
+        })
+        .count()
+}
+
+fn write_app(dir: &Path, file: &str, wasm: &Path, body: &str) -> PathBuf {
+    let path = dir.join(file);
+    std::fs::copy(wasm, dir.join(format!("{file}.wasm"))).expect("copy module");
+    std::fs::write(&path, format!("module = \"{file}.wasm\"\n{body}")).expect("manifest");
+    path
+}
+
+#[test]
+fn deploys_are_placed_by_their_filters_explained_and_refused_with_every_reason() {
+    let d = scratch();
+    let up = Up::start(d.path(), &d.path().join("state"));
+    let steps = guest("steps");
+    let reference = tern(d.path())
+        .arg("run")
+        .arg(&steps)
+        .args(["4", "1000000"])
+        .run();
+    assert_eq!(reference.code, Some(3), "{reference:?}");
+
+    let cases = [
+        ("by-tier", "[constraints]\ntier = \"edge\"\n", "edge"),
+        ("by-engine", "[constraints]\nengine = \"pulley\"\n", "iot"),
+        ("by-memory", "[limits]\nmemory = \"1GiB\"\n", "cloud"),
+    ];
+    for (name, body, node) in cases {
+        let m = write_app(
+            d.path(),
+            name,
+            &steps,
+            &format!("name = \"{name}\"\nargs = [\"4\", \"1000000\"]\n{body}"),
+        );
+        let out = up.verb(&["deploy", m.to_str().expect("utf-8")]);
+        assert!(
+            out.succeeds()
+                .contains(&format!("deployed {name} on {node}")),
+            "{out:?}"
+        );
+    }
+    for (name, _, node) in cases {
+        let row = up.wait_state(name, "exited", Duration::from_secs(60));
+        assert_eq!(row["node"], node, "{row}");
+        assert_eq!(row["code"], 3, "{row}");
+        let logs = up.verb(&["logs", name]);
+        assert_eq!(logs.succeeds(), reference.stdout, "{name}");
+    }
+
+    // Explain: the chosen node's score, and every filter the others fail.
+    let e = up.verb(&["explain", "by-tier", "--json"]);
+    let e: Value = serde_json::from_str(e.succeeds()).expect("JSON");
+    assert_eq!(e["node"], "edge");
+    let nodes = e["nodes"].as_array().expect("nodes");
+    assert_eq!(nodes.len(), 3, "{e}");
+    assert_eq!(nodes[0]["node"], "edge");
+    assert_eq!(nodes[0]["verdict"], "eligible");
+    for n in &nodes[1..] {
+        assert_eq!(n["verdict"], "rejected", "{n}");
+        assert_eq!(n["rejections"][0]["filter"], "tier", "{n}");
+    }
+    let why = up.verb(&["explain", "by-tier", "--why-not", "iot"]);
+    let text = why.succeeds();
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with("iot ") && l.contains(" rejected ")),
+        "{text}"
+    );
+    assert!(text.contains("tier: is iot, needs edge"), "{text}");
+    assert!(
+        !text.contains("cloud "),
+        "only the node asked about: {text}"
+    );
+
+    // No node passes: the deploy is refused with every node's every reason, and
+    // nothing is deployed.
+    let m = write_app(
+        d.path(),
+        "nowhere",
+        &steps,
+        "name = \"nowhere\"\n[constraints]\narch = \"aarch64\"\ntee = \"sgx\"\nlabels = { region = \"eu\" }\n",
+    );
+    let refused = up.verb(&["deploy", m.to_str().expect("utf-8")]);
+    let line = refused.fails_with(1, "no node can take nowhere: cloud: ");
+    for reason in [
+        "arch: is x86_64, needs aarch64",
+        "label region: missing, needs eu",
+        "tee: is none, needs sgx",
+    ] {
+        assert!(line.contains(reason), "{reason}: {line}");
+    }
+    assert_eq!(line.matches("arch: is x86_64").count(), 3, "{line}");
+    assert!(up.app("nowhere").is_none());
+
+    // rm stops and forgets.
+    up.verb(&["rm", "by-tier"]).succeeds();
+    assert!(up.app("by-tier").is_none());
+    up.verb(&["logs", "by-tier"])
+        .fails_with(1, "no app named by-tier; `tern ps` lists them");
+    up.stop();
+}
+
+#[test]
+fn bad_manifests_modules_and_requests_are_refused_and_nothing_is_deployed() {
+    let d = scratch();
+    let up = Up::start(d.path(), &d.path().join("state"));
+    let steps = guest("steps");
+    let bad = write_app(
+        d.path(),
+        "bad",
+        &steps,
+        "name = \"bad\"\n[constraints]\ntier = \"fog\"\n",
+    );
+    up.verb(&["deploy", bad.to_str().expect("utf-8")])
+        .fails_with(1, "bad: line 4: constraints.tier: unknown tier `fog`");
+
+    // A module that does not validate.
+    let junk = d.path().join("junk.wasm");
+    std::fs::write(&junk, b"\0asm\x01\0\0\0\x01\x05").expect("write");
+    std::fs::write(
+        d.path().join("junk.toml"),
+        "name = \"junk\"\nmodule = \"junk.wasm\"\n",
+    )
+    .expect("write");
+    up.verb(&[
+        "deploy",
+        d.path().join("junk.toml").to_str().expect("utf-8"),
+    ])
+    .fails_with(1, "the module does not validate");
+
+    // A second deploy under a taken name.
+    let ok = write_app(
+        d.path(),
+        "twice",
+        &steps,
+        "name = \"twice\"\nargs = [\"1\", \"1\"]\n",
+    );
+    up.verb(&["deploy", ok.to_str().expect("utf-8")]).succeeds();
+    up.verb(&["deploy", ok.to_str().expect("utf-8")])
+        .fails_with(1, "an app named twice is deployed already");
+
+    // Without the token, nothing that acts is done.
+    tern(d.path())
+        .args(["rm", "twice", "--api", &up.api, "--token", "wrong"])
+        .run()
+        .fails_with(1, "this request needs the continuum's token");
+    assert!(up.app("twice").is_some());
+
+    // Requests no verb would send.
+    let raw = |request: &str| -> String {
+        use std::io::Write as _;
+        let addr = up.api.trim_start_matches("http://");
+        let mut s = std::net::TcpStream::connect(addr).expect("connect");
+        s.write_all(request.as_bytes()).expect("write");
+        let mut answer = String::new();
+        let _ = s.read_to_string(&mut answer);
+        answer
+    };
+    let token = up.token();
+    let garbage = raw(&format!(
+        "POST /v1/apps HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\nContent-Length: 5\r\nConnection: close\r\n\r\n{{{{{{{{{{"
+    ));
+    assert!(garbage.starts_with("HTTP/1.1 400"), "{garbage}");
+    assert!(garbage.contains("not a deploy request"), "{garbage}");
+    let damaged = raw(&format!(
+        "PUT /v1/modules/{} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\nContent-Length: 3\r\nConnection: close\r\n\r\nabc",
+        "0".repeat(64)
+    ));
+    assert!(damaged.starts_with("HTTP/1.1 422"), "{damaged}");
+    assert!(damaged.contains("damaged or cut short"), "{damaged}");
+    let unsigned = raw(
+        "DELETE /v1/apps/twice HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+    );
+    assert!(unsigned.starts_with("HTTP/1.1 401"), "{unsigned}");
+    let ps = up.verb(&["ps", "--json"]);
+    let apps: Value = serde_json::from_str(ps.succeeds()).expect("JSON");
+    let names: Vec<&str> = apps
+        .as_array()
+        .expect("array")
+        .iter()
+        .map(|a| a["name"].as_str().expect("name"))
+        .collect();
+    assert_eq!(names, ["twice"]);
+    up.stop();
+}
+
+#[test]
+fn a_node_killed_mid_run_has_its_sqlite_app_restored_elsewhere_without_losing_a_row() {
+    let d = scratch();
+    let up = Up::start(d.path(), &d.path().join("state"));
+    let wasm = sqlite_guest();
+    let rows = 120;
+    let reference_dir = d.path().join("ref");
+    std::fs::create_dir(&reference_dir).expect("mkdir");
+    let reference = tern(d.path())
+        .arg("run")
+        .arg(format!("--dir={}::/data", reference_dir.display()))
+        .arg(&wasm)
+        .args(["/data/rows.db", &rows.to_string(), "15000000"])
+        .run();
+    assert_eq!(reference.code, Some(0), "{reference:?}");
+
+    let m = write_app(
+        d.path(),
+        "rows",
+        &wasm,
+        &format!(
+            "name = \"rows\"\nargs = [\"/data/rows.db\", \"{rows}\", \"15000000\"]\nmigratable = true\ncheckpoint_every = \"1s\"\n[[volumes]]\nguest = \"/data\"\n[constraints]\ntier = [\"edge\", \"cloud\"]\n"
+        ),
+    );
+    up.verb(&["deploy", m.to_str().expect("utf-8")]).succeeds();
+    let row = up.wait_state("rows", "running", Duration::from_secs(30));
+    let first = row["node"].as_str().expect("node").to_owned();
+    let other = if first == "edge" { "cloud" } else { "edge" };
+    // Killed once it has committed rows and been checkpointed.
+    up.wait_for(
+        "a checkpoint and some rows",
+        Duration::from_secs(60),
+        || {
+            let logs = up.verb(&["logs", "rows"]);
+            let a = up.app("rows")?;
+            (logs.stdout.lines().count() > 10 && a["checkpoint_age_s"].is_number()).then_some(())
+        },
+    );
+    let killed = Instant::now();
+    let ok = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(format!("kill -KILL {}", up.node_pid(&first)))
+        .status()
+        .expect("sh");
+    assert!(ok.success());
+    let moved = up.wait_for("rows on the other node", Duration::from_secs(30), || {
+        up.app("rows")
+            .filter(|a| a["node"] == other && a["state"] == "running")
+    });
+    eprintln!(
+        "restored on {other} {:?} after the SIGKILL",
+        killed.elapsed()
+    );
+    assert_eq!(moved["restarts"], 1, "{moved}");
+    let note = moved["note"].as_str().expect("note");
+    assert!(
+        note.contains(&format!(
+            "node {first} is gone; restored on {other} from its checkpoint of"
+        )),
+        "{note}"
+    );
+    let done = up.wait_state("rows", "exited", Duration::from_secs(120));
+    assert_eq!(done["code"], 0, "{done}");
+    // Every committed row is there once, and the output neither lost nor repeated a
+    // line across the restore.
+    let logs = up.verb(&["logs", "rows"]);
+    assert_eq!(logs.succeeds(), reference.stdout);
+    assert_eq!(instances(&up.state), 0, "no instance outlived its run");
+    up.stop();
+}
+
+#[test]
+fn a_continuum_stopped_with_ctrl_c_resumes_its_app_when_started_again() {
+    let d = scratch();
+    let state = d.path().join("state");
+    let steps = guest("steps");
+    let args = ["60", "100000000"];
+    let reference = tern(d.path()).arg("run").arg(&steps).args(args).run();
+    assert_eq!(reference.code, Some(3), "{reference:?}");
+    let up = Up::start(d.path(), &state);
+    let m = write_app(
+        d.path(),
+        "long",
+        &steps,
+        &format!(
+            "name = \"long\"\nargs = [\"{}\", \"{}\"]\nmigratable = true\ncheckpoint_every = \"1h\"\n",
+            args[0], args[1]
+        ),
+    );
+    up.verb(&["deploy", m.to_str().expect("utf-8")]).succeeds();
+    up.wait_for("some steps", Duration::from_secs(60), || {
+        (up.verb(&["logs", "long"]).stdout.lines().count() >= 3).then_some(())
+    });
+    let stderr = up.stop();
+    assert!(stderr.ends_with("continuum stopped\n"), "{stderr}");
+    assert_eq!(instances(&state), 0);
+
+    let up = Up::start(d.path(), &state);
+    let done = up.wait_state("long", "exited", Duration::from_secs(120));
+    assert_eq!(done["code"], 3, "{done}");
+    assert_eq!(up.verb(&["logs", "long"]).succeeds(), reference.stdout);
+    up.stop();
+}
