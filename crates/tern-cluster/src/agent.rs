@@ -167,6 +167,9 @@ pub async fn run(
     let answering = tokio::spawn(crate::link::answer(listener));
     let host = crate::supervisor::Host {
         node: config.name.clone(),
+        link_host: link
+            .rsplit_once(':')
+            .map_or_else(|| link.clone(), |(h, _)| h.to_owned()),
         engine: config.engine,
         state: config.state,
         tern: config.tern,

@@ -23,6 +23,7 @@ pub(crate) const APPS: &str = "tern-apps";
 pub(crate) const STATUS: &str = "tern-status";
 pub(crate) const LOGS: &str = "tern-logs";
 pub(crate) const SNAPSHOTS: &str = "tern-snapshots";
+pub(crate) const DRAINS: &str = "tern-drains";
 
 /// Bytes of output the log stream keeps in all; the oldest go first.
 const LOG_BYTES: i64 = 512 << 20;
@@ -131,7 +132,7 @@ impl AppView {
             InstanceState::Failed { reason } => (None, Some(reason.clone())),
             _ => (None, None),
         };
-        let checkpoint = status
+        let checkpoint = current
             .and_then(|s| s.checkpoint.as_ref())
             .or(record.restore.as_ref());
         let note = match current {
@@ -145,7 +146,7 @@ impl AppView {
             code,
             reason,
             incarnation: record.incarnation,
-            restarts: status.map_or(0, |s| s.restarts),
+            restarts: record.restarts,
             checkpoint_age_s: checkpoint.map(|c| now_ms().saturating_sub(c.at_ms) as f64 / 1e3),
             note,
         }
@@ -180,17 +181,16 @@ pub fn log_subject(app: &str, err: bool) -> String {
     format!("tern.logs.{app}.{}", if err { "err" } else { "out" })
 }
 
-pub(crate) async fn open(
-    js: &jetstream::Context,
-) -> Result<
-    (
-        kv::Store,
-        kv::Store,
-        stream::Stream,
-        object_store::ObjectStore,
-    ),
-    BackboneError,
-> {
+/// The deployments' stores, made if missing.
+pub(crate) struct Stores {
+    pub apps: kv::Store,
+    pub status: kv::Store,
+    pub drains: kv::Store,
+    pub logs: stream::Stream,
+    pub snapshots: object_store::ObjectStore,
+}
+
+pub(crate) async fn open(js: &jetstream::Context) -> Result<Stores, BackboneError> {
     let apps = crate::backbone::bucket(
         js,
         kv::Config {
@@ -206,6 +206,16 @@ pub(crate) async fn open(
         kv::Config {
             bucket: STATUS.into(),
             description: "Tern instances: what each is doing, by app".into(),
+            history: 1,
+            ..Default::default()
+        },
+    )
+    .await?;
+    let drains = crate::backbone::bucket(
+        js,
+        kv::Config {
+            bucket: DRAINS.into(),
+            description: "Tern nodes drained: no app is placed on them".into(),
             history: 1,
             ..Default::default()
         },
@@ -233,7 +243,13 @@ pub(crate) async fn open(
             .await
             .map_err(|e| js_err("object store tern-snapshots", e))?,
     };
-    Ok((apps, status, logs, snapshots))
+    Ok(Stores {
+        apps,
+        status,
+        drains,
+        logs,
+        snapshots,
+    })
 }
 
 impl Backbone {
@@ -324,7 +340,7 @@ impl Backbone {
             .delete(name)
             .await
             .map_err(|e| js_err("remove app", e))?;
-        let _ = self.status.delete(name).await;
+        // The status stays: a later app of the same name goes on from its incarnation.
         Ok(())
     }
 
@@ -620,6 +636,42 @@ impl Backbone {
     /// [`BackboneError::JetStream`] when it is missing or does not match.
     pub async fn snapshot(&self, digest: &str) -> Result<Vec<u8>, BackboneError> {
         read_object(&self.snapshots, digest, "checkpoint").await
+    }
+
+    /// Marks `node` drained (no app is placed on it), or not.
+    ///
+    /// # Errors
+    /// [`BackboneError::JetStream`].
+    pub async fn drain(&self, node: &str, drained: bool) -> Result<(), BackboneError> {
+        if drained {
+            self.drains
+                .put(node, "drained".into())
+                .await
+                .map_err(|e| js_err("drain", e))?;
+        } else {
+            self.drains
+                .delete(node)
+                .await
+                .map_err(|e| js_err("undrain", e))?;
+        }
+        Ok(())
+    }
+
+    /// The drained nodes, as they are and as they change: `(node, drained)`.
+    ///
+    /// # Errors
+    /// [`BackboneError::JetStream`].
+    pub async fn watch_drains(
+        &self,
+    ) -> Result<impl futures_util::Stream<Item = (String, bool)> + use<>, BackboneError> {
+        let watch = self
+            .drains
+            .watch_with_history(">")
+            .await
+            .map_err(|e| js_err("watch drains", e))?;
+        Ok(watch.filter_map(|e| {
+            std::future::ready(e.ok().map(|e| (e.key, e.operation == kv::Operation::Put)))
+        }))
     }
 
     /// Deletes a checkpoint that a later one replaced.

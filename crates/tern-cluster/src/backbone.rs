@@ -258,6 +258,7 @@ pub struct Backbone {
     nodes: kv::Store,
     pub(crate) apps: kv::Store,
     pub(crate) status: kv::Store,
+    pub(crate) drains: kv::Store,
     pub(crate) logs: jetstream::stream::Stream,
     modules: object_store::ObjectStore,
     pub(crate) snapshots: object_store::ObjectStore,
@@ -318,7 +319,13 @@ impl Backbone {
             },
         )
         .await?;
-        let (apps, status, logs, snapshots) = crate::apps::open(&js).await?;
+        let crate::apps::Stores {
+            apps,
+            status,
+            drains,
+            logs,
+            snapshots,
+        } = crate::apps::open(&js).await?;
         let modules = match js.get_object_store(MODULES).await {
             Ok(s) => s,
             Err(_) => js
@@ -336,6 +343,7 @@ impl Backbone {
             nodes,
             apps,
             status,
+            drains,
             logs,
             modules,
             snapshots,

@@ -13,6 +13,10 @@
 //! | `DELETE /v1/apps/{name}` 🔑 | — | `{"removed": name}` |
 //! | `GET /v1/apps/{name}/logs?after=SEQ` 🔑 | — | frames `SEQ out\|err LEN\n` + LEN bytes of output |
 //! | `GET /v1/apps/{name}/explain[?why_not=NODE]` | — | every node's verdict on the app now |
+//! | `POST /v1/apps/{name}/migrate` 🔑 | JSON [`MigrateRequest`] | JSON [`Move`]: a live migration, node to node |
+//! | `GET /v1/apps/{name}/files?path=/guest/path` 🔑 | — | the file's bytes, from the node that has them (at most [`MAX_COPY`]) |
+//! | `POST /v1/nodes/{name}/drain` 🔑 | — | JSON array of [`Move`]: every app off the node, which takes no more |
+//! | `DELETE /v1/nodes/{name}/drain` 🔑 | — | the node takes apps again |
 //!
 //! 🔑: the request must carry `Authorization: Bearer TOKEN`, the continuum's join
 //! token; without it, 401 and nothing is done.
@@ -23,9 +27,11 @@
 //! Besides serving, the control plane keeps apps placed: see `recover`.
 
 mod apps;
+mod moves;
 mod recover;
 
 pub use apps::{DeployRequest, Deployed, MAX_MODULE};
+pub use moves::{MAX_COPY, MigrateRequest, Move};
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -59,9 +65,19 @@ struct View {
     /// The incarnation of each app that has ended (exited or failed): it reserves
     /// nothing any more.
     ended: BTreeMap<String, u64>,
+    /// Nodes no app is placed on (`tern drain`).
+    drained: std::collections::BTreeSet<String>,
 }
 
 impl View {
+    /// The nodes placements must leave out, and why.
+    fn excluded(&self) -> Vec<(&str, &str)> {
+        self.drained
+            .iter()
+            .map(|n| (n.as_str(), "drained"))
+            .collect()
+    }
+
     /// The nodes, each with the memory of the apps placed on it counted as used: a
     /// node's own heartbeat may not count an app placed a moment ago yet.
     fn nodes_with_reservations(&self) -> Vec<NodeDescriptor> {
@@ -202,6 +218,18 @@ pub async fn serve(
             }
         }
     });
+    let mut drain_events = Box::pin(backbone.watch_drains().await?);
+    let view = shared.view.clone();
+    let follow_drains = tokio::spawn(async move {
+        while let Some((node, drained)) = drain_events.next().await {
+            let Ok(mut v) = view.write() else { break };
+            if drained {
+                v.drained.insert(node);
+            } else {
+                v.drained.remove(&node);
+            }
+        }
+    });
     let keeping = tokio::spawn(recover::keep_placed(shared.clone()));
     let mut events = Box::pin(backbone.watch_nodes().await?);
     let view = shared.view.clone();
@@ -238,6 +266,12 @@ pub async fn serve(
         .route("/v1/apps/{name}", axum::routing::delete(apps::remove))
         .route("/v1/apps/{name}/logs", get(apps::logs))
         .route("/v1/apps/{name}/explain", get(apps::explain))
+        .route("/v1/apps/{name}/migrate", post(moves::migrate))
+        .route("/v1/apps/{name}/files", get(moves::file))
+        .route(
+            "/v1/nodes/{name}/drain",
+            post(moves::drain).delete(moves::undrain),
+        )
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(MAX_BODY))
         .with_state(shared);
@@ -245,6 +279,7 @@ pub async fn serve(
     follow.abort();
     follow_apps.abort();
     follow_statuses.abort();
+    follow_drains.abort();
     keeping.abort();
     served.map_err(|e| crate::backbone::BackboneError::JetStream {
         what: "API".into(),

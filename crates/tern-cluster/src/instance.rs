@@ -11,9 +11,13 @@
 //! | agent | `{"do":"checkpoint"}` | stop at the next safe point, write a checkpoint bundle, carry on |
 //! | agent | `{"do":"stop"}` | the same, then end (the node is stopping) |
 //! | agent | `{"do":"ack"}` | the checkpoint is taken care of: the guest may run on |
+//! | agent | `{"do":"migrate","to":ADDR}` | live-migrate the guest to the instance listening at ADDR |
+//! | instance | `{"event":"started"}` | the guest runs (compiled, and restored if it resumes) |
+//! | instance | `{"event":"listening","addr":…}` | (an instance that receives a migration) where it waits for it |
 //! | instance | `{"event":"checkpoint","path":…}` | a bundle is ready; the guest waits for the ack |
 //! | instance | `{"event":"checkpoint-failed","reason":…}` | none was written; the guest runs on |
-//! | instance | `{"event":"ended",…}` | the guest exited (`code`), failed (`reason`) or stopped for good (`stopped`) |
+//! | instance | `{"event":"migrated",…}` / `{"event":"migration-failed","reason":…}` | the destination has the guest (this instance ends) / the guest runs on here |
+//! | instance | `{"event":"ended",…}` | the guest exited (`code`), failed (`reason`), stopped for good (`stopped`) or moved (`migrated`) |
 //!
 //! The guest waits for the ack so that its node can count the stdout bytes written
 //! before the checkpoint while no more can come: a restore from it then skips the
@@ -35,7 +39,7 @@ use tern_runtime::{
     DirAccess, Engine, EngineKind, EngineOptions, Limits, Outcome, Policy, Preopen,
 };
 use tern_snapshot::{
-    Captured, Checkpoint, Migratable, Placement, Rewriter, RunEnd, Snapshot, Trigger,
+    Captured, Checkpoint, Migratable, Outbound, Placement, Rewriter, RunEnd, Snapshot, Trigger,
 };
 
 /// Everything an instance process needs, written by its agent as JSON.
@@ -55,6 +59,10 @@ pub struct InstanceSpec {
     pub migratable: bool,
     /// A checkpoint bundle to resume from instead of starting afresh.
     pub restore: Option<PathBuf>,
+    /// Instead of starting, listen here (HOST:PORT, port 0 for any) for the live
+    /// migration of the guest from another node.
+    #[serde(default)]
+    pub receive: Option<String>,
     /// Where checkpoint bundles are written (each replaces the last).
     pub checkpoint: PathBuf,
     /// The agent's control socket.
@@ -64,20 +72,40 @@ pub struct InstanceSpec {
 }
 
 /// A line from the agent.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "do", rename_all = "kebab-case")]
 pub enum Command {
     Checkpoint,
     Stop,
     Ack,
+    Migrate { to: String },
 }
 
 /// A line from the instance.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "event", rename_all = "kebab-case")]
 pub enum Event {
-    Checkpoint { path: PathBuf, pages: u64 },
-    CheckpointFailed { reason: String },
+    /// The guest runs (its module compiled, its state restored).
+    Started,
+    Listening {
+        addr: String,
+    },
+    Checkpoint {
+        path: PathBuf,
+        pages: u64,
+    },
+    CheckpointFailed {
+        reason: String,
+    },
+    Migrated {
+        downtime_ms: f64,
+        total_ms: f64,
+        rounds: u32,
+        bytes: u64,
+    },
+    MigrationFailed {
+        reason: String,
+    },
     Ended(Ended),
 }
 
@@ -91,6 +119,8 @@ pub enum Ended {
     Failed { reason: String },
     /// Stopped after a checkpoint, to be resumed from it.
     Stopped,
+    /// Moved to another node by a live migration.
+    Migrated,
 }
 
 /// How long the guest waits for its agent's ack of a checkpoint.
@@ -133,10 +163,20 @@ pub fn run(spec_path: &Path) -> i32 {
         .map_err(|e| e.to_string())
         .and_then(|t| t.join().map_err(|_| "the guest thread panicked".to_owned()))
         .unwrap_or_else(|e| Ended::Failed { reason: e });
+    // A migration's last word (its statistics) goes out before the end.
+    let moving = link.moving.lock().ok().and_then(|mut m| m.take());
+    if let Some(m) = moving {
+        let _ = m.join();
+    }
+    let ended = match ended {
+        // Stopped, though no one asked it to stop: a migration stopped it.
+        Ended::Stopped if !link.stopping.load(Ordering::SeqCst) => Ended::Migrated,
+        e => e,
+    };
     let status = match &ended {
         Ended::Exited { code } => *code,
         Ended::Failed { .. } => 125,
-        Ended::Stopped => 0,
+        Ended::Stopped | Ended::Migrated => 0,
     };
     link.send(&Event::Ended(ended));
     status
@@ -150,6 +190,10 @@ struct Link {
     /// Stop after the next checkpoint.
     stopping: Arc<AtomicBool>,
     acks: Arc<Mutex<mpsc::Receiver<()>>>,
+    /// Migrations of the guest, once it runs.
+    outbound: Arc<Mutex<Option<Outbound>>>,
+    /// The thread of the migration under way.
+    moving: Arc<Mutex<Option<std::thread::JoinHandle<()>>>>,
 }
 
 impl Link {
@@ -163,8 +207,11 @@ impl Link {
             trigger: trigger.clone(),
             stopping: stopping.clone(),
             acks: Arc::new(Mutex::new(ack_rx)),
+            outbound: Arc::new(Mutex::new(None)),
+            moving: Arc::new(Mutex::new(None)),
         };
         if let Ok(reader) = reader {
+            let this = link.clone();
             std::thread::spawn(move || {
                 for line in BufReader::new(reader).lines() {
                     let Ok(line) = line else { break };
@@ -177,6 +224,7 @@ impl Link {
                         Ok(Command::Ack) => {
                             let _ = ack_tx.send(());
                         }
+                        Ok(Command::Migrate { to }) => this.migrate(to),
                         Err(e) => eprintln!("tern instance: bad command {line:?}: {e}"),
                     }
                 }
@@ -192,6 +240,37 @@ impl Link {
         line.push(b'\n');
         if let Ok(mut out) = self.out.lock() {
             let _ = out.write_all(&line);
+        }
+    }
+
+    /// Live-migrates the guest to `to`, on a thread of its own, and reports how it went.
+    fn migrate(&self, to: String) {
+        let outbound = self.outbound.lock().ok().and_then(|o| o.clone());
+        let Some(outbound) = outbound else {
+            self.send(&Event::MigrationFailed {
+                reason: "the guest is not running yet".into(),
+            });
+            return;
+        };
+        let link = self.clone();
+        let thread = std::thread::spawn(move || {
+            let event = match outbound.migrate(&to, &|_| {}) {
+                Ok(stats) => Event::Migrated {
+                    downtime_ms: stats.downtime.as_secs_f64() * 1e3,
+                    total_ms: stats.total.as_secs_f64() * 1e3,
+                    rounds: stats.rounds,
+                    bytes: stats.bytes_sent,
+                },
+                Err(e) => Event::MigrationFailed {
+                    reason: e.to_string(),
+                },
+            };
+            link.send(&event);
+        });
+        if let Ok(mut m) = self.moving.lock()
+            && let Some(previous) = m.replace(thread)
+        {
+            let _ = previous.join();
         }
     }
 
@@ -241,14 +320,51 @@ fn try_guest(spec: &InstanceSpec, link: &Link) -> Result<Ended, String> {
         let module =
             wasmtime::Module::new(engine.wasmtime(), &wasm).map_err(|e| format!("{e:#}"))?;
         let program = tern_runtime::Program::new(&engine, module).map_err(|e| e.to_string())?;
+        link.send(&Event::Started);
         let outcome = program.run(&policy, &limits).map_err(|e| e.to_string())?;
         return Ok(ended(outcome));
     }
-    let migratable = Migratable::new(&engine, &Rewriter::new(spec.cache.clone()), &wasm)
-        .map_err(|e| e.to_string())?;
+    let rewriter = Rewriter::new(spec.cache.clone());
+    let outbound = Outbound::new(preopens.clone(), &link.trigger);
+    if let Ok(mut o) = link.outbound.lock() {
+        *o = Some(outbound.clone());
+    }
     let on_checkpoint = |captured: Captured<'_>| checkpoint(spec, link, &captured);
+    if let Some(addr) = &spec.receive {
+        let listener = std::net::TcpListener::bind(addr)
+            .map_err(|e| format!("cannot listen for the migration on {addr}: {e}"))?;
+        let addr = listener.local_addr().map_err(|e| e.to_string())?;
+        link.send(&Event::Listening {
+            addr: addr.to_string(),
+        });
+        let end = tern_snapshot::receive_with(
+            listener,
+            &engine,
+            &rewriter,
+            &preopens,
+            &limits,
+            |line| tracing::debug!("{line}"),
+            &link.trigger,
+            |m| {
+                let route = outbound.route(m, on_checkpoint);
+                link.send(&Event::Started);
+                route
+            },
+        )
+        .map_err(|e| e.to_string());
+        outbound.guest_ended();
+        return Ok(match end? {
+            RunEnd::Finished(outcome) => ended(outcome),
+            RunEnd::Stopped => Ended::Stopped,
+        });
+    }
+    let migratable = Migratable::new(&engine, &rewriter, &wasm).map_err(|e| e.to_string())?;
+    let on_checkpoint = outbound.route(&migratable, on_checkpoint);
     let end = match &spec.restore {
-        None => migratable.run(&policy, &limits, &link.trigger, on_checkpoint),
+        None => {
+            link.send(&Event::Started);
+            migratable.run(&policy, &limits, &link.trigger, on_checkpoint)
+        }
         Some(bundle) => {
             let snapshot = Snapshot::decode(&unpack(bundle, &spec.volumes)?)
                 .map_err(|e| format!("checkpoint {}: {e}", bundle.display()))?;
@@ -261,13 +377,17 @@ fn try_guest(spec: &InstanceSpec, link: &Link) -> Result<Ended, String> {
                     limits: &limits,
                 },
                 &link.trigger,
-                || Ok(()),
+                || {
+                    link.send(&Event::Started);
+                    Ok(())
+                },
                 on_checkpoint,
             )
         }
     }
-    .map_err(|e| e.to_string())?;
-    Ok(match end {
+    .map_err(|e| e.to_string());
+    outbound.guest_ended();
+    Ok(match end? {
         RunEnd::Finished(outcome) => ended(outcome),
         RunEnd::Stopped => Ended::Stopped,
     })

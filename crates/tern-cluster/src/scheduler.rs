@@ -266,8 +266,8 @@ pub struct Request<'a> {
     pub manifest: &'a Manifest,
     /// The node the instance runs on now, when re-placing a running one.
     pub current: Option<&'a str>,
-    /// A node that must not be chosen, and why (draining, dead, the source of a move).
-    pub exclude: Option<(&'a str, &'a str)>,
+    /// Nodes that must not be chosen, and why (drained, the source of a move).
+    pub exclude: &'a [(&'a str, &'a str)],
     /// Replicas of this deployment already placed, by site.
     pub replicas_by_site: Option<&'a HashMap<String, u32>>,
 }
@@ -278,7 +278,7 @@ impl<'a> Request<'a> {
         Request {
             manifest,
             current: None,
-            exclude: None,
+            exclude: &[],
             replicas_by_site: None,
         }
     }
@@ -468,11 +468,9 @@ fn filter(
             }
         };
     }
-    if let Some((name, why)) = req.exclude
-        && name == node.name
-    {
+    if let Some((_, why)) = req.exclude.iter().find(|(name, _)| *name == node.name) {
         reject!(Rejection::Excluded {
-            why: why.to_owned()
+            why: (*why).to_owned()
         });
     }
     if let Some(arch) = &c.arch

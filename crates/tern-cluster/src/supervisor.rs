@@ -5,6 +5,10 @@
 //!
 //! An instance's files live in `STATE/apps/APP/INCARNATION/`: the module, its volumes
 //! (`volumes/N`), the spec and the last checkpoint bundle.
+//!
+//! The control plane asks a node for what a watch cannot say, as requests on
+//! `tern.node.NAME.cmd` ([`NodeCommand`]): to receive an app's live migration, to send
+//! one, to give up one that failed, and to read an app's volume files.
 
 use std::collections::HashMap;
 use std::os::fd::AsFd as _;
@@ -14,10 +18,11 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures_util::StreamExt as _;
+use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncBufReadExt as _, AsyncReadExt as _, AsyncWriteExt as _};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 
-use crate::apps::{AppEvent, AppRecord, CheckpointRef, InstanceStatus, now_ms};
+use crate::apps::{AppEvent, AppRecord, CheckpointRef, HANDOVER_WAIT, InstanceStatus, now_ms};
 use crate::backbone::{Backbone, BackboneError};
 use crate::instance::{Command, Ended, Event, InstanceSpec};
 use crate::manifest;
@@ -27,6 +32,9 @@ use crate::model::{InstanceState, NodeLoad};
 #[derive(Debug, Clone)]
 pub struct Host {
     pub node: String,
+    /// The host other nodes reach this one at (that of its link): incoming migrations
+    /// listen there.
+    pub link_host: String,
     pub engine: tern_runtime::EngineKind,
     /// Where instances keep their files.
     pub state: PathBuf,
@@ -34,13 +42,89 @@ pub struct Host {
     pub tern: PathBuf,
 }
 
+/// A request of the control plane to a node.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "do", rename_all = "kebab-case")]
+pub enum NodeCommand {
+    /// Start incarnation `incarnation` of `app` as the destination of a live migration
+    /// from incarnation `from`; the answer is where it listens.
+    Receive {
+        app: String,
+        incarnation: u64,
+        from: u64,
+    },
+    /// Live-migrate incarnation `incarnation` of `app` to `addr` (node `to`); the
+    /// answer comes when the destination has it, or the migration failed.
+    Migrate {
+        app: String,
+        incarnation: u64,
+        to: String,
+        addr: String,
+    },
+    /// Give up incarnation `incarnation` of `app` (a migration to here failed).
+    Cancel { app: String, incarnation: u64 },
+    /// Up to [`READ_CHUNK`] bytes of a file in `app`'s volumes from `offset`: the
+    /// answer's payload, with headers `Tern-Size` (the file's) or `Tern-Error`.
+    Read {
+        app: String,
+        path: String,
+        offset: u64,
+    },
+}
+
+/// A node's answer to a [`NodeCommand`] other than `Read`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct NodeReply {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub addr: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub moved: Option<Moved>,
+}
+
+/// What a live migration between nodes measured.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Moved {
+    pub downtime_ms: f64,
+    pub total_ms: f64,
+    pub rounds: u32,
+    pub bytes: u64,
+}
+
+/// The most bytes one `Read` answers (NATS messages stay under 1 MiB).
+pub const READ_CHUNK: usize = 512 << 10;
+
+/// The subject a node takes its commands on.
+pub fn command_subject(node: &str) -> String {
+    format!("tern.node.{node}.cmd")
+}
+
 /// Orders for one instance's task.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug)]
 enum Order {
     /// End it at once (the app was removed or placed elsewhere).
     Kill,
     /// Checkpoint it and end it (the node is stopping).
     Stop,
+    /// Live-migrate it to `addr`, on node `to`.
+    Migrate {
+        addr: String,
+        to: String,
+        reply: oneshot::Sender<Result<Moved, String>>,
+    },
+}
+
+/// How an instance starts.
+enum Start {
+    /// Afresh, or from its checkpoint.
+    Run,
+    /// As the destination of a migration from incarnation `from`; where it listens is
+    /// told on `listening`.
+    Receive {
+        from: u64,
+        listening: oneshot::Sender<Result<String, String>>,
+    },
 }
 
 struct Local {
@@ -63,6 +147,11 @@ pub async fn supervise(
     stop: impl std::future::Future<Output = ()>,
 ) -> Result<(), BackboneError> {
     let mut events = Box::pin(backbone.watch_apps().await?);
+    let mut commands = backbone
+        .client
+        .subscribe(command_subject(&host.node))
+        .await
+        .map_err(|e| crate::backbone::js_err("node commands", e))?;
     let (finished_tx, mut finished) = mpsc::unbounded_channel::<(String, u64)>();
     let mut running: HashMap<String, Local> = HashMap::new();
     // The last incarnation of each app that ran here: never run twice.
@@ -84,7 +173,7 @@ pub async fn supervise(
                     let fresh = ran.get(&app).is_none_or(|&r| record.incarnation > r);
                     if mine && fresh && !running.contains_key(&app) {
                         ran.insert(app.clone(), record.incarnation);
-                        match start(&host, &backbone, &record, finished_tx.clone()).await {
+                        match start(&host, &backbone, &record, finished_tx.clone(), Start::Run).await {
                             Ok(local) => { running.insert(app, local); }
                             Err(reason) => {
                                 tracing::warn!(%app, %reason, "instance did not start");
@@ -103,6 +192,9 @@ pub async fn supervise(
                 Some(Err(e)) => tracing::warn!(error = %e, "deployments"),
                 None => return Err(crate::backbone::js_err("watch apps", "the watch ended")),
             },
+            Some(message) = commands.next() => {
+                command(&host, &backbone, message, &mut running, &mut ran, &finished_tx).await;
+            }
             Some((app, incarnation)) = finished.recv() => {
                 if running.get(&app).is_some_and(|l| l.incarnation == incarnation) {
                     running.remove(&app);
@@ -129,12 +221,241 @@ pub async fn supervise(
     Ok(())
 }
 
+/// Does what the control plane asks of this node, answering on the message's reply
+/// subject (at once, or from a task of its own when the answer takes time).
+async fn command(
+    host: &Host,
+    backbone: &Backbone,
+    message: async_nats::Message,
+    running: &mut HashMap<String, Local>,
+    ran: &mut HashMap<String, u64>,
+    finished: &mpsc::UnboundedSender<(String, u64)>,
+) {
+    let Some(reply_to) = message.reply.clone() else {
+        return;
+    };
+    let client = backbone.client.clone();
+    let answer = |reply: NodeReply| answer_now(client.clone(), reply_to.clone(), reply);
+    let failed = |e: String| NodeReply {
+        error: Some(e),
+        ..NodeReply::default()
+    };
+    let cmd: NodeCommand = match serde_json::from_slice(&message.payload) {
+        Ok(c) => c,
+        Err(e) => return answer(failed(format!("not a node command: {e}"))).await,
+    };
+    match cmd {
+        NodeCommand::Receive {
+            app,
+            incarnation,
+            from,
+        } => {
+            if running.contains_key(&app) {
+                return answer(failed(format!("{app} runs on {} already", host.node))).await;
+            }
+            let record = match backbone.app(&app).await {
+                Ok(Some((r, _))) => r,
+                Ok(None) => return answer(failed(format!("no app named {app}"))).await,
+                Err(e) => return answer(failed(e.to_string())).await,
+            };
+            let record = AppRecord {
+                node: Some(host.node.clone()),
+                incarnation,
+                ..record
+            };
+            let (tx, rx) = oneshot::channel();
+            let start = Start::Receive {
+                from,
+                listening: tx,
+            };
+            match start_instance(host, backbone, &record, finished.clone(), start).await {
+                Ok(local) => {
+                    ran.insert(app.clone(), incarnation);
+                    running.insert(app, local);
+                    let (client, reply_to) = (client.clone(), reply_to.clone());
+                    tokio::spawn(async move {
+                        let reply = match tokio::time::timeout(Duration::from_secs(30), rx).await {
+                            Ok(Ok(Ok(addr))) => NodeReply {
+                                addr: Some(addr),
+                                ..NodeReply::default()
+                            },
+                            Ok(Ok(Err(e))) => failed(e),
+                            _ => failed("the receiving instance did not start listening".into()),
+                        };
+                        answer_now(client, reply_to, reply).await;
+                    });
+                }
+                Err(e) => answer(failed(e)).await,
+            }
+        }
+        NodeCommand::Migrate {
+            app,
+            incarnation,
+            to,
+            addr,
+        } => {
+            let Some(local) = running.get(&app).filter(|l| l.incarnation == incarnation) else {
+                return answer(failed(format!(
+                    "{app} (incarnation {incarnation}) does not run on {}",
+                    host.node
+                )))
+                .await;
+            };
+            let (tx, rx) = oneshot::channel();
+            let _ = local.orders.send(Order::Migrate {
+                addr,
+                to,
+                reply: tx,
+            });
+            let (client, reply_to) = (client.clone(), reply_to.clone());
+            tokio::spawn(async move {
+                let reply = match rx.await {
+                    Ok(Ok(moved)) => NodeReply {
+                        moved: Some(moved),
+                        ..NodeReply::default()
+                    },
+                    Ok(Err(e)) => failed(e),
+                    Err(_) => failed("the instance ended during the migration".into()),
+                };
+                answer_now(client, reply_to, reply).await;
+            });
+        }
+        NodeCommand::Cancel { app, incarnation } => {
+            if let Some(local) = running.get(&app).filter(|l| l.incarnation == incarnation) {
+                let _ = local.orders.send(Order::Kill);
+                ran.remove(&app);
+            }
+            answer(NodeReply::default()).await;
+        }
+        NodeCommand::Read { app, path, offset } => {
+            let dir = ran
+                .get(&app)
+                .map(|inc| host.state.join("apps").join(&app).join(inc.to_string()));
+            let backbone = backbone.clone();
+            tokio::spawn(async move {
+                let result = match dir {
+                    Some(dir) => read_volume_file(&backbone, &app, &dir, &path, offset).await,
+                    None => Err(format!("{app} has no files on this node")),
+                };
+                let mut headers = async_nats::HeaderMap::new();
+                let body = match result {
+                    Ok((size, bytes)) => {
+                        headers.insert("Tern-Size", size.to_string().as_str());
+                        bytes
+                    }
+                    Err(e) => {
+                        headers.insert("Tern-Error", e.as_str());
+                        Vec::new()
+                    }
+                };
+                let _ = backbone
+                    .client
+                    .publish_with_headers(reply_to, headers, body.into())
+                    .await;
+            });
+        }
+    }
+}
+
+/// Sends `reply` to `to`.
+async fn answer_now(client: async_nats::Client, to: async_nats::Subject, reply: NodeReply) {
+    let body = serde_json::to_vec(&reply).unwrap_or_default();
+    let _ = client.publish(to, body.into()).await;
+}
+
+/// Reads up to [`READ_CHUNK`] bytes at `offset` of the file at guest path `path` of
+/// `app`, whose instance files are in `dir`; returns the file's size and the bytes.
+async fn read_volume_file(
+    backbone: &Backbone,
+    app: &str,
+    dir: &Path,
+    path: &str,
+    offset: u64,
+) -> Result<(u64, Vec<u8>), String> {
+    let record = backbone
+        .app(app)
+        .await
+        .map_err(|e| e.to_string())?
+        .ok_or_else(|| format!("no app named {app}"))?
+        .0;
+    let m = manifest::parse(&record.manifest).map_err(|e| e.to_string())?;
+    // The volume whose guest path is the longest prefix of `path`.
+    let (index, rest) = m
+        .volumes
+        .iter()
+        .enumerate()
+        .filter_map(|(i, v)| {
+            let rest = path.strip_prefix(v.guest.trim_end_matches('/'))?;
+            (rest.is_empty() || rest.starts_with('/')).then(|| (i, rest.trim_start_matches('/')))
+        })
+        .max_by_key(|(_, rest)| std::cmp::Reverse(rest.len()))
+        .ok_or_else(|| {
+            let names: Vec<&str> = m.volumes.iter().map(|v| v.guest.as_str()).collect();
+            format!(
+                "{path} is in no volume of {app} (its volumes: {})",
+                if names.is_empty() {
+                    "none".to_owned()
+                } else {
+                    names.join(", ")
+                }
+            )
+        })?;
+    let rel = Path::new(rest);
+    if rest.is_empty()
+        || rel
+            .components()
+            .any(|c| !matches!(c, std::path::Component::Normal(_)))
+    {
+        return Err(format!(
+            "{path}: give a file inside the volume, without `..`"
+        ));
+    }
+    let volume = dir.join("volumes").join(index.to_string());
+    let target = volume.join(rel);
+    let rest = rest.to_owned();
+    let path = path.to_owned();
+    tokio::task::spawn_blocking(move || {
+        use std::io::{Read as _, Seek as _};
+        // No link is followed out of the volume: the guest may have made any.
+        let real = target.canonicalize().map_err(|e| format!("{path}: {e}"))?;
+        let root = volume.canonicalize().map_err(|e| format!("{path}: {e}"))?;
+        if !real.starts_with(&root) {
+            return Err(format!("{path} leads out of its volume"));
+        }
+        let mut f = std::fs::File::open(&real).map_err(|e| format!("{path}: {e}"))?;
+        let meta = f.metadata().map_err(|e| format!("{path}: {e}"))?;
+        if !meta.is_file() {
+            return Err(format!("{path} ({rest}) is not a file"));
+        }
+        f.seek(std::io::SeekFrom::Start(offset))
+            .map_err(|e| format!("{path}: {e}"))?;
+        let mut bytes = Vec::with_capacity(READ_CHUNK);
+        f.take(READ_CHUNK as u64)
+            .read_to_end(&mut bytes)
+            .map_err(|e| format!("{path}: {e}"))?;
+        Ok((meta.len(), bytes))
+    })
+    .await
+    .map_err(|e| e.to_string())?
+}
+
 /// Lays out the instance's files and starts its process and task.
 async fn start(
     host: &Host,
     backbone: &Backbone,
     record: &AppRecord,
     finished: mpsc::UnboundedSender<(String, u64)>,
+    how: Start,
+) -> Result<Local, String> {
+    start_instance(host, backbone, record, finished, how).await
+}
+
+async fn start_instance(
+    host: &Host,
+    backbone: &Backbone,
+    record: &AppRecord,
+    finished: mpsc::UnboundedSender<(String, u64)>,
+    how: Start,
 ) -> Result<Local, String> {
     let manifest = manifest::parse(&record.manifest).map_err(|e| format!("manifest: {e}"))?;
     let dir = host
@@ -159,13 +480,17 @@ async fn start(
     }
     // Resume from the checkpoint of this very incarnation if it ran here before (the
     // node or the continuum was stopped), else from the one the placement names.
+    let receiving = matches!(how, Start::Receive { .. });
     let status = backbone.status(&record.name).await.ok().flatten();
     let resumed = status
         .as_ref()
         .filter(|s| s.incarnation == record.incarnation)
         .and_then(|s| s.checkpoint.clone());
-    let restore_from = resumed.or_else(|| record.restore.clone());
+    let restore_from = resumed
+        .or_else(|| record.restore.clone())
+        .filter(|_| !receiving);
     let restore = match &restore_from {
+        _ if receiving => None,
         Some(c) if manifest.migratable => {
             let bytes = backbone
                 .snapshot(&c.digest)
@@ -194,6 +519,7 @@ async fn start(
         engine: host.engine,
         migratable: manifest.migratable,
         restore,
+        receive: receiving.then(|| format!("{}:0", host.link_host)),
         checkpoint: dir.join("checkpoint.tar"),
         control: control_path,
         cache: Some(host.state.join("cache")),
@@ -230,7 +556,14 @@ async fn start(
         .last_output(&record.name)
         .await
         .map_or(0, |(o, _)| o);
+    let (handover, listening) = match how {
+        Start::Run => (None, None),
+        Start::Receive { from, listening } => (Some(from), Some(listening)),
+    };
     let task = Task {
+        handover,
+        listening,
+        held: Vec::new(),
         backbone: backbone.clone(),
         host: host.clone(),
         record: record.clone(),
@@ -317,6 +650,13 @@ async fn report(
 
 /// One running instance, from its start to its end.
 struct Task {
+    /// For a migration's destination: the incarnation whose output must all be
+    /// published before this one's (the source's), and this one's output held
+    /// meanwhile.
+    handover: Option<u64>,
+    held: Vec<u8>,
+    /// Where a migration's destination listens, once it does.
+    listening: Option<oneshot::Sender<Result<String, String>>>,
     backbone: Backbone,
     host: Host,
     record: AppRecord,
@@ -341,10 +681,11 @@ impl Task {
         else {
             return;
         };
-        // No note of its own while it runs: `tern ps` shows why it was placed here.
+        // No note of its own while it runs: `tern ps` shows why it was placed here. A
+        // migration's destination reports once the source has handed over.
         let checkpoint = self.checkpoint.clone();
-        self.status(InstanceState::Running, checkpoint.clone(), "")
-            .await;
+        let handing_over = tokio::time::Instant::now();
+        let mut moving: Option<(String, oneshot::Sender<Result<Moved, String>>)> = None;
         let accepted = tokio::select! {
             a = tokio::time::timeout(Duration::from_secs(60), control.accept()) => a.ok().and_then(Result::ok),
             _ = child.wait() => None,
@@ -399,15 +740,49 @@ impl Task {
                         Ok(Event::CheckpointFailed { reason }) => {
                             tracing::warn!(app = %self.record.name, %reason, "checkpoint failed");
                         }
+                        Ok(Event::Started) => {
+                            if self.handover.is_none() {
+                                self.status(InstanceState::Running, last_checkpoint.clone(), "").await;
+                            }
+                        }
+                        Ok(Event::Listening { addr }) => {
+                            if let Some(l) = self.listening.take() {
+                                let _ = l.send(Ok(addr));
+                            }
+                        }
+                        Ok(Event::Migrated { downtime_ms, total_ms, rounds, bytes }) => {
+                            if let Some((_, reply)) = moving.take() {
+                                let _ = reply.send(Ok(Moved { downtime_ms, total_ms, rounds, bytes }));
+                            }
+                        }
+                        Ok(Event::MigrationFailed { reason }) => {
+                            if let Some((to, reply)) = moving.take() {
+                                let note = format!("its migration to {to} failed: {reason}; it runs on here");
+                                self.status(InstanceState::Running, last_checkpoint.clone(), &note).await;
+                                let _ = reply.send(Err(reason));
+                            }
+                        }
                         Ok(Event::Ended(e)) => ended = Some(e),
                         Err(e) => tracing::warn!(app = %self.record.name, error = %e, "instance said {line:?}"),
                     },
                     None => lines = None,
                 },
-                _ = tick(&mut ticker) => send(&mut control_out, Command::Checkpoint).await,
+                _ = tick(&mut ticker), if moving.is_none() => send(&mut control_out, Command::Checkpoint).await,
+                () = tokio::time::sleep(Duration::from_millis(100)), if self.handover.is_some() => {
+                    self.hand_over(handing_over.elapsed(), last_checkpoint.clone()).await;
+                }
                 order = orders.recv() => match order {
                     Some(Order::Stop) if self.migratable && control_out.is_some() => {
                         send(&mut control_out, Command::Stop).await;
+                    }
+                    Some(Order::Migrate { addr, to, reply }) => {
+                        if !self.migratable || control_out.is_none() || moving.is_some() {
+                            let _ = reply.send(Err(format!("{} cannot be migrated now", self.record.name)));
+                        } else {
+                            self.status(InstanceState::Migrating { to: to.clone() }, last_checkpoint.clone(), "").await;
+                            send(&mut control_out, Command::Migrate { to: addr }).await;
+                            moving = Some((to, reply));
+                        }
                     }
                     Some(_) | None => {
                         killed = true;
@@ -417,6 +792,37 @@ impl Task {
                 status = child.wait() => break status,
             }
         };
+        // Its last lines may still be in the socket when the process is seen to end.
+        while ended.is_none() && lines.is_some() {
+            match tokio::time::timeout(Duration::from_secs(2), next_line(&mut lines)).await {
+                Ok(Some(line)) => match serde_json::from_str::<Event>(&line) {
+                    Ok(Event::Ended(e)) => ended = Some(e),
+                    Ok(Event::Migrated {
+                        downtime_ms,
+                        total_ms,
+                        rounds,
+                        bytes,
+                    }) => {
+                        if let Some((_, reply)) = moving.take() {
+                            let _ = reply.send(Ok(Moved {
+                                downtime_ms,
+                                total_ms,
+                                rounds,
+                                bytes,
+                            }));
+                        }
+                    }
+                    _ => {}
+                },
+                _ => break,
+            }
+        }
+        if let Some(l) = self.listening.take() {
+            let _ = l.send(Err(match &ended {
+                Some(Ended::Failed { reason }) => reason.clone(),
+                _ => "the receiving instance ended".to_owned(),
+            }));
+        }
         // The rest of its output, then the mark that this incarnation has no more.
         while out_open {
             match stdout.read(&mut out_buf).await {
@@ -430,11 +836,16 @@ impl Task {
                 Ok(n) => self.stderr(&err_buf[..n]).await,
             }
         }
+        if self.handover.is_some() {
+            // Ended before the handover: whatever it wrote goes out now.
+            self.hand_over(HANDOVER_WAIT, last_checkpoint.clone()).await;
+        }
         let _ = self
             .backbone
             .end_log(&self.record.name, self.record.incarnation)
             .await;
-        if killed {
+        if killed || ended == Some(Ended::Migrated) {
+            // Removed, placed elsewhere or moved: its new node reports now.
             return;
         }
         let (state, note) = match (ended, status) {
@@ -448,6 +859,7 @@ impl Task {
                 },
                 reason,
             ),
+            (Some(Ended::Migrated), _) => return,
             (Some(Ended::Stopped), _) => (
                 InstanceState::Placed,
                 "stopped with its node; resumes from its checkpoint".to_owned(),
@@ -480,8 +892,34 @@ impl Task {
         .await;
     }
 
+    /// A migration's destination: once the source's output is all published (or
+    /// after [`HANDOVER_WAIT`]), this one's goes on from where it ended.
+    async fn hand_over(&mut self, waited: Duration, checkpoint: Option<CheckpointRef>) {
+        let Some(from) = self.handover else { return };
+        let (offset, end) = self
+            .backbone
+            .last_output(&self.record.name)
+            .await
+            .unwrap_or((self.published, None));
+        if end.is_none_or(|e| e < from) && waited < HANDOVER_WAIT {
+            return;
+        }
+        self.handover = None;
+        self.published = offset;
+        self.pos = offset;
+        let held = std::mem::take(&mut self.held);
+        self.status(InstanceState::Running, checkpoint, "").await;
+        if !held.is_empty() {
+            self.stdout(&held).await;
+        }
+    }
+
     /// Publishes what the stream does not hold yet of these stdout bytes.
     async fn stdout(&mut self, bytes: &[u8]) {
+        if self.handover.is_some() {
+            self.held.extend_from_slice(bytes);
+            return;
+        }
         let start = self.pos;
         self.pos += bytes.len() as u64;
         if self.pos <= self.published {

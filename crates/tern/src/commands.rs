@@ -5,10 +5,13 @@
 pub mod bench;
 pub mod compile;
 pub mod controller;
+pub mod cp;
 pub mod deploy;
+pub mod drain;
 pub mod explain;
 pub mod instance;
 pub mod logs;
+pub mod migrate;
 pub mod node;
 pub mod nodes;
 pub mod plan;

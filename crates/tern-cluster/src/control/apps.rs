@@ -143,24 +143,37 @@ pub(super) async fn deploy(
     let (node, note) = {
         let v = s.view.read().map_err(|_| unavailable())?;
         let nodes = v.nodes_with_reservations();
-        match s.scheduler.place(&Request::new(&m), &nodes, &v.rtt) {
+        let excluded = v.excluded();
+        let req = Request {
+            exclude: &excluded,
+            ..Request::new(&m)
+        };
+        match s.scheduler.place(&req, &nodes, &v.rtt) {
             Some(i) => (
                 nodes[i].name.clone(),
                 format!("placed on {}", nodes[i].name),
             ),
             None => {
-                let e = s.scheduler.explain(&Request::new(&m), &nodes, &v.rtt);
+                let e = s.scheduler.explain(&req, &nodes, &v.rtt);
                 return Err(bad(StatusCode::CONFLICT, no_node(&m.name, &e)));
             }
         }
     };
+    // Incarnations go on from those of an app of the same name removed before, so that
+    // nothing it left behind (a late status) is taken for this one's.
+    let before = s
+        .backbone
+        .status(&m.name)
+        .await
+        .map_err(backbone_down)?
+        .map_or(0, |st| st.incarnation);
     let record = AppRecord {
         name: m.name.clone(),
         manifest: req.manifest,
         module: req.module,
         seeds: req.seeds,
         node: Some(node.clone()),
-        incarnation: 1,
+        incarnation: before + 1,
         restarts: 0,
         restore: None,
         note: note.clone(),
@@ -353,8 +366,10 @@ pub(super) async fn explain(
             format!("no node named {n}; `tern nodes` lists them"),
         ));
     }
+    let excluded = v.excluded();
     let mut req = Request::new(&m);
     req.current = r.node.as_deref();
+    req.exclude = &excluded;
     let mut plan = plan_of(s.scheduler.explain(&req, &nodes, &v.rtt));
     if let Some(n) = &q.why_not {
         plan.nodes

@@ -77,7 +77,11 @@ async fn replace(s: &Shared, record: AppRecord, rev: u64) {
     let chosen = {
         let Ok(v) = s.view.read() else { return };
         let nodes = v.nodes_with_reservations_except(&record.name);
-        let req = Request::new(&m);
+        let excluded = v.excluded();
+        let req = Request {
+            exclude: &excluded,
+            ..Request::new(&m)
+        };
         match s.scheduler.place(&req, &nodes, &v.rtt) {
             Some(i) => Ok(nodes[i].name.clone()),
             None => Err(super::apps::no_node(

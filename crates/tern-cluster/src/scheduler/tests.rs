@@ -199,7 +199,7 @@ fn an_excluded_node_is_never_chosen_and_says_why() {
     let (nodes, rtt) = continuum();
     let m = app("");
     let req = Request {
-        exclude: Some(("cloud", "draining")),
+        exclude: &[("cloud", "draining")],
         ..Request::new(&m)
     };
     let e = Scheduler::default().explain(&req, &nodes, &rtt);

@@ -11,7 +11,7 @@ use tern_runtime::{DirAccess, Limits, Preopen};
 
 use crate::SnapshotError;
 use crate::format::{Meta, PAGE};
-use crate::live::{Checkpoint, Migratable, RunEnd, Trigger};
+use crate::live::{Captured, Checkpoint, Migratable, RunEnd, Trigger};
 use crate::sync::{BLOCK, Expected, FileHeader, Staging};
 
 use super::wire::{
@@ -40,12 +40,44 @@ pub fn receive(
     limits: &Limits,
     progress: impl Fn(&str),
 ) -> Result<RunEnd, SnapshotError> {
+    receive_with(
+        listener,
+        engine,
+        rewriter,
+        dirs,
+        limits,
+        progress,
+        &Trigger::new(),
+        |_| |_: Captured<'_>| Checkpoint::Continue,
+    )
+}
+
+/// [`receive`], with the guest stopping at `trigger` once it runs here: `accepted` is
+/// given the guest when its migration is accepted and returns the checkpoint handler
+/// the guest runs with (an [`Outbound::route`](crate::Outbound::route), for a guest that
+/// may move on again).
+///
+/// # Errors
+/// As [`receive`].
+#[allow(clippy::too_many_arguments)]
+pub fn receive_with<F: FnMut(Captured<'_>) -> Checkpoint>(
+    listener: TcpListener,
+    engine: &tern_runtime::Engine,
+    rewriter: &crate::Rewriter,
+    dirs: &[Preopen],
+    limits: &Limits,
+    progress: impl Fn(&str),
+    trigger: &Trigger,
+    accepted: impl FnOnce(&Migratable) -> F,
+) -> Result<RunEnd, SnapshotError> {
     // Until a migration is accepted, a connection that fails (not a Tern migration, a
     // peer that says nothing, a hello that cannot be accepted) is dropped with one line
     // and the next one is awaited: no peer can end the receiver before it commits to one.
+    let accepted_with = accepted;
     let (peer, accepted) = loop {
         let (stream, peer) = listener.accept().map_err(local)?;
-        match greet(&stream).and_then(|()| accept(stream, engine, rewriter, dirs, limits)) {
+        match greet(&stream).and_then(|()| accept(stream, engine, rewriter, dirs, limits, trigger))
+        {
             Ok(a) => break (peer, a),
             Err(e) => progress(&format!(
                 "receive: {peer}: {}; still listening",
@@ -54,12 +86,18 @@ pub fn receive(
         }
     };
     progress(&format!("receive: migration from {peer}"));
-    take(accepted, dirs, limits).map_err(|e| e.with_peer(peer))
+    let on_checkpoint = accepted_with(&accepted.migratable);
+    take(accepted, dirs, limits, on_checkpoint).map_err(|e| e.with_peer(peer))
 }
 
 /// Takes an accepted migration to its end: the rest of its frames, the commit of its
 /// files and the restore.
-fn take(accepted: Accepted, dirs: &[Preopen], limits: &Limits) -> Result<RunEnd, SnapshotError> {
+fn take(
+    accepted: Accepted,
+    dirs: &[Preopen],
+    limits: &Limits,
+    on_checkpoint: impl FnMut(Captured<'_>) -> Checkpoint,
+) -> Result<RunEnd, SnapshotError> {
     let Accepted {
         mut reader,
         mut replies,
@@ -102,7 +140,7 @@ fn take(accepted: Accepted, dirs: &[Preopen], limits: &Limits) -> Result<RunEnd,
             committed.finish();
             Ok(())
         },
-        |_| Checkpoint::Continue,
+        on_checkpoint,
     );
     if let Err(e) = &end {
         let _ = write_frame(&mut replies, b'E', reason_of(e).as_bytes());
@@ -129,6 +167,7 @@ fn accept(
     rewriter: &crate::Rewriter,
     dirs: &[Preopen],
     limits: &Limits,
+    trigger: &Trigger,
 ) -> Result<Accepted, SnapshotError> {
     stream.set_nodelay(true).map_err(local)?;
     let mut reader = BufReader::with_capacity(1 << 20, stream.try_clone().map_err(local)?);
@@ -146,7 +185,7 @@ fn accept(
     };
     // The instance is made now, and memory filled in place as pre-copy rounds arrive,
     // so that the stop-and-copy phase only writes the last changes.
-    let trigger = Trigger::new();
+    let trigger = trigger.clone();
     let prepared = match migratable.prepare(limits, &trigger) {
         Ok(Ok(p)) => p,
         Ok(Err(outcome)) => {

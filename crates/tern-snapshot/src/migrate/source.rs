@@ -345,42 +345,27 @@ pub fn migrate_run(
     progress: impl Fn(&str) + Send + 'static,
 ) -> Result<MigrateEnd, SnapshotError> {
     let trigger = Trigger::new();
-    // The guest thread hands each captured snapshot to the controller and waits for its
-    // verdict: carry on (pre-copy) or stop (the destination has the guest now).
-    let (snap_tx, snap_rx) = mpsc::channel::<Delta>();
-    let (verdict_tx, verdict_rx) = mpsc::channel::<Checkpoint>();
-    // The connection, so that a guest that ends does not wait on a destination that
-    // is slow to answer: the controller's read fails at once.
-    let line = Line::default();
+    let outbound = Outbound::new(policy.preopens.clone(), &trigger);
+    // Dropped when the guest ends, so that a migration still waiting to start does not.
+    let (ended_tx, ended_rx) = mpsc::channel::<()>();
     let controller = {
-        let line = line.clone();
-        let trigger = trigger.clone();
-        let migratable = migratable.clone();
+        let outbound = outbound.clone();
         let addr = addr.to_owned();
-        let volumes = policy.preopens.clone();
         std::thread::Builder::new()
             .name("migration".into())
             .spawn(move || {
-                let r = control(
-                    &migratable,
-                    &addr,
-                    after,
-                    volumes,
-                    &trigger,
-                    &snap_rx,
-                    &verdict_tx,
-                    &progress,
-                    &line,
-                )
-                .map_err(|e| e.with_peer(&addr));
+                let r = match ended_rx.recv_timeout(after) {
+                    Err(mpsc::RecvTimeoutError::Timeout) => outbound.migrate(&addr, &progress),
+                    _ => Err(MigrationFailure::Ended.here().with_peer(&addr)),
+                };
                 match &r {
-                    Err(_) if line.ended() => {
-                        progress("migration: the guest finished here before it could be migrated");
-                    }
                     Err(SnapshotError::Migration(MigrationError {
                         failure: MigrationFailure::Ended,
                         ..
                     })) => {
+                        progress("migration: the guest finished here before it could be migrated");
+                    }
+                    Err(_) if outbound.guest_has_ended() => {
                         progress("migration: the guest finished here before it could be migrated");
                     }
                     Err(e) => progress(&format!("{e}; the guest keeps running here")),
@@ -390,17 +375,15 @@ pub fn migrate_run(
             })
             .map_err(|e| local(format!("cannot start the migration thread: {e}")))?
     };
-    let mut sent_pages = HashMap::new();
-    let end = migratable.run(policy, limits, &trigger, |captured| {
-        let delta = page_delta(&mut sent_pages, captured);
-        if snap_tx.send(delta).is_err() {
-            return Checkpoint::Continue;
-        }
-        verdict_rx.recv().unwrap_or(Checkpoint::Continue)
-    })?;
-    drop(snap_tx);
+    let end = migratable.run(
+        policy,
+        limits,
+        &trigger,
+        outbound.route(migratable, |_| Checkpoint::Continue),
+    )?;
+    drop(ended_tx);
     if matches!(end, RunEnd::Finished(_)) {
-        line.hang_up();
+        outbound.guest_ended();
     }
     let result = controller
         .join()
@@ -416,6 +399,171 @@ pub fn migrate_run(
             failure: result.err(),
         },
     })
+}
+
+/// Live migrations of a running guest, started on demand (`tern run --migrate-to`
+/// starts one after a delay; a node agent starts one when asked to move an app), with
+/// the guest's other checkpoints going on meanwhile.
+///
+/// The guest is run with [`Outbound::route`] as its checkpoint handler: a capture taken
+/// while a migration is under way goes to that migration, any other to the handler
+/// given. [`Outbound::migrate`] connects, pre-copies and stops the guest for the final
+/// round; if anything fails before the destination confirms, the guest carries on here.
+#[derive(Clone)]
+pub struct Outbound {
+    inner: Arc<OutboundInner>,
+}
+
+impl std::fmt::Debug for Outbound {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Outbound").finish_non_exhaustive()
+    }
+}
+
+struct OutboundInner {
+    volumes: Vec<Preopen>,
+    trigger: Trigger,
+    /// The guest, once it runs.
+    guest: Mutex<Option<Migratable>>,
+    /// The migration under way: where the guest's captures go, and where the verdict on
+    /// each comes from.
+    route: Mutex<Option<Route>>,
+    generation: std::sync::atomic::AtomicU64,
+    busy: std::sync::atomic::AtomicBool,
+    ended: std::sync::atomic::AtomicBool,
+    line: Mutex<Line>,
+}
+
+struct Route {
+    generation: u64,
+    deltas: mpsc::Sender<Delta>,
+    verdicts: mpsc::Receiver<Checkpoint>,
+}
+
+impl Outbound {
+    /// Migrations of a guest that preopens `volumes` and stops at `trigger`.
+    pub fn new(volumes: Vec<Preopen>, trigger: &Trigger) -> Outbound {
+        Outbound {
+            inner: Arc::new(OutboundInner {
+                volumes,
+                trigger: trigger.clone(),
+                guest: Mutex::new(None),
+                route: Mutex::new(None),
+                generation: std::sync::atomic::AtomicU64::new(0),
+                busy: std::sync::atomic::AtomicBool::new(false),
+                ended: std::sync::atomic::AtomicBool::new(false),
+                line: Mutex::new(Line::default()),
+            }),
+        }
+    }
+
+    /// The checkpoint handler to run `guest` with: captures go to the migration under
+    /// way, or to `on_checkpoint` when there is none.
+    pub fn route<F: FnMut(Captured<'_>) -> Checkpoint>(
+        &self,
+        guest: &Migratable,
+        mut on_checkpoint: F,
+    ) -> impl FnMut(Captured<'_>) -> Checkpoint + use<F> {
+        *lock(&self.inner.guest) = Some(guest.clone());
+        let inner = self.inner.clone();
+        let mut sent = HashMap::new();
+        let mut generation = 0;
+        move |captured| {
+            let route = lock(&inner.route);
+            match &*route {
+                Some(r) => {
+                    if r.generation != generation {
+                        // A new migration: nothing of this one was sent yet.
+                        sent.clear();
+                        generation = r.generation;
+                    }
+                    let delta = page_delta(&mut sent, captured);
+                    if r.deltas.send(delta).is_err() {
+                        return Checkpoint::Continue;
+                    }
+                    // The migration's end drops the sender: the guest carries on.
+                    r.verdicts.recv().unwrap_or(Checkpoint::Continue)
+                }
+                None => {
+                    drop(route);
+                    on_checkpoint(captured)
+                }
+            }
+        }
+    }
+
+    /// Live-migrates the guest to `addr` now. Returns once the destination has
+    /// confirmed (the guest stops here: its run ends with [`RunEnd::Stopped`]) or the
+    /// migration has failed (the guest carries on here). `progress` receives one line
+    /// per round.
+    ///
+    /// # Errors
+    /// Why the migration failed: the guest was not running yet or has ended, another
+    /// migration is under way, or what [`MigrationFailure`] names.
+    pub fn migrate(
+        &self,
+        addr: &str,
+        progress: &dyn Fn(&str),
+    ) -> Result<MigrationStats, SnapshotError> {
+        use std::sync::atomic::Ordering;
+        let inner = &self.inner;
+        if inner.busy.swap(true, Ordering::SeqCst) {
+            return Err(local("a migration of this guest is under way already"));
+        }
+        let result = (|| {
+            let Some(guest) = lock(&inner.guest).clone() else {
+                return Err(local("the guest is not running yet"));
+            };
+            let (delta_tx, deltas) = mpsc::channel();
+            let (verdict, verdicts) = mpsc::channel();
+            let line = Line::default();
+            *lock(&inner.line) = line.clone();
+            *lock(&inner.route) = Some(Route {
+                generation: inner.generation.fetch_add(1, Ordering::SeqCst) + 1,
+                deltas: delta_tx,
+                verdicts,
+            });
+            if inner.ended.load(Ordering::SeqCst) {
+                lock(&inner.route).take();
+                return Err(MigrationFailure::Ended.here());
+            }
+            let r = control(
+                &guest,
+                addr,
+                inner.volumes.clone(),
+                &inner.trigger,
+                &deltas,
+                &verdict,
+                progress,
+                &line,
+            );
+            // A guest waiting for a verdict carries on (or has stopped, if it moved).
+            drop(verdict);
+            lock(&inner.route).take();
+            r
+        })()
+        .map_err(|e| e.with_peer(addr));
+        inner.busy.store(false, Ordering::SeqCst);
+        result
+    }
+
+    /// The guest has ended here: a migration under way gives up at once.
+    pub fn guest_ended(&self) {
+        self.inner
+            .ended
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+        lock(&self.inner.route).take();
+        lock(&self.inner.line).hang_up();
+    }
+
+    /// Whether [`Outbound::guest_ended`] was called.
+    pub fn guest_has_ended(&self) -> bool {
+        self.inner.ended.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// The source's connection, shared between the controller and the guest's thread.
@@ -442,17 +590,12 @@ impl Line {
             let _ = s.shutdown(std::net::Shutdown::Both);
         }
     }
-
-    fn ended(&self) -> bool {
-        self.lock().1
-    }
 }
 
 #[allow(clippy::too_many_arguments)]
 fn control(
     migratable: &Migratable,
     addr: &str,
-    after: Duration,
     volumes: Vec<Preopen>,
     trigger: &Trigger,
     snapshots: &mpsc::Receiver<Delta>,
@@ -460,11 +603,6 @@ fn control(
     progress: &dyn Fn(&str),
     line: &Line,
 ) -> Result<MigrationStats, SnapshotError> {
-    // Wait, unless the guest ends first (no snapshot is sent before the trigger fires).
-    match snapshots.recv_timeout(after) {
-        Err(mpsc::RecvTimeoutError::Timeout) => {}
-        _ => return Err(MigrationFailure::Ended.here()),
-    }
     let started = Instant::now();
     let mut source = Source::connect(addr, migratable, volumes, line)?;
     progress(&format!("migration: connected to {addr}, pre-copying"));

@@ -424,3 +424,214 @@ fn a_continuum_stopped_with_ctrl_c_resumes_its_app_when_started_again() {
     assert_eq!(up.verb(&["logs", "long"]).succeeds(), reference.stdout);
     up.stop();
 }
+
+#[test]
+fn a_live_migration_and_a_drain_lose_and_repeat_nothing() {
+    let d = scratch();
+    let up = Up::start(d.path(), &d.path().join("state"));
+    let journal = guest("journal");
+    let steps = guest("steps");
+    let args = ["/data", "80", "20000000"];
+    let reference_dir = d.path().join("ref");
+    std::fs::create_dir(&reference_dir).expect("mkdir");
+    let reference = tern(d.path())
+        .arg("run")
+        .arg(format!("--dir={}::/data", reference_dir.display()))
+        .arg(&journal)
+        .args(args)
+        .run();
+    assert_eq!(reference.code, Some(0), "{reference:?}");
+    let m = write_app(
+        d.path(),
+        "journal",
+        &journal,
+        &format!(
+            "name = \"journal\"\nargs = {args:?}\nmigratable = true\ncheckpoint_every = \"1s\"\n[[volumes]]\nguest = \"/data\"\n[constraints]\ntier = [\"edge\", \"cloud\"]\n"
+        ),
+    );
+    up.verb(&["deploy", m.to_str().expect("utf-8")]).succeeds();
+    let row = up.wait_state("journal", "running", Duration::from_secs(30));
+    let first = row["node"].as_str().expect("node").to_owned();
+    let other = if first == "edge" { "cloud" } else { "edge" };
+
+    // A node the app's constraints refuse: nothing moves.
+    up.verb(&["migrate", "journal", "--to", "iot"]).fails_with(
+        1,
+        "iot cannot take journal: tier: is iot, needs edge or cloud; it stays on",
+    );
+    // There and back again, live.
+    for to in [other, first.as_str()] {
+        up.wait_state("journal", "running", Duration::from_secs(30));
+        let out = up.verb(&["migrate", "journal", "--to", to, "--json"]);
+        let moved: Value = serde_json::from_str(out.succeeds()).expect("JSON");
+        assert_eq!(moved["how"], "migrated", "{moved}");
+        assert_eq!(moved["to"], to, "{moved}");
+        assert!(moved["stats"]["downtime_ms"].as_f64().expect("downtime") > 0.0);
+    }
+    let done = up.wait_state("journal", "exited", Duration::from_secs(120));
+    assert_eq!(done["code"], 0, "{done}");
+    assert_eq!(done["node"], first, "{done}");
+    assert_eq!(done["restarts"], 0, "{done}");
+    assert_eq!(up.verb(&["logs", "journal"]).succeeds(), reference.stdout);
+    let copied = d.path().join("journal.txt");
+    up.verb(&[
+        "cp",
+        "journal:/data/journal.txt",
+        copied.to_str().expect("utf-8"),
+    ])
+    .succeeds();
+    assert_eq!(
+        std::fs::read(&copied).expect("copied"),
+        std::fs::read(reference_dir.join("journal.txt")).expect("reference")
+    );
+    up.verb(&["cp", "journal:/data/../../etc/passwd", "-"])
+        .fails_with(1, "give a file inside the volume, without `..`");
+
+    // A drain: the migratable app moves live, the other restarts elsewhere.
+    for (name, migratable) in [("live", true), ("plain", false)] {
+        let m = write_app(
+            d.path(),
+            name,
+            &steps,
+            &format!(
+                "name = \"{name}\"\nargs = [\"400\", \"100000000\"]\nmigratable = {migratable}\n[constraints]\ntier = \"{first}\"\n[[affinity]]\ntier = \"{other}\"\nweight = 1\n"
+            ),
+        );
+        up.verb(&["deploy", m.to_str().expect("utf-8")]).succeeds();
+        up.wait_state(name, "running", Duration::from_secs(30));
+    }
+    // Constrained to one node, they cannot leave it: the drain says so and moves
+    // nothing.
+    let stuck = up.verb(&["drain", &first]);
+    assert_eq!(stuck.code, Some(3), "{stuck:?}");
+    assert!(stuck.stdout.contains("stayed"), "{stuck:?}");
+    up.verb(&["drain", &first, "--undo"]).succeeds();
+    for name in ["live", "plain"] {
+        up.verb(&["rm", name]).succeeds();
+        let m = write_app(
+            d.path(),
+            name,
+            &steps,
+            &format!(
+                "name = \"{name}\"\nargs = [\"400\", \"100000000\"]\nmigratable = {}\n[constraints]\ntier = [\"edge\", \"cloud\"]\n",
+                name == "live"
+            ),
+        );
+        up.verb(&["deploy", m.to_str().expect("utf-8")]).succeeds();
+    }
+    let live = up.wait_state("live", "running", Duration::from_secs(30));
+    let plain = up.wait_state("plain", "running", Duration::from_secs(30));
+    let drained = live["node"].as_str().expect("node").to_owned();
+    let out = up.verb(&["drain", &drained, "--json"]);
+    let moves: Value = serde_json::from_str(out.succeeds()).expect("JSON");
+    let how = |name: &str| {
+        moves
+            .as_array()
+            .expect("moves")
+            .iter()
+            .find(|m| m["name"] == name)
+            .map(|m| m["how"].as_str().expect("how").to_owned())
+    };
+    assert_eq!(how("live").as_deref(), Some("migrated"), "{moves}");
+    if plain["node"] == drained.as_str() {
+        assert_eq!(how("plain").as_deref(), Some("restarted"), "{moves}");
+        let row = up.wait_state("plain", "running", Duration::from_secs(30));
+        assert!(
+            row["note"]
+                .as_str()
+                .expect("note")
+                .contains("from its start (drain"),
+            "{row}"
+        );
+        assert_eq!(row["restarts"], 1, "{row}");
+    }
+    for name in ["live", "plain"] {
+        let row = up.app(name).expect("listed");
+        assert_ne!(row["node"], drained.as_str(), "{row}");
+    }
+    let e = up.verb(&["explain", "live", "--why-not", &drained]);
+    assert!(e.succeeds().contains("drained"), "{e:?}");
+    up.stop();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_control_plane_killed_and_restarted_leaves_running_apps_alone() {
+    let d = scratch();
+    let server = tern_cluster::backbone::NatsServer::start(&d.path().join("nats"), 0)
+        .await
+        .expect("nats-server");
+    let addr = free_addr();
+    let api = format!("http://{addr}");
+    let controller = || {
+        Running(
+            tern(d.path())
+                .env("TERN_JOIN_TOKEN", server.token())
+                .args(["controller", "--nats", server.url(), "--listen", &addr])
+                .spawn(),
+        )
+    };
+    let mut first = controller();
+    let state = d.path().join("edge");
+    let _edge = crate::support::spawn_node(
+        d.path(),
+        &server,
+        "edge",
+        &["--tier", "edge", "--state", state.to_str().expect("utf-8")],
+    );
+    let steps = guest("steps");
+    let reference = tern(d.path())
+        .arg("run")
+        .arg(&steps)
+        .args(["60", "60000000"])
+        .run();
+    let m = write_app(
+        d.path(),
+        "steady",
+        &steps,
+        "name = \"steady\"\nargs = [\"60\", \"60000000\"]\nmigratable = true\ncheckpoint_every = \"1s\"\n",
+    );
+    let verb = |args: &[&str]| {
+        tern(d.path())
+            .args(args)
+            .args(["--api", &api])
+            .env("TERN_TOKEN", server.token())
+            .run()
+    };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while verb(&["deploy", m.to_str().expect("utf-8")]).code != Some(0) {
+        assert!(Instant::now() < deadline, "never deployed");
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    let bb = server.backbone().await.expect("backbone");
+    let status = || async {
+        bb.status("steady")
+            .await
+            .expect("status")
+            .map(|s| (s.incarnation, s.state.name().to_owned()))
+    };
+    while status().await.is_none_or(|(_, s)| s != "running") {
+        assert!(Instant::now() < deadline, "never ran");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Killed: the app runs on without it.
+    first.kill().expect("kill");
+    let _ = first.wait();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(status().await, Some((1, "running".to_owned())));
+    let _second = controller();
+    let done = loop {
+        let r = verb(&["ps", "--json"]);
+        if r.code == Some(0) {
+            let v: Value = serde_json::from_str(&r.stdout).expect("JSON");
+            if v[0]["state"] == "exited" {
+                break v[0].clone();
+            }
+        }
+        assert!(Instant::now() < deadline + Duration::from_secs(60), "{r:?}");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    };
+    assert_eq!(done["incarnation"], 1, "never placed again: {done}");
+    assert_eq!(done["restarts"], 0, "{done}");
+    assert_eq!(done["code"], 3, "{done}");
+    assert_eq!(verb(&["logs", "steady"]).succeeds(), reference.stdout);
+}
