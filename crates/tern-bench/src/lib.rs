@@ -1,7 +1,6 @@
 #![doc = include_str!("../README.md")]
 
 pub mod cluster;
-pub mod link;
 pub mod migration;
 pub mod plot;
 pub mod polybench;

@@ -23,7 +23,6 @@ use serde::Serialize;
 use tern_runtime::{Engine, EngineOptions, Limits, Outcome, Policy};
 use tern_snapshot::{Checkpoint, Migratable, Rewriter, RunEnd, Trigger};
 
-use crate::link::{Link, Shape};
 use crate::polybench::{self, Dataset};
 use crate::progress::Progress;
 use crate::report::SuiteReport;
@@ -31,6 +30,7 @@ use crate::runner::{Build, Runner};
 use crate::stats::{Summary, geomean, human};
 use crate::table::Table;
 use crate::toolchain;
+use tern_cluster::emulate::{Link, Shape};
 
 const WORKSET_C: &str = include_str!("../../../guests/workset.c");
 /// Rounds of the workset guest: about two seconds on this project's machines, so a
@@ -338,10 +338,12 @@ fn migrate_once(
         .strip_prefix("receive: listening on ")
         .with_context(|| format!("tern receive said {line:?}"))?
         .to_owned();
-    let addr = match link {
-        Some(shape) => Link::start(addr, shape)?.addr,
-        None => addr,
+    // The relay lives until the migration is measured.
+    let relay = match link {
+        Some(shape) => Some(Link::start(addr.clone(), shape)?),
+        None => None,
     };
+    let addr = relay.as_ref().map_or(addr, |r| r.addr.clone());
     std::thread::spawn(move || {
         let mut rest = String::new();
         let _ = std::io::Read::read_to_string(&mut err, &mut rest);

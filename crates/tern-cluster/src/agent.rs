@@ -27,6 +27,9 @@ pub struct NodeConfig {
     pub state: std::path::PathBuf,
     /// The `tern` program, which runs each instance.
     pub tern: std::path::PathBuf,
+    /// Emulated links to other sites: every byte for a node of such a site (pings,
+    /// migrations) goes through a relay of this shape.
+    pub links: BTreeMap<String, crate::emulate::Shape>,
 }
 
 /// Why a node could not join or stay.
@@ -47,15 +50,43 @@ pub enum AgentError {
 /// Heartbeats between two rounds of pings.
 const PING_EVERY: u64 = 2;
 
-/// Pings every known peer at once and records the round trips.
+/// A peer: its link address and its site.
+type Peers = std::sync::Mutex<BTreeMap<String, (String, String)>>;
+
+/// Pings every known peer at once and records the round trips. A peer of a site with
+/// an emulated link is pinged through its relay (kept in `relays` by peer, with the
+/// address it relays to).
 async fn ping_peers(
-    peers: &std::sync::Mutex<BTreeMap<String, String>>,
+    peers: &Peers,
+    links: &BTreeMap<String, crate::emulate::Shape>,
+    relays: &mut BTreeMap<String, (String, crate::emulate::Link)>,
     measured: &mut crate::link::Measured,
 ) {
-    let targets: Vec<(String, String)> = match peers.lock() {
-        Ok(p) => p.iter().map(|(n, l)| (n.clone(), l.clone())).collect(),
+    let known: Vec<(String, String, String)> = match peers.lock() {
+        Ok(p) => p
+            .iter()
+            .map(|(n, (l, site))| (n.clone(), l.clone(), site.clone()))
+            .collect(),
         Err(_) => return,
     };
+    relays.retain(|n, (to, _)| known.iter().any(|(k, l, _)| k == n && l == to));
+    let mut targets = Vec::new();
+    for (name, addr, site) in known {
+        let Some(shape) = links.get(&site) else {
+            targets.push((name, addr));
+            continue;
+        };
+        if !relays.contains_key(&name) {
+            match crate::emulate::Link::start(addr.clone(), *shape) {
+                Ok(relay) => {
+                    relays.insert(name.clone(), (addr.clone(), relay));
+                }
+                Err(e) => tracing::warn!(peer = %name, error = %e, "no emulated link"),
+            }
+        }
+        let via = relays.get(&name).map_or(addr, |(_, r)| r.addr.clone());
+        targets.push((name, via));
+    }
     let pings = targets.iter().map(|(_, addr)| crate::link::ping(addr));
     let answers = futures_util::future::join_all(pings).await;
     for ((name, _), rtt) in targets.iter().zip(answers) {
@@ -165,7 +196,10 @@ pub async fn run(
             .to_string(),
     };
     let answering = tokio::spawn(crate::link::answer(listener));
+    let links = config.links.clone();
     let host = crate::supervisor::Host {
+        links: config.links,
+        site: config.site.clone(),
         node: config.name.clone(),
         link_host: link
             .rsplit_once(':')
@@ -192,7 +226,7 @@ pub async fn run(
     backbone.heartbeat(&node).await?;
     joined(&node);
     // The other nodes' links, as the registry tells them.
-    let peers = std::sync::Arc::new(std::sync::Mutex::new(BTreeMap::<String, String>::new()));
+    let peers: std::sync::Arc<Peers> = std::sync::Arc::default();
     let following = {
         let peers = peers.clone();
         let mut events = Box::pin(backbone.watch_nodes().await?);
@@ -204,7 +238,7 @@ pub async fn run(
                 match event {
                     NodeEvent::Up(n) if n.name != me => {
                         if let Some(l) = n.link {
-                            p.insert(n.name, l);
+                            p.insert(n.name, (l, n.site));
                         }
                     }
                     NodeEvent::Gone(name) => {
@@ -226,6 +260,7 @@ pub async fn run(
         },
     ));
     let mut measured = crate::link::Measured::default();
+    let mut relays = BTreeMap::new();
     let mut beats = 0u64;
     let mut stop_instances = Some(stop_instances);
     tokio::pin!(stop);
@@ -245,7 +280,7 @@ pub async fn run(
             () = tokio::time::sleep(HEARTBEAT) => {
                 beats += 1;
                 if beats % PING_EVERY == 1 {
-                    ping_peers(&peers, &mut measured).await;
+                    ping_peers(&peers, &links, &mut relays, &mut measured).await;
                     node.rtt_ms = measured.0.clone();
                 }
                 if let Ok(l) = load.lock() {

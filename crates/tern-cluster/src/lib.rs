@@ -4,6 +4,7 @@ pub mod agent;
 pub mod apps;
 pub mod backbone;
 pub mod control;
+pub mod emulate;
 pub mod instance;
 pub mod link;
 pub mod manifest;

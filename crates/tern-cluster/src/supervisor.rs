@@ -35,6 +35,10 @@ pub struct Host {
     /// The host other nodes reach this one at (that of its link): incoming migrations
     /// listen there.
     pub link_host: String,
+    pub site: String,
+    /// Emulated links to other sites, by site: a migration to a node there goes
+    /// through a relay of that shape.
+    pub links: std::collections::BTreeMap<String, crate::emulate::Shape>,
     pub engine: tern_runtime::EngineKind,
     /// Where instances keep their files.
     pub state: PathBuf,
@@ -59,6 +63,8 @@ pub enum NodeCommand {
         app: String,
         incarnation: u64,
         to: String,
+        /// The destination's site.
+        site: String,
         addr: String,
     },
     /// Give up incarnation `incarnation` of `app` (a migration to here failed).
@@ -292,6 +298,7 @@ async fn command(
             app,
             incarnation,
             to,
+            site,
             addr,
         } => {
             let Some(local) = running.get(&app).filter(|l| l.incarnation == incarnation) else {
@@ -301,6 +308,18 @@ async fn command(
                 )))
                 .await;
             };
+            // Through the emulated link to the destination's site, if there is one: the
+            // relay lives until the migration has ended.
+            let relay = match host.links.get(&site).filter(|_| site != host.site) {
+                Some(shape) => match crate::emulate::Link::start(addr.clone(), *shape) {
+                    Ok(r) => Some(r),
+                    Err(e) => {
+                        return answer(failed(format!("no emulated link to {site}: {e}"))).await;
+                    }
+                },
+                None => None,
+            };
+            let addr = relay.as_ref().map_or(addr, |r| r.addr.clone());
             let (tx, rx) = oneshot::channel();
             let _ = local.orders.send(Order::Migrate {
                 addr,
@@ -309,6 +328,7 @@ async fn command(
             });
             let (client, reply_to) = (client.clone(), reply_to.clone());
             tokio::spawn(async move {
+                let _relay = relay;
                 let reply = match rx.await {
                     Ok(Ok(moved)) => NodeReply {
                         moved: Some(moved),

@@ -12,6 +12,7 @@ use serde::Deserialize;
 use tern_runtime::EngineKind;
 
 use crate::backbone::{Backbone, BackboneError, NatsServer, NodeEvent, reap, terminate};
+use crate::emulate::Shape;
 use crate::manifest::valid_name;
 use crate::model::Tier;
 
@@ -28,15 +29,46 @@ pub struct NodeSpec {
     pub labels: BTreeMap<String, String>,
 }
 
-/// The nodes `tern up` starts.
+/// The nodes `tern up` starts, and the emulated links between their sites.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ContinuumConfig {
     pub nodes: Vec<NodeSpec>,
+    pub links: Vec<LinkSpec>,
+}
+
+/// The emulated link between two sites: every byte between their nodes goes through it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LinkSpec {
+    pub sites: [String; 2],
+    pub shape: Shape,
+}
+
+impl ContinuumConfig {
+    /// The `--emulate-link` flags of node `spec`: one per site it has a link to.
+    fn links_of(&self, spec: &NodeSpec) -> Vec<String> {
+        self.links
+            .iter()
+            .filter_map(|l| {
+                let other = match &l.sites {
+                    [a, b] if *a == spec.site => b,
+                    [a, b] if *b == spec.site => a,
+                    _ => return None,
+                };
+                Some(format!(
+                    "{other}={}/{}",
+                    l.shape.rtt_ms(),
+                    l.shape.rate as f64 / 1e6
+                ))
+            })
+            .collect()
+    }
 }
 
 impl Default for ContinuumConfig {
     /// A cloud node (Cranelift, every core), an edge node (Cranelift, one core,
-    /// 512 MiB) and an IoT node (the Pulley interpreter, 128 MiB), one site each.
+    /// 512 MiB) and an IoT node (the Pulley interpreter, 128 MiB), one site each, with
+    /// links of 20 ms round trip and 100 Mbit/s between cloud and edge, 5 ms and
+    /// 50 Mbit/s between edge and IoT, and 40 ms and 20 Mbit/s between cloud and IoT.
     fn default() -> ContinuumConfig {
         let node = |name: &str, tier, engine, cores, memory_mib: u64| NodeSpec {
             name: name.into(),
@@ -47,11 +79,20 @@ impl Default for ContinuumConfig {
             memory: memory_mib << 20,
             labels: BTreeMap::new(),
         };
+        let link = |a: &str, b: &str, rtt_ms, mbit| LinkSpec {
+            sites: [a.into(), b.into()],
+            shape: Shape::of_rtt(rtt_ms, mbit),
+        };
         ContinuumConfig {
             nodes: vec![
                 node("cloud", Tier::Cloud, EngineKind::Cranelift, None, 4096),
                 node("edge", Tier::Edge, EngineKind::Cranelift, Some(1), 512),
                 node("iot", Tier::Iot, EngineKind::Pulley, Some(1), 128),
+            ],
+            links: vec![
+                link("cloud", "edge", 20.0, 100.0),
+                link("edge", "iot", 5.0, 50.0),
+                link("cloud", "iot", 40.0, 20.0),
             ],
         }
     }
@@ -62,6 +103,21 @@ impl Default for ContinuumConfig {
 struct RawConfig {
     #[serde(rename = "node")]
     nodes: Vec<RawNode>,
+    #[serde(rename = "link", default)]
+    links: Vec<RawLink>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawLink {
+    sites: [String; 2],
+    rtt_ms: f64,
+    #[serde(default = "hundred")]
+    mbit: f64,
+}
+
+fn hundred() -> f64 {
+    100.0
 }
 
 #[derive(Deserialize)]
@@ -83,7 +139,9 @@ fn cranelift() -> String {
 }
 
 /// Reads a continuum configuration: `[[node]]` tables with `name`, `tier`, `memory` and
-/// optionally `site`, `engine`, `cores` and `labels`.
+/// optionally `site`, `engine`, `cores` and `labels`; and `[[link]]` tables with
+/// `sites` (two), `rtt_ms` and optionally `mbit` (default 100), the emulated link
+/// between those sites.
 ///
 /// # Errors
 /// One line naming the node and what is wrong.
@@ -122,11 +180,42 @@ pub fn parse_config(text: &str) -> Result<ContinuumConfig, String> {
             labels: n.labels,
         });
     }
-    Ok(ContinuumConfig { nodes })
+    let mut links: Vec<LinkSpec> = Vec::new();
+    for (i, l) in raw.links.into_iter().enumerate() {
+        let at = |what: String| format!("link {} ({}–{}): {what}", i + 1, l.sites[0], l.sites[1]);
+        for site in &l.sites {
+            if !nodes.iter().any(|n| n.site == *site) {
+                return Err(at(format!("no node is at site `{site}`")));
+            }
+        }
+        if l.sites[0] == l.sites[1] {
+            return Err(at("a link joins two different sites".into()));
+        }
+        if !(0.0..=10_000.0).contains(&l.rtt_ms) || !(0.001..=100_000.0).contains(&l.mbit) {
+            return Err(at(
+                "rtt_ms must be 0 to 10000 and mbit 0.001 to 100000".into()
+            ));
+        }
+        let same = |o: &LinkSpec| {
+            let mut a = o.sites.clone();
+            let mut b = l.sites.clone();
+            a.sort();
+            b.sort();
+            a == b
+        };
+        if links.iter().any(same) {
+            return Err(at("these sites are linked twice".into()));
+        }
+        links.push(LinkSpec {
+            sites: l.sites.clone(),
+            shape: Shape::of_rtt(l.rtt_ms, l.mbit),
+        });
+    }
+    Ok(ContinuumConfig { nodes, links })
 }
 
 /// The `tern node` command line of `spec`, joining `nats`.
-pub fn node_args(spec: &NodeSpec, nats: &str) -> Vec<String> {
+pub fn node_args(config: &ContinuumConfig, spec: &NodeSpec, nats: &str) -> Vec<String> {
     let mut a = vec![
         "node".into(),
         "--nats".into(),
@@ -147,6 +236,9 @@ pub fn node_args(spec: &NodeSpec, nats: &str) -> Vec<String> {
     }
     for (k, v) in &spec.labels {
         a.extend(["--label".into(), format!("{k}={v}")]);
+    }
+    for l in config.links_of(spec) {
+        a.extend(["--emulate-link".into(), l]);
     }
     a
 }
@@ -209,7 +301,7 @@ impl Continuum {
                 .map_err(|e| format!("{}: {e}", log.display()))?;
             // The token goes in the environment, not on the command line `ps` shows.
             let mut child = tokio::process::Command::new(tern)
-                .args(node_args(spec, self.server.url()))
+                .args(node_args(config, spec, self.server.url()))
                 .arg("--state")
                 .arg(state.join("nodes").join(&spec.name))
                 .env("TERN_JOIN_TOKEN", self.server.token())
@@ -297,7 +389,7 @@ mod tests {
         .expect("valid");
         assert_eq!(c.nodes[0].site, "gw");
         assert_eq!(c.nodes[0].engine, EngineKind::Pulley);
-        let args = node_args(&c.nodes[0], "nats://x");
+        let args = node_args(&c, &c.nodes[0], "nats://x");
         assert!(
             args.windows(2).any(|w| w == ["--label", "floor=2"]),
             "{args:?}"
@@ -333,5 +425,33 @@ mod tests {
         let tiers: Vec<Tier> = c.nodes.iter().map(|n| n.tier).collect();
         assert_eq!(tiers, Tier::ALL);
         assert_eq!(c.nodes[2].engine, EngineKind::Pulley);
+        // The edge node has a link to each of the others.
+        let args = node_args(&c, &c.nodes[1], "nats://x");
+        let links: Vec<&str> = args
+            .windows(2)
+            .filter(|w| w[0] == "--emulate-link")
+            .map(|w| w[1].as_str())
+            .collect();
+        assert_eq!(links, ["cloud=20/100", "iot=5/50"]);
+    }
+
+    #[test]
+    fn links_name_sites_that_exist() {
+        let nodes = "[[node]]\nname = \"a\"\ntier = \"edge\"\nmemory = \"1G\"\n[[node]]\nname = \"b\"\ntier = \"iot\"\nmemory = \"1G\"\n";
+        let c = parse_config(&format!(
+            "{nodes}[[link]]\nsites = [\"a\", \"b\"]\nrtt_ms = 8\n"
+        ))
+        .expect("valid");
+        assert_eq!(c.links[0].shape, Shape::of_rtt(8.0, 100.0));
+        let e = parse_config(&format!(
+            "{nodes}[[link]]\nsites = [\"a\", \"z\"]\nrtt_ms = 8\n"
+        ))
+        .expect_err("no site z");
+        assert_eq!(e, "link 1 (a–z): no node is at site `z`");
+        let e = parse_config(&format!(
+            "{nodes}[[link]]\nsites = [\"a\", \"b\"]\nrtt_ms = 8\n[[link]]\nsites = [\"b\", \"a\"]\nrtt_ms = 9\n"
+        ))
+        .expect_err("twice");
+        assert!(e.ends_with("these sites are linked twice"), "{e}");
     }
 }

@@ -192,10 +192,19 @@ async fn live_move(s: &Shared, name: &str, to: &str, why: &str) -> Result<Move, 
                 format!("{to} cannot receive {name}: {e}; it stays on {from}"),
             )
         })?;
+    let site = s
+        .view
+        .read()
+        .map_err(|_| unavailable())?
+        .nodes
+        .get(to)
+        .map(|n| n.site.clone())
+        .unwrap_or_default();
     let send = NodeCommand::Migrate {
         app: name.to_owned(),
         incarnation: record.incarnation,
         to: to.to_owned(),
+        site,
         addr,
     };
     let moved = match ask(s, &from, &send, MIGRATE_WAIT).await {

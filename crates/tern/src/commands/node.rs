@@ -45,6 +45,12 @@ pub struct NodeCommand {
     /// on (behind NAT, or listening on 0.0.0.0).
     #[arg(long, value_name = "HOST:PORT")]
     link_advertise: Option<String>,
+    /// Emulate the network to the nodes of another site: SITE=RTT_MS/MBIT, e.g.
+    /// `cloud=20/100` (20 ms round trip, 100 Mbit/s). Every byte to a node there (pings
+    /// and migrations) goes through a relay that delays it and holds it to that rate;
+    /// `tern up` sets these from its config. Repeatable.
+    #[arg(long = "emulate-link", value_name = "SITE=RTT_MS/MBIT", value_parser = emulated_link)]
+    links: Vec<(String, tern_cluster::emulate::Shape)>,
     /// Where the node keeps its instances' files (modules, volumes, checkpoints)
     /// [default: ~/.local/state/tern/nodes/NAME].
     #[arg(long, value_name = "DIR")]
@@ -59,6 +65,21 @@ fn node_name(s: &str) -> Result<String, String> {
             "`{s}` is not a node name: use 1 to 63 lowercase letters, digits and `-`, starting with a letter"
         ))
     }
+}
+
+fn emulated_link(s: &str) -> Result<(String, tern_cluster::emulate::Shape), String> {
+    let bad = || format!("`{s}`: write an emulated link as SITE=RTT_MS/MBIT, e.g. cloud=20/100");
+    let (site, shape) = s.split_once('=').ok_or_else(bad)?;
+    let (rtt, mbit) = shape.split_once('/').ok_or_else(bad)?;
+    let rtt: f64 = rtt.parse().map_err(|_| bad())?;
+    let mbit: f64 = mbit.parse().map_err(|_| bad())?;
+    if site.is_empty() || !(0.0..=10_000.0).contains(&rtt) || !(0.001..=100_000.0).contains(&mbit) {
+        return Err(bad());
+    }
+    Ok((
+        site.to_owned(),
+        tern_cluster::emulate::Shape::of_rtt(rtt, mbit),
+    ))
 }
 
 fn label(s: &str) -> Result<(String, String), String> {
@@ -90,6 +111,7 @@ impl NodeCommand {
             link_advertise: self.link_advertise,
             state,
             tern: std::env::current_exe()?,
+            links: self.links.into_iter().collect(),
         };
         let runtime = crate::common::runtime()?;
         runtime.block_on(async move {

@@ -149,6 +149,25 @@ fn write_app(dir: &Path, file: &str, wasm: &Path, body: &str) -> PathBuf {
 fn deploys_are_placed_by_their_filters_explained_and_refused_with_every_reason() {
     let d = scratch();
     let up = Up::start(d.path(), &d.path().join("state"));
+    // The sites' links are emulated: the nodes measure the round trips of the default
+    // config (cloud–edge 20 ms, edge–iot 5 ms, cloud–iot 40 ms) through them.
+    let rtts = up.wait_for("three round trips", Duration::from_secs(30), || {
+        let r = up.verb(&["nodes", "--latency", "--json"]);
+        let v: Value = serde_json::from_str(&r.stdout).ok()?;
+        (v.as_array()?.len() == 3).then_some(v)
+    });
+    for (pair, (a, b, ms)) in rtts.as_array().expect("pairs").iter().zip([
+        ("cloud", "edge", 20.0),
+        ("cloud", "iot", 40.0),
+        ("edge", "iot", 5.0),
+    ]) {
+        assert_eq!((pair["a"].as_str(), pair["b"].as_str()), (Some(a), Some(b)));
+        let got = pair["ms"].as_f64().expect("ms");
+        assert!(
+            got >= ms && got < ms + 30.0,
+            "{a}–{b}: {got} ms, emulated {ms}"
+        );
+    }
     let steps = guest("steps");
     let reference = tern(d.path())
         .arg("run")

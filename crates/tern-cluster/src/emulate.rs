@@ -1,6 +1,8 @@
-//! An emulated network link for `tern bench migration`: a TCP relay on loopback that
-//! delays every byte by a fixed one-way latency and lets it through no faster than a set
-//! rate, in both directions.
+//! An emulated network link: a TCP relay on loopback that delays every byte by a fixed
+//! one-way latency and lets it through no faster than a set rate, in both directions.
+//! `tern up` gives each pair of sites one ([`ContinuumConfig::links`](crate::up::ContinuumConfig)),
+//! and a node sends every byte for a node of another site through it (pings and
+//! migration streams alike); `tern bench migration` measures migrations over one.
 //!
 //! Linux's `tc netem` in a network namespace is the usual tool, but it needs the
 //! `sch_netem` kernel module, which machines of this kind (and many containers) lack, and
@@ -10,17 +12,17 @@
 
 use std::io::{Read, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
 use std::thread;
 use std::time::{Duration, Instant};
-
-use anyhow::Context as _;
 
 /// Bytes read at a time, and so the granularity of the emulation.
 const CHUNK: usize = 16 * 1024;
 
 /// A link's shape.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Shape {
     /// Bits per second, each direction.
     pub rate: u64,
@@ -29,6 +31,19 @@ pub struct Shape {
 }
 
 impl Shape {
+    /// A link whose round trip is `rtt_ms` (half of it each way) at `mbit` Mbit/s.
+    pub fn of_rtt(rtt_ms: f64, mbit: f64) -> Shape {
+        Shape {
+            rate: (mbit * 1e6).max(1.0) as u64,
+            delay: Duration::from_secs_f64(rtt_ms.max(0.0) / 2e3),
+        }
+    }
+
+    /// The round trip it adds, in milliseconds.
+    pub fn rtt_ms(&self) -> f64 {
+        self.delay.as_secs_f64() * 2e3
+    }
+
     /// Chunks in flight per direction: two bandwidth-delay products, at least 4.
     fn buffer_chunks(&self) -> usize {
         let bdp = self.rate as f64 / 8.0 * self.delay.as_secs_f64();
@@ -42,40 +57,52 @@ impl Shape {
 }
 
 /// A relay listening on loopback that forwards every connection to a target through an
-/// emulated link. It runs until the process ends.
+/// emulated link. It takes new connections until it is dropped; those it has carry on
+/// to their end.
 #[derive(Debug)]
 pub struct Link {
     /// Address to connect to instead of the target.
     pub addr: String,
+    stop: Arc<AtomicBool>,
+}
+
+impl Drop for Link {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        // Wakes the accept loop, which sees the flag.
+        let _ = TcpStream::connect(&self.addr);
+    }
 }
 
 impl Link {
     /// Starts a relay to `target` with `shape`.
     ///
     /// # Errors
-    /// When no loopback port can be had.
-    pub fn start(target: String, shape: Shape) -> anyhow::Result<Link> {
-        let listener = TcpListener::bind("127.0.0.1:0").context("binding the link relay")?;
+    /// When no loopback port or thread can be had.
+    pub fn start(target: String, shape: Shape) -> std::io::Result<Link> {
+        let listener = TcpListener::bind("127.0.0.1:0")?;
         let addr = listener.local_addr()?.to_string();
-        thread::Builder::new()
-            .name("link".into())
-            .spawn(move || {
-                for client in listener.incoming().flatten() {
-                    let Ok(server) = TcpStream::connect(&target) else {
-                        let _ = client.shutdown(Shutdown::Both);
-                        continue;
-                    };
-                    let _ = client.set_nodelay(true);
-                    let _ = server.set_nodelay(true);
-                    for (from, to) in [(&client, &server), (&server, &client)] {
-                        if let (Ok(from), Ok(to)) = (from.try_clone(), to.try_clone()) {
-                            direction(from, to, shape);
-                        }
+        let stop = Arc::new(AtomicBool::new(false));
+        let stopped = stop.clone();
+        thread::Builder::new().name("link".into()).spawn(move || {
+            for client in listener.incoming().flatten() {
+                if stopped.load(Ordering::SeqCst) {
+                    break;
+                }
+                let Ok(server) = TcpStream::connect(&target) else {
+                    let _ = client.shutdown(Shutdown::Both);
+                    continue;
+                };
+                let _ = client.set_nodelay(true);
+                let _ = server.set_nodelay(true);
+                for (from, to) in [(&client, &server), (&server, &client)] {
+                    if let (Ok(from), Ok(to)) = (from.try_clone(), to.try_clone()) {
+                        direction(from, to, shape);
                     }
                 }
-            })
-            .context("starting the link relay")?;
-        Ok(Link { addr })
+            }
+        })?;
+        Ok(Link { addr, stop })
     }
 }
 
