@@ -1,6 +1,7 @@
 #![doc = include_str!("../README.md")]
 
 pub mod cluster;
+pub mod continuum;
 pub mod migration;
 pub mod plot;
 pub mod polybench;

@@ -306,9 +306,9 @@ fn run_tern(
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
-struct Migration {
+pub(crate) struct Migration {
     output: String,
-    downtime: Duration,
+    pub(crate) downtime: Duration,
     total: Duration,
     rounds: f64,
     kib_sent: f64,
@@ -316,7 +316,7 @@ struct Migration {
 
 /// One live migration between two `tern` processes on loopback, directly or through
 /// an emulated `link`.
-fn migrate_once(
+pub(crate) fn migrate_once(
     tern: &Path,
     dir: &Path,
     wasm: &Path,

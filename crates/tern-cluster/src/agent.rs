@@ -161,6 +161,42 @@ pub fn measure_compute(engine: EngineKind, cores: u32, memory: u64) -> Result<f6
     Ok(f64::from(cores.max(1)) / median)
 }
 
+/// [`measure_compute`] in a process of its own (`tern instance --measure …`), so that
+/// the agent, which runs no guest itself, never holds a compiler and its code in
+/// memory.
+async fn measure_in_child(
+    tern: &std::path::Path,
+    engine: EngineKind,
+    cores: u32,
+    memory: u64,
+) -> Result<f64, AgentError> {
+    let out = tokio::process::Command::new(tern)
+        .args(["instance", "--measure", "--engine"])
+        .arg(engine.to_string())
+        .args([
+            "--cores",
+            &cores.to_string(),
+            "--memory",
+            &memory.to_string(),
+        ])
+        .stdin(std::process::Stdio::null())
+        .output()
+        .await
+        .map_err(|e| AgentError::Measure {
+            reason: format!("cannot start `{} instance --measure`: {e}", tern.display()),
+        })?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    match text.trim().parse::<f64>() {
+        Ok(score) if out.status.success() => Ok(score),
+        _ => Err(AgentError::Measure {
+            reason: String::from_utf8_lossy(&out.stderr)
+                .trim()
+                .trim_start_matches("error: ")
+                .to_owned(),
+        }),
+    }
+}
+
 /// Measures the node, joins the backbone and heartbeats until `stop` completes; then
 /// leaves, so the continuum knows at once. `joined` is called once with the
 /// descriptor the node registered.
@@ -173,12 +209,8 @@ pub async fn run(
     stop: impl std::future::Future<Output = ()>,
     joined: impl FnOnce(&NodeDescriptor),
 ) -> Result<(), AgentError> {
-    let (engine, cores, memory) = (config.engine, config.cores, config.memory);
-    let compute_score = tokio::task::spawn_blocking(move || measure_compute(engine, cores, memory))
-        .await
-        .map_err(|e| AgentError::Measure {
-            reason: e.to_string(),
-        })??;
+    let compute_score =
+        measure_in_child(&config.tern, config.engine, config.cores, config.memory).await?;
     let listener = tokio::net::TcpListener::bind(config.link_listen)
         .await
         .map_err(|e| AgentError::Link {
@@ -263,6 +295,8 @@ pub async fn run(
     let mut relays = BTreeMap::new();
     let mut beats = 0u64;
     let mut stop_instances = Some(stop_instances);
+    let mut beat = tokio::time::interval_at(tokio::time::Instant::now() + HEARTBEAT, HEARTBEAT);
+    beat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     tokio::pin!(stop);
     // Heartbeats go on while the instances stop (they are checkpointed first), so
     // that the continuum does not take the node for dead and start them elsewhere.
@@ -277,7 +311,7 @@ pub async fn run(
                 Ok(r) => r.map_err(AgentError::from),
                 Err(e) => Err(AgentError::Measure { reason: format!("the instances' supervisor failed: {e}") }),
             },
-            () = tokio::time::sleep(HEARTBEAT) => {
+            _ = beat.tick() => {
                 beats += 1;
                 if beats % PING_EVERY == 1 {
                     ping_peers(&peers, &links, &mut relays, &mut measured).await;

@@ -108,19 +108,28 @@ impl NatsServer {
             p => p,
         };
         let token = join_token(state).map_err(|e| start_err(format!("join token: {e}")))?;
-        let mut child = tokio::process::Command::new(&path)
+        // The token goes in a file only its owner reads, not on the command line that
+        // `ps` shows every user.
+        let conf = state.join("server.conf");
+        write_private(
+            &conf,
+            &format!("authorization {{\n  token: \"{token}\"\n}}\n"),
+        )
+        .map_err(|e| start_err(format!("{}: {e}", conf.display())))?;
+        let mut command = tokio::process::Command::new(&path);
+        command
             .args(["--jetstream", "--addr", "127.0.0.1", "--port"])
             .arg(port.to_string())
-            .arg("--auth")
-            .arg(&token)
+            .arg("--config")
+            .arg(&conf)
             .arg("--store_dir")
             .arg(state)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
-            .kill_on_drop(true)
-            .spawn()
-            .map_err(|e| start_err(e.to_string()))?;
+            .kill_on_drop(true);
+        die_with_parent(&mut command, rustix::process::Signal::TERM);
+        let mut child = command.spawn().map_err(|e| start_err(e.to_string()))?;
         let url = format!("nats://127.0.0.1:{port}");
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
@@ -202,6 +211,36 @@ pub(crate) fn terminate(child: &tokio::process::Child) {
     }
 }
 
+/// Has the kernel send `signal` to the process `command` starts when this one ends, even
+/// by SIGKILL: nothing `tern up` or a node starts outlives it. (The signal comes when
+/// the spawning *thread* ends; Tern spawns from the async runtime's workers, which
+/// last as long as the process.)
+pub(crate) fn die_with_parent(
+    command: &mut tokio::process::Command,
+    signal: rustix::process::Signal,
+) {
+    // SAFETY: the closure makes one system call (prctl), which is safe between fork and
+    // exec.
+    unsafe {
+        command.pre_exec(move || {
+            rustix::process::set_parent_process_death_signal(Some(signal))
+                .map_err(std::io::Error::from)
+        });
+    }
+}
+
+/// Writes `text` to `path`, readable and writable by its owner only.
+fn write_private(path: &Path, text: &str) -> std::io::Result<()> {
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)?;
+    std::io::Write::write_all(&mut f, text.as_bytes())
+}
+
 /// Waits up to `grace` for `child` to end, then kills it.
 pub(crate) async fn reap(child: &mut tokio::process::Child, grace: Duration) {
     if tokio::time::timeout(grace, child.wait()).await.is_err() {
@@ -225,14 +264,7 @@ fn join_token(state: &Path) -> std::io::Result<String> {
     let mut bytes = [0u8; 32];
     std::io::Read::read_exact(&mut std::fs::File::open("/dev/urandom")?, &mut bytes)?;
     let token: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
-    use std::os::unix::fs::OpenOptionsExt as _;
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(&path)?;
-    std::io::Write::write_all(&mut f, token.as_bytes())?;
+    write_private(&path, &token)?;
     Ok(token)
 }
 

@@ -108,8 +108,6 @@ struct Shared {
     view: Arc<RwLock<View>>,
     scheduler: Scheduler,
     backbone: Backbone,
-    /// Checks modules before they are deployed.
-    engine: wasmtime::Engine,
     /// The token requests that act must carry.
     token: Option<Arc<str>>,
 }
@@ -178,7 +176,6 @@ pub async fn serve(
         view: Arc::new(RwLock::new(View::default())),
         scheduler: Scheduler::default(),
         backbone: backbone.clone(),
-        engine: wasmtime::Engine::default(),
         token: token.map(Arc::from),
     };
     let mut app_events = Box::pin(backbone.watch_apps().await?);

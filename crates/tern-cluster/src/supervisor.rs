@@ -162,6 +162,8 @@ pub async fn supervise(
     let mut running: HashMap<String, Local> = HashMap::new();
     // The last incarnation of each app that ran here: never run twice.
     let mut ran: HashMap<String, u64> = HashMap::new();
+    // Each app's record as last seen.
+    let mut latest: HashMap<String, AppRecord> = HashMap::new();
     tokio::pin!(stop);
     loop {
         tokio::select! {
@@ -175,23 +177,14 @@ pub async fn supervise(
                     {
                         let _ = local.orders.send(Order::Kill);
                     }
-                    let mine = record.node.as_deref() == Some(host.node.as_str());
-                    let fresh = ran.get(&app).is_none_or(|&r| record.incarnation > r);
-                    if mine && fresh && !running.contains_key(&app) {
-                        ran.insert(app.clone(), record.incarnation);
-                        match start(&host, &backbone, &record, finished_tx.clone(), Start::Run).await {
-                            Ok(local) => { running.insert(app, local); }
-                            Err(reason) => {
-                                tracing::warn!(%app, %reason, "instance did not start");
-                                report(&backbone, &host, &record, InstanceState::Failed { reason: reason.clone() }, None, &reason).await;
-                            }
-                        }
-                    }
+                    latest.insert(app.clone(), *record);
+                    reconcile(&host, &backbone, &app, &latest, &mut running, &mut ran, &finished_tx).await;
                 }
                 Some(Ok(AppEvent::Removed(app))) => {
                     if let Some(local) = running.get(&app) {
                         let _ = local.orders.send(Order::Kill);
                     }
+                    latest.remove(&app);
                     ran.remove(&app);
                     let _ = tokio::fs::remove_dir_all(host.state.join("apps").join(&app)).await;
                 }
@@ -204,6 +197,8 @@ pub async fn supervise(
             Some((app, incarnation)) = finished.recv() => {
                 if running.get(&app).is_some_and(|l| l.incarnation == incarnation) {
                     running.remove(&app);
+                    // A later incarnation placed here while this one was ending.
+                    reconcile(&host, &backbone, &app, &latest, &mut running, &mut ran, &finished_tx).await;
                 }
             }
         }
@@ -225,6 +220,40 @@ pub async fn supervise(
         }
     }
     Ok(())
+}
+
+/// Starts `app`'s incarnation if its record places it here, it has not run here yet,
+/// and no earlier one still runs here (that one is ending: its end calls this again).
+async fn reconcile(
+    host: &Host,
+    backbone: &Backbone,
+    app: &str,
+    latest: &HashMap<String, AppRecord>,
+    running: &mut HashMap<String, Local>,
+    ran: &mut HashMap<String, u64>,
+    finished: &mpsc::UnboundedSender<(String, u64)>,
+) {
+    let Some(record) = latest.get(app) else {
+        return;
+    };
+    let mine = record.node.as_deref() == Some(host.node.as_str());
+    let fresh = ran.get(app).is_none_or(|&r| record.incarnation > r);
+    if !mine || !fresh || running.contains_key(app) {
+        return;
+    }
+    ran.insert(app.to_owned(), record.incarnation);
+    match start(host, backbone, record, finished.clone(), Start::Run).await {
+        Ok(local) => {
+            running.insert(app.to_owned(), local);
+        }
+        Err(reason) => {
+            tracing::warn!(%app, %reason, "instance did not start");
+            let failed = InstanceState::Failed {
+                reason: reason.clone(),
+            };
+            report(backbone, host, record, failed, None, &reason).await;
+        }
+    }
 }
 
 /// Does what the control plane asks of this node, answering on the message's reply
@@ -270,11 +299,11 @@ async fn command(
                 ..record
             };
             let (tx, rx) = oneshot::channel();
-            let start = Start::Receive {
+            let how = Start::Receive {
                 from,
                 listening: tx,
             };
-            match start_instance(host, backbone, &record, finished.clone(), start).await {
+            match start(host, backbone, &record, finished.clone(), how).await {
                 Ok(local) => {
                     ran.insert(app.clone(), incarnation);
                     running.insert(app, local);
@@ -467,16 +496,6 @@ async fn start(
     finished: mpsc::UnboundedSender<(String, u64)>,
     how: Start,
 ) -> Result<Local, String> {
-    start_instance(host, backbone, record, finished, how).await
-}
-
-async fn start_instance(
-    host: &Host,
-    backbone: &Backbone,
-    record: &AppRecord,
-    finished: mpsc::UnboundedSender<(String, u64)>,
-    how: Start,
-) -> Result<Local, String> {
     let manifest = manifest::parse(&record.manifest).map_err(|e| format!("manifest: {e}"))?;
     let dir = host
         .state
@@ -559,15 +578,8 @@ async fn start_instance(
         // kill instances before their node checkpoints them.
         .process_group(0)
         .kill_on_drop(true);
-    // SAFETY: the closure only makes one system call (prctl), which is safe between
-    // fork and exec.
-    unsafe {
-        command.pre_exec(|| {
-            // The instance dies with its agent, even one killed with SIGKILL.
-            rustix::process::set_parent_process_death_signal(Some(rustix::process::Signal::KILL))
-                .map_err(std::io::Error::from)
-        });
-    }
+    // The instance dies with its agent, even one killed with SIGKILL.
+    crate::backbone::die_with_parent(&mut command, rustix::process::Signal::KILL);
     let child = command
         .spawn()
         .map_err(|e| format!("cannot start `{} instance`: {e}", host.tern.display()))?;
@@ -705,6 +717,9 @@ impl Task {
         // migration's destination reports once the source has handed over.
         let checkpoint = self.checkpoint.clone();
         let handing_over = tokio::time::Instant::now();
+        // One clock for the whole wait: output arriving more often than it ticks must
+        // not keep restarting it.
+        let mut handover_tick = tokio::time::interval(Duration::from_millis(100));
         let mut moving: Option<(String, oneshot::Sender<Result<Moved, String>>)> = None;
         let accepted = tokio::select! {
             a = tokio::time::timeout(Duration::from_secs(60), control.accept()) => a.ok().and_then(Result::ok),
@@ -743,6 +758,12 @@ impl Task {
                         Ok(Event::Checkpoint { path, .. }) => {
                             // The guest is stopped: every byte it wrote is in the pipe.
                             self.drain(&mut stdout, &mut out_buf).await;
+                            // Its offset in the app's output is known once the source
+                            // of its migration has handed over.
+                            while self.handover.is_some() {
+                                tokio::time::sleep(Duration::from_millis(50)).await;
+                                self.hand_over(handing_over.elapsed(), last_checkpoint.clone()).await;
+                            }
                             match self.store(&path).await {
                                 Ok(c) => {
                                     if let Some(old) = last_checkpoint.replace(c.clone())
@@ -787,8 +808,12 @@ impl Task {
                     },
                     None => lines = None,
                 },
-                _ = tick(&mut ticker), if moving.is_none() => send(&mut control_out, Command::Checkpoint).await,
-                () = tokio::time::sleep(Duration::from_millis(100)), if self.handover.is_some() => {
+                // No checkpoint while a move is under way, nor before a migration's
+                // destination knows where its output starts.
+                _ = tick(&mut ticker), if moving.is_none() && self.handover.is_none() => {
+                    send(&mut control_out, Command::Checkpoint).await;
+                }
+                _ = handover_tick.tick(), if self.handover.is_some() => {
                     self.hand_over(handing_over.elapsed(), last_checkpoint.clone()).await;
                 }
                 order = orders.recv() => match order {

@@ -11,7 +11,9 @@ use std::time::Duration;
 use serde::Deserialize;
 use tern_runtime::EngineKind;
 
-use crate::backbone::{Backbone, BackboneError, NatsServer, NodeEvent, reap, terminate};
+use crate::backbone::{
+    Backbone, BackboneError, NatsServer, NodeEvent, die_with_parent, reap, terminate,
+};
 use crate::emulate::Shape;
 use crate::manifest::valid_name;
 use crate::model::Tier;
@@ -300,7 +302,8 @@ impl Continuum {
                 .try_clone()
                 .map_err(|e| format!("{}: {e}", log.display()))?;
             // The token goes in the environment, not on the command line `ps` shows.
-            let mut child = tokio::process::Command::new(tern)
+            let mut command = tokio::process::Command::new(tern);
+            command
                 .args(node_args(config, spec, self.server.url()))
                 .arg("--state")
                 .arg(state.join("nodes").join(&spec.name))
@@ -308,7 +311,11 @@ impl Continuum {
                 .stdin(Stdio::null())
                 .stdout(out)
                 .stderr(err)
-                .kill_on_drop(true)
+                .kill_on_drop(true);
+            // A `tern up` killed outright takes its nodes with it (each checkpoints
+            // its apps and leaves as on Ctrl-C).
+            die_with_parent(&mut command, rustix::process::Signal::TERM);
+            let mut child = command
                 .spawn()
                 .map_err(|e| format!("cannot start node {}: {e}", spec.name))?;
             let joined = joined(&mut events, &mut child, &spec.name, &log, within).await;

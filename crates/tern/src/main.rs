@@ -48,6 +48,15 @@ enum Command {
 fn main() -> ExitCode {
     init_logging();
     let cli = Cli::parse();
+    if cli.command.prints_for_pipes() {
+        // `tern ps | head -n 1`: a reader that stops early ends these verbs as SIGPIPE
+        // ends other tools, quietly. (Guest-running verbs keep it ignored: they report
+        // a guest's closed stdout themselves.)
+        // SAFETY: setting a signal's disposition to its default before any thread starts.
+        unsafe {
+            libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+        }
+    }
     let result = match cli.command {
         Command::Run(c) => c.execute(),
         Command::Restore(c) => c.execute(),
@@ -75,6 +84,25 @@ fn main() -> ExitCode {
             eprintln!("error: {err:#}");
             ExitCode::from(exit::TERN_ERROR)
         }
+    }
+}
+
+impl Command {
+    /// Verbs that only print what the continuum says.
+    fn prints_for_pipes(&self) -> bool {
+        matches!(
+            self,
+            Command::Nodes(_)
+                | Command::Plan(_)
+                | Command::Deploy(_)
+                | Command::Ps(_)
+                | Command::Logs(_)
+                | Command::Explain(_)
+                | Command::Rm(_)
+                | Command::Migrate(_)
+                | Command::Drain(_)
+                | Command::Cp(_)
+        )
     }
 }
 

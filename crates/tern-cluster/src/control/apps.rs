@@ -131,7 +131,7 @@ pub(super) async fn deploy(
             ),
         )
     })?;
-    check_module(&s, wasm, m.migratable).await?;
+    check_module(wasm, m.migratable).await?;
     if s.backbone
         .app(&m.name)
         .await
@@ -231,11 +231,9 @@ pub(super) fn no_node(name: &str, e: &crate::scheduler::Explanation) -> String {
 
 /// Refuses a module that does not validate, or that cannot be made migratable when the
 /// manifest asks for it.
-async fn check_module(s: &Shared, wasm: Vec<u8>, migratable: bool) -> Result<(), ApiError> {
-    let engine = s.engine.clone();
+async fn check_module(wasm: Vec<u8>, migratable: bool) -> Result<(), ApiError> {
     let checked = tokio::task::spawn_blocking(move || {
-        wasmtime::Module::validate(&engine, &wasm)
-            .map_err(|e| format!("the module does not validate: {e:#}"))?;
+        wasmparser::validate(&wasm).map_err(|e| format!("the module does not validate: {e}"))?;
         if migratable {
             tern_snapshot::Rewriter::new(None)
                 .rewrite(&wasm)

@@ -88,6 +88,18 @@ struct ClusterArgs {
     /// Placement waves to time.
     #[arg(long, default_value_t = 5, value_parser = at_least_one)]
     runs: usize,
+    /// Continuums started (`tern up`), each with a node killed under its app.
+    #[arg(long, default_value_t = 3, value_parser = at_least_one)]
+    trials: usize,
+    /// Live migrations per trial, through the control plane and directly.
+    #[arg(long, default_value_t = 3, value_parser = at_least_one)]
+    migrations: usize,
+    /// Only the simulated placement: no continuum is started.
+    #[arg(long)]
+    placement_only: bool,
+    /// Hide progress bars.
+    #[arg(long)]
+    quiet: bool,
     /// Write the results as JSON to FILE.
     #[arg(long, value_name = "FILE")]
     json: Option<PathBuf>,
@@ -343,9 +355,42 @@ impl BenchCommand {
                     sites: a.sites,
                     runs: a.runs,
                 });
+                let live = if a.placement_only {
+                    None
+                } else {
+                    eprintln!(
+                        "starting {} continuums (tern up) to kill a node under its app and migrate it …",
+                        a.trials
+                    );
+                    Some(tern_bench::continuum::run(
+                        &tern_bench::continuum::ContinuumOptions {
+                            tern: std::env::current_exe().context("locating tern")?,
+                            trials: a.trials,
+                            migrations: a.migrations,
+                        },
+                        &Progress::new(
+                            !a.quiet && std::io::IsTerminal::is_terminal(&std::io::stderr()),
+                        ),
+                    )?)
+                };
                 println!("{}", machine_line());
                 print!("{}", report.render());
-                write_json(a.json.as_deref(), &report)?;
+                if let Some(live) = &live {
+                    println!("\nthe continuum on this machine (tern up, emulated links):\n");
+                    print!("{}", live.render());
+                }
+                #[derive(serde::Serialize)]
+                struct Both<'a> {
+                    placement: &'a cluster::ClusterReport,
+                    continuum: Option<&'a tern_bench::continuum::ContinuumReport>,
+                }
+                write_json(
+                    a.json.as_deref(),
+                    &Both {
+                        placement: &report,
+                        continuum: live.as_ref(),
+                    },
+                )?;
                 Ok(())
             }
             Suite::Report(a) => {
