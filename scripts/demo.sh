@@ -90,7 +90,12 @@ show tern drain cloud --undo
 
 step "6. kill the edge node with SIGKILL: its apps come back on the cloud"
 sleep 2
-edge=$(pgrep -f -- "node .*--name edge .*$demo/state" | head -n 1)
+# Found by its command line (a minimal machine may have no pgrep).
+edge=""
+for p in /proc/[0-9]*; do
+  cmd=$(tr '\0' ' ' < "$p/cmdline" 2>/dev/null) || continue
+  case "$cmd" in *" node "*"--name edge "*"$demo/state"*) edge=${p#/proc/}; break ;; esac
+done
 show "kill -KILL $edge   # the edge node's process"
 kill -KILL "$edge"
 killed=$(date +%s%N)
