@@ -427,6 +427,33 @@ fn plan_of(e: Explanation) -> Plan {
     }
 }
 
+/// An API error of `status` saying `message`.
+fn bad(status: StatusCode, message: impl Into<String>) -> ApiError {
+    ApiError(status, message.into())
+}
+
+/// The backbone did not answer.
+fn backbone_down(e: impl std::fmt::Display) -> ApiError {
+    bad(
+        StatusCode::SERVICE_UNAVAILABLE,
+        format!("the backbone is unreachable: {e}"),
+    )
+}
+
+/// App `name`'s record and revision, or 404.
+async fn record(s: &Shared, name: &str) -> Result<(AppRecord, u64), ApiError> {
+    s.backbone
+        .app(name)
+        .await
+        .map_err(backbone_down)?
+        .ok_or_else(|| {
+            bad(
+                StatusCode::NOT_FOUND,
+                format!("no app named {name}; `tern ps` lists them"),
+            )
+        })
+}
+
 fn unavailable() -> ApiError {
     ApiError(
         StatusCode::SERVICE_UNAVAILABLE,

@@ -882,8 +882,22 @@ impl Task {
             }
         }
         if self.handover.is_some() {
-            // Ended before the handover: whatever it wrote goes out now.
-            self.hand_over(HANDOVER_WAIT, last_checkpoint.clone()).await;
+            // A migration's destination that ends before the source handed over: it
+            // has the app only if the source ends too (its migration went through).
+            // Cancelled, or with no word from the source, it never had it, and says
+            // nothing: the source still reports.
+            if killed {
+                return;
+            }
+            let waiting = tokio::time::Instant::now();
+            while self.handover.is_some() && waiting.elapsed() < HANDOVER_WAIT {
+                self.hand_over(Duration::ZERO, last_checkpoint.clone())
+                    .await;
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            if self.handover.is_some() {
+                return;
+            }
         }
         let _ = self
             .backbone

@@ -7,7 +7,7 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Json, Response};
 use serde::{Deserialize, Serialize};
 
-use super::{ApiError, Shared, plan_of, unavailable};
+use super::{ApiError, Shared, backbone_down, bad, plan_of, record, unavailable};
 use crate::apps::{AppRecord, AppView, SeedFile};
 use crate::manifest::{self, Manifest};
 use crate::model::NodeDescriptor;
@@ -33,17 +33,6 @@ pub struct Deployed {
     pub name: String,
     pub node: String,
     pub note: String,
-}
-
-fn bad(status: StatusCode, message: impl Into<String>) -> ApiError {
-    ApiError(status, message.into())
-}
-
-fn backbone_down(e: impl std::fmt::Display) -> ApiError {
-    bad(
-        StatusCode::SERVICE_UNAVAILABLE,
-        format!("the backbone is unreachable: {e}"),
-    )
 }
 
 fn is_digest(d: &str) -> bool {
@@ -263,19 +252,6 @@ pub(super) async fn list(State(s): State<Shared>) -> Result<Json<Vec<AppView>>, 
             .map(|(r, _)| AppView::of(r, statuses.get(&r.name)))
             .collect(),
     ))
-}
-
-async fn record(s: &Shared, name: &str) -> Result<(AppRecord, u64), ApiError> {
-    s.backbone
-        .app(name)
-        .await
-        .map_err(backbone_down)?
-        .ok_or_else(|| {
-            bad(
-                StatusCode::NOT_FOUND,
-                format!("no app named {name}; `tern ps` lists them"),
-            )
-        })
 }
 
 /// `DELETE /v1/apps/{name}`: the node running it stops it; its output is forgotten.

@@ -9,7 +9,7 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Json, Response};
 use serde::{Deserialize, Serialize};
 
-use super::{ApiError, Shared, unavailable};
+use super::{ApiError, Shared, backbone_down, bad, record, unavailable};
 use crate::apps::{AppRecord, now_ms};
 use crate::manifest;
 use crate::model::InstanceState;
@@ -42,17 +42,6 @@ pub struct Move {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stats: Option<Moved>,
     pub note: String,
-}
-
-fn bad(status: StatusCode, message: impl Into<String>) -> ApiError {
-    ApiError(status, message.into())
-}
-
-fn backbone_down(e: impl std::fmt::Display) -> ApiError {
-    bad(
-        StatusCode::SERVICE_UNAVAILABLE,
-        format!("the backbone is unreachable: {e}"),
-    )
 }
 
 /// Asks `node` to do `cmd` and waits up to `wait` for its answer.
@@ -101,17 +90,7 @@ pub(super) async fn migrate(
 
 /// Moves `name` live to `to`; `why` says who asked, for the app's note.
 async fn live_move(s: &Shared, name: &str, to: &str, why: &str) -> Result<Move, ApiError> {
-    let (record, rev) = s
-        .backbone
-        .app(name)
-        .await
-        .map_err(backbone_down)?
-        .ok_or_else(|| {
-            bad(
-                StatusCode::NOT_FOUND,
-                format!("no app named {name}; `tern ps` lists them"),
-            )
-        })?;
+    let (record, rev) = record(s, name).await?;
     let m = manifest::parse(&record.manifest).map_err(|e| {
         bad(
             StatusCode::CONFLICT,
@@ -447,17 +426,7 @@ pub(super) async fn file(
     Query(q): Query<FileQuery>,
 ) -> Result<Response, ApiError> {
     s.authorize(&headers)?;
-    let (record, _) = s
-        .backbone
-        .app(&name)
-        .await
-        .map_err(backbone_down)?
-        .ok_or_else(|| {
-            bad(
-                StatusCode::NOT_FOUND,
-                format!("no app named {name}; `tern ps` lists them"),
-            )
-        })?;
+    let (record, _) = record(&s, &name).await?;
     let node = record.node.ok_or_else(|| {
         bad(
             StatusCode::CONFLICT,
