@@ -239,7 +239,8 @@ pub async fn serve(
                     for (peer, ms) in &node.rtt_ms {
                         let peer_site = v.nodes.get(peer).map(|p| p.site.clone());
                         if let Some(peer_site) = peer_site {
-                            v.rtt.observe(&node.site, &peer_site, *ms);
+                            // Smoothed by the node already: taken as it is.
+                            v.rtt.set(&node.site, &peer_site, *ms);
                         }
                     }
                     v.nodes.insert(node.name.clone(), *node);

@@ -42,6 +42,17 @@ impl RttMatrix {
         });
     }
 
+    /// Records a round trip between sites `a` and `b` that is smoothed already (a node's
+    /// own average of its pings): it replaces what was there.
+    pub fn set(&mut self, a: &str, b: &str, ms: f64) {
+        if !ms.is_finite() || ms < 0.0 {
+            return;
+        }
+        let (a, b) = (self.intern(a), self.intern(b));
+        let (hi, lo) = if a >= b { (a, b) } else { (b, a) };
+        self.ms[hi][lo] = Some(ms);
+    }
+
     fn intern(&mut self, site: &str) -> usize {
         if let Some(&i) = self.index.get(site) {
             return i;

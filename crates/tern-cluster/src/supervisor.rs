@@ -678,6 +678,16 @@ async fn report(
     if let Err(e) = backbone.put_status(&status).await {
         tracing::warn!(app = %record.name, error = %e, "status");
     }
+    // What happened, for whoever listens on the app's events.
+    if !note.is_empty() {
+        let _ = backbone
+            .client
+            .publish(
+                format!("tern.events.{}", record.name),
+                note.to_owned().into(),
+            )
+            .await;
+    }
 }
 
 /// One running instance, from its start to its end.

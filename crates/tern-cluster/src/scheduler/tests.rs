@@ -223,4 +223,9 @@ fn round_trips_are_smoothed_and_symmetric() {
     assert_eq!(rtt.get("a", "c"), None);
     rtt.observe("a", "c", f64::NAN);
     assert_eq!(rtt.get("a", "c"), None);
+    // A value smoothed by a node replaces what was there.
+    rtt.set("b", "a", 30.0);
+    assert_eq!(rtt.get("a", "b"), Some(30.0));
+    rtt.set("a", "b", -1.0);
+    assert_eq!(rtt.get("a", "b"), Some(30.0));
 }
