@@ -120,10 +120,13 @@ pub struct NodeDescriptor {
 /// What a node's instances use now.
 #[derive(Debug, Clone, Copy, PartialEq, Default, Serialize, Deserialize)]
 pub struct NodeLoad {
-    /// Cores busy, 0 to `cores`.
+    /// Cores the instances kept busy over the last heartbeat, 0 to `cores`.
     pub cpu: f64,
     /// Bytes of memory reserved by the instances' limits.
     pub memory: u64,
+    /// Bytes of memory the instances' processes hold (resident).
+    #[serde(default)]
+    pub used: u64,
     pub instances: u32,
 }
 

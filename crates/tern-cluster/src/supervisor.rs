@@ -136,6 +136,8 @@ enum Start {
 struct Local {
     incarnation: u64,
     memory: u64,
+    /// The instance's process.
+    pid: Option<u32>,
     orders: mpsc::UnboundedSender<Order>,
     task: tokio::task::JoinHandle<()>,
 }
@@ -164,10 +166,19 @@ pub async fn supervise(
     let mut ran: HashMap<String, u64> = HashMap::new();
     // Each app's record as last seen.
     let mut latest: HashMap<String, AppRecord> = HashMap::new();
+    let mut sampling = tokio::time::interval(crate::backbone::HEARTBEAT);
+    let mut usage = Usage::default();
     tokio::pin!(stop);
     loop {
         tokio::select! {
             () = &mut stop => break,
+            _ = sampling.tick() => {
+                let (cpu, used) = usage.sample(running.values().filter_map(|l| l.pid));
+                if let Ok(mut l) = load.lock() {
+                    l.cpu = cpu;
+                    l.used = used;
+                }
+            }
             event = events.next() => match event {
                 Some(Ok(AppEvent::Put(record, _))) => {
                     let app = record.name.clone();
@@ -220,6 +231,59 @@ pub async fn supervise(
         }
     }
     Ok(())
+}
+
+/// What the instances' processes use, read from `/proc`: CPU time between two samples,
+/// and resident memory.
+#[derive(Default)]
+struct Usage {
+    /// CPU ticks of each process at the last sample, and when it was taken.
+    ticks: HashMap<u32, u64>,
+    at: Option<std::time::Instant>,
+}
+
+impl Usage {
+    /// Cores busy since the last sample, and resident bytes, over `pids`.
+    fn sample(&mut self, pids: impl Iterator<Item = u32>) -> (f64, u64) {
+        // The kernel's clock ticks per second (`sysconf(_SC_CLK_TCK)`), 100 on Linux.
+        const TICKS_PER_SECOND: f64 = 100.0;
+        const PAGE: u64 = 4096;
+        let now = std::time::Instant::now();
+        let elapsed = self.at.map(|a| now.duration_since(a).as_secs_f64());
+        let mut ticks = HashMap::new();
+        let (mut busy, mut used) = (0u64, 0u64);
+        for pid in pids {
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+            // Fields after the command name (which may hold spaces), in parentheses.
+            let fields: Vec<&str> = stat
+                .rsplit_once(')')
+                .map(|(_, rest)| rest.split_whitespace().collect())
+                .unwrap_or_default();
+            // utime and stime are fields 14 and 15 of the line, 12 and 13 here.
+            let t = fields
+                .get(11)
+                .zip(fields.get(12))
+                .and_then(|(u, s)| Some(u.parse::<u64>().ok()? + s.parse::<u64>().ok()?));
+            if let Some(t) = t {
+                busy += t.saturating_sub(self.ticks.get(&pid).copied().unwrap_or(t));
+                ticks.insert(pid, t);
+            }
+            let statm = std::fs::read_to_string(format!("/proc/{pid}/statm")).unwrap_or_default();
+            used += statm
+                .split_whitespace()
+                .nth(1)
+                .and_then(|r| r.parse::<u64>().ok())
+                .unwrap_or(0)
+                * PAGE;
+        }
+        self.ticks = ticks;
+        self.at = Some(now);
+        let cpu = match elapsed {
+            Some(e) if e > 0.0 => busy as f64 / TICKS_PER_SECOND / e,
+            _ => 0.0,
+        };
+        (cpu, used)
+    }
 }
 
 /// Starts `app`'s incarnation if its record places it here, it has not run here yet,
@@ -583,6 +647,7 @@ async fn start(
     let child = command
         .spawn()
         .map_err(|e| format!("cannot start `{} instance`: {e}", host.tern.display()))?;
+    let pid = child.id();
     let (orders_tx, orders) = mpsc::unbounded_channel();
     let published = backbone
         .last_output(&record.name)
@@ -617,6 +682,7 @@ async fn start(
     Ok(Local {
         incarnation: record.incarnation,
         memory: manifest.memory,
+        pid,
         orders: orders_tx,
         task,
     })

@@ -63,6 +63,8 @@ impl NodesCommand {
                     format!("{} MiB", n.memory >> 20),
                     format!("{:.0}", n.compute_score),
                     n.load.instances.to_string(),
+                    format!("{:.2}", n.load.cpu),
+                    format!("{} MiB", n.load.used >> 20),
                 ]
             })
             .collect();
@@ -77,6 +79,8 @@ impl NodesCommand {
                 "MEMORY",
                 "COMPUTE",
                 "INSTANCES",
+                "CPU",
+                "USED",
             ],
             &rows,
         );

@@ -635,6 +635,16 @@ async fn the_control_plane_killed_and_restarted_leaves_running_apps_alone() {
         assert!(Instant::now() < deadline, "never ran");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    // The node's heartbeats carry what its instance uses: a core kept busy, and memory.
+    loop {
+        let nodes = bb.nodes().await.expect("nodes");
+        let load = nodes.iter().find(|n| n.name == "edge").map(|n| n.load);
+        if load.is_some_and(|l| l.cpu > 0.5 && l.used > 1 << 20 && l.instances == 1) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "load never reported: {load:?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
     // Killed: the app runs on without it.
     first.kill().expect("kill");
     let _ = first.wait();
