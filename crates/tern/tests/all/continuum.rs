@@ -604,13 +604,13 @@ async fn the_control_plane_killed_and_restarted_leaves_running_apps_alone() {
     let reference = tern(d.path())
         .arg("run")
         .arg(&steps)
-        .args(["60", "60000000"])
+        .args(["150", "60000000"])
         .run();
     let m = write_app(
         d.path(),
         "steady",
         &steps,
-        "name = \"steady\"\nargs = [\"60\", \"60000000\"]\nmigratable = true\ncheckpoint_every = \"1s\"\n",
+        "name = \"steady\"\nargs = [\"150\", \"60000000\"]\nmigratable = true\ncheckpoint_every = \"1s\"\n",
     );
     let verb = |args: &[&str]| {
         tern(d.path())
@@ -635,14 +635,18 @@ async fn the_control_plane_killed_and_restarted_leaves_running_apps_alone() {
         assert!(Instant::now() < deadline, "never ran");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    // The node's heartbeats carry what its instance uses: a core kept busy, and memory.
+    // The node's heartbeats carry what its instance uses: CPU time, and memory.
+    let measuring = Instant::now();
     loop {
         let nodes = bb.nodes().await.expect("nodes");
         let load = nodes.iter().find(|n| n.name == "edge").map(|n| n.load);
-        if load.is_some_and(|l| l.cpu > 0.5 && l.used > 1 << 20 && l.instances == 1) {
+        if load.is_some_and(|l| l.cpu > 0.05 && l.used > 1 << 20 && l.instances == 1) {
             break;
         }
-        assert!(Instant::now() < deadline, "load never reported: {load:?}");
+        assert!(
+            measuring.elapsed() < Duration::from_secs(20),
+            "load never reported: {load:?}"
+        );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     // Killed: the app runs on without it.
@@ -659,7 +663,10 @@ async fn the_control_plane_killed_and_restarted_leaves_running_apps_alone() {
                 break v[0].clone();
             }
         }
-        assert!(Instant::now() < deadline + Duration::from_secs(60), "{r:?}");
+        assert!(
+            Instant::now() < deadline + Duration::from_secs(120),
+            "{r:?}"
+        );
         tokio::time::sleep(Duration::from_millis(300)).await;
     };
     assert_eq!(done["incarnation"], 1, "never placed again: {done}");
