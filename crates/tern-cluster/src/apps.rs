@@ -11,22 +11,12 @@
 use std::time::Duration;
 
 use async_nats::HeaderMap;
-use async_nats::jetstream::{self, kv, object_store, stream};
+use async_nats::jetstream::{self, kv};
 use futures_util::StreamExt as _;
 use serde::{Deserialize, Serialize};
-use tokio::io::AsyncReadExt as _;
 
 use crate::backbone::{Backbone, BackboneError, js_err};
 use crate::model::InstanceState;
-
-pub(crate) const APPS: &str = "tern-apps";
-pub(crate) const STATUS: &str = "tern-status";
-pub(crate) const LOGS: &str = "tern-logs";
-pub(crate) const SNAPSHOTS: &str = "tern-snapshots";
-pub(crate) const DRAINS: &str = "tern-drains";
-
-/// Bytes of output the log stream keeps in all; the oldest go first.
-const LOG_BYTES: i64 = 512 << 20;
 
 /// Header of a log chunk: the byte offset of its first byte in the app's stdout.
 pub const OFFSET: &str = "Tern-Offset";
@@ -179,77 +169,6 @@ pub struct LogChunk {
 /// Subject of an app's stdout (`out`) or stderr (`err`).
 pub fn log_subject(app: &str, err: bool) -> String {
     format!("tern.logs.{app}.{}", if err { "err" } else { "out" })
-}
-
-/// The deployments' stores, made if missing.
-pub(crate) struct Stores {
-    pub apps: kv::Store,
-    pub status: kv::Store,
-    pub drains: kv::Store,
-    pub logs: stream::Stream,
-    pub snapshots: object_store::ObjectStore,
-}
-
-pub(crate) async fn open(js: &jetstream::Context) -> Result<Stores, BackboneError> {
-    let apps = crate::backbone::bucket(
-        js,
-        kv::Config {
-            bucket: APPS.into(),
-            description: "Tern deployments: manifests and the node each should run on".into(),
-            history: 5,
-            ..Default::default()
-        },
-    )
-    .await?;
-    let status = crate::backbone::bucket(
-        js,
-        kv::Config {
-            bucket: STATUS.into(),
-            description: "Tern instances: what each is doing, by app".into(),
-            history: 1,
-            ..Default::default()
-        },
-    )
-    .await?;
-    let drains = crate::backbone::bucket(
-        js,
-        kv::Config {
-            bucket: DRAINS.into(),
-            description: "Tern nodes drained: no app is placed on them".into(),
-            history: 1,
-            ..Default::default()
-        },
-    )
-    .await?;
-    let logs = js
-        .get_or_create_stream(stream::Config {
-            name: LOGS.into(),
-            subjects: vec!["tern.logs.>".into()],
-            max_bytes: LOG_BYTES,
-            discard: stream::DiscardPolicy::Old,
-            allow_direct: true,
-            ..Default::default()
-        })
-        .await
-        .map_err(|e| js_err("stream tern-logs", e))?;
-    let snapshots = match js.get_object_store(SNAPSHOTS).await {
-        Ok(s) => s,
-        Err(_) => js
-            .create_object_store(object_store::Config {
-                bucket: SNAPSHOTS.into(),
-                description: Some("Tern checkpoints: snapshot and volumes, by SHA-256".into()),
-                ..Default::default()
-            })
-            .await
-            .map_err(|e| js_err("object store tern-snapshots", e))?,
-    };
-    Ok(Stores {
-        apps,
-        status,
-        drains,
-        logs,
-        snapshots,
-    })
 }
 
 impl Backbone {
@@ -635,7 +554,7 @@ impl Backbone {
     /// # Errors
     /// [`BackboneError::JetStream`] when it is missing or does not match.
     pub async fn snapshot(&self, digest: &str) -> Result<Vec<u8>, BackboneError> {
-        read_object(&self.snapshots, digest, "checkpoint").await
+        crate::backbone::read_object(&self.snapshots, digest, "checkpoint").await
     }
 
     /// Marks `node` drained (no app is placed on it), or not.
@@ -678,25 +597,6 @@ impl Backbone {
     pub async fn drop_snapshot(&self, digest: &str) {
         let _ = self.snapshots.delete(digest).await;
     }
-}
-
-/// Reads the object `digest` of `store` and checks its bytes against it.
-pub(crate) async fn read_object(
-    store: &object_store::ObjectStore,
-    digest: &str,
-    what: &str,
-) -> Result<Vec<u8>, BackboneError> {
-    let name = format!("{what} sha256:{digest}");
-    let mut object = store.get(digest).await.map_err(|e| js_err(&name, e))?;
-    let mut bytes = Vec::new();
-    object
-        .read_to_end(&mut bytes)
-        .await
-        .map_err(|e| js_err(&name, e))?;
-    if tern_runtime::digest(&bytes) != digest {
-        return Err(js_err(name, "its bytes do not match the digest"));
-    }
-    Ok(bytes)
 }
 
 fn header_u64(headers: &HeaderMap, name: &str) -> Option<u64> {

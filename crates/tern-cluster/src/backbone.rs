@@ -4,16 +4,18 @@
 //!
 //! - [`NatsServer`] supervises a `nats-server` child with JetStream in a state
 //!   directory, as `tern up` does on one machine.
-//! - [`Backbone`] is a connection with Tern's buckets, made if missing: `tern-nodes`
+//! - [`Backbone`] is a connection with Tern's stores, made if missing: `tern-nodes`
 //!   (each node's descriptor, rewritten by its heartbeat; an entry not rewritten within
-//!   [`NODE_TTL`] expires, and watchers are told), `tern-apps` (deployments as their
-//!   manifests' text) and the `tern-modules` object store (modules by digest).
+//!   [`NODE_TTL`] expires, and watchers are told), the `tern-modules` object store
+//!   (modules and seed files by digest), and the deployments' stores that
+//!   [`crate::apps`] reads and writes: `tern-apps`, `tern-status`, `tern-drains`, the
+//!   `tern-logs` stream and the `tern-snapshots` object store.
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use async_nats::jetstream::{self, kv, object_store};
+use async_nats::jetstream::{self, kv, object_store, stream};
 use futures_util::StreamExt as _;
 use tokio::io::AsyncReadExt as _;
 
@@ -351,13 +353,13 @@ impl Backbone {
             },
         )
         .await?;
-        let crate::apps::Stores {
+        let Stores {
             apps,
             status,
             drains,
             logs,
             snapshots,
-        } = crate::apps::open(&js).await?;
+        } = open(&js).await?;
         let modules = match js.get_object_store(MODULES).await {
             Ok(s) => s,
             Err(_) => js
@@ -478,8 +480,107 @@ impl Backbone {
     /// # Errors
     /// [`BackboneError::JetStream`] when it is missing or does not match its digest.
     pub async fn module(&self, digest: &str) -> Result<Vec<u8>, BackboneError> {
-        crate::apps::read_object(&self.modules, digest, "module").await
+        read_object(&self.modules, digest, "module").await
     }
+}
+
+const APPS: &str = "tern-apps";
+const STATUS: &str = "tern-status";
+const LOGS: &str = "tern-logs";
+const SNAPSHOTS: &str = "tern-snapshots";
+const DRAINS: &str = "tern-drains";
+
+/// Bytes of output the log stream keeps in all; the oldest go first.
+const LOG_BYTES: i64 = 512 << 20;
+
+/// The deployments' stores, made if missing.
+pub(crate) struct Stores {
+    pub apps: kv::Store,
+    pub status: kv::Store,
+    pub drains: kv::Store,
+    pub logs: stream::Stream,
+    pub snapshots: object_store::ObjectStore,
+}
+
+pub(crate) async fn open(js: &jetstream::Context) -> Result<Stores, BackboneError> {
+    let apps = bucket(
+        js,
+        kv::Config {
+            bucket: APPS.into(),
+            description: "Tern deployments: manifests and the node each should run on".into(),
+            history: 5,
+            ..Default::default()
+        },
+    )
+    .await?;
+    let status = bucket(
+        js,
+        kv::Config {
+            bucket: STATUS.into(),
+            description: "Tern instances: what each is doing, by app".into(),
+            history: 1,
+            ..Default::default()
+        },
+    )
+    .await?;
+    let drains = bucket(
+        js,
+        kv::Config {
+            bucket: DRAINS.into(),
+            description: "Tern nodes drained: no app is placed on them".into(),
+            history: 1,
+            ..Default::default()
+        },
+    )
+    .await?;
+    let logs = js
+        .get_or_create_stream(stream::Config {
+            name: LOGS.into(),
+            subjects: vec!["tern.logs.>".into()],
+            max_bytes: LOG_BYTES,
+            discard: stream::DiscardPolicy::Old,
+            allow_direct: true,
+            ..Default::default()
+        })
+        .await
+        .map_err(|e| js_err("stream tern-logs", e))?;
+    let snapshots = match js.get_object_store(SNAPSHOTS).await {
+        Ok(s) => s,
+        Err(_) => js
+            .create_object_store(object_store::Config {
+                bucket: SNAPSHOTS.into(),
+                description: Some("Tern checkpoints: snapshot and volumes, by SHA-256".into()),
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| js_err("object store tern-snapshots", e))?,
+    };
+    Ok(Stores {
+        apps,
+        status,
+        drains,
+        logs,
+        snapshots,
+    })
+}
+
+/// Reads the object `digest` of `store` and checks its bytes against it.
+pub(crate) async fn read_object(
+    store: &object_store::ObjectStore,
+    digest: &str,
+    what: &str,
+) -> Result<Vec<u8>, BackboneError> {
+    let name = format!("{what} sha256:{digest}");
+    let mut object = store.get(digest).await.map_err(|e| js_err(&name, e))?;
+    let mut bytes = Vec::new();
+    object
+        .read_to_end(&mut bytes)
+        .await
+        .map_err(|e| js_err(&name, e))?;
+    if tern_runtime::digest(&bytes) != digest {
+        return Err(js_err(name, "its bytes do not match the digest"));
+    }
+    Ok(bytes)
 }
 
 pub(crate) fn js_err(what: impl Into<String>, e: impl std::fmt::Display) -> BackboneError {

@@ -1,0 +1,306 @@
+//! The control plane's requests to a node, on `tern.node.NAME.cmd`, and the node's
+//! answers.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use tokio::sync::{mpsc, oneshot};
+
+use super::{Host, Local, Order, Start, start};
+use crate::apps::AppRecord;
+use crate::backbone::Backbone;
+use crate::manifest;
+
+/// A request of the control plane to a node.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "do", rename_all = "kebab-case")]
+pub enum NodeCommand {
+    /// Start incarnation `incarnation` of `app` as the destination of a live migration
+    /// from incarnation `from`; the answer is where it listens.
+    Receive {
+        app: String,
+        incarnation: u64,
+        from: u64,
+    },
+    /// Live-migrate incarnation `incarnation` of `app` to `addr` (node `to`); the
+    /// answer comes when the destination has it, or the migration failed.
+    Migrate {
+        app: String,
+        incarnation: u64,
+        to: String,
+        /// The destination's site.
+        site: String,
+        addr: String,
+    },
+    /// Give up incarnation `incarnation` of `app` (a migration to here failed).
+    Cancel { app: String, incarnation: u64 },
+    /// Up to [`READ_CHUNK`] bytes of a file in `app`'s volumes from `offset`: the
+    /// answer's payload, with headers `Tern-Size` (the file's) or `Tern-Error`.
+    Read {
+        app: String,
+        path: String,
+        offset: u64,
+    },
+}
+
+/// A node's answer to a [`NodeCommand`] other than `Read`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct NodeReply {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub addr: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub moved: Option<Moved>,
+}
+
+/// What a live migration between nodes measured.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Moved {
+    pub downtime_ms: f64,
+    pub total_ms: f64,
+    pub rounds: u32,
+    pub bytes: u64,
+}
+
+/// The most bytes one `Read` answers (NATS messages stay under 1 MiB).
+pub const READ_CHUNK: usize = 512 << 10;
+
+/// The subject a node takes its commands on.
+pub fn command_subject(node: &str) -> String {
+    format!("tern.node.{node}.cmd")
+}
+
+/// Does what the control plane asks of this node, answering on the message's reply
+/// subject (at once, or from a task of its own when the answer takes time).
+pub(super) async fn command(
+    host: &Host,
+    backbone: &Backbone,
+    message: async_nats::Message,
+    running: &mut HashMap<String, Local>,
+    ran: &mut HashMap<String, u64>,
+    finished: &mpsc::UnboundedSender<(String, u64)>,
+) {
+    let Some(reply_to) = message.reply.clone() else {
+        return;
+    };
+    let client = backbone.client.clone();
+    let answer = |reply: NodeReply| answer_now(client.clone(), reply_to.clone(), reply);
+    let failed = |e: String| NodeReply {
+        error: Some(e),
+        ..NodeReply::default()
+    };
+    let cmd: NodeCommand = match serde_json::from_slice(&message.payload) {
+        Ok(c) => c,
+        Err(e) => return answer(failed(format!("not a node command: {e}"))).await,
+    };
+    match cmd {
+        NodeCommand::Receive {
+            app,
+            incarnation,
+            from,
+        } => {
+            if running.contains_key(&app) {
+                return answer(failed(format!("{app} runs on {} already", host.node))).await;
+            }
+            let record = match backbone.app(&app).await {
+                Ok(Some((r, _))) => r,
+                Ok(None) => return answer(failed(format!("no app named {app}"))).await,
+                Err(e) => return answer(failed(e.to_string())).await,
+            };
+            let record = AppRecord {
+                node: Some(host.node.clone()),
+                incarnation,
+                ..record
+            };
+            let (tx, rx) = oneshot::channel();
+            let how = Start::Receive {
+                from,
+                listening: tx,
+            };
+            match start(host, backbone, &record, finished.clone(), how).await {
+                Ok(local) => {
+                    ran.insert(app.clone(), incarnation);
+                    running.insert(app, local);
+                    let (client, reply_to) = (client.clone(), reply_to.clone());
+                    tokio::spawn(async move {
+                        let reply = match tokio::time::timeout(Duration::from_secs(30), rx).await {
+                            Ok(Ok(Ok(addr))) => NodeReply {
+                                addr: Some(addr),
+                                ..NodeReply::default()
+                            },
+                            Ok(Ok(Err(e))) => failed(e),
+                            _ => failed("the receiving instance did not start listening".into()),
+                        };
+                        answer_now(client, reply_to, reply).await;
+                    });
+                }
+                Err(e) => answer(failed(e)).await,
+            }
+        }
+        NodeCommand::Migrate {
+            app,
+            incarnation,
+            to,
+            site,
+            addr,
+        } => {
+            let Some(local) = running.get(&app).filter(|l| l.incarnation == incarnation) else {
+                return answer(failed(format!(
+                    "{app} (incarnation {incarnation}) does not run on {}",
+                    host.node
+                )))
+                .await;
+            };
+            // Through the emulated link to the destination's site, if there is one: the
+            // relay lives until the migration has ended.
+            let relay = match host.links.get(&site).filter(|_| site != host.site) {
+                Some(shape) => match crate::emulate::Link::start(addr.clone(), *shape) {
+                    Ok(r) => Some(r),
+                    Err(e) => {
+                        return answer(failed(format!("no emulated link to {site}: {e}"))).await;
+                    }
+                },
+                None => None,
+            };
+            let addr = relay.as_ref().map_or(addr, |r| r.addr.clone());
+            let (tx, rx) = oneshot::channel();
+            let _ = local.orders.send(Order::Migrate {
+                addr,
+                to,
+                reply: tx,
+            });
+            let (client, reply_to) = (client.clone(), reply_to.clone());
+            tokio::spawn(async move {
+                let _relay = relay;
+                let reply = match rx.await {
+                    Ok(Ok(moved)) => NodeReply {
+                        moved: Some(moved),
+                        ..NodeReply::default()
+                    },
+                    Ok(Err(e)) => failed(e),
+                    Err(_) => failed("the instance ended during the migration".into()),
+                };
+                answer_now(client, reply_to, reply).await;
+            });
+        }
+        NodeCommand::Cancel { app, incarnation } => {
+            if let Some(local) = running.get(&app).filter(|l| l.incarnation == incarnation) {
+                let _ = local.orders.send(Order::Kill);
+                ran.remove(&app);
+            }
+            answer(NodeReply::default()).await;
+        }
+        NodeCommand::Read { app, path, offset } => {
+            let dir = ran
+                .get(&app)
+                .map(|inc| host.state.join("apps").join(&app).join(inc.to_string()));
+            let backbone = backbone.clone();
+            tokio::spawn(async move {
+                let result = match dir {
+                    Some(dir) => read_volume_file(&backbone, &app, &dir, &path, offset).await,
+                    None => Err(format!("{app} has no files on this node")),
+                };
+                let mut headers = async_nats::HeaderMap::new();
+                let body = match result {
+                    Ok((size, bytes)) => {
+                        headers.insert("Tern-Size", size.to_string().as_str());
+                        bytes
+                    }
+                    Err(e) => {
+                        headers.insert("Tern-Error", e.as_str());
+                        Vec::new()
+                    }
+                };
+                let _ = backbone
+                    .client
+                    .publish_with_headers(reply_to, headers, body.into())
+                    .await;
+            });
+        }
+    }
+}
+
+/// Sends `reply` to `to`.
+async fn answer_now(client: async_nats::Client, to: async_nats::Subject, reply: NodeReply) {
+    let body = serde_json::to_vec(&reply).unwrap_or_default();
+    let _ = client.publish(to, body.into()).await;
+}
+
+/// Reads up to [`READ_CHUNK`] bytes at `offset` of the file at guest path `path` of
+/// `app`, whose instance files are in `dir`; returns the file's size and the bytes.
+async fn read_volume_file(
+    backbone: &Backbone,
+    app: &str,
+    dir: &Path,
+    path: &str,
+    offset: u64,
+) -> Result<(u64, Vec<u8>), String> {
+    let record = backbone
+        .app(app)
+        .await
+        .map_err(|e| e.to_string())?
+        .ok_or_else(|| format!("no app named {app}"))?
+        .0;
+    let m = manifest::parse(&record.manifest).map_err(|e| e.to_string())?;
+    // The volume whose guest path is the longest prefix of `path`.
+    let (index, rest) = m
+        .volumes
+        .iter()
+        .enumerate()
+        .filter_map(|(i, v)| {
+            let rest = path.strip_prefix(v.guest.trim_end_matches('/'))?;
+            (rest.is_empty() || rest.starts_with('/')).then(|| (i, rest.trim_start_matches('/')))
+        })
+        .max_by_key(|(_, rest)| std::cmp::Reverse(rest.len()))
+        .ok_or_else(|| {
+            let names: Vec<&str> = m.volumes.iter().map(|v| v.guest.as_str()).collect();
+            format!(
+                "{path} is in no volume of {app} (its volumes: {})",
+                if names.is_empty() {
+                    "none".to_owned()
+                } else {
+                    names.join(", ")
+                }
+            )
+        })?;
+    let rel = Path::new(rest);
+    if rest.is_empty()
+        || rel
+            .components()
+            .any(|c| !matches!(c, std::path::Component::Normal(_)))
+    {
+        return Err(format!(
+            "{path}: give a file inside the volume, without `..`"
+        ));
+    }
+    let volume = dir.join("volumes").join(index.to_string());
+    let target = volume.join(rel);
+    let rest = rest.to_owned();
+    let path = path.to_owned();
+    tokio::task::spawn_blocking(move || {
+        use std::io::{Read as _, Seek as _};
+        // No link is followed out of the volume: the guest may have made any.
+        let real = target.canonicalize().map_err(|e| format!("{path}: {e}"))?;
+        let root = volume.canonicalize().map_err(|e| format!("{path}: {e}"))?;
+        if !real.starts_with(&root) {
+            return Err(format!("{path} leads out of its volume"));
+        }
+        let mut f = std::fs::File::open(&real).map_err(|e| format!("{path}: {e}"))?;
+        let meta = f.metadata().map_err(|e| format!("{path}: {e}"))?;
+        if !meta.is_file() {
+            return Err(format!("{path} ({rest}) is not a file"));
+        }
+        f.seek(std::io::SeekFrom::Start(offset))
+            .map_err(|e| format!("{path}: {e}"))?;
+        let mut bytes = Vec::with_capacity(READ_CHUNK);
+        f.take(READ_CHUNK as u64)
+            .read_to_end(&mut bytes)
+            .map_err(|e| format!("{path}: {e}"))?;
+        Ok((meta.len(), bytes))
+    })
+    .await
+    .map_err(|e| e.to_string())?
+}

@@ -1,0 +1,469 @@
+//! A node's instances: the agent watches the deployments, starts each incarnation
+//! placed on it in a `tern instance` process of its own, publishes its output, takes
+//! its periodic checkpoints to the object store, reports its status, and stops it when
+//! the app is removed or placed elsewhere.
+//!
+//! An instance's files live in `STATE/apps/APP/INCARNATION/`: the module, its volumes
+//! (`volumes/N`), the spec and the last checkpoint bundle.
+//!
+//! The control plane asks a node for what a watch cannot say, as requests on
+//! `tern.node.NAME.cmd` ([`NodeCommand`]): to receive an app's live migration, to send
+//! one, to give up one that failed, and to read an app's volume files.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures_util::StreamExt as _;
+use tokio::sync::{mpsc, oneshot};
+
+use crate::apps::{AppEvent, AppRecord, CheckpointRef, InstanceStatus, now_ms};
+use crate::backbone::{Backbone, BackboneError};
+use crate::instance::InstanceSpec;
+use crate::manifest;
+use crate::model::{InstanceState, NodeLoad};
+
+mod commands;
+mod task;
+
+use commands::command;
+pub use commands::{Moved, NodeCommand, NodeReply, READ_CHUNK, command_subject};
+use task::Task;
+
+/// What a node's supervisor needs to know of the node.
+#[derive(Debug, Clone)]
+pub struct Host {
+    pub node: String,
+    /// The host other nodes reach this one at (that of its link): incoming migrations
+    /// listen there.
+    pub link_host: String,
+    pub site: String,
+    /// Emulated links to other sites, by site: a migration to a node there goes
+    /// through a relay of that shape.
+    pub links: std::collections::BTreeMap<String, crate::emulate::Shape>,
+    pub engine: tern_runtime::EngineKind,
+    /// Where instances keep their files.
+    pub state: PathBuf,
+    /// The `tern` program, which runs each instance (`tern instance SPEC`).
+    pub tern: PathBuf,
+}
+
+/// Orders for one instance's task.
+#[derive(Debug)]
+enum Order {
+    /// End it at once (the app was removed or placed elsewhere).
+    Kill,
+    /// Checkpoint it and end it (the node is stopping).
+    Stop,
+    /// Live-migrate it to `addr`, on node `to`.
+    Migrate {
+        addr: String,
+        to: String,
+        reply: oneshot::Sender<Result<Moved, String>>,
+    },
+}
+
+/// How an instance starts.
+enum Start {
+    /// Afresh, or from its checkpoint.
+    Run,
+    /// As the destination of a migration from incarnation `from`; where it listens is
+    /// told on `listening`.
+    Receive {
+        from: u64,
+        listening: oneshot::Sender<Result<String, String>>,
+    },
+}
+
+struct Local {
+    incarnation: u64,
+    memory: u64,
+    /// The instance's process.
+    pid: Option<u32>,
+    orders: mpsc::UnboundedSender<Order>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+/// Runs `host`'s instances until `stop` completes; then checkpoints and stops the
+/// migratable ones (so that they resume from there) and ends the others. `load` is
+/// kept up to date for the heartbeats.
+///
+/// # Errors
+/// When the deployments cannot be watched.
+pub async fn supervise(
+    host: Host,
+    backbone: Backbone,
+    load: Arc<Mutex<NodeLoad>>,
+    stop: impl std::future::Future<Output = ()>,
+) -> Result<(), BackboneError> {
+    let mut events = Box::pin(backbone.watch_apps().await?);
+    let mut commands = backbone
+        .client
+        .subscribe(command_subject(&host.node))
+        .await
+        .map_err(|e| crate::backbone::js_err("node commands", e))?;
+    let (finished_tx, mut finished) = mpsc::unbounded_channel::<(String, u64)>();
+    let mut running: HashMap<String, Local> = HashMap::new();
+    // The last incarnation of each app that ran here: never run twice.
+    let mut ran: HashMap<String, u64> = HashMap::new();
+    // Each app's record as last seen.
+    let mut latest: HashMap<String, AppRecord> = HashMap::new();
+    let mut sampling = tokio::time::interval(crate::backbone::HEARTBEAT);
+    let mut usage = Usage::default();
+    tokio::pin!(stop);
+    loop {
+        tokio::select! {
+            () = &mut stop => break,
+            _ = sampling.tick() => {
+                let (cpu, used) = usage.sample(running.values().filter_map(|l| l.pid));
+                if let Ok(mut l) = load.lock() {
+                    l.cpu = cpu;
+                    l.used = used;
+                }
+            }
+            event = events.next() => match event {
+                Some(Ok(AppEvent::Put(record, _))) => {
+                    let app = record.name.clone();
+                    if let Some(local) = running.get(&app)
+                        && record.incarnation >= local.incarnation
+                        && record.node.as_deref() != Some(host.node.as_str())
+                    {
+                        let _ = local.orders.send(Order::Kill);
+                    }
+                    latest.insert(app.clone(), *record);
+                    reconcile(&host, &backbone, &app, &latest, &mut running, &mut ran, &finished_tx).await;
+                }
+                Some(Ok(AppEvent::Removed(app))) => {
+                    if let Some(local) = running.get(&app) {
+                        let _ = local.orders.send(Order::Kill);
+                    }
+                    latest.remove(&app);
+                    ran.remove(&app);
+                    let _ = tokio::fs::remove_dir_all(host.state.join("apps").join(&app)).await;
+                }
+                Some(Err(e)) => tracing::warn!(error = %e, "deployments"),
+                None => return Err(crate::backbone::js_err("watch apps", "the watch ended")),
+            },
+            Some(message) = commands.next() => {
+                command(&host, &backbone, message, &mut running, &mut ran, &finished_tx).await;
+            }
+            Some((app, incarnation)) = finished.recv() => {
+                if running.get(&app).is_some_and(|l| l.incarnation == incarnation) {
+                    running.remove(&app);
+                    // A later incarnation placed here while this one was ending.
+                    reconcile(&host, &backbone, &app, &latest, &mut running, &mut ran, &finished_tx).await;
+                }
+            }
+        }
+        if let Ok(mut l) = load.lock() {
+            l.instances = running.len() as u32;
+            l.memory = running.values().map(|r| r.memory).sum();
+        }
+    }
+    // Stopping: checkpoint what can be resumed, end the rest, and wait for them all.
+    for local in running.values() {
+        let _ = local.orders.send(Order::Stop);
+    }
+    for (_, local) in running {
+        if tokio::time::timeout(Duration::from_secs(30), local.task)
+            .await
+            .is_err()
+        {
+            tracing::warn!("an instance did not stop within 30 s");
+        }
+    }
+    Ok(())
+}
+
+/// What the instances' processes use, read from `/proc`: CPU time between two samples,
+/// and resident memory.
+#[derive(Default)]
+struct Usage {
+    /// CPU ticks of each process at the last sample, and when it was taken.
+    ticks: HashMap<u32, u64>,
+    at: Option<std::time::Instant>,
+}
+
+impl Usage {
+    /// Cores busy since the last sample, and resident bytes, over `pids`.
+    fn sample(&mut self, pids: impl Iterator<Item = u32>) -> (f64, u64) {
+        // The kernel's clock ticks per second (`sysconf(_SC_CLK_TCK)`), 100 on Linux.
+        const TICKS_PER_SECOND: f64 = 100.0;
+        const PAGE: u64 = 4096;
+        let now = std::time::Instant::now();
+        let elapsed = self.at.map(|a| now.duration_since(a).as_secs_f64());
+        let mut ticks = HashMap::new();
+        let (mut busy, mut used) = (0u64, 0u64);
+        for pid in pids {
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+            // Fields after the command name (which may hold spaces), in parentheses.
+            let fields: Vec<&str> = stat
+                .rsplit_once(')')
+                .map(|(_, rest)| rest.split_whitespace().collect())
+                .unwrap_or_default();
+            // utime and stime are fields 14 and 15 of the line, 12 and 13 here.
+            let t = fields
+                .get(11)
+                .zip(fields.get(12))
+                .and_then(|(u, s)| Some(u.parse::<u64>().ok()? + s.parse::<u64>().ok()?));
+            if let Some(t) = t {
+                busy += t.saturating_sub(self.ticks.get(&pid).copied().unwrap_or(t));
+                ticks.insert(pid, t);
+            }
+            let statm = std::fs::read_to_string(format!("/proc/{pid}/statm")).unwrap_or_default();
+            used += statm
+                .split_whitespace()
+                .nth(1)
+                .and_then(|r| r.parse::<u64>().ok())
+                .unwrap_or(0)
+                * PAGE;
+        }
+        self.ticks = ticks;
+        self.at = Some(now);
+        let cpu = match elapsed {
+            Some(e) if e > 0.0 => busy as f64 / TICKS_PER_SECOND / e,
+            _ => 0.0,
+        };
+        (cpu, used)
+    }
+}
+
+/// Starts `app`'s incarnation if its record places it here, it has not run here yet,
+/// and no earlier one still runs here (that one is ending: its end calls this again).
+async fn reconcile(
+    host: &Host,
+    backbone: &Backbone,
+    app: &str,
+    latest: &HashMap<String, AppRecord>,
+    running: &mut HashMap<String, Local>,
+    ran: &mut HashMap<String, u64>,
+    finished: &mpsc::UnboundedSender<(String, u64)>,
+) {
+    let Some(record) = latest.get(app) else {
+        return;
+    };
+    let mine = record.node.as_deref() == Some(host.node.as_str());
+    let fresh = ran.get(app).is_none_or(|&r| record.incarnation > r);
+    if !mine || !fresh || running.contains_key(app) {
+        return;
+    }
+    ran.insert(app.to_owned(), record.incarnation);
+    match start(host, backbone, record, finished.clone(), Start::Run).await {
+        Ok(local) => {
+            running.insert(app.to_owned(), local);
+        }
+        Err(reason) => {
+            tracing::warn!(%app, %reason, "instance did not start");
+            let failed = InstanceState::Failed {
+                reason: reason.clone(),
+            };
+            report(backbone, host, record, failed, None, &reason).await;
+        }
+    }
+}
+
+/// Lays out the instance's files and starts its process and task.
+async fn start(
+    host: &Host,
+    backbone: &Backbone,
+    record: &AppRecord,
+    finished: mpsc::UnboundedSender<(String, u64)>,
+    how: Start,
+) -> Result<Local, String> {
+    let manifest = manifest::parse(&record.manifest).map_err(|e| format!("manifest: {e}"))?;
+    let dir = host
+        .state
+        .join("apps")
+        .join(&record.name)
+        .join(record.incarnation.to_string());
+    let _ = tokio::fs::remove_dir_all(&dir).await;
+    let err = |e: std::io::Error| format!("{}: {e}", dir.display());
+    tokio::fs::create_dir_all(&dir).await.map_err(err)?;
+    let wasm = backbone
+        .module(&record.module)
+        .await
+        .map_err(|e| e.to_string())?;
+    let module = dir.join("module.wasm");
+    tokio::fs::write(&module, &wasm).await.map_err(err)?;
+    let mut volumes = Vec::new();
+    for (i, v) in manifest.volumes.iter().enumerate() {
+        let host_dir = dir.join("volumes").join(i.to_string());
+        tokio::fs::create_dir_all(&host_dir).await.map_err(err)?;
+        volumes.push((host_dir, v.guest.clone()));
+    }
+    // Resume from the checkpoint of this very incarnation if it ran here before (the
+    // node or the continuum was stopped), else from the one the placement names.
+    let receiving = matches!(how, Start::Receive { .. });
+    let status = backbone.status(&record.name).await.ok().flatten();
+    let resumed = status
+        .as_ref()
+        .filter(|s| s.incarnation == record.incarnation)
+        .and_then(|s| s.checkpoint.clone());
+    let restore_from = resumed
+        .or_else(|| record.restore.clone())
+        .filter(|_| !receiving);
+    let restore = match &restore_from {
+        _ if receiving => None,
+        Some(c) if manifest.migratable => {
+            let bytes = backbone
+                .snapshot(&c.digest)
+                .await
+                .map_err(|e| e.to_string())?;
+            let path = dir.join("restore.tar");
+            tokio::fs::write(&path, bytes).await.map_err(err)?;
+            Some(path)
+        }
+        _ => {
+            seed(backbone, record, &volumes).await?;
+            None
+        }
+    };
+    let control_path = dir.join("control.sock");
+    let control = tokio::net::UnixListener::bind(&control_path).map_err(err)?;
+    let spec = InstanceSpec {
+        app: record.name.clone(),
+        module,
+        args: std::iter::once(record.name.clone())
+            .chain(manifest.args.iter().cloned())
+            .collect(),
+        env: manifest.env.clone().into_iter().collect(),
+        volumes,
+        memory: manifest.memory,
+        engine: host.engine,
+        migratable: manifest.migratable,
+        restore,
+        receive: receiving.then(|| format!("{}:0", host.link_host)),
+        checkpoint: dir.join("checkpoint.tar"),
+        control: control_path,
+        cache: Some(host.state.join("cache")),
+    };
+    let spec_path = dir.join("spec.json");
+    let json = serde_json::to_vec_pretty(&spec).map_err(|e| e.to_string())?;
+    tokio::fs::write(&spec_path, json).await.map_err(err)?;
+
+    let mut command = tokio::process::Command::new(&host.tern);
+    command
+        .arg("instance")
+        .arg(&spec_path)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        // Not in the terminal's process group: a Ctrl-C meant for `tern up` must not
+        // kill instances before their node checkpoints them.
+        .process_group(0)
+        .kill_on_drop(true);
+    // The instance dies with its agent, even one killed with SIGKILL.
+    crate::backbone::die_with_parent(&mut command, rustix::process::Signal::KILL);
+    let child = command
+        .spawn()
+        .map_err(|e| format!("cannot start `{} instance`: {e}", host.tern.display()))?;
+    let pid = child.id();
+    let (orders_tx, orders) = mpsc::unbounded_channel();
+    let published = backbone
+        .last_output(&record.name)
+        .await
+        .map_or(0, |(o, _)| o);
+    let (handover, listening) = match how {
+        Start::Run => (None, None),
+        Start::Receive { from, listening } => (Some(from), Some(listening)),
+    };
+    let task = Task {
+        handover,
+        listening,
+        held: Vec::new(),
+        backbone: backbone.clone(),
+        host: host.clone(),
+        record: record.clone(),
+        every: manifest.checkpoint_every.filter(|_| manifest.migratable),
+        pos: restore_from
+            .as_ref()
+            .filter(|_| manifest.migratable)
+            .map_or(published, |c| c.stdout),
+        published,
+        checkpoint: restore_from,
+        migratable: manifest.migratable,
+    };
+    let app = record.name.clone();
+    let incarnation = record.incarnation;
+    let task = tokio::spawn(async move {
+        task.run(child, control, orders).await;
+        let _ = finished.send((app, incarnation));
+    });
+    Ok(Local {
+        incarnation: record.incarnation,
+        memory: manifest.memory,
+        pid,
+        orders: orders_tx,
+        task,
+    })
+}
+
+/// Copies the app's seed files into its fresh volumes.
+async fn seed(
+    backbone: &Backbone,
+    record: &AppRecord,
+    volumes: &[(PathBuf, String)],
+) -> Result<(), String> {
+    for s in &record.seeds {
+        let Some((dir, _)) = volumes.iter().find(|(_, g)| *g == s.volume) else {
+            continue;
+        };
+        let rel = Path::new(&s.path);
+        if rel
+            .components()
+            .any(|c| !matches!(c, std::path::Component::Normal(_)))
+        {
+            return Err(format!("seed file {} leaves its volume", s.path));
+        }
+        let bytes = backbone
+            .module(&s.digest)
+            .await
+            .map_err(|e| e.to_string())?;
+        let target = dir.join(rel);
+        if let Some(parent) = target.parent() {
+            tokio::fs::create_dir_all(parent)
+                .await
+                .map_err(|e| format!("{}: {e}", parent.display()))?;
+        }
+        tokio::fs::write(&target, bytes)
+            .await
+            .map_err(|e| format!("{}: {e}", target.display()))?;
+    }
+    Ok(())
+}
+
+/// Writes an instance's status.
+async fn report(
+    backbone: &Backbone,
+    host: &Host,
+    record: &AppRecord,
+    state: InstanceState,
+    checkpoint: Option<CheckpointRef>,
+    note: &str,
+) {
+    let status = InstanceStatus {
+        app: record.name.clone(),
+        node: host.node.clone(),
+        incarnation: record.incarnation,
+        state,
+        restarts: record.restarts,
+        checkpoint,
+        note: note.to_owned(),
+        updated_ms: now_ms(),
+    };
+    if let Err(e) = backbone.put_status(&status).await {
+        tracing::warn!(app = %record.name, error = %e, "status");
+    }
+    // What happened, for whoever listens on the app's events.
+    if !note.is_empty() {
+        let _ = backbone
+            .client
+            .publish(
+                format!("tern.events.{}", record.name),
+                note.to_owned().into(),
+            )
+            .await;
+    }
+}

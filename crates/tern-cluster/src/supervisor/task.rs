@@ -1,0 +1,412 @@
+//! One running instance, from its start to its end: its output published, its
+//! checkpoints stored, its moves and its status.
+
+use std::os::fd::AsFd as _;
+use std::path::Path;
+use std::time::Duration;
+
+use tokio::io::{AsyncBufReadExt as _, AsyncReadExt as _, AsyncWriteExt as _};
+use tokio::sync::{mpsc, oneshot};
+
+use super::{Host, Moved, Order, report};
+use crate::apps::{AppRecord, CheckpointRef, HANDOVER_WAIT, now_ms};
+use crate::backbone::{Backbone, BackboneError};
+use crate::instance::{Command, Ended, Event};
+use crate::model::InstanceState;
+
+/// One running instance, from its start to its end.
+pub(super) struct Task {
+    /// For a migration's destination: the incarnation whose output must all be
+    /// published before this one's (the source's), and this one's output held
+    /// meanwhile.
+    pub(super) handover: Option<u64>,
+    pub(super) held: Vec<u8>,
+    /// Where a migration's destination listens, once it does.
+    pub(super) listening: Option<oneshot::Sender<Result<String, String>>>,
+    pub(super) backbone: Backbone,
+    pub(super) host: Host,
+    pub(super) record: AppRecord,
+    pub(super) every: Option<Duration>,
+    /// Offset in the app's stdout of the next byte the guest writes.
+    pub(super) pos: u64,
+    /// Bytes of the app's stdout the stream holds already: those are not published
+    /// again when a restored guest writes them once more.
+    pub(super) published: u64,
+    pub(super) checkpoint: Option<CheckpointRef>,
+    pub(super) migratable: bool,
+}
+
+impl Task {
+    pub(super) async fn run(
+        mut self,
+        mut child: tokio::process::Child,
+        control: tokio::net::UnixListener,
+        mut orders: mpsc::UnboundedReceiver<Order>,
+    ) {
+        let (Some(mut stdout), Some(mut stderr)) = (child.stdout.take(), child.stderr.take())
+        else {
+            return;
+        };
+        // No note of its own while it runs: `tern ps` shows why it was placed here. A
+        // migration's destination reports once the source has handed over.
+        let checkpoint = self.checkpoint.clone();
+        let handing_over = tokio::time::Instant::now();
+        // One clock for the whole wait: output arriving more often than it ticks must
+        // not keep restarting it.
+        let mut handover_tick = tokio::time::interval(Duration::from_millis(100));
+        let mut moving: Option<(String, oneshot::Sender<Result<Moved, String>>)> = None;
+        let accepted = tokio::select! {
+            a = tokio::time::timeout(Duration::from_secs(60), control.accept()) => a.ok().and_then(Result::ok),
+            _ = child.wait() => None,
+        };
+        let (mut control_out, mut lines) = match accepted {
+            Some((stream, _)) => {
+                let (r, w) = stream.into_split();
+                (Some(w), Some(tokio::io::BufReader::new(r).lines()))
+            }
+            None => (None, None),
+        };
+        let mut ended: Option<Ended> = None;
+        let mut out_buf = vec![0u8; 64 << 10];
+        let mut err_buf = vec![0u8; 64 << 10];
+        let (mut out_open, mut err_open) = (true, true);
+        let mut ticker = self.every.map(|d| {
+            let mut t = tokio::time::interval_at(tokio::time::Instant::now() + d, d);
+            t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            t
+        });
+        let mut last_checkpoint = checkpoint;
+        let mut killed = false;
+        let status = loop {
+            tokio::select! {
+                n = stdout.read(&mut out_buf), if out_open => match n {
+                    Ok(0) | Err(_) => out_open = false,
+                    Ok(n) => self.stdout(&out_buf[..n]).await,
+                },
+                n = stderr.read(&mut err_buf), if err_open => match n {
+                    Ok(0) | Err(_) => err_open = false,
+                    Ok(n) => self.stderr(&err_buf[..n]).await,
+                },
+                line = next_line(&mut lines) => match line {
+                    Some(line) => match serde_json::from_str::<Event>(&line) {
+                        Ok(Event::Checkpoint { path, .. }) => {
+                            // The guest is stopped: every byte it wrote is in the pipe.
+                            self.drain(&mut stdout, &mut out_buf).await;
+                            // Its offset in the app's output is known once the source
+                            // of its migration has handed over.
+                            while self.handover.is_some() {
+                                tokio::time::sleep(Duration::from_millis(50)).await;
+                                self.hand_over(handing_over.elapsed(), last_checkpoint.clone()).await;
+                            }
+                            match self.store(&path).await {
+                                Ok(c) => {
+                                    if let Some(old) = last_checkpoint.replace(c.clone())
+                                        && old.digest != c.digest
+                                        && self.record.restore.as_ref().is_none_or(|r| r.digest != old.digest)
+                                    {
+                                        self.backbone.drop_snapshot(&old.digest).await;
+                                    }
+                                    self.status(InstanceState::Running, Some(c), "").await;
+                                }
+                                Err(e) => tracing::warn!(app = %self.record.name, error = %e, "checkpoint not stored"),
+                            }
+                            send(&mut control_out, Command::Ack).await;
+                        }
+                        Ok(Event::CheckpointFailed { reason }) => {
+                            tracing::warn!(app = %self.record.name, %reason, "checkpoint failed");
+                        }
+                        Ok(Event::Started) => {
+                            if self.handover.is_none() {
+                                self.status(InstanceState::Running, last_checkpoint.clone(), "").await;
+                            }
+                        }
+                        Ok(Event::Listening { addr }) => {
+                            if let Some(l) = self.listening.take() {
+                                let _ = l.send(Ok(addr));
+                            }
+                        }
+                        Ok(Event::Migrated { downtime_ms, total_ms, rounds, bytes }) => {
+                            if let Some((_, reply)) = moving.take() {
+                                let _ = reply.send(Ok(Moved { downtime_ms, total_ms, rounds, bytes }));
+                            }
+                        }
+                        Ok(Event::MigrationFailed { reason }) => {
+                            if let Some((to, reply)) = moving.take() {
+                                let note = format!("its migration to {to} failed: {reason}; it runs on here");
+                                self.status(InstanceState::Running, last_checkpoint.clone(), &note).await;
+                                let _ = reply.send(Err(reason));
+                            }
+                        }
+                        Ok(Event::Ended(e)) => ended = Some(e),
+                        Err(e) => tracing::warn!(app = %self.record.name, error = %e, "instance said {line:?}"),
+                    },
+                    None => lines = None,
+                },
+                // No checkpoint while a move is under way, nor before a migration's
+                // destination knows where its output starts.
+                _ = tick(&mut ticker), if moving.is_none() && self.handover.is_none() => {
+                    send(&mut control_out, Command::Checkpoint).await;
+                }
+                _ = handover_tick.tick(), if self.handover.is_some() => {
+                    self.hand_over(handing_over.elapsed(), last_checkpoint.clone()).await;
+                }
+                order = orders.recv() => match order {
+                    Some(Order::Stop) if self.migratable && control_out.is_some() => {
+                        send(&mut control_out, Command::Stop).await;
+                    }
+                    Some(Order::Migrate { addr, to, reply }) => {
+                        if !self.migratable || control_out.is_none() || moving.is_some() {
+                            let _ = reply.send(Err(format!("{} cannot be migrated now", self.record.name)));
+                        } else {
+                            self.status(InstanceState::Migrating { to: to.clone() }, last_checkpoint.clone(), "").await;
+                            send(&mut control_out, Command::Migrate { to: addr }).await;
+                            moving = Some((to, reply));
+                        }
+                    }
+                    Some(_) | None => {
+                        killed = true;
+                        let _ = child.start_kill();
+                    }
+                },
+                status = child.wait() => break status,
+            }
+        };
+        // Its last lines may still be in the socket when the process is seen to end.
+        while ended.is_none() && lines.is_some() {
+            match tokio::time::timeout(Duration::from_secs(2), next_line(&mut lines)).await {
+                Ok(Some(line)) => match serde_json::from_str::<Event>(&line) {
+                    Ok(Event::Ended(e)) => ended = Some(e),
+                    Ok(Event::Migrated {
+                        downtime_ms,
+                        total_ms,
+                        rounds,
+                        bytes,
+                    }) => {
+                        if let Some((_, reply)) = moving.take() {
+                            let _ = reply.send(Ok(Moved {
+                                downtime_ms,
+                                total_ms,
+                                rounds,
+                                bytes,
+                            }));
+                        }
+                    }
+                    _ => {}
+                },
+                _ => break,
+            }
+        }
+        if let Some(l) = self.listening.take() {
+            let _ = l.send(Err(match &ended {
+                Some(Ended::Failed { reason }) => reason.clone(),
+                _ => "the receiving instance ended".to_owned(),
+            }));
+        }
+        // The rest of its output, then the mark that this incarnation has no more.
+        while out_open {
+            match stdout.read(&mut out_buf).await {
+                Ok(0) | Err(_) => out_open = false,
+                Ok(n) => self.stdout(&out_buf[..n]).await,
+            }
+        }
+        while err_open {
+            match stderr.read(&mut err_buf).await {
+                Ok(0) | Err(_) => err_open = false,
+                Ok(n) => self.stderr(&err_buf[..n]).await,
+            }
+        }
+        if self.handover.is_some() {
+            // A migration's destination that ends before the source handed over: it
+            // has the app only if the source ends too (its migration went through).
+            // Cancelled, or with no word from the source, it never had it, and says
+            // nothing: the source still reports.
+            if killed {
+                return;
+            }
+            let waiting = tokio::time::Instant::now();
+            while self.handover.is_some() && waiting.elapsed() < HANDOVER_WAIT {
+                self.hand_over(Duration::ZERO, last_checkpoint.clone())
+                    .await;
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            if self.handover.is_some() {
+                return;
+            }
+        }
+        let _ = self
+            .backbone
+            .end_log(&self.record.name, self.record.incarnation)
+            .await;
+        if killed || ended == Some(Ended::Migrated) {
+            // Removed, placed elsewhere or moved: its new node reports now.
+            return;
+        }
+        let (state, note) = match (ended, status) {
+            (Some(Ended::Exited { code }), _) => (
+                InstanceState::Exited { code },
+                format!("exited with code {code}"),
+            ),
+            (Some(Ended::Failed { reason }), _) => (
+                InstanceState::Failed {
+                    reason: reason.clone(),
+                },
+                reason,
+            ),
+            (Some(Ended::Migrated), _) => return,
+            (Some(Ended::Stopped), _) => (
+                InstanceState::Placed,
+                "stopped with its node; resumes from its checkpoint".to_owned(),
+            ),
+            (None, status) => {
+                let reason = match status {
+                    Ok(s) => format!("its process ended ({s})"),
+                    Err(e) => format!("its process was lost: {e}"),
+                };
+                (
+                    InstanceState::Failed {
+                        reason: reason.clone(),
+                    },
+                    reason,
+                )
+            }
+        };
+        self.status(state, last_checkpoint, &note).await;
+    }
+
+    async fn status(&self, state: InstanceState, checkpoint: Option<CheckpointRef>, note: &str) {
+        report(
+            &self.backbone,
+            &self.host,
+            &self.record,
+            state,
+            checkpoint,
+            note,
+        )
+        .await;
+    }
+
+    /// A migration's destination: once the source's output is all published (or
+    /// after [`HANDOVER_WAIT`]), this one's goes on from where it ended.
+    async fn hand_over(&mut self, waited: Duration, checkpoint: Option<CheckpointRef>) {
+        let Some(from) = self.handover else { return };
+        let (offset, end) = self
+            .backbone
+            .last_output(&self.record.name)
+            .await
+            .unwrap_or((self.published, None));
+        if end.is_none_or(|e| e < from) && waited < HANDOVER_WAIT {
+            return;
+        }
+        self.handover = None;
+        self.published = offset;
+        self.pos = offset;
+        let held = std::mem::take(&mut self.held);
+        self.status(InstanceState::Running, checkpoint, "").await;
+        if !held.is_empty() {
+            self.stdout(&held).await;
+        }
+    }
+
+    /// Publishes what the stream does not hold yet of these stdout bytes.
+    async fn stdout(&mut self, bytes: &[u8]) {
+        if self.handover.is_some() {
+            self.held.extend_from_slice(bytes);
+            return;
+        }
+        let start = self.pos;
+        self.pos += bytes.len() as u64;
+        if self.pos <= self.published {
+            return;
+        }
+        let skip = self.published.saturating_sub(start) as usize;
+        let offset = start + skip as u64;
+        self.published = self.pos;
+        if let Err(e) = self
+            .backbone
+            .publish_log(
+                &self.record.name,
+                self.record.incarnation,
+                false,
+                Some(offset),
+                bytes[skip..].to_vec(),
+            )
+            .await
+        {
+            tracing::warn!(app = %self.record.name, error = %e, "output lost");
+        }
+    }
+
+    async fn stderr(&self, bytes: &[u8]) {
+        if let Err(e) = self
+            .backbone
+            .publish_log(
+                &self.record.name,
+                self.record.incarnation,
+                true,
+                None,
+                bytes.to_vec(),
+            )
+            .await
+        {
+            tracing::warn!(app = %self.record.name, error = %e, "output lost");
+        }
+    }
+
+    /// Reads and publishes every byte waiting in the stdout pipe.
+    async fn drain(&mut self, stdout: &mut tokio::process::ChildStdout, buf: &mut [u8]) {
+        loop {
+            let waiting = rustix::io::ioctl_fionread(stdout.as_fd()).unwrap_or(0) as usize;
+            if waiting == 0 {
+                return;
+            }
+            let n = waiting.min(buf.len());
+            match stdout.read_exact(&mut buf[..n]).await {
+                Ok(_) => {
+                    let chunk = buf[..n].to_vec();
+                    self.stdout(&chunk).await;
+                }
+                Err(_) => return,
+            }
+        }
+    }
+
+    /// Stores the bundle at `path` and returns where it is.
+    async fn store(&self, path: &Path) -> Result<CheckpointRef, BackboneError> {
+        let (digest, size) = self.backbone.put_snapshot(path).await?;
+        Ok(CheckpointRef {
+            digest,
+            at_ms: now_ms(),
+            stdout: self.pos,
+            size,
+        })
+    }
+}
+
+async fn next_line(
+    lines: &mut Option<tokio::io::Lines<tokio::io::BufReader<tokio::net::unix::OwnedReadHalf>>>,
+) -> Option<String> {
+    match lines {
+        Some(l) => l.next_line().await.ok().flatten(),
+        None => std::future::pending().await,
+    }
+}
+
+async fn tick(ticker: &mut Option<tokio::time::Interval>) {
+    match ticker {
+        Some(t) => {
+            t.tick().await;
+        }
+        None => std::future::pending().await,
+    }
+}
+
+async fn send(control: &mut Option<tokio::net::unix::OwnedWriteHalf>, command: Command) {
+    let Some(c) = control else { return };
+    let Ok(mut line) = serde_json::to_vec(&command) else {
+        return;
+    };
+    line.push(b'\n');
+    if c.write_all(&line).await.is_err() {
+        *control = None;
+    }
+}
