@@ -565,23 +565,46 @@ pub(crate) async fn open(js: &jetstream::Context) -> Result<Stores, BackboneErro
 }
 
 /// Reads the object `digest` of `store` and checks its bytes against it.
+///
+/// A read that stalls (the object store streams an object's chunks through a consumer,
+/// which a loaded server can leave waiting) is given up after [`READ_WAIT`] and tried
+/// again, [`READ_TRIES`] times in all, so that a node never waits forever for a module.
 pub(crate) async fn read_object(
     store: &object_store::ObjectStore,
     digest: &str,
     what: &str,
 ) -> Result<Vec<u8>, BackboneError> {
     let name = format!("{what} sha256:{digest}");
-    let mut object = store.get(digest).await.map_err(|e| js_err(&name, e))?;
-    let mut bytes = Vec::new();
-    object
-        .read_to_end(&mut bytes)
-        .await
-        .map_err(|e| js_err(&name, e))?;
-    if tern_runtime::digest(&bytes) != digest {
-        return Err(js_err(name, "its bytes do not match the digest"));
+    let mut last = String::new();
+    for _ in 0..READ_TRIES {
+        let read = async {
+            let mut object = store.get(digest).await.map_err(|e| js_err(&name, e))?;
+            let mut bytes = Vec::new();
+            object
+                .read_to_end(&mut bytes)
+                .await
+                .map_err(|e| js_err(&name, e))?;
+            Ok::<_, BackboneError>(bytes)
+        };
+        match tokio::time::timeout(READ_WAIT, read).await {
+            Ok(Ok(bytes)) => {
+                if tern_runtime::digest(&bytes) != digest {
+                    return Err(js_err(name, "its bytes do not match the digest"));
+                }
+                return Ok(bytes);
+            }
+            // Not there: asking again will not help.
+            Ok(Err(e)) => return Err(e),
+            Err(_) => last = format!("no answer within {} s", READ_WAIT.as_secs()),
+        }
     }
-    Ok(bytes)
+    Err(js_err(name, last))
 }
+
+/// How long one read of an object may take.
+const READ_WAIT: Duration = Duration::from_secs(15);
+/// Reads of an object before it is given up.
+const READ_TRIES: u32 = 3;
 
 pub(crate) fn js_err(what: impl Into<String>, e: impl std::fmt::Display) -> BackboneError {
     BackboneError::JetStream {
