@@ -1,5 +1,5 @@
 //! `tern node`: a node agent. It measures this machine under its engine, joins the
-//! continuum's backbone, and heartbeats until it is stopped.
+//! continuum's backbone, runs the apps placed on it, and heartbeats until it is stopped.
 
 use std::collections::BTreeMap;
 use std::process::ExitCode;
@@ -10,9 +10,10 @@ use tern_cluster::agent::{self, NodeConfig};
 use tern_runtime::EngineKind;
 
 /// Run a node agent: measure this machine's compute under the node's engine, join the
-/// continuum over NATS, and keep the node's entry alive with heartbeats until Ctrl-C or
-/// SIGTERM (then the node leaves at once). A node killed without leaving is noticed
-/// when its entry expires, within seconds.
+/// continuum over NATS, run the apps the control plane places here (each in a process
+/// of its own), and keep the node's entry alive with heartbeats. On Ctrl-C or SIGTERM
+/// it checkpoints its migratable apps and leaves. A node killed without leaving is
+/// noticed when its entry expires, within seconds, and its apps start elsewhere.
 #[derive(Debug, Args)]
 pub struct NodeCommand {
     /// The node's name, unique in the continuum.

@@ -11,8 +11,10 @@ use tern_cluster::up::{Continuum, ContinuumConfig};
 
 /// Start a continuum on this machine: nats-server with JetStream in the state
 /// directory, the control plane and its API, and one `tern node` process per node (by
-/// default a cloud, an edge and an IoT node). Runs until Ctrl-C or SIGTERM, then stops
-/// every node and the server.
+/// default a cloud, an edge and an IoT node, with emulated links between their sites).
+/// Runs until Ctrl-C or SIGTERM, then stops the control plane, every node (each
+/// checkpoints its migratable apps first) and the server; the next `tern up` on the same
+/// state resumes those apps.
 #[derive(Debug, Args)]
 pub struct UpCommand {
     /// The nodes to start, as `[[node]]` tables (name, tier, memory; site, engine,
@@ -66,7 +68,7 @@ impl UpCommand {
                 continuum.server.token_file().display()
             );
             eprintln!(
-                "try `tern nodes`, `tern nodes --latency` or `tern plan app.toml`; Ctrl-C stops it"
+                "try `tern nodes --latency`, `tern deploy app.toml`, `tern ps`, `tern explain APP`; Ctrl-C stops it"
             );
             let served = tern_cluster::control::serve(
                 backbone,
