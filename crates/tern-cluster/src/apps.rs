@@ -50,6 +50,9 @@ pub struct AppRecord {
     /// Why the app is where it is (the last placement's reason), for `tern ps`.
     #[serde(default)]
     pub note: String,
+    /// The deployment this app is a replica of (`NAME` for `NAME-1` … `NAME-N`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replica_of: Option<String>,
 }
 
 /// A file of a volume's seed, stored in `tern-modules` by digest.

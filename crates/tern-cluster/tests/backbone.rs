@@ -87,6 +87,7 @@ async fn deployments_and_modules_outlive_the_server() {
         restarts: 0,
         restore: None,
         note: String::new(),
+        replica_of: None,
     };
     assert_eq!(bb.put_app(&record, 0).await.expect("put app"), Some(1));
     assert_eq!(

@@ -88,10 +88,20 @@ pub(super) async fn deploy(
             format!("invalid manifest: {e}"),
         )
     })?;
-    if m.replicas > 1 {
+    // Replicas are apps of their own, NAME-1 … NAME-N, placed one after another.
+    let names: Vec<String> = if m.replicas > 1 {
+        (1..=m.replicas)
+            .map(|i| format!("{}-{i}", m.name))
+            .collect()
+    } else {
+        vec![m.name.clone()]
+    };
+    if let Some(long) = names.iter().find(|n| !manifest::valid_name(n)) {
         return Err(bad(
             StatusCode::UNPROCESSABLE_ENTITY,
-            "invalid manifest: replicas: more than one replica is not supported yet; deploy each under its own name",
+            format!(
+                "invalid manifest: name: its replicas would be named up to {long}, over 63 characters"
+            ),
         ));
     }
     if !is_digest(&req.module) {
@@ -121,69 +131,82 @@ pub(super) async fn deploy(
         )
     })?;
     check_module(wasm, m.migratable).await?;
-    if s.backbone
-        .app(&m.name)
-        .await
-        .map_err(backbone_down)?
-        .is_some()
-    {
-        return Err(taken(&m.name));
-    }
-    let (node, note) = {
-        let v = s.view.read().map_err(|_| unavailable())?;
-        let nodes = v.nodes_with_reservations();
-        let excluded = v.excluded();
-        let req = Request {
-            exclude: &excluded,
-            ..Request::new(&m)
-        };
-        match s.scheduler.place(&req, &nodes, &v.rtt) {
-            Some(i) => (
-                nodes[i].name.clone(),
-                format!("placed on {}", nodes[i].name),
-            ),
-            None => {
-                let e = s.scheduler.explain(&req, &nodes, &v.rtt);
-                return Err(bad(StatusCode::CONFLICT, no_node(&m.name, &e)));
-            }
+    for name in std::iter::once(&m.name).chain(&names) {
+        if s.backbone.app(name).await.map_err(backbone_down)?.is_some() {
+            return Err(taken(name));
         }
-    };
-    // Incarnations go on from those of an app of the same name removed before, so that
-    // nothing it left behind (a late status) is taken for this one's.
-    let before = s
-        .backbone
-        .status(&m.name)
-        .await
-        .map_err(backbone_down)?
-        .map_or(0, |st| st.incarnation);
-    let record = AppRecord {
-        name: m.name.clone(),
-        manifest: req.manifest,
-        module: req.module,
-        seeds: req.seeds,
-        node: Some(node.clone()),
-        incarnation: before + 1,
-        restarts: 0,
-        restore: None,
-        note: note.clone(),
-    };
-    match s
-        .backbone
-        .put_app(&record, 0)
-        .await
-        .map_err(backbone_down)?
-    {
-        Some(_) => Ok((
-            StatusCode::CREATED,
-            Json(Deployed {
-                name: m.name,
-                node,
-                note,
-            }),
-        )
-            .into_response()),
-        None => Err(taken(&m.name)),
     }
+    // Each replica is placed with the ones before it counted: their memory reserved,
+    // and their sites known to the spread score.
+    let placed: Vec<String> = {
+        let v = s.view.read().map_err(|_| unavailable())?;
+        let mut nodes = v.nodes_with_reservations();
+        let excluded = v.excluded();
+        let mut by_site: std::collections::HashMap<String, u32> = Default::default();
+        let mut placed = Vec::new();
+        for name in &names {
+            let req = Request {
+                exclude: &excluded,
+                replicas_by_site: Some(&by_site),
+                ..Request::new(&m)
+            };
+            let Some(i) = s.scheduler.place(&req, &nodes, &v.rtt) else {
+                let e = s.scheduler.explain(&req, &nodes, &v.rtt);
+                return Err(bad(StatusCode::CONFLICT, no_node(name, &e)));
+            };
+            nodes[i].load.memory += m.memory;
+            nodes[i].load.instances += 1;
+            *by_site.entry(nodes[i].site.clone()).or_default() += 1;
+            placed.push(nodes[i].name.clone());
+        }
+        placed
+    };
+    let mut written = Vec::new();
+    for (name, node) in names.iter().zip(&placed) {
+        // Incarnations go on from those of an app of the same name removed before, so
+        // that nothing it left behind (a late status) is taken for this one's.
+        let before = s
+            .backbone
+            .status(name)
+            .await
+            .map_err(backbone_down)?
+            .map_or(0, |st| st.incarnation);
+        let record = AppRecord {
+            name: name.clone(),
+            manifest: req.manifest.clone(),
+            module: req.module.clone(),
+            seeds: req.seeds.clone(),
+            node: Some(node.clone()),
+            incarnation: before + 1,
+            restarts: 0,
+            restore: None,
+            note: format!("placed on {node}"),
+            replica_of: (m.replicas > 1).then(|| m.name.clone()),
+        };
+        match s
+            .backbone
+            .put_app(&record, 0)
+            .await
+            .map_err(backbone_down)?
+        {
+            Some(_) => written.push(format!("{name} on {node}")),
+            None => return Err(taken(name)),
+        }
+    }
+    let note = if m.replicas > 1 {
+        format!("{} replicas: {}", m.replicas, written.join(", "))
+    } else {
+        format!("placed on {}", placed[0])
+    };
+    Ok((
+        StatusCode::CREATED,
+        Json(Deployed {
+            name: m.name,
+            node: placed[0].clone(),
+            note,
+        }),
+    )
+        .into_response())
 }
 
 fn taken(name: &str) -> ApiError {
@@ -261,10 +284,26 @@ pub(super) async fn remove(
     Path(name): Path<String>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     s.authorize(&headers)?;
-    record(&s, &name).await?;
-    s.backbone.remove_app(&name).await.map_err(backbone_down)?;
-    let _ = s.backbone.purge_logs(&name).await;
-    Ok(Json(serde_json::json!({ "removed": name })))
+    // NAME is one app, or the replicas NAME-1 … NAME-N of a deployment.
+    let replicas: Vec<String> = {
+        let v = s.view.read().map_err(|_| unavailable())?;
+        v.apps
+            .values()
+            .filter(|(r, _, _)| r.replica_of.as_deref() == Some(name.as_str()))
+            .map(|(r, _, _)| r.name.clone())
+            .collect()
+    };
+    let names = if replicas.is_empty() {
+        record(&s, &name).await?;
+        vec![name.clone()]
+    } else {
+        replicas
+    };
+    for n in &names {
+        s.backbone.remove_app(n).await.map_err(backbone_down)?;
+        let _ = s.backbone.purge_logs(n).await;
+    }
+    Ok(Json(serde_json::json!({ "removed": names })))
 }
 
 #[derive(Debug, Deserialize)]

@@ -75,10 +75,16 @@ impl DeployCommand {
         )?;
         if self.json {
             println!("{}", serde_json::to_string_pretty(&deployed)?);
-        } else {
+        } else if deployed.note.starts_with("placed on") {
             println!(
                 "deployed {} on {}; `tern logs {}` shows its output",
                 deployed.name, deployed.node, deployed.name
+            );
+        } else {
+            // Replicas: each is an app of its own.
+            println!(
+                "deployed {}: {}; `tern ps` lists them",
+                deployed.name, deployed.note
             );
         }
         Ok(ExitCode::SUCCESS)

@@ -248,6 +248,27 @@ fn deploys_are_placed_by_their_filters_explained_and_refused_with_every_reason()
     assert_eq!(line.matches("arch: is x86_64").count(), 3, "{line}");
     assert!(up.app("nowhere").is_none());
 
+    // Replicas are apps of their own, spread over sites; `rm NAME` removes them all.
+    let m = write_app(
+        d.path(),
+        "web",
+        &steps,
+        "name = \"web\"\nargs = [\"4\", \"1000000\"]\nreplicas = 3\nspread = \"site\"\n[limits]\nmemory = \"16MiB\"\n",
+    );
+    let out = up.verb(&["deploy", m.to_str().expect("utf-8")]);
+    assert!(out.succeeds().contains("3 replicas: web-1 on "), "{out:?}");
+    let mut nodes = std::collections::BTreeSet::new();
+    for name in ["web-1", "web-2", "web-3"] {
+        let row = up.wait_state(name, "exited", Duration::from_secs(60));
+        nodes.insert(row["node"].as_str().expect("node").to_owned());
+        assert_eq!(up.verb(&["logs", name]).succeeds(), reference.stdout);
+    }
+    assert!(nodes.len() >= 2, "spread over sites: {nodes:?}");
+    up.verb(&["rm", "web"]).succeeds();
+    for name in ["web-1", "web-2", "web-3"] {
+        assert!(up.app(name).is_none(), "{name} was removed");
+    }
+
     // rm stops and forgets.
     up.verb(&["rm", "by-tier"]).succeeds();
     assert!(up.app("by-tier").is_none());
