@@ -261,6 +261,10 @@ impl Link {
                     rounds: stats.rounds,
                     bytes: stats.bytes_sent,
                 },
+                // A guest that ends hangs up the line, which the migration sees first.
+                Err(_) if outbound.guest_has_ended() => Event::MigrationFailed {
+                    reason: "the guest finished before it could be migrated".into(),
+                },
                 Err(e) => Event::MigrationFailed {
                     reason: e.to_string(),
                 },

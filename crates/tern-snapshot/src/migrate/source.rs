@@ -540,12 +540,7 @@ impl Outbound {
             // A guest waiting for a verdict carries on (or has stopped, if it moved).
             drop(verdict);
             lock(&inner.route).take();
-            match r {
-                // The guest ended during the migration: whatever broke the line, that
-                // is why.
-                Err(_) if inner.ended.load(Ordering::SeqCst) => Err(MigrationFailure::Ended.here()),
-                r => r,
-            }
+            r
         })()
         .map_err(|e| e.with_peer(addr));
         inner.busy.store(false, Ordering::SeqCst);
