@@ -55,6 +55,17 @@ pub struct AppRecord {
     pub replica_of: Option<String>,
 }
 
+impl AppRecord {
+    /// The checkpoint this incarnation resumes from: its own last one, if `status` (the
+    /// app's) says it ran and was checkpointed, else the one its placement names.
+    pub fn resume_point(&self, status: Option<&InstanceStatus>) -> Option<CheckpointRef> {
+        status
+            .filter(|s| s.incarnation == self.incarnation)
+            .and_then(|s| s.checkpoint.clone())
+            .or_else(|| self.restore.clone())
+    }
+}
+
 /// A file of a volume's seed, stored in `tern-modules` by digest.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SeedFile {

@@ -351,10 +351,8 @@ async fn drain_one(s: &Shared, node: &str, record: AppRecord, rev: u64) -> Move 
     // Not migratable (or not running, or its migration failed): restarted elsewhere,
     // from its last checkpoint if it has one.
     let status = s.backbone.status(&name).await.ok().flatten();
-    let checkpoint = status
-        .filter(|st| st.incarnation == record.incarnation)
-        .and_then(|st| st.checkpoint)
-        .or_else(|| record.restore.clone())
+    let checkpoint = record
+        .resume_point(status.as_ref())
         .filter(|_| m.migratable);
     let note = match &checkpoint {
         Some(c) => format!(

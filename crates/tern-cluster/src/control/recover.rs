@@ -69,11 +69,9 @@ async fn replace(s: &Shared, record: AppRecord, rev: u64) {
         // It ended before its node went: nothing to run again.
         return;
     }
-    let checkpoint = match current {
-        Some(st) => st.checkpoint.clone().or_else(|| record.restore.clone()),
-        None => record.restore.clone(),
-    }
-    .filter(|_| m.migratable);
+    let checkpoint = record
+        .resume_point(status.as_ref())
+        .filter(|_| m.migratable);
     let chosen = {
         let Ok(v) = s.view.read() else { return };
         let nodes = v.nodes_with_reservations_except(&record.name);

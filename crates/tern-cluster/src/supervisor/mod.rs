@@ -297,13 +297,7 @@ async fn start(
     // node or the continuum was stopped), else from the one the placement names.
     let receiving = matches!(how, Start::Receive { .. });
     let status = backbone.status(&record.name).await.ok().flatten();
-    let resumed = status
-        .as_ref()
-        .filter(|s| s.incarnation == record.incarnation)
-        .and_then(|s| s.checkpoint.clone());
-    let restore_from = resumed
-        .or_else(|| record.restore.clone())
-        .filter(|_| !receiving);
+    let restore_from = record.resume_point(status.as_ref()).filter(|_| !receiving);
     let restore = match &restore_from {
         _ if receiving => None,
         Some(c) if manifest.migratable => {

@@ -126,9 +126,7 @@ impl Task {
                             }
                         }
                         Ok(Event::Migrated { downtime_ms, total_ms, rounds, bytes }) => {
-                            if let Some((_, reply)) = moving.take() {
-                                let _ = reply.send(Ok(Moved { downtime_ms, total_ms, rounds, bytes }));
-                            }
+                            moved(&mut moving, Moved { downtime_ms, total_ms, rounds, bytes });
                         }
                         Ok(Event::MigrationFailed { reason }) => {
                             if let Some((to, reply)) = moving.take() {
@@ -181,16 +179,15 @@ impl Task {
                         total_ms,
                         rounds,
                         bytes,
-                    }) => {
-                        if let Some((_, reply)) = moving.take() {
-                            let _ = reply.send(Ok(Moved {
-                                downtime_ms,
-                                total_ms,
-                                rounds,
-                                bytes,
-                            }));
-                        }
-                    }
+                    }) => moved(
+                        &mut moving,
+                        Moved {
+                            downtime_ms,
+                            total_ms,
+                            rounds,
+                            bytes,
+                        },
+                    ),
                     _ => {}
                 },
                 _ => break,
@@ -408,5 +405,12 @@ async fn send(control: &mut Option<tokio::net::unix::OwnedWriteHalf>, command: C
     line.push(b'\n');
     if c.write_all(&line).await.is_err() {
         *control = None;
+    }
+}
+
+/// The migration under way went through: its requester is told what it measured.
+fn moved(moving: &mut Option<(String, oneshot::Sender<Result<Moved, String>>)>, stats: Moved) {
+    if let Some((_, reply)) = moving.take() {
+        let _ = reply.send(Ok(stats));
     }
 }
