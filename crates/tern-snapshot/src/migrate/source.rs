@@ -346,6 +346,9 @@ pub fn migrate_run(
 ) -> Result<MigrateEnd, SnapshotError> {
     let trigger = Trigger::new();
     let outbound = Outbound::new(policy.preopens.clone(), &trigger);
+    // The guest is the outbound's before the controller starts, so that a migration
+    // asked for at once (`after` of zero) finds it, instead of a guest "not running yet".
+    let on_checkpoint = outbound.route(migratable, |_| Checkpoint::Continue);
     // Dropped when the guest ends, so that a migration still waiting to start does not.
     let (ended_tx, ended_rx) = mpsc::channel::<()>();
     let controller = {
@@ -375,12 +378,7 @@ pub fn migrate_run(
             })
             .map_err(|e| local(format!("cannot start the migration thread: {e}")))?
     };
-    let end = migratable.run(
-        policy,
-        limits,
-        &trigger,
-        outbound.route(migratable, |_| Checkpoint::Continue),
-    )?;
+    let end = migratable.run(policy, limits, &trigger, on_checkpoint)?;
     drop(ended_tx);
     if matches!(end, RunEnd::Finished(_)) {
         outbound.guest_ended();
