@@ -2,8 +2,10 @@
 //! the control plane and three `tern node` processes, with emulated links between the
 //! sites), driven through the same verbs a user types.
 //!
-//! - **Recovery:** a migratable app checkpointed every second runs on a node that is
-//!   killed with SIGKILL; the time until `tern ps` shows it running on another node.
+//! - **Recovery:** a migratable app checkpointed every second runs on a node that hangs
+//!   (SIGSTOP: a machine that froze or was cut off; a node process that merely exited
+//!   is started again by `tern up`); the time until `tern ps` shows the app running on
+//!   another node. The hung node is then killed.
 //! - **Migration through the control plane:** `tern migrate` of the workset guest
 //!   between the cloud and the edge node (20 ms round trip, 100 Mbit/s), its downtime
 //!   and the verb's whole time, against `tern run --migrate-to` of the same guest over
@@ -39,7 +41,7 @@ pub struct ContinuumOptions {
 /// What was measured.
 #[derive(Debug, Clone, Serialize)]
 pub struct ContinuumReport {
-    /// From the SIGKILL of the app's node to the app running elsewhere.
+    /// From the SIGSTOP of the app's node to the app running elsewhere.
     pub recovery: Summary,
     /// Downtime of `tern migrate` (cloud ↔ edge, emulated link).
     pub migrate_downtime: Summary,
@@ -291,13 +293,18 @@ pub fn run(
             .with_context(|| format!("no process of node {at}"))?;
         let killed = Instant::now();
         Command::new("kill")
-            .args(["-KILL", &pid.to_string()])
+            .args(["-STOP", &pid.to_string()])
             .status()?;
-        up.wait("workset running elsewhere", Duration::from_secs(60), || {
+        let moved = up.wait("workset running elsewhere", Duration::from_secs(60), || {
             let a = up.app("workset")?;
             Ok(a["state"] == "running" && a["node"] != at.as_str())
-        })?;
-        recovery.push(killed.elapsed());
+        });
+        let recovered = killed.elapsed();
+        Command::new("kill")
+            .args(["-KILL", &pid.to_string()])
+            .status()?;
+        moved?;
+        recovery.push(recovered);
         bar.inc(1);
         drop(up);
         for _ in 0..o.migrations {
@@ -332,7 +339,7 @@ impl ContinuumReport {
         let mut t = Table::new(&["measurement", "median", "p90", "target"]);
         t.row(vec![
             format!(
-                "SIGKILL of a node → its app running elsewhere ({} trials)",
+                "a node hangs (SIGSTOP) → its app running elsewhere ({} trials)",
                 self.recovery.n
             ),
             human(self.recovery.median),

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use tern_runtime::{Engine, EngineKind, EngineOptions, Limits, Outcome, Policy, Program};
 
 use crate::backbone::{Backbone, BackboneError, HEARTBEAT, NodeEvent};
-use crate::model::{NodeDescriptor, NodeLoad, Tee, Tier};
+use crate::model::{Heartbeat, NodeDescriptor, NodeLoad, Tee, Tier};
 
 /// What a node declares about itself.
 #[derive(Debug, Clone, PartialEq)]
@@ -47,55 +47,138 @@ pub enum AgentError {
     },
 }
 
-/// Heartbeats between two rounds of pings.
-const PING_EVERY: u64 = 2;
+/// How often a node pings every peer.
+const PING_EVERY: Duration = Duration::from_millis(500);
 
 /// A peer: its link address and its site.
 type Peers = std::sync::Mutex<BTreeMap<String, (String, String)>>;
 
-/// Pings every known peer at once and records the round trips. A peer of a site with
-/// an emulated link is pinged through its relay (kept in `relays` by peer, with the
-/// address it relays to).
+/// Pings every peer every [`PING_EVERY`], each over a connection of its own kept open
+/// (through the emulated link to its site, if any), and keeps `rtt` (by peer) up to
+/// date. Runs on its own: a peer that does not answer delays no heartbeat.
 async fn ping_peers(
-    peers: &Peers,
-    links: &BTreeMap<String, crate::emulate::Shape>,
-    relays: &mut BTreeMap<String, (String, crate::emulate::Link)>,
-    measured: &mut crate::link::Measured,
+    peers: std::sync::Arc<Peers>,
+    links: BTreeMap<String, crate::emulate::Shape>,
+    rtt: std::sync::Arc<std::sync::Mutex<BTreeMap<String, f64>>>,
 ) {
-    let known: Vec<(String, String, String)> = match peers.lock() {
-        Ok(p) => p
-            .iter()
-            .map(|(n, (l, site))| (n.clone(), l.clone(), site.clone()))
-            .collect(),
-        Err(_) => return,
-    };
-    relays.retain(|n, (to, _)| known.iter().any(|(k, l, _)| k == n && l == to));
-    let mut targets = Vec::new();
-    for (name, addr, site) in known {
-        let Some(shape) = links.get(&site) else {
-            targets.push((name, addr));
-            continue;
+    // Each peer's prober and, for a peer behind an emulated link, its relay.
+    let mut probers: BTreeMap<String, (String, crate::link::Prober, Option<crate::emulate::Link>)> =
+        BTreeMap::new();
+    let mut measured = crate::link::Measured::default();
+    let mut every = tokio::time::interval(PING_EVERY);
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        every.tick().await;
+        let known: Vec<(String, String, String)> = match peers.lock() {
+            Ok(p) => p
+                .iter()
+                .map(|(n, (l, site))| (n.clone(), l.clone(), site.clone()))
+                .collect(),
+            Err(_) => return,
         };
-        if !relays.contains_key(&name) {
-            match crate::emulate::Link::start(addr.clone(), *shape) {
-                Ok(relay) => {
-                    relays.insert(name.clone(), (addr.clone(), relay));
-                }
-                Err(e) => tracing::warn!(peer = %name, error = %e, "no emulated link"),
+        probers.retain(|n, (to, _, _)| known.iter().any(|(k, l, _)| k == n && l == to));
+        for (name, addr, site) in known {
+            if probers.contains_key(&name) {
+                continue;
             }
+            let relay = match links.get(&site) {
+                None => None,
+                Some(shape) => match crate::emulate::Link::start(addr.clone(), *shape) {
+                    Ok(relay) => Some(relay),
+                    Err(e) => {
+                        tracing::warn!(peer = %name, error = %e, "no emulated link");
+                        continue;
+                    }
+                },
+            };
+            let via = relay
+                .as_ref()
+                .map_or_else(|| addr.clone(), |r| r.addr.clone());
+            probers.insert(name, (addr, crate::link::Prober::new(via), relay));
         }
-        let via = relays.get(&name).map_or(addr, |(_, r)| r.addr.clone());
-        targets.push((name, via));
+        let pings = probers
+            .iter_mut()
+            .map(|(name, (_, p, _))| async move { (name.clone(), p.probe().await) });
+        for (name, sample) in futures_util::future::join_all(pings).await {
+            measured.record(&name, sample);
+        }
+        measured.retain(|n| probers.contains_key(n));
+        if let Ok(mut r) = rtt.lock() {
+            *r = measured.rtt_ms();
+        }
     }
-    let pings = targets.iter().map(|(_, addr)| crate::link::ping(addr));
-    let answers = futures_util::future::join_all(pings).await;
-    for ((name, _), rtt) in targets.iter().zip(answers) {
-        measured.record(name, rtt);
+}
+
+/// Says every [`HEARTBEAT`] that the node is alive, with its load and round trips. A
+/// heartbeat that cannot go out is logged and the next one goes on: nothing here ends
+/// the node.
+async fn heartbeat(
+    backbone: Backbone,
+    name: String,
+    load: std::sync::Arc<std::sync::Mutex<NodeLoad>>,
+    rtt: std::sync::Arc<std::sync::Mutex<BTreeMap<String, f64>>>,
+) {
+    let mut beat = tokio::time::interval(HEARTBEAT);
+    beat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut failing = false;
+    loop {
+        beat.tick().await;
+        let b = Heartbeat {
+            name: name.clone(),
+            load: load.lock().map(|l| *l).unwrap_or_default(),
+            rtt_ms: rtt.lock().map(|r| r.clone()).unwrap_or_default(),
+        };
+        match backbone.beat(&b).await {
+            Ok(()) if failing => {
+                failing = false;
+                tracing::info!("heartbeats go out again");
+            }
+            Ok(()) => {}
+            Err(e) if !failing => {
+                failing = true;
+                tracing::warn!(error = %e, "heartbeat not sent; trying again, the apps run on");
+            }
+            Err(_) => {}
+        }
     }
-    // Peers that left are forgotten.
-    measured
-        .0
-        .retain(|n, _| targets.iter().any(|(t, _)| t == n));
+}
+
+/// Follows the registry for the other nodes' links, and joins again if this node's own
+/// entry goes while it runs (the control plane took it for lost: it was cut off or
+/// stalled). Re-opens the registry's watch whenever it ends.
+async fn follow_registry(backbone: Backbone, me: NodeDescriptor, peers: std::sync::Arc<Peers>) {
+    use futures_util::StreamExt as _;
+    let watching = backbone.clone();
+    let mut events = Box::pin(crate::backbone::rewatch("node registry", move || {
+        let b = watching.clone();
+        async move { b.watch_nodes().await }
+    }));
+    while let Some(event) = events.next().await {
+        match event {
+            NodeEvent::Up(n) if n.name != me.name => {
+                if let (Ok(mut p), Some(l)) = (peers.lock(), n.link) {
+                    p.insert(n.name, (l, n.site));
+                }
+            }
+            NodeEvent::Gone(name) if name == me.name => {
+                tracing::warn!(
+                    "the control plane took this node for lost (its apps were placed elsewhere); joining again"
+                );
+                let mut wait = Duration::from_millis(200);
+                while let Err(e) = backbone.register(&me).await {
+                    tracing::warn!(error = %e, "cannot join again yet");
+                    tokio::time::sleep(wait).await;
+                    wait = (wait * 2).min(Duration::from_secs(2));
+                }
+            }
+            NodeEvent::Gone(name) => {
+                if let Ok(mut p) = peers.lock() {
+                    p.remove(&name);
+                }
+            }
+            NodeEvent::Up(_) => {}
+        }
+    }
 }
 
 /// Iterations of the compute benchmark's loop per run.
@@ -240,7 +323,7 @@ pub async fn run(
         state: config.state,
         tern: config.tern,
     };
-    let mut node = NodeDescriptor {
+    let node = NodeDescriptor {
         name: config.name,
         arch: std::env::consts::ARCH.to_owned(),
         tier: config.tier,
@@ -255,80 +338,42 @@ pub async fn run(
         link: Some(link),
         rtt_ms: BTreeMap::new(),
     };
-    backbone.heartbeat(&node).await?;
+    backbone.register(&node).await?;
     joined(&node);
-    // The other nodes' links, as the registry tells them.
-    let peers: std::sync::Arc<Peers> = std::sync::Arc::default();
-    let following = {
-        let peers = peers.clone();
-        let mut events = Box::pin(backbone.watch_nodes().await?);
-        let me = node.name.clone();
-        tokio::spawn(async move {
-            use futures_util::StreamExt as _;
-            while let Some(Ok(event)) = events.next().await {
-                let Ok(mut p) = peers.lock() else { break };
-                match event {
-                    NodeEvent::Up(n) if n.name != me => {
-                        if let Some(l) = n.link {
-                            p.insert(n.name, (l, n.site));
-                        }
-                    }
-                    NodeEvent::Gone(name) => {
-                        p.remove(&name);
-                    }
-                    NodeEvent::Up(_) => {}
-                }
-            }
-        })
-    };
     let load = std::sync::Arc::new(std::sync::Mutex::new(NodeLoad::default()));
+    let rtt = std::sync::Arc::default();
+    let peers: std::sync::Arc<Peers> = std::sync::Arc::default();
+    // Heartbeats, pings and the registry each run on their own, so that none waits
+    // for another, and none can end the node: only `stop` does.
+    let beating = tokio::spawn(heartbeat(
+        backbone.clone(),
+        node.name.clone(),
+        load.clone(),
+        std::sync::Arc::clone(&rtt),
+    ));
+    let pinging = tokio::spawn(ping_peers(peers.clone(), links, rtt));
+    let following = tokio::spawn(follow_registry(backbone.clone(), node.clone(), peers));
     let (stop_instances, instances_stop) = tokio::sync::oneshot::channel::<()>();
-    let mut instances = tokio::spawn(crate::supervisor::supervise(
+    let instances = tokio::spawn(crate::supervisor::supervise(
         host,
         backbone.clone(),
-        load.clone(),
+        load,
         async move {
             let _ = instances_stop.await;
         },
     ));
-    let mut measured = crate::link::Measured::default();
-    let mut relays = BTreeMap::new();
-    let mut beats = 0u64;
-    let mut stop_instances = Some(stop_instances);
-    let mut beat = tokio::time::interval_at(tokio::time::Instant::now() + HEARTBEAT, HEARTBEAT);
-    beat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    tokio::pin!(stop);
+    stop.await;
+    let _ = stop_instances.send(());
     // Heartbeats go on while the instances stop (they are checkpointed first), so
-    // that the continuum does not take the node for dead and start them elsewhere.
-    let result = loop {
-        tokio::select! {
-            () = &mut stop, if stop_instances.is_some() => {
-                if let Some(s) = stop_instances.take() {
-                    let _ = s.send(());
-                }
-            }
-            ended = &mut instances => break match ended {
-                Ok(r) => r.map_err(AgentError::from),
-                Err(e) => Err(AgentError::Measure { reason: format!("the instances' supervisor failed: {e}") }),
-            },
-            _ = beat.tick() => {
-                beats += 1;
-                if beats % PING_EVERY == 1 {
-                    ping_peers(&peers, &links, &mut relays, &mut measured).await;
-                    node.rtt_ms = measured.0.clone();
-                }
-                if let Ok(l) = load.lock() {
-                    node.load = *l;
-                }
-                if let Err(e) = backbone.heartbeat(&node).await {
-                    break Err(e.into());
-                }
-            }
-        }
-    };
+    // that the continuum does not take the node for lost and start them elsewhere.
+    let stopped = instances.await;
     following.abort();
+    pinging.abort();
+    beating.abort();
     answering.abort();
-    result?;
+    if let Err(e) = stopped {
+        tracing::error!(error = %e, "the instances' supervisor failed");
+    }
     backbone.leave(&node.name).await?;
     Ok(())
 }

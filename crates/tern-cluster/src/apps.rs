@@ -180,6 +180,23 @@ pub struct LogChunk {
     pub bytes: Vec<u8>,
 }
 
+/// What names a chunk of an app's output within its incarnation, for the stream's
+/// de-duplication: a stdout chunk by its offset, a stderr chunk by its count.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogId {
+    Out(u64),
+    Err(u64),
+}
+
+impl std::fmt::Display for LogId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            LogId::Out(o) => write!(f, "o{o}"),
+            LogId::Err(n) => write!(f, "e{n}"),
+        }
+    }
+}
+
 /// Subject of an app's stdout (`out`) or stderr (`err`).
 pub fn log_subject(app: &str, err: bool) -> String {
     format!("tern.logs.{app}.{}", if err { "err" } else { "out" })
@@ -406,50 +423,71 @@ impl Backbone {
         ))
     }
 
-    /// Publishes a chunk of `app`'s output and waits for the stream to hold it.
-    ///
-    /// # Errors
-    /// [`BackboneError::JetStream`].
+    /// Publishes a chunk of `app`'s output and waits for the stream to hold it: a
+    /// publish that fails or is not acknowledged in time is tried again until it is,
+    /// so chunks go out once each, in order. `id` names the chunk uniquely in the app
+    /// (the stream drops a second copy of an id it holds, so a retry of a publish
+    /// that was stored but whose acknowledgement was lost stores nothing twice).
     pub async fn publish_log(
         &self,
         app: &str,
         incarnation: u64,
-        stderr: bool,
+        chunk: LogId,
         offset: Option<u64>,
         bytes: Vec<u8>,
-    ) -> Result<(), BackboneError> {
+    ) {
         let mut headers = HeaderMap::new();
         headers.insert(INCARNATION, incarnation.to_string().as_str());
         if let Some(o) = offset {
             headers.insert(OFFSET, o.to_string().as_str());
         }
-        self.publish(log_subject(app, stderr), headers, bytes).await
+        let stderr = matches!(chunk, LogId::Err(_));
+        let id = format!("{app}.{incarnation}.{chunk}");
+        self.publish(log_subject(app, stderr), headers, bytes, &id)
+            .await;
     }
 
-    /// Says that incarnation `incarnation` of `app` has published all its output.
-    ///
-    /// # Errors
-    /// [`BackboneError::JetStream`].
-    pub async fn end_log(&self, app: &str, incarnation: u64) -> Result<(), BackboneError> {
+    /// Says that incarnation `incarnation` of `app` has published all its output
+    /// (tried again until the stream holds it, as [`Backbone::publish_log`]).
+    pub async fn end_log(&self, app: &str, incarnation: u64) {
         let mut headers = HeaderMap::new();
         headers.insert(END, incarnation.to_string().as_str());
-        self.publish(log_subject(app, false), headers, Vec::new())
-            .await
+        let id = format!("{app}.{incarnation}.end");
+        self.publish(log_subject(app, false), headers, Vec::new(), &id)
+            .await;
     }
 
-    async fn publish(
-        &self,
-        subject: String,
-        headers: HeaderMap,
-        bytes: Vec<u8>,
-    ) -> Result<(), BackboneError> {
-        self.js
-            .publish_with_headers(subject, headers, bytes.into())
-            .await
-            .map_err(|e| js_err("publish output", e))?
-            .await
-            .map_err(|e| js_err("publish output", e))?;
-        Ok(())
+    async fn publish(&self, subject: String, mut headers: HeaderMap, bytes: Vec<u8>, id: &str) {
+        headers.insert(async_nats::header::NATS_MESSAGE_ID, id);
+        let bytes = bytes::Bytes::from(bytes);
+        let mut wait = Duration::from_millis(100);
+        let mut failures = 0u32;
+        loop {
+            let stored = async {
+                self.js
+                    .publish_with_headers(subject.clone(), headers.clone(), bytes.clone())
+                    .await
+                    .map_err(|e| js_err("publish output", e))?
+                    .await
+                    .map_err(|e| js_err("publish output", e))
+            };
+            match stored.await {
+                Ok(_) => {
+                    if failures > 0 {
+                        tracing::info!(%subject, failures, "output published after retries");
+                    }
+                    return;
+                }
+                Err(e) => {
+                    failures += 1;
+                    if failures == 1 || failures.is_multiple_of(10) {
+                        tracing::warn!(%subject, error = %e, failures, "output not stored yet; trying again");
+                    }
+                    tokio::time::sleep(wait).await;
+                    wait = (wait * 2).min(Duration::from_secs(2));
+                }
+            }
+        }
     }
 
     /// The last message on `app`'s stdout: `(offset after it, the incarnation that

@@ -4,9 +4,11 @@
 //!
 //! - [`NatsServer`] supervises a `nats-server` child with JetStream in a state
 //!   directory, as `tern up` does on one machine.
-//! - [`Backbone`] is a connection with Tern's stores, made if missing: `tern-nodes`
-//!   (each node's descriptor, rewritten by its heartbeat; an entry not rewritten within
-//!   [`NODE_TTL`] expires, and watchers are told), the `tern-modules` object store
+//! - [`Backbone`] is a connection with Tern's stores, made if missing: the
+//!   `tern-registry` bucket (each node's descriptor, written when it joins and removed
+//!   when it leaves or the control plane declares it lost; no entry expires by itself),
+//!   heartbeats on `tern.alive.NODE` (plain NATS messages, no acknowledgement to wait
+//!   for; only the control plane listens), the `tern-modules` object store
 //!   (modules and seed files by digest), and the deployments' stores that
 //!   [`crate::apps`] reads and writes: `tern-apps`, `tern-status`, `tern-drains`, the
 //!   `tern-logs` stream and the `tern-snapshots` object store.
@@ -19,14 +21,25 @@ use async_nats::jetstream::{self, kv, object_store, stream};
 use futures_util::StreamExt as _;
 use tokio::io::AsyncReadExt as _;
 
-use crate::model::NodeDescriptor;
+use crate::model::{Heartbeat, NodeDescriptor, NodeLoad};
 
-/// How long a node's entry lives without a heartbeat: a node silent this long is gone.
-pub const NODE_TTL: Duration = Duration::from_secs(3);
-/// How often a node rewrites its entry.
-pub const HEARTBEAT: Duration = Duration::from_secs(1);
+/// The largest heartbeat the control plane reads: a node's load and a round trip per
+/// peer.
+pub const MAX_HEARTBEAT: usize = 256 << 10;
 
-const NODES: &str = "tern-nodes";
+/// How often a node says it is alive.
+pub const HEARTBEAT: Duration = Duration::from_millis(500);
+/// How long the control plane lets a node be silent, by default, before it declares it
+/// lost and places its apps elsewhere (`tern controller --lost-after`). The silence is
+/// counted only while the backbone answers the control plane itself, so a stalled
+/// nats-server or a starved control plane never makes a node lost.
+pub const LOST_AFTER: Duration = Duration::from_secs(4);
+
+/// The node registry. (Its entries do not expire: whether a node is alive is the
+/// control plane's decision, made from heartbeats on its own clock, never the server's.)
+const NODES: &str = "tern-registry";
+/// Subject prefix of the heartbeats.
+const ALIVE: &str = "tern.alive";
 const MODULES: &str = "tern-modules";
 
 /// Why the backbone could not be started or used.
@@ -88,6 +101,9 @@ pub struct NatsServer {
     url: String,
     token: String,
     token_file: PathBuf,
+    state: PathBuf,
+    port: u16,
+    started: Instant,
 }
 
 impl NatsServer {
@@ -113,64 +129,48 @@ impl NatsServer {
         // The token goes in a file only its owner reads, not on the command line that
         // `ps` shows every user.
         let conf = state.join("server.conf");
+        // `sync_interval: always`: JetStream acknowledges a write only once it is on
+        // disk (fsync), so an app record, a move or a checkpoint acknowledged before a
+        // power loss or an OS crash is still there after it. The server's default
+        // syncs every two minutes and acknowledges at once.
         write_private(
             &conf,
-            &format!("authorization {{\n  token: \"{token}\"\n}}\n"),
+            &format!(
+                "authorization {{\n  token: \"{token}\"\n}}\njetstream {{\n  sync_interval: always\n}}\n"
+            ),
         )
         .map_err(|e| start_err(format!("{}: {e}", conf.display())))?;
-        let mut command = tokio::process::Command::new(&path);
-        command
-            .args(["--jetstream", "--addr", "127.0.0.1", "--port"])
-            .arg(port.to_string())
-            .arg("--config")
-            .arg(&conf)
-            .arg("--store_dir")
-            .arg(state)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .kill_on_drop(true);
-        die_with_parent(&mut command, rustix::process::Signal::TERM);
-        let mut child = command.spawn().map_err(|e| start_err(e.to_string()))?;
-        let url = format!("nats://127.0.0.1:{port}");
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            if let Some(status) = child.try_wait().map_err(|e| start_err(e.to_string()))? {
-                let mut words = String::new();
-                if let Some(mut err) = child.stderr.take() {
-                    let _ = err.read_to_string(&mut words).await;
-                }
-                let last = words
-                    .lines()
-                    .rev()
-                    .find(|l| !l.trim().is_empty())
-                    .unwrap_or("");
-                return Err(start_err(format!("it exited ({status}): {last}")));
-            }
-            if tokio::net::TcpStream::connect(("127.0.0.1", port))
-                .await
-                .is_ok()
-            {
-                break;
-            }
-            if Instant::now() > deadline {
-                return Err(start_err("it did not take connections within 10 s".into()));
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        // The server's log is not read from here on; keep its pipe from filling.
-        if let Some(mut err) = child.stderr.take() {
-            tokio::spawn(async move {
-                let mut sink = tokio::io::sink();
-                let _ = tokio::io::copy(&mut err, &mut sink).await;
-            });
-        }
+        let child = spawn_server(state, port).await?;
         Ok(NatsServer {
             child,
-            url,
+            url: format!("nats://127.0.0.1:{port}"),
             token,
             token_file: state.join(TOKEN_FILE),
+            state: state.to_owned(),
+            port,
+            started: Instant::now(),
         })
+    }
+
+    /// The server's exit status, if it has ended.
+    pub fn exited(&mut self) -> Option<std::process::ExitStatus> {
+        self.child.try_wait().ok().flatten()
+    }
+
+    /// How long the server has run since it was last started.
+    pub fn running_for(&self) -> Duration {
+        self.started.elapsed()
+    }
+
+    /// Starts the server again, on the same port with the same state and token, after
+    /// it ended: clients reconnect by themselves.
+    ///
+    /// # Errors
+    /// As [`NatsServer::start`].
+    pub async fn restart(&mut self) -> Result<(), BackboneError> {
+        self.child = spawn_server(&self.state, self.port).await?;
+        self.started = Instant::now();
+        Ok(())
     }
 
     /// Where clients connect.
@@ -201,6 +201,64 @@ impl NatsServer {
         terminate(&self.child);
         reap(&mut self.child, Duration::from_secs(5)).await;
     }
+}
+
+/// Starts nats-server on `127.0.0.1:port` with the configuration in `state` and
+/// JetStream's files there, and waits until it takes connections.
+async fn spawn_server(state: &Path, port: u16) -> Result<tokio::process::Child, BackboneError> {
+    let path = find_nats_server()?;
+    let start_err = |reason: String| BackboneError::Start {
+        path: path.clone(),
+        reason,
+    };
+    let mut command = tokio::process::Command::new(&path);
+    command
+        .args(["--jetstream", "--addr", "127.0.0.1", "--port"])
+        .arg(port.to_string())
+        .arg("--config")
+        .arg(state.join("server.conf"))
+        .arg("--store_dir")
+        .arg(state)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true);
+    die_with_parent(&mut command, rustix::process::Signal::TERM);
+    let mut child = command.spawn().map_err(|e| start_err(e.to_string()))?;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Some(status) = child.try_wait().map_err(|e| start_err(e.to_string()))? {
+            let mut words = String::new();
+            if let Some(mut err) = child.stderr.take() {
+                let _ = err.read_to_string(&mut words).await;
+            }
+            let last = words
+                .lines()
+                .rev()
+                .find(|l| !l.trim().is_empty())
+                .unwrap_or("");
+            return Err(start_err(format!("it exited ({status}): {last}")));
+        }
+        if tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .is_ok()
+        {
+            break;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill().await;
+            return Err(start_err("it did not take connections within 30 s".into()));
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // The server's log is not read from here on; keep its pipe from filling.
+    if let Some(mut err) = child.stderr.take() {
+        tokio::spawn(async move {
+            let mut sink = tokio::io::sink();
+            let _ = tokio::io::copy(&mut err, &mut sink).await;
+        });
+    }
+    Ok(child)
 }
 
 /// Sends SIGTERM to `child`, so that it can finish cleanly (flush, leave the registry).
@@ -280,7 +338,7 @@ fn free_port() -> std::io::Result<u16> {
 #[derive(Debug, Clone, PartialEq)]
 pub enum NodeEvent {
     Up(Box<NodeDescriptor>),
-    /// The node's entry expired (no heartbeat for [`NODE_TTL`]) or was removed.
+    /// The node left, or the control plane declared it lost.
     Gone(String),
 }
 
@@ -322,8 +380,15 @@ impl Backbone {
     /// [`BackboneError::Refused`] for a wrong or missing token, and as
     /// [`Backbone::connect`].
     pub async fn join(url: &str, token: Option<&str>) -> Result<Backbone, BackboneError> {
-        let mut options =
-            async_nats::ConnectOptions::new().connection_timeout(Duration::from_secs(5));
+        // A connection that drops is made again forever (async-nats' default), tried
+        // at most a second apart, so a restarted nats-server is back in use at once;
+        // what is published meanwhile waits in the client's buffer.
+        let mut options = async_nats::ConnectOptions::new()
+            .connection_timeout(Duration::from_secs(5))
+            .max_reconnects(None)
+            .reconnect_delay_callback(|attempts| {
+                Duration::from_millis((100 * attempts as u64).min(1000))
+            });
         if let Some(t) = token {
             options = options.token(t.to_owned());
         }
@@ -344,11 +409,9 @@ impl Backbone {
             &js,
             kv::Config {
                 bucket: NODES.into(),
-                description: "Tern nodes: each node's descriptor, kept alive by its heartbeat"
+                description: "Tern nodes: each node's descriptor, while it is in the continuum"
                     .into(),
                 history: 1,
-                max_age: NODE_TTL,
-                limit_markers: Some(Duration::from_secs(60)),
                 ..Default::default()
             },
         )
@@ -384,17 +447,64 @@ impl Backbone {
         })
     }
 
-    /// Writes `node`'s descriptor: joining, and each heartbeat.
+    /// Writes `node`'s descriptor in the registry: the node joins (or changed). Its
+    /// load and round trips are left out: those go in heartbeats.
     ///
     /// # Errors
     /// [`BackboneError::JetStream`].
-    pub async fn heartbeat(&self, node: &NodeDescriptor) -> Result<(), BackboneError> {
-        let json = serde_json::to_vec(node).map_err(|e| js_err("encode node", e))?;
+    pub async fn register(&self, node: &NodeDescriptor) -> Result<(), BackboneError> {
+        let entry = NodeDescriptor {
+            load: NodeLoad::default(),
+            rtt_ms: std::collections::BTreeMap::new(),
+            ..node.clone()
+        };
+        let json = serde_json::to_vec(&entry).map_err(|e| js_err("encode node", e))?;
         self.nodes
             .put(node.name.as_str(), json.into())
             .await
-            .map_err(|e| js_err("heartbeat", e))?;
+            .map_err(|e| js_err("register node", e))?;
         Ok(())
+    }
+
+    /// Says that node `beat.name` is alive. A plain NATS message: while the server is
+    /// away it waits in the client's buffer, and nothing waits for an acknowledgement.
+    ///
+    /// # Errors
+    /// [`BackboneError::JetStream`] when the client is closed or its buffer is full.
+    pub async fn beat(&self, beat: &Heartbeat) -> Result<(), BackboneError> {
+        let json = serde_json::to_vec(beat).map_err(|e| js_err("encode heartbeat", e))?;
+        self.client
+            .publish(format!("{ALIVE}.{}", beat.name), json.into())
+            .await
+            .map_err(|e| js_err("heartbeat", e))
+    }
+
+    /// Every node's heartbeats, as they come. A message that is not a heartbeat (or is
+    /// larger than [`MAX_HEARTBEAT`]) is skipped.
+    ///
+    /// # Errors
+    /// [`BackboneError::JetStream`] when the subscription cannot be made.
+    pub async fn heartbeats(
+        &self,
+    ) -> Result<impl futures_util::Stream<Item = Heartbeat> + use<>, BackboneError> {
+        let sub = self
+            .client
+            .subscribe(format!("{ALIVE}.*"))
+            .await
+            .map_err(|e| js_err("heartbeats", e))?;
+        Ok(sub.filter_map(|m| {
+            let beat = (m.payload.len() <= MAX_HEARTBEAT)
+                .then(|| serde_json::from_slice::<Heartbeat>(&m.payload).ok())
+                .flatten()
+                .filter(|b| {
+                    m.subject
+                        .as_str()
+                        .strip_prefix(ALIVE)
+                        .and_then(|s| s.strip_prefix('.'))
+                        == Some(b.name.as_str())
+                });
+            std::future::ready(beat)
+        }))
     }
 
     /// Removes `name`'s entry: the node leaves, and watchers are told at once.
@@ -409,7 +519,8 @@ impl Backbone {
         Ok(())
     }
 
-    /// Every node whose heartbeat is current.
+    /// Every node in the registry (the control plane's `GET /v1/nodes` says which are
+    /// alive).
     ///
     /// # Errors
     /// [`BackboneError::JetStream`], or [`BackboneError::BadEntry`] for an entry that
@@ -599,6 +710,64 @@ pub(crate) async fn read_object(
         }
     }
     Err(js_err(name, last))
+}
+
+/// A watch that never ends: when the server's stream of `what` ends or fails (the
+/// server restarted, a consumer was lost), it is opened again after a pause, replaying
+/// the current state. Consumers apply each item as a level, not an edge, so a replayed
+/// item changes nothing.
+pub(crate) fn rewatch<T, S, F, Fut>(
+    what: &'static str,
+    open: F,
+) -> impl futures_util::Stream<Item = T> + Send + use<T, S, F, Fut>
+where
+    T: Send + 'static,
+    S: futures_util::Stream<Item = Result<T, BackboneError>> + Send + 'static,
+    F: FnMut() -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = Result<S, BackboneError>> + Send,
+{
+    type Watch<T> =
+        std::pin::Pin<Box<dyn futures_util::Stream<Item = Result<T, BackboneError>> + Send>>;
+    let state: (F, Option<Watch<T>>, u32) = (open, None, 0);
+    futures_util::stream::unfold(
+        state,
+        move |(mut open, mut watch, mut failures)| async move {
+            loop {
+                let Some(w) = watch.as_mut() else {
+                    if failures > 0 {
+                        tokio::time::sleep(Duration::from_millis(
+                            200 * u64::from(failures.min(10)),
+                        ))
+                        .await;
+                    }
+                    match open().await {
+                        Ok(w) => watch = Some(Box::pin(w)),
+                        Err(e) => {
+                            failures += 1;
+                            tracing::warn!(%what, error = %e, "watch: opening again");
+                        }
+                    }
+                    continue;
+                };
+                match w.next().await {
+                    Some(Ok(item)) => {
+                        failures = 0;
+                        return Some((item, (open, watch, failures)));
+                    }
+                    Some(Err(e)) => {
+                        tracing::warn!(%what, error = %e, "watch failed: opening it again");
+                        failures += 1;
+                        watch = None;
+                    }
+                    None => {
+                        tracing::warn!(%what, "watch ended: opening it again");
+                        failures += 1;
+                        watch = None;
+                    }
+                }
+            }
+        },
+    )
 }
 
 /// How long one read of an object may take.

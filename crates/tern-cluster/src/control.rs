@@ -4,7 +4,7 @@
 //!
 //! | method and path | body | answer |
 //! | --- | --- | --- |
-//! | `GET /v1/nodes` | — | JSON array of [`NodeDescriptor`]s, by name |
+//! | `GET /v1/nodes` | — | JSON array of [`NodeView`]s (descriptor, load, round trips, drained), by name |
 //! | `POST /v1/plan` | a manifest (TOML, at most [`MAX_BODY`] bytes) | JSON [`Plan`]: every node's verdict, best first |
 //! | `GET /v1/latency` | — | JSON array of [`SiteRtt`]: the measured round trips between sites |
 //! | `PUT /v1/modules/{sha256}` 🔑 | a module or seed file, at most [`apps::MAX_MODULE`] bytes | `{"digest", "size"}` |
@@ -27,6 +27,7 @@
 //! Besides serving, the control plane keeps apps placed: see `recover`.
 
 mod apps;
+mod liveness;
 mod moves;
 mod recover;
 
@@ -55,8 +56,25 @@ use crate::scheduler::{Explanation, Request, RttMatrix, Scheduler};
 /// The largest request body the API reads: a manifest is a few hundred bytes.
 pub const MAX_BODY: usize = 256 << 10;
 
+/// How the control plane runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Settings {
+    /// How long a node may be silent, while the backbone answers, before it is
+    /// declared lost and its apps are placed elsewhere: shorter fails over sooner,
+    /// longer rides out a node that a busy machine starves for a while.
+    pub lost_after: Duration,
+}
+
+impl Default for Settings {
+    fn default() -> Settings {
+        Settings {
+            lost_after: crate::backbone::LOST_AFTER,
+        }
+    }
+}
+
 /// The nodes as the registry says they are, and the round trips between their sites.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct View {
     nodes: BTreeMap<String, NodeDescriptor>,
     rtt: RttMatrix,
@@ -67,15 +85,39 @@ struct View {
     ended: BTreeMap<String, u64>,
     /// Nodes no app is placed on (`tern drain`).
     drained: std::collections::BTreeSet<String>,
+    /// Which nodes are alive.
+    liveness: liveness::Liveness,
+}
+
+impl Default for View {
+    fn default() -> View {
+        View::new(Settings::default())
+    }
 }
 
 impl View {
+    fn new(settings: Settings) -> View {
+        View {
+            nodes: BTreeMap::new(),
+            rtt: RttMatrix::default(),
+            apps: BTreeMap::new(),
+            ended: BTreeMap::new(),
+            drained: std::collections::BTreeSet::new(),
+            liveness: liveness::Liveness::new(settings.lost_after),
+        }
+    }
+
     /// The nodes placements must leave out, and why.
     fn excluded(&self) -> Vec<(&str, &str)> {
         self.drained
             .iter()
             .map(|n| (n.as_str(), "drained"))
             .collect()
+    }
+
+    /// The site of node `name`, if it is in the view.
+    fn nodes_site(&self, name: &str) -> Option<String> {
+        self.nodes.get(name).map(|n| n.site.clone())
     }
 
     /// The nodes, each with the memory of the apps placed on it counted as used: a
@@ -161,61 +203,70 @@ impl IntoResponse for ApiError {
     }
 }
 
-/// Serves the API on `listener`, follows the registry and the deployments, and keeps
-/// apps placed, until `stop` completes. Requests that act must carry `token`.
+/// Serves the API on `listener`, follows the registry, the heartbeats and the
+/// deployments, declares nodes lost, and keeps apps placed, until `stop` completes.
+/// Requests that act must carry `token`. Nothing the backbone does ends it: every
+/// watch is opened again when it fails.
 ///
 /// # Errors
-/// When the registry cannot be watched, or the listener fails.
+/// When the listener fails.
 pub async fn serve(
     backbone: Backbone,
     token: Option<String>,
     listener: tokio::net::TcpListener,
+    settings: Settings,
     stop: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<(), crate::backbone::BackboneError> {
     let shared = Shared {
-        view: Arc::new(RwLock::new(View::default())),
+        view: Arc::new(RwLock::new(View::new(settings))),
         scheduler: Scheduler::default(),
         backbone: backbone.clone(),
         token: token.map(Arc::from),
     };
-    let mut app_events = Box::pin(backbone.watch_apps().await?);
+    let b = backbone.clone();
+    let mut app_events = Box::pin(crate::backbone::rewatch("deployments", move || {
+        let b = b.clone();
+        async move { b.watch_apps().await }
+    }));
     let view = shared.view.clone();
     let follow_apps = tokio::spawn(async move {
         while let Some(event) = app_events.next().await {
             let Ok(mut v) = view.write() else { break };
             match event {
-                Ok(AppEvent::Put(record, rev)) => {
+                AppEvent::Put(record, rev) => {
                     let memory = manifest::parse(&record.manifest)
                         .map_or(manifest::DEFAULT_MEMORY, |m| m.memory);
                     v.apps.insert(record.name.clone(), (*record, rev, memory));
                 }
-                Ok(AppEvent::Removed(name)) => {
+                AppEvent::Removed(name) => {
                     v.apps.remove(&name);
                 }
-                Err(e) => tracing::warn!(error = %e, "deployments"),
             }
         }
     });
-    let mut status_events = Box::pin(backbone.watch_statuses().await?);
+    let b = backbone.clone();
+    let mut status_events = Box::pin(crate::backbone::rewatch("instances", move || {
+        let b = b.clone();
+        async move { b.watch_statuses().await }
+    }));
     let view = shared.view.clone();
     let follow_statuses = tokio::spawn(async move {
-        while let Some(event) = status_events.next().await {
+        while let Some(st) = status_events.next().await {
             let Ok(mut v) = view.write() else { break };
-            match event {
-                Ok(st) => {
-                    if matches!(
-                        st.state,
-                        crate::model::InstanceState::Exited { .. }
-                            | crate::model::InstanceState::Failed { .. }
-                    ) {
-                        v.ended.insert(st.app, st.incarnation);
-                    }
-                }
-                Err(e) => tracing::warn!(error = %e, "instances"),
+            if matches!(
+                st.state,
+                crate::model::InstanceState::Exited { .. }
+                    | crate::model::InstanceState::Failed { .. }
+            ) {
+                v.ended.insert(st.app, st.incarnation);
             }
         }
     });
-    let mut drain_events = Box::pin(backbone.watch_drains().await?);
+    let b = backbone.clone();
+    let mut drain_events = Box::pin(crate::backbone::rewatch("drains", move || {
+        let b = b.clone();
+        async move { b.watch_drains().await.map(|w| w.map(Ok)) }
+    }));
     let view = shared.view.clone();
     let follow_drains = tokio::spawn(async move {
         while let Some((node, drained)) = drain_events.next().await {
@@ -228,30 +279,35 @@ pub async fn serve(
         }
     });
     let keeping = tokio::spawn(recover::keep_placed(shared.clone()));
-    let mut events = Box::pin(backbone.watch_nodes().await?);
+    let b = backbone.clone();
+    let mut events = Box::pin(crate::backbone::rewatch("node registry", move || {
+        let b = b.clone();
+        async move { b.watch_nodes().await }
+    }));
     let view = shared.view.clone();
     let follow = tokio::spawn(async move {
         while let Some(event) = events.next().await {
             let Ok(mut v) = view.write() else { break };
             match event {
-                Ok(NodeEvent::Up(node)) => {
-                    // Each node's round trips to its peers, folded in by site.
-                    for (peer, ms) in &node.rtt_ms {
-                        let peer_site = v.nodes.get(peer).map(|p| p.site.clone());
-                        if let Some(peer_site) = peer_site {
-                            // Smoothed by the node already: taken as it is.
-                            v.rtt.set(&node.site, &peer_site, *ms);
-                        }
+                NodeEvent::Up(mut node) => {
+                    // Its load and round trips come from its heartbeats.
+                    if let Some(old) = v.nodes.get(&node.name) {
+                        node.load = old.load;
+                        node.rtt_ms = old.rtt_ms.clone();
                     }
+                    v.liveness.seen(&node.name, std::time::Instant::now());
                     v.nodes.insert(node.name.clone(), *node);
                 }
-                Ok(NodeEvent::Gone(name)) => {
+                NodeEvent::Gone(name) => {
                     v.nodes.remove(&name);
+                    v.liveness.forget(&name);
                 }
-                Err(e) => tracing::warn!(error = %e, "node registry"),
             }
         }
     });
+    let beats = tokio::spawn(follow_heartbeats(backbone.clone(), shared.view.clone()));
+    let echoes = tokio::spawn(echo(backbone.clone(), shared.view.clone()));
+    let declaring = tokio::spawn(declare_lost(backbone.clone(), shared.view.clone()));
     let app = Router::new()
         .route("/v1/nodes", get(nodes))
         .route("/v1/plan", post(plan))
@@ -275,6 +331,9 @@ pub async fn serve(
         .with_state(shared);
     let served = accept(listener, app, stop).await;
     follow.abort();
+    beats.abort();
+    echoes.abort();
+    declaring.abort();
     follow_apps.abort();
     follow_statuses.abort();
     follow_drains.abort();
@@ -283,6 +342,116 @@ pub async fn serve(
         what: "API".into(),
         reason: e.to_string(),
     })
+}
+
+/// Folds every heartbeat into the view: the node's load and round trips (by site, in
+/// the matrix the scheduler reads), and that it is alive. A heartbeat of a node not in
+/// the registry (one declared lost, until it joins again) counts for nothing.
+async fn follow_heartbeats(backbone: Backbone, view: Arc<RwLock<View>>) {
+    loop {
+        let mut beats = match backbone.heartbeats().await {
+            Ok(b) => Box::pin(b),
+            Err(e) => {
+                tracing::warn!(error = %e, "heartbeats: subscribing again");
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                continue;
+            }
+        };
+        while let Some(beat) = beats.next().await {
+            let Ok(mut v) = view.write() else { return };
+            let v = &mut *v;
+            let Some(node) = v.nodes.get_mut(&beat.name) else {
+                continue;
+            };
+            node.load = beat.load;
+            let site = node.site.clone();
+            for (peer, ms) in &beat.rtt_ms {
+                if let Some(p) = v.nodes_site(peer) {
+                    v.rtt.set(&site, &p, *ms);
+                }
+            }
+            if let Some(node) = v.nodes.get_mut(&beat.name) {
+                node.rtt_ms = beat.rtt_ms;
+            }
+            v.liveness.seen(&beat.name, std::time::Instant::now());
+        }
+    }
+}
+
+/// Sends the control plane an echo through the server every [`liveness::ECHO_EVERY`],
+/// and tells the view whether it came back in time.
+async fn echo(backbone: Backbone, view: Arc<RwLock<View>>) {
+    let subject = format!(
+        "tern.echo.{}",
+        std::process::id() as u64 ^ crate::apps::now_ms()
+    );
+    let mut tick = tokio::time::interval(liveness::ECHO_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut replies = None;
+    loop {
+        tick.tick().await;
+        if replies.is_none() {
+            replies = backbone.client.subscribe(subject.clone()).await.ok();
+        }
+        let Some(sub) = replies.as_mut() else {
+            if let Ok(mut v) = view.write() {
+                v.liveness.silent_backbone();
+            }
+            continue;
+        };
+        let sent = backbone
+            .client
+            .publish(subject.clone(), bytes::Bytes::new())
+            .await
+            .is_ok();
+        let back = sent
+            && tokio::time::timeout(liveness::ECHO_LATE, sub.next())
+                .await
+                .is_ok_and(|m| m.is_some());
+        let Ok(mut v) = view.write() else { return };
+        if back {
+            v.liveness.echo(std::time::Instant::now());
+        } else {
+            v.liveness.silent_backbone();
+            // Echoes that come back late are read off before the next one is sent.
+            replies = None;
+        }
+    }
+}
+
+/// Declares lost, every [`liveness::ECHO_EVERY`], each node silent for the setting while
+/// the backbone answered: it leaves the view and the registry (so its peers forget it
+/// and the node, if it was only cut off, joins again), and `recover` places its apps
+/// elsewhere.
+async fn declare_lost(backbone: Backbone, view: Arc<RwLock<View>>) {
+    let mut tick = tokio::time::interval(liveness::ECHO_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let lost = {
+            let Ok(mut v) = view.write() else { return };
+            let lost = v.liveness.lost(std::time::Instant::now());
+            for (name, _) in &lost {
+                v.nodes.remove(name);
+                v.liveness.forget(name);
+            }
+            lost
+        };
+        for (name, silent) in lost {
+            let note = format!(
+                "node {name} is lost: silent for {:.1} s while the backbone answered",
+                silent.as_secs_f64()
+            );
+            tracing::warn!(node = %name, "{note}");
+            let _ = backbone
+                .client
+                .publish(format!("tern.events.node.{name}"), note.into())
+                .await;
+            if let Err(e) = backbone.leave(&name).await {
+                tracing::warn!(node = %name, error = %e, "cannot remove the lost node's entry");
+            }
+        }
+    }
 }
 
 /// Connections the API serves at once; more are closed as they come.
@@ -351,9 +520,27 @@ pub async fn bind(addr: SocketAddr) -> Result<tokio::net::TcpListener, String> {
     })
 }
 
-async fn nodes(State(s): State<Shared>) -> Result<Json<Vec<NodeDescriptor>>, ApiError> {
+/// A node as `GET /v1/nodes` shows it: its descriptor, live load and round trips, and
+/// whether it is drained.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct NodeView {
+    #[serde(flatten)]
+    pub node: NodeDescriptor,
+    #[serde(default)]
+    pub drained: bool,
+}
+
+async fn nodes(State(s): State<Shared>) -> Result<Json<Vec<NodeView>>, ApiError> {
     let v = s.view.read().map_err(|_| unavailable())?;
-    Ok(Json(v.nodes.values().cloned().collect()))
+    Ok(Json(
+        v.nodes
+            .values()
+            .map(|n| NodeView {
+                node: n.clone(),
+                drained: v.drained.contains(&n.name),
+            })
+            .collect(),
+    ))
 }
 
 /// A measured round trip between two sites.
@@ -366,9 +553,13 @@ pub struct SiteRtt {
 
 async fn latency(State(s): State<Shared>) -> Result<Json<Vec<SiteRtt>>, ApiError> {
     let v = s.view.read().map_err(|_| unavailable())?;
+    // Only between sites that have a node now: a site whose nodes are all gone has no
+    // round trip to show.
+    let live = |site: &str| v.nodes.values().any(|n| n.site == site);
     let mut pairs: Vec<SiteRtt> = v
         .rtt
         .pairs()
+        .filter(|(a, b, _)| live(a) && live(b))
         .map(|(a, b, ms)| {
             let (a, b) = if a <= b { (a, b) } else { (b, a) };
             SiteRtt {

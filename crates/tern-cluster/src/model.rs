@@ -107,12 +107,26 @@ pub struct NodeDescriptor {
     /// Measured when the node joined: runs of a benchmark guest per second under the
     /// node's own engine and limits, times its cores. Higher is faster.
     pub compute_score: f64,
-    /// Live load, from the node's heartbeats.
+    /// Live load, from the node's heartbeats (empty in the registry's entry).
     pub load: NodeLoad,
     /// Where other nodes reach this one for pings (and migrations): `HOST:PORT`.
     #[serde(default)]
     pub link: Option<String>,
-    /// Smoothed round trips this node measured to others, in ms, by node name.
+    /// Round trips this node measured to others, in ms, by node name, from its
+    /// heartbeats (empty in the registry's entry).
+    #[serde(default)]
+    pub rtt_ms: BTreeMap<String, f64>,
+}
+
+/// What a node says every [`crate::backbone::HEARTBEAT`] on `tern.alive.NAME`: that it
+/// is alive, what its instances use and the round trips it measured. Only the control
+/// plane listens: nodes learn of each other from the registry, whose entries change
+/// only when a node joins, changes or leaves.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+pub struct Heartbeat {
+    pub name: String,
+    pub load: NodeLoad,
+    /// Round trips this node measured to others, in ms, by node name.
     #[serde(default)]
     pub rtt_ms: BTreeMap<String, f64>,
 }

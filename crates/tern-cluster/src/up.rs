@@ -249,7 +249,59 @@ pub fn node_args(config: &ContinuumConfig, spec: &NodeSpec, nats: &str) -> Vec<S
 #[derive(Debug)]
 pub struct Continuum {
     pub server: NatsServer,
-    pub nodes: Vec<(String, tokio::process::Child)>,
+    pub nodes: Vec<NodeProcess>,
+    /// The lock on the state directory, held while the continuum runs.
+    _lock: StateLock,
+}
+
+/// One node's process, and when it is to be started again if it ended.
+#[derive(Debug)]
+pub struct NodeProcess {
+    pub name: String,
+    pub child: Option<tokio::process::Child>,
+    started: std::time::Instant,
+    /// The pause before the next restart.
+    backoff: Duration,
+    restart_at: Option<std::time::Instant>,
+}
+
+/// The pause before a node or the server that ended is started again: it doubles at
+/// each restart up to [`MAX_BACKOFF`], and falls back once the process has run for
+/// [`STEADY`].
+const FIRST_BACKOFF: Duration = Duration::from_secs(1);
+const MAX_BACKOFF: Duration = Duration::from_secs(30);
+const STEADY: Duration = Duration::from_secs(60);
+
+/// An exclusive lock on a continuum's state directory (`STATE/lock`, holding the
+/// owner's pid): two `tern up`s on one state would run two servers on one JetStream
+/// directory and two nodes under each name.
+#[derive(Debug)]
+struct StateLock(#[allow(dead_code)] std::fs::File);
+
+impl StateLock {
+    fn take(state: &Path) -> Result<StateLock, String> {
+        std::fs::create_dir_all(state).map_err(|e| format!("{}: {e}", state.display()))?;
+        let path = state.join("lock");
+        let mut file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&path)
+            .map_err(|e| format!("{}: {e}", path.display()))?;
+        if rustix::fs::flock(&file, rustix::fs::FlockOperation::NonBlockingLockExclusive).is_err() {
+            let owner = std::fs::read_to_string(&path).unwrap_or_default();
+            return Err(format!(
+                "another `tern up` (pid {}) runs on {}; stop it first, or give another --state",
+                owner.trim(),
+                state.display()
+            ));
+        }
+        use std::io::Write as _;
+        let _ = file.set_len(0);
+        let _ = write!(file, "{}", std::process::id());
+        Ok(StateLock(file))
+    }
 }
 
 impl Continuum {
@@ -268,12 +320,14 @@ impl Continuum {
         tern: &Path,
         within: Duration,
     ) -> Result<(Continuum, Backbone), String> {
+        let lock = StateLock::take(state)?;
         let server = NatsServer::start(&state.join("nats"), 0)
             .await
             .map_err(|e| e.to_string())?;
         let mut continuum = Continuum {
             server,
             nodes: Vec::new(),
+            _lock: lock,
         };
         match continuum.start_nodes(config, state, tern, within).await {
             Ok(backbone) => Ok((continuum, backbone)),
@@ -293,45 +347,159 @@ impl Continuum {
     ) -> Result<Backbone, String> {
         let backbone = self.server.backbone().await.map_err(|e| e.to_string())?;
         let mut events = Box::pin(backbone.watch_nodes().await.map_err(|e| e.to_string())?);
-        let logs = state.join("logs");
-        std::fs::create_dir_all(&logs).map_err(|e| format!("{}: {e}", logs.display()))?;
         for spec in &config.nodes {
-            let log = logs.join(format!("{}.log", spec.name));
-            let out = std::fs::File::create(&log).map_err(|e| format!("{}: {e}", log.display()))?;
-            let err = out
-                .try_clone()
-                .map_err(|e| format!("{}: {e}", log.display()))?;
-            // The token goes in the environment, not on the command line `ps` shows.
-            let mut command = tokio::process::Command::new(tern);
-            command
-                .args(node_args(config, spec, self.server.url()))
-                .arg("--state")
-                .arg(state.join("nodes").join(&spec.name))
-                .env("TERN_JOIN_TOKEN", self.server.token())
-                .stdin(Stdio::null())
-                .stdout(out)
-                .stderr(err)
-                .kill_on_drop(true);
-            // A `tern up` killed outright takes its nodes with it (each checkpoints
-            // its apps and leaves as on Ctrl-C).
-            die_with_parent(&mut command, rustix::process::Signal::TERM);
-            let mut child = command
-                .spawn()
-                .map_err(|e| format!("cannot start node {}: {e}", spec.name))?;
+            let (mut child, log) = self.spawn_node(config, spec, state, tern)?;
             let joined = joined(&mut events, &mut child, &spec.name, &log, within).await;
             // Kept even when it failed to join, so that `stop` ends it.
-            self.nodes.push((spec.name.clone(), child));
+            self.nodes.push(NodeProcess {
+                name: spec.name.clone(),
+                child: Some(child),
+                started: std::time::Instant::now(),
+                backoff: FIRST_BACKOFF,
+                restart_at: None,
+            });
             joined?;
         }
         Ok(backbone)
     }
 
+    /// Starts node `spec`'s process, its output appended to `state/logs/NODE.log`.
+    fn spawn_node(
+        &self,
+        config: &ContinuumConfig,
+        spec: &NodeSpec,
+        state: &Path,
+        tern: &Path,
+    ) -> Result<(tokio::process::Child, PathBuf), String> {
+        let logs = state.join("logs");
+        std::fs::create_dir_all(&logs).map_err(|e| format!("{}: {e}", logs.display()))?;
+        let log = logs.join(format!("{}.log", spec.name));
+        let out = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log)
+            .map_err(|e| format!("{}: {e}", log.display()))?;
+        let err = out
+            .try_clone()
+            .map_err(|e| format!("{}: {e}", log.display()))?;
+        // The token goes in the environment, not on the command line `ps` shows.
+        let mut command = tokio::process::Command::new(tern);
+        command
+            .args(node_args(config, spec, self.server.url()))
+            .arg("--state")
+            .arg(state.join("nodes").join(&spec.name))
+            .env("TERN_JOIN_TOKEN", self.server.token())
+            .stdin(Stdio::null())
+            .stdout(out)
+            .stderr(err)
+            .kill_on_drop(true);
+        // A `tern up` killed outright takes its nodes with it (each checkpoints its
+        // apps and leaves as on Ctrl-C).
+        die_with_parent(&mut command, rustix::process::Signal::TERM);
+        let child = command
+            .spawn()
+            .map_err(|e| format!("cannot start node {}: {e}", spec.name))?;
+        Ok((child, log))
+    }
+
+    /// Keeps the continuum whole until `stop` completes: a node process that ended is
+    /// started again after a back-off (1 s, doubling up to 30 s, and back to 1 s once
+    /// it has run a minute), and so is nats-server, on the same port and state
+    /// (clients reconnect by themselves). Each restart is said on stderr.
+    pub async fn keep(
+        &mut self,
+        config: &ContinuumConfig,
+        state: &Path,
+        tern: &Path,
+        stop: impl std::future::Future<Output = ()>,
+    ) {
+        let mut tick = tokio::time::interval(Duration::from_millis(250));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut server_backoff = FIRST_BACKOFF;
+        let mut server_restart_at: Option<std::time::Instant> = None;
+        tokio::pin!(stop);
+        loop {
+            tokio::select! {
+                () = &mut stop => return,
+                _ = tick.tick() => {}
+            }
+            let now = std::time::Instant::now();
+            if let Some(status) = self.server.exited() {
+                match server_restart_at {
+                    None => {
+                        eprintln!(
+                            "nats-server exited ({status}); starting it again in {} s",
+                            server_backoff.as_secs()
+                        );
+                        server_restart_at = Some(now + server_backoff);
+                    }
+                    Some(at) if now >= at => {
+                        server_restart_at = None;
+                        match self.server.restart().await {
+                            Ok(()) => eprintln!("nats-server started again"),
+                            Err(e) => eprintln!("nats-server did not start again: {e}"),
+                        }
+                        server_backoff = (server_backoff * 2).min(MAX_BACKOFF);
+                    }
+                    Some(_) => {}
+                }
+            } else if self.server.running_for() > STEADY {
+                server_backoff = FIRST_BACKOFF;
+            }
+            for i in 0..self.nodes.len() {
+                let n = &mut self.nodes[i];
+                let ended = match n.child.as_mut().map(tokio::process::Child::try_wait) {
+                    Some(Ok(Some(status))) => Some(status.to_string()),
+                    Some(Ok(None)) => None,
+                    Some(Err(e)) => Some(e.to_string()),
+                    None => None,
+                };
+                if let Some(status) = ended {
+                    n.child = None;
+                    if n.started.elapsed() > STEADY {
+                        n.backoff = FIRST_BACKOFF;
+                    }
+                    eprintln!(
+                        "node {} exited ({status}); starting it again in {} s (its log: {})",
+                        n.name,
+                        n.backoff.as_secs(),
+                        state.join("logs").join(format!("{}.log", n.name)).display()
+                    );
+                    n.restart_at = Some(now + n.backoff);
+                    n.backoff = (n.backoff * 2).min(MAX_BACKOFF);
+                }
+                let due = self.nodes[i].child.is_none()
+                    && self.nodes[i].restart_at.is_some_and(|at| now >= at);
+                let Some(spec) = config.nodes.iter().find(|s| s.name == self.nodes[i].name) else {
+                    continue;
+                };
+                if due {
+                    match self.spawn_node(config, spec, state, tern) {
+                        Ok((child, _)) => {
+                            eprintln!("node {} started again", spec.name);
+                            let n = &mut self.nodes[i];
+                            n.child = Some(child);
+                            n.started = std::time::Instant::now();
+                            n.restart_at = None;
+                        }
+                        Err(e) => {
+                            let n = &mut self.nodes[i];
+                            eprintln!("{e}; trying again in {} s", n.backoff.as_secs());
+                            n.restart_at = Some(now + n.backoff);
+                            n.backoff = (n.backoff * 2).min(MAX_BACKOFF);
+                        }
+                    }
+                }
+            }
+        }
+    }
+
     /// Stops every node (SIGTERM: each leaves the registry), then the server.
     pub async fn stop(mut self) {
-        for (_, child) in &self.nodes {
+        for child in self.nodes.iter().filter_map(|n| n.child.as_ref()) {
             terminate(child);
         }
-        for (_, child) in &mut self.nodes {
+        for child in self.nodes.iter_mut().filter_map(|n| n.child.as_mut()) {
             reap(child, Duration::from_secs(5)).await;
         }
         self.server.stop().await;

@@ -264,6 +264,38 @@ impl NatsArgs {
     }
 }
 
+/// How the control plane runs (`tern controller`, `tern up`).
+#[derive(Debug, clap::Args)]
+pub struct ControlArgs {
+    /// How long a node may be silent, while the backbone answers, before the control
+    /// plane declares it lost and places its apps elsewhere. Shorter fails over
+    /// sooner; longer rides out a node that a busy machine starves for a while. A
+    /// stalled or restarted nats-server never makes a node lost, whatever this is.
+    #[arg(long, value_name = "DURATION", default_value = "4s", value_parser = lost_after)]
+    pub lost_after: std::time::Duration,
+}
+
+impl ControlArgs {
+    pub fn settings(&self) -> tern_cluster::control::Settings {
+        tern_cluster::control::Settings {
+            lost_after: self.lost_after,
+        }
+    }
+}
+
+/// `--lost-after`: at least two heartbeats long.
+fn lost_after(text: &str) -> Result<std::time::Duration, String> {
+    let d = positive_duration(text)?;
+    let least = 2 * tern_cluster::backbone::HEARTBEAT;
+    if d < least {
+        return Err(format!(
+            "{text} is shorter than two heartbeats ({} ms): a healthy node would be taken for lost",
+            least.as_millis()
+        ));
+    }
+    Ok(d)
+}
+
 /// The async runtime of the continuum's verbs: two worker threads are plenty for an
 /// agent, a control plane or `tern up`, which mostly wait.
 pub fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {

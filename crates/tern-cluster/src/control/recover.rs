@@ -7,13 +7,15 @@ use std::time::{Duration, Instant};
 
 use super::Shared;
 use crate::apps::{AppRecord, now_ms};
-use crate::backbone::NODE_TTL;
 use crate::manifest;
 use crate::model::InstanceState;
 use crate::scheduler::Request;
 
 /// How often the control plane looks for apps to place again.
 const SWEEP: Duration = Duration::from_millis(500);
+/// How long after the control plane starts before an app whose node is not in the
+/// view counts as orphaned.
+const SETTLE: Duration = Duration::from_secs(2);
 /// How long before an app that could not be placed is tried again.
 const RETRY: Duration = Duration::from_secs(2);
 
@@ -25,9 +27,10 @@ pub(super) async fn keep_placed(s: Shared) {
     let mut busy: HashMap<(String, u64), Instant> = HashMap::new();
     loop {
         tokio::time::sleep(SWEEP).await;
-        // A node the view does not hold yet may only be late to say so: wait a TTL
-        // after starting before taking any node for gone.
-        let settled = started.elapsed() > NODE_TTL + Duration::from_secs(1);
+        // A node the view does not hold yet may only be late to say so (the registry's
+        // watch is still replaying): wait a little after starting before taking any
+        // node for gone.
+        let settled = started.elapsed() > SETTLE;
         let todo: Vec<(AppRecord, u64)> = match s.view.read() {
             Ok(v) => v
                 .apps

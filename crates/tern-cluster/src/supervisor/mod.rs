@@ -20,7 +20,7 @@ use futures_util::StreamExt as _;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::apps::{AppEvent, AppRecord, CheckpointRef, InstanceStatus, now_ms};
-use crate::backbone::{Backbone, BackboneError};
+use crate::backbone::Backbone;
 use crate::instance::InstanceSpec;
 use crate::manifest;
 use crate::model::{InstanceState, NodeLoad};
@@ -90,20 +90,28 @@ struct Local {
 /// migratable ones (so that they resume from there) and ends the others. `load` is
 /// kept up to date for the heartbeats.
 ///
-/// # Errors
-/// When the deployments cannot be watched.
+/// Nothing the backbone does ends it or an instance: the deployments' watch is opened
+/// again whenever it fails, and the commands' subscription is made again until it is.
 pub async fn supervise(
     host: Host,
     backbone: Backbone,
     load: Arc<Mutex<NodeLoad>>,
     stop: impl std::future::Future<Output = ()>,
-) -> Result<(), BackboneError> {
-    let mut events = Box::pin(backbone.watch_apps().await?);
-    let mut commands = backbone
-        .client
-        .subscribe(command_subject(&host.node))
-        .await
-        .map_err(|e| crate::backbone::js_err("node commands", e))?;
+) {
+    let watching = backbone.clone();
+    let mut events = Box::pin(crate::backbone::rewatch("deployments", move || {
+        let b = watching.clone();
+        async move { b.watch_apps().await }
+    }));
+    let mut commands = loop {
+        match backbone.client.subscribe(command_subject(&host.node)).await {
+            Ok(c) => break c,
+            Err(e) => {
+                tracing::warn!(error = %e, "node commands: subscribing again");
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+        }
+    };
     let (finished_tx, mut finished) = mpsc::unbounded_channel::<(String, u64)>();
     let mut running: HashMap<String, Local> = HashMap::new();
     // The last incarnation of each app that ran here: never run twice.
@@ -124,7 +132,7 @@ pub async fn supervise(
                 }
             }
             event = events.next() => match event {
-                Some(Ok(AppEvent::Put(record, _))) => {
+                Some(AppEvent::Put(record, _)) => {
                     let app = record.name.clone();
                     if let Some(local) = running.get(&app)
                         && record.incarnation >= local.incarnation
@@ -135,7 +143,7 @@ pub async fn supervise(
                     latest.insert(app.clone(), *record);
                     reconcile(&host, &backbone, &app, &latest, &mut running, &mut ran, &finished_tx).await;
                 }
-                Some(Ok(AppEvent::Removed(app))) => {
+                Some(AppEvent::Removed(app)) => {
                     if let Some(local) = running.get(&app) {
                         let _ = local.orders.send(Order::Kill);
                     }
@@ -143,8 +151,7 @@ pub async fn supervise(
                     ran.remove(&app);
                     let _ = tokio::fs::remove_dir_all(host.state.join("apps").join(&app)).await;
                 }
-                Some(Err(e)) => tracing::warn!(error = %e, "deployments"),
-                None => return Err(crate::backbone::js_err("watch apps", "the watch ended")),
+                None => break,
             },
             Some(message) = commands.next() => {
                 command(&host, &backbone, message, &mut running, &mut ran, &finished_tx).await;
@@ -174,7 +181,6 @@ pub async fn supervise(
             tracing::warn!("an instance did not stop within 30 s");
         }
     }
-    Ok(())
 }
 
 /// What the instances' processes use, read from `/proc`: CPU time between two samples,
@@ -378,6 +384,7 @@ async fn start(
         published,
         checkpoint: restore_from,
         migratable: manifest.migratable,
+        stderr_chunks: 0,
     };
     let app = record.name.clone();
     let incarnation = record.incarnation;
@@ -428,6 +435,9 @@ async fn seed(
     Ok(())
 }
 
+/// Attempts at storing a status: with pauses of at most 2 s, over a minute.
+const STATUS_TRIES: u32 = 40;
+
 /// Writes an instance's status.
 async fn report(
     backbone: &Backbone,
@@ -447,8 +457,23 @@ async fn report(
         note: note.to_owned(),
         updated_ms: now_ms(),
     };
-    if let Err(e) = backbone.put_status(&status).await {
-        tracing::warn!(app = %record.name, error = %e, "status");
+    // Tried again until the backbone holds it (a status lost in a stall would leave
+    // `tern ps` wrong for good), for up to STATUS_TRIES attempts.
+    let mut wait = Duration::from_millis(100);
+    for attempt in 1..=STATUS_TRIES {
+        match backbone.put_status(&status).await {
+            Ok(()) => break,
+            Err(e) if attempt == STATUS_TRIES => {
+                tracing::warn!(app = %record.name, error = %e, "status not stored; giving up");
+            }
+            Err(e) => {
+                if attempt == 1 {
+                    tracing::warn!(app = %record.name, error = %e, "status not stored yet; trying again");
+                }
+                tokio::time::sleep(wait).await;
+                wait = (wait * 2).min(Duration::from_secs(2));
+            }
+        }
     }
     // What happened, for whoever listens on the app's events.
     if !note.is_empty() {

@@ -9,7 +9,7 @@ use tokio::io::{AsyncBufReadExt as _, AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::sync::{mpsc, oneshot};
 
 use super::{Host, Moved, Order, report};
-use crate::apps::{AppRecord, CheckpointRef, HANDOVER_WAIT, now_ms};
+use crate::apps::{AppRecord, CheckpointRef, HANDOVER_WAIT, LogId, now_ms};
 use crate::backbone::{Backbone, BackboneError};
 use crate::instance::{Command, Ended, Event};
 use crate::model::InstanceState;
@@ -34,6 +34,8 @@ pub(super) struct Task {
     pub(super) published: u64,
     pub(super) checkpoint: Option<CheckpointRef>,
     pub(super) migratable: bool,
+    /// stderr chunks published so far: each one's name for the stream.
+    pub(super) stderr_chunks: u64,
 }
 
 impl Task {
@@ -230,8 +232,7 @@ impl Task {
                 return;
             }
         }
-        let _ = self
-            .backbone
+        self.backbone
             .end_log(&self.record.name, self.record.incarnation)
             .await;
         if killed || ended == Some(Ended::Migrated) {
@@ -318,35 +319,28 @@ impl Task {
         let skip = self.published.saturating_sub(start) as usize;
         let offset = start + skip as u64;
         self.published = self.pos;
-        if let Err(e) = self
-            .backbone
+        self.backbone
             .publish_log(
                 &self.record.name,
                 self.record.incarnation,
-                false,
+                LogId::Out(offset),
                 Some(offset),
                 bytes[skip..].to_vec(),
             )
-            .await
-        {
-            tracing::warn!(app = %self.record.name, error = %e, "output lost");
-        }
+            .await;
     }
 
-    async fn stderr(&self, bytes: &[u8]) {
-        if let Err(e) = self
-            .backbone
+    async fn stderr(&mut self, bytes: &[u8]) {
+        self.stderr_chunks += 1;
+        self.backbone
             .publish_log(
                 &self.record.name,
                 self.record.incarnation,
-                true,
+                LogId::Err(self.stderr_chunks),
                 None,
                 bytes.to_vec(),
             )
-            .await
-        {
-            tracing::warn!(app = %self.record.name, error = %e, "output lost");
-        }
+            .await;
     }
 
     /// Reads and publishes every byte waiting in the stdout pipe.

@@ -15,6 +15,8 @@ pub struct ControllerCommand {
     /// Address the API listens on.
     #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:7680")]
     listen: SocketAddr,
+    #[command(flatten)]
+    settings: crate::common::ControlArgs,
 }
 
 impl ControllerCommand {
@@ -31,7 +33,14 @@ impl ControllerCommand {
                 listener.local_addr().unwrap_or(self.listen),
                 self.nats.nats
             );
-            tern_cluster::control::serve(backbone, self.nats.token.clone(), listener, stop).await?;
+            tern_cluster::control::serve(
+                backbone,
+                self.nats.token.clone(),
+                listener,
+                self.settings.settings(),
+                stop,
+            )
+            .await?;
             eprintln!("control plane stopped");
             Ok(ExitCode::SUCCESS)
         })

@@ -3,16 +3,15 @@
 use std::process::ExitCode;
 
 use clap::Args;
-use tern_cluster::NodeDescriptor;
-use tern_cluster::control::SiteRtt;
+use tern_cluster::control::{NodeView, SiteRtt};
 
 use crate::api::{ApiArgs, print_table};
 
-/// List the nodes that have joined: tier, site, engine, what each measured of its
-/// compute, and its load.
+/// List the nodes in the continuum: whether each takes apps (`ready`) or is drained,
+/// tier, site, engine, what each measured of its compute, and its load.
 #[derive(Debug, Args)]
 pub struct NodesCommand {
-    /// Print a JSON array of node descriptors (name, tier, arch, compute_score, …).
+    /// Print a JSON array of nodes (name, tier, arch, compute_score, drained, …).
     #[arg(long)]
     json: bool,
     /// Show the round trips measured between sites instead.
@@ -30,7 +29,7 @@ impl NodesCommand {
                 println!("{}", serde_json::to_string_pretty(&pairs)?);
             } else if pairs.is_empty() {
                 eprintln!(
-                    "no round trip measured yet: nodes ping each other every 2 s once two have joined"
+                    "no round trip measured yet: nodes ping each other twice a second once two have joined"
                 );
             } else {
                 let rows: Vec<Vec<String>> = pairs
@@ -41,7 +40,7 @@ impl NodesCommand {
             }
             return Ok(ExitCode::SUCCESS);
         }
-        let nodes: Vec<NodeDescriptor> = self.api.get("/v1/nodes")?;
+        let nodes: Vec<NodeView> = self.api.get("/v1/nodes")?;
         if self.json {
             println!("{}", serde_json::to_string_pretty(&nodes)?);
             return Ok(ExitCode::SUCCESS);
@@ -52,9 +51,11 @@ impl NodesCommand {
         }
         let rows: Vec<Vec<String>> = nodes
             .iter()
-            .map(|n| {
+            .map(|v| {
+                let n = &v.node;
                 vec![
                     n.name.clone(),
+                    if v.drained { "drained" } else { "ready" }.to_owned(),
                     n.tier.to_string(),
                     n.site.clone(),
                     n.engine.to_string(),
@@ -71,6 +72,7 @@ impl NodesCommand {
         print_table(
             &[
                 "NAME",
+                "STATE",
                 "TIER",
                 "SITE",
                 "ENGINE",

@@ -28,6 +28,8 @@ pub struct UpCommand {
     /// ~/.local/state/tern].
     #[arg(long, value_name = "DIR")]
     state: Option<PathBuf>,
+    #[command(flatten)]
+    settings: crate::common::ControlArgs,
 }
 
 impl UpCommand {
@@ -46,11 +48,11 @@ impl UpCommand {
         let runtime = crate::common::runtime()?;
         runtime.block_on(async move {
             // Installed first: a Ctrl-C while the continuum starts stops it once started.
-            let stop = crate::common::stopped();
+            let stop = futures_util::FutureExt::shared(crate::common::stopped());
             let listener = tern_cluster::control::bind(self.listen)
                 .await
                 .map_err(anyhow::Error::msg)?;
-            let (continuum, backbone) =
+            let (mut continuum, backbone) =
                 Continuum::start(&config, &state, &tern, Duration::from_secs(60))
                     .await
                     .map_err(anyhow::Error::msg)?;
@@ -70,14 +72,18 @@ impl UpCommand {
             eprintln!(
                 "try `tern nodes --latency`, `tern deploy app.toml`, `tern ps`, `tern explain APP`; Ctrl-C stops it"
             );
-            let served = tern_cluster::control::serve(
+            let serving = tokio::spawn(tern_cluster::control::serve(
                 backbone,
                 Some(continuum.server.token().to_owned()),
                 listener,
-                stop,
-            ).await;
+                self.settings.settings(),
+                stop.clone(),
+            ));
+            // Nodes and the server that end are started again until Ctrl-C.
+            continuum.keep(&config, &state, &tern, stop).await;
+            let served = serving.await;
             continuum.stop().await;
-            served?;
+            served.map_err(|e| anyhow!("the control plane failed: {e}"))??;
             eprintln!("continuum stopped");
             Ok(ExitCode::SUCCESS)
         })

@@ -9,19 +9,21 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use crate::support::{Run, Running, free_addr, guest, scratch, signal, sqlite_guest, tern};
+use crate::support::{
+    Run, Running, free_addr, guest, scratch, signal, signal_pid, sqlite_guest, tern,
+};
 
 /// A `tern up` of this test, and how to talk to it.
-struct Up {
-    up: Running,
+pub(crate) struct Up {
+    pub(crate) up: Running,
     dir: PathBuf,
-    state: PathBuf,
+    pub(crate) state: PathBuf,
     api: String,
 }
 
 impl Up {
     /// Starts `tern up` on `state` (in `dir`) and waits for its three nodes.
-    fn start(dir: &Path, state: &Path) -> Up {
+    pub(crate) fn start(dir: &Path, state: &Path) -> Up {
         let addr = free_addr();
         let up = Running(
             tern(dir)
@@ -46,12 +48,12 @@ impl Up {
         up
     }
 
-    fn token(&self) -> String {
+    pub(crate) fn token(&self) -> String {
         std::fs::read_to_string(self.state.join("nats/join-token")).unwrap_or_default()
     }
 
     /// `tern ARGS --api … --token …`.
-    fn verb(&self, args: &[&str]) -> Run {
+    pub(crate) fn verb(&self, args: &[&str]) -> Run {
         tern(&self.dir)
             .args(args)
             .args(["--api", &self.api])
@@ -60,20 +62,25 @@ impl Up {
     }
 
     /// `tern ps --json`, by name.
-    fn app(&self, name: &str) -> Option<Value> {
+    pub(crate) fn app(&self, name: &str) -> Option<Value> {
         let r = self.verb(&["ps", "--json"]);
         let apps: Value = serde_json::from_str(r.succeeds()).expect("ps JSON");
         apps.as_array()?.iter().find(|a| a["name"] == name).cloned()
     }
 
     /// Waits until `app`'s state is `state`, and returns its `ps` row.
-    fn wait_state(&self, app: &str, state: &str, within: Duration) -> Value {
+    pub(crate) fn wait_state(&self, app: &str, state: &str, within: Duration) -> Value {
         self.wait_for(&format!("{app} {state}"), within, || {
             self.app(app).filter(|a| a["state"] == state)
         })
     }
 
-    fn wait_for<T>(&self, what: &str, within: Duration, mut f: impl FnMut() -> Option<T>) -> T {
+    pub(crate) fn wait_for<T>(
+        &self,
+        what: &str,
+        within: Duration,
+        mut f: impl FnMut() -> Option<T>,
+    ) -> T {
         let deadline = Instant::now() + within;
         loop {
             if let Some(t) = f() {
@@ -89,26 +96,31 @@ impl Up {
     }
 
     /// The pid of this continuum's node `name`.
-    fn node_pid(&self, name: &str) -> u32 {
+    pub(crate) fn node_pid(&self, name: &str) -> u32 {
+        self.try_node_pid(name)
+            .unwrap_or_else(|| panic!("no process of node {name}"))
+    }
+
+    /// The pid of this continuum's node `name`, if it runs.
+    pub(crate) fn try_node_pid(&self, name: &str) -> Option<u32> {
         let needle = format!("--name {name} ");
         let state = self.state.join("nodes").join(name);
-        for entry in std::fs::read_dir("/proc").expect("/proc").flatten() {
-            if let Ok(cmd) = std::fs::read(entry.path().join("cmdline")) {
+        std::fs::read_dir("/proc")
+            .ok()?
+            .flatten()
+            .find_map(|entry| {
+                let cmd = std::fs::read(entry.path().join("cmdline")).ok()?;
                 let cmd = String::from_utf8_lossy(&cmd).replace('\0', " ");
-                if cmd.contains(" node ")
+                (cmd.contains(" node ")
                     && cmd.contains(&needle)
-                    && cmd.contains(&state.display().to_string())
-                    && let Ok(pid) = entry.file_name().to_string_lossy().parse()
-                {
-                    return pid;
-                }
-            }
-        }
-        panic!("no process of node {name}");
+                    && cmd.contains(&state.display().to_string()))
+                .then(|| entry.file_name().to_string_lossy().parse().ok())
+                .flatten()
+            })
     }
 
     /// Stops `tern up` with Ctrl-C and returns its stderr.
-    fn stop(mut self) -> String {
+    pub(crate) fn stop(mut self) -> String {
         signal(&self.up, "-INT");
         let status = self.up.wait().expect("tern up exits");
         let mut stderr = String::new();
@@ -124,7 +136,7 @@ impl Up {
 }
 
 /// The instance processes still running under `state`.
-fn instances(state: &Path) -> usize {
+pub(crate) fn instances(state: &Path) -> usize {
     let needle = state.display().to_string();
     std::fs::read_dir("/proc")
         .expect("/proc")
@@ -138,7 +150,7 @@ fn instances(state: &Path) -> usize {
         .count()
 }
 
-fn write_app(dir: &Path, file: &str, wasm: &Path, body: &str) -> PathBuf {
+pub(crate) fn write_app(dir: &Path, file: &str, wasm: &Path, body: &str) -> PathBuf {
     let path = dir.join(file);
     std::fs::copy(wasm, dir.join(format!("{file}.wasm"))).expect("copy module");
     std::fs::write(&path, format!("module = \"{file}.wasm\"\n{body}")).expect("manifest");
@@ -362,7 +374,7 @@ fn bad_manifests_modules_and_requests_are_refused_and_nothing_is_deployed() {
 }
 
 #[test]
-fn a_node_killed_mid_run_has_its_sqlite_app_restored_elsewhere_without_losing_a_row() {
+fn a_node_that_hangs_has_its_sqlite_app_restored_elsewhere_without_losing_a_row() {
     let d = scratch();
     let up = Up::start(d.path(), &d.path().join("state"));
     let wasm = sqlite_guest();
@@ -399,21 +411,24 @@ fn a_node_killed_mid_run_has_its_sqlite_app_restored_elsewhere_without_losing_a_
             (logs.stdout.lines().count() > 10 && a["checkpoint_age_s"].is_number()).then_some(())
         },
     );
+    // The node hangs (SIGSTOP: it says nothing more, as a machine that froze or was
+    // cut off), so the control plane declares it lost and places its app elsewhere;
+    // `tern up` would start a node that exited again at once, and the app would resume
+    // there instead.
+    let pid = up.node_pid(&first);
     let killed = Instant::now();
-    let ok = std::process::Command::new("sh")
-        .arg("-c")
-        .arg(format!("kill -KILL {}", up.node_pid(&first)))
-        .status()
-        .expect("sh");
-    assert!(ok.success());
-    let moved = up.wait_for("rows on the other node", Duration::from_secs(30), || {
+    signal_pid(pid, "-STOP");
+    let moved = up.wait_for("rows on the other node", Duration::from_secs(60), || {
         up.app("rows")
             .filter(|a| a["node"] == other && a["state"] == "running")
     });
     eprintln!(
-        "restored on {other} {:?} after the SIGKILL",
+        "restored on {other} {:?} after the SIGSTOP",
         killed.elapsed()
     );
+    // Then it dies for good: `tern up` starts it again, and the node that comes back
+    // runs nothing of the app (it was placed elsewhere).
+    signal_pid(pid, "-KILL");
     assert_eq!(moved["restarts"], 1, "{moved}");
     let note = moved["note"].as_str().expect("note");
     assert!(
@@ -659,8 +674,13 @@ async fn the_control_plane_killed_and_restarted_leaves_running_apps_alone() {
     // The node's heartbeats carry what its instance uses: CPU time, and memory.
     let measuring = Instant::now();
     loop {
-        let nodes = bb.nodes().await.expect("nodes");
-        let load = nodes.iter().find(|n| n.name == "edge").map(|n| n.load);
+        let r = verb(&["nodes", "--json"]);
+        let nodes: Vec<tern_cluster::control::NodeView> =
+            serde_json::from_str(r.succeeds()).expect("nodes JSON");
+        let load = nodes
+            .iter()
+            .find(|n| n.node.name == "edge")
+            .map(|n| n.node.load);
         if load.is_some_and(|l| l.cpu > 0.05 && l.used > 1 << 20 && l.instances == 1) {
             break;
         }

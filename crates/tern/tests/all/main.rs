@@ -8,6 +8,7 @@ mod compile;
 mod continuum;
 mod controller;
 mod errors;
+mod faults;
 mod limits;
 mod migrate;
 mod node;

@@ -1,14 +1,15 @@
 //! `tern node` against a real nats-server: a node joins with what it measured, a node
-//! killed is noticed when its heartbeat expires, a node stopped leaves at once, and bad
-//! flags or an unreachable backbone are one clear line.
+//! killed is declared lost by the control plane once it has been silent for
+//! `--lost-after`, a node stopped leaves at once, and bad flags or an unreachable
+//! backbone are one clear line.
 
 use std::time::{Duration, Instant};
 
 use futures_util::StreamExt as _;
 use tern_cluster::Tier;
-use tern_cluster::backbone::{NODE_TTL, NatsServer, NodeEvent};
+use tern_cluster::backbone::{NatsServer, NodeEvent};
 
-use crate::support::{free_addr, scratch, signal, spawn_node, tern};
+use crate::support::{Running, free_addr, scratch, signal, spawn_node, tern};
 
 /// Waits for the next event about `name`, up to `within`.
 async fn next_about(
@@ -35,10 +36,24 @@ async fn backbone(dir: &std::path::Path) -> (NatsServer, tern_cluster::backbone:
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn a_node_joins_measured_and_is_gone_seconds_after_a_kill() {
+async fn a_node_joins_measured_and_is_declared_lost_seconds_after_a_kill() {
     let d = scratch();
     let (server, bb) = backbone(d.path()).await;
     let mut events = Box::pin(bb.watch_nodes().await.expect("watch"));
+    let lost_after = Duration::from_secs(2);
+    let _controller = Running(
+        tern(d.path())
+            .env("TERN_JOIN_TOKEN", server.token())
+            .args([
+                "controller",
+                "--nats",
+                server.url(),
+                "--listen",
+                &free_addr(),
+            ])
+            .args(["--lost-after", "2s"])
+            .spawn(),
+    );
     let mut node = spawn_node(
         d.path(),
         &server,
@@ -71,21 +86,15 @@ async fn a_node_joins_measured_and_is_gone_seconds_after_a_kill() {
     signal(&node, "-KILL");
     let killed = Instant::now();
     let _ = node.wait();
-    loop {
-        match next_about(&mut events, NODE_TTL + Duration::from_secs(5)).await {
-            NodeEvent::Up(_) => {} // a heartbeat sent before the kill
-            NodeEvent::Gone(name) => {
-                assert_eq!(name, "edge-1");
-                break;
-            }
-        }
+    // The control plane removes the lost node's entry, and every watcher is told.
+    match next_about(&mut events, lost_after + Duration::from_secs(60)).await {
+        NodeEvent::Gone(name) => assert_eq!(name, "edge-1"),
+        other => panic!("expected the node to be gone: {other:?}"),
     }
     let noticed = killed.elapsed();
-    assert!(
-        noticed < NODE_TTL + Duration::from_secs(2),
-        "noticed after {noticed:?}"
-    );
-    eprintln!("killed node noticed after {noticed:?}");
+    // Never before the silence it is allowed; how much later is a matter of load.
+    assert!(noticed >= lost_after, "declared lost after {noticed:?}");
+    eprintln!("killed node declared lost after {noticed:?}");
     server.stop().await;
 }
 

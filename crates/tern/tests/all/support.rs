@@ -220,13 +220,17 @@ pub fn tern(dir: &Path) -> Tern {
 /// Sends `sig` (`-TERM`, `-USR1` …) to `child` with the shell's own `kill`: minimal
 /// machines have no kill program.
 pub fn signal(child: &std::process::Child, sig: &str) {
-    let ok = Command::new("sh")
-        .arg("-c")
-        .arg(format!("kill {sig} {}", child.id()))
+    signal_pid(child.id(), sig);
+}
+
+/// Sends `sig` (`-STOP`, `-KILL` …) to process `pid`.
+pub fn signal_pid(pid: u32, sig: &str) {
+    let ok = Command::new("kill")
+        .args([sig, &pid.to_string()])
         .status()
-        .expect("sh")
+        .expect("kill")
         .success();
-    assert!(ok, "kill {sig}");
+    assert!(ok, "kill {sig} {pid}");
 }
 
 /// A loopback address nothing listens on (a port just freed).

@@ -1,0 +1,151 @@
+//! The continuum through its own faults, with both cores kept busy: nats-server
+//! stalled and killed, and a node process killed. Each checks that the app ran exactly
+//! once (one incarnation, no restart) and that `tern logs` is identical to an
+//! uninterrupted run.
+
+use std::time::Duration;
+
+use crate::continuum::{Up, write_app};
+use crate::support::{guest, scratch, signal_pid, tern};
+
+/// Processes that keep `n` cores busy until dropped.
+struct Busy(Vec<std::process::Child>);
+
+impl Busy {
+    fn cores(n: usize) -> Busy {
+        Busy(
+            (0..n)
+                .map(|_| {
+                    std::process::Command::new("sh")
+                        .args(["-c", "while :; do :; done"])
+                        .spawn()
+                        .expect("sh")
+                })
+                .collect(),
+        )
+    }
+}
+
+impl Drop for Busy {
+    fn drop(&mut self) {
+        for c in &mut self.0 {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// The pid of the nats-server of `up`.
+fn nats_pid(up: &Up) -> u32 {
+    let state = up.state.display().to_string();
+    for entry in std::fs::read_dir("/proc").expect("/proc").flatten() {
+        if let Ok(cmd) = std::fs::read(entry.path().join("cmdline")) {
+            let cmd = String::from_utf8_lossy(&cmd).replace('\0', " ");
+            if cmd.contains("nats-server")
+                && cmd.contains(&state)
+                && let Ok(pid) = entry.file_name().to_string_lossy().parse()
+            {
+                return pid;
+            }
+        }
+    }
+    panic!("no nats-server under {state}");
+}
+
+/// Deploys `steps` (migratable, checkpointed every second) on `up` and waits until it
+/// has printed a few lines; returns the output of an uninterrupted run.
+fn deploy_steps(up: &Up, dir: &std::path::Path, args: [&str; 2]) -> String {
+    let steps = guest("steps");
+    let reference = tern(dir).arg("run").arg(&steps).args(args).run();
+    assert_eq!(reference.code, Some(3), "{reference:?}");
+    let m = write_app(
+        dir,
+        "steady",
+        &steps,
+        &format!(
+            "name = \"steady\"\nargs = [\"{}\", \"{}\"]\nmigratable = true\ncheckpoint_every = \"1s\"\n",
+            args[0], args[1]
+        ),
+    );
+    up.verb(&["deploy", m.to_str().expect("utf-8")]).succeeds();
+    up.wait_for("a few steps", Duration::from_secs(120), || {
+        (up.verb(&["logs", "steady"]).stdout.lines().count() >= 3).then_some(())
+    });
+    reference.stdout
+}
+
+/// The app ran to its end once: one incarnation, no restart, and its output whole.
+fn ran_once(up: &Up, reference: &str) {
+    let done = up.wait_state("steady", "exited", Duration::from_secs(300));
+    assert_eq!(done["incarnation"], 1, "placed again: {done}");
+    assert_eq!(done["restarts"], 0, "{done}");
+    assert_eq!(done["code"], 3, "{done}");
+    assert_eq!(up.verb(&["logs", "steady"]).succeeds(), reference);
+}
+
+#[test]
+fn a_backbone_stalled_for_ten_seconds_stops_no_app_and_restarts_none() {
+    let d = scratch();
+    let up = Up::start(d.path(), &d.path().join("state"));
+    let _busy = Busy::cores(2);
+    let reference = deploy_steps(&up, d.path(), ["40", "40000000"]);
+    let nats = nats_pid(&up);
+    signal_pid(nats, "-STOP");
+    // The fault's length, not a wait for a state.
+    std::thread::sleep(Duration::from_secs(10));
+    signal_pid(nats, "-CONT");
+    ran_once(&up, &reference);
+    // Every node is still there, and none was taken for lost.
+    let nodes = up.wait_for("three nodes", Duration::from_secs(30), || {
+        let r = up.verb(&["nodes", "--json"]);
+        let v: serde_json::Value = serde_json::from_str(&r.stdout).ok()?;
+        (v.as_array()?.len() == 3).then_some(v)
+    });
+    assert_eq!(nodes.as_array().map(Vec::len), Some(3));
+    let stderr = up.stop();
+    assert!(!stderr.contains("exited ("), "nothing ended: {stderr}");
+}
+
+#[test]
+fn a_backbone_killed_is_started_again_and_a_node_killed_too_with_no_app_lost() {
+    let d = scratch();
+    let up = Up::start(d.path(), &d.path().join("state"));
+    let _busy = Busy::cores(2);
+    let reference = deploy_steps(&up, d.path(), ["40", "40000000"]);
+    signal_pid(nats_pid(&up), "-KILL");
+    ran_once(&up, &reference);
+    // A node process that dies is started again, and joins again.
+    let iot = up.node_pid("iot");
+    signal_pid(iot, "-KILL");
+    up.wait_for("iot started again", Duration::from_secs(120), || {
+        up.try_node_pid("iot").filter(|&pid| pid != iot).map(|_| ())
+    });
+    up.wait_for("three nodes", Duration::from_secs(120), || {
+        let r = up.verb(&["nodes", "--json"]);
+        let v: serde_json::Value = serde_json::from_str(&r.stdout).ok()?;
+        (v.as_array()?.len() == 3).then_some(())
+    });
+    let stderr = up.stop();
+    assert!(
+        stderr.contains("nats-server exited") && stderr.contains("nats-server started again"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("node iot exited") && stderr.contains("node iot started again"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn a_second_tern_up_on_the_same_state_is_refused() {
+    let d = scratch();
+    let state = d.path().join("state");
+    let up = Up::start(d.path(), &state);
+    let r = tern(d.path())
+        .args(["up", "--listen", &crate::support::free_addr(), "--state"])
+        .arg(&state)
+        .run();
+    r.fails_with(1, "another `tern up` (pid ");
+    // The first one is untouched.
+    up.stop();
+}
