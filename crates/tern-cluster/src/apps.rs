@@ -150,7 +150,8 @@ impl AppView {
             code,
             reason,
             incarnation: record.incarnation,
-            restarts: record.restarts,
+            // A node that restarted and ran the same incarnation again counts it.
+            restarts: current.map_or(record.restarts, |s| s.restarts.max(record.restarts)),
             checkpoint_age_s: checkpoint.map(|c| now_ms().saturating_sub(c.at_ms) as f64 / 1e3),
             note,
         }

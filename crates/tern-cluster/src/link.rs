@@ -27,6 +27,9 @@ pub const IDLE_TIMEOUT: Duration = Duration::from_secs(10);
 pub const WINDOW: usize = 20;
 /// The percentile of the window reported as the round trip.
 pub const PERCENTILE: f64 = 0.1;
+/// Samples a peer's window needs before its round trip is reported: the first pings
+/// after a node starts meet a machine still busy starting the others.
+pub const MIN_SAMPLES: usize = 5;
 /// Pings in a row a peer may miss before its round trip is forgotten.
 const MISSES: u32 = 3;
 
@@ -145,11 +148,12 @@ impl Measured {
         self.samples.retain(|p, _| peers(p));
     }
 
-    /// Each peer's round trip in ms: the [`PERCENTILE`] of its window.
+    /// Each peer's round trip in ms: the [`PERCENTILE`] of its window, once it holds
+    /// [`MIN_SAMPLES`].
     pub fn rtt_ms(&self) -> BTreeMap<String, f64> {
         self.samples
             .iter()
-            .filter(|(_, (w, _))| !w.is_empty())
+            .filter(|(_, (w, _))| w.len() >= MIN_SAMPLES)
             .map(|(p, (w, _))| {
                 let mut sorted: Vec<f64> = w.iter().copied().collect();
                 sorted.sort_by(f64::total_cmp);
@@ -223,6 +227,10 @@ mod tests {
     #[test]
     fn the_round_trip_is_a_low_percentile_and_silent_peers_are_forgotten() {
         let mut m = Measured::default();
+        for _ in 1..MIN_SAMPLES {
+            m.record("edge", Some(Duration::from_millis(20)));
+        }
+        assert!(m.rtt_ms().is_empty(), "too few samples to say");
         // A steady 20 ms with a few samples a busy machine delayed.
         for i in 0..WINDOW {
             let ms = if i % 4 == 0 { 35 } else { 20 };

@@ -256,6 +256,17 @@ async fn reconcile(
         return;
     }
     ran.insert(app.to_owned(), record.incarnation);
+    // An incarnation that ended here already (this node restarted after it exited or
+    // failed) is not run again.
+    if let Ok(Some(st)) = backbone.status(app).await
+        && st.incarnation == record.incarnation
+        && matches!(
+            st.state,
+            InstanceState::Exited { .. } | InstanceState::Failed { .. }
+        )
+    {
+        return;
+    }
     match start(host, backbone, record, finished.clone(), Start::Run).await {
         Ok(local) => {
             running.insert(app.to_owned(), local);
@@ -304,6 +315,38 @@ async fn start(
     let receiving = matches!(how, Start::Receive { .. });
     let status = backbone.status(&record.name).await.ok().flatten();
     let restore_from = record.resume_point(status.as_ref()).filter(|_| !receiving);
+    // This very incarnation ran here before: this node was restarted (or the whole
+    // continuum), and the app starts again here. It counts as a restart, and says so.
+    let again = status
+        .as_ref()
+        .filter(|s| s.incarnation == record.incarnation && s.node == host.node && !receiving);
+    let (restarts, note) = match (again, &restore_from) {
+        (None, _) => (record.restarts, String::new()),
+        (Some(s), Some(c)) if manifest.migratable => (
+            s.restarts + 1,
+            format!(
+                "node {} restarted; resumed from its checkpoint of {:.1} s before (the progress since then is redone)",
+                host.node,
+                now_ms().saturating_sub(c.at_ms) as f64 / 1e3
+            ),
+        ),
+        (Some(s), _) => (
+            s.restarts + 1,
+            format!(
+                "node {} restarted; started again from its start ({})",
+                host.node,
+                if manifest.migratable {
+                    "it had no checkpoint yet"
+                } else {
+                    "it is not migratable"
+                }
+            ),
+        ),
+    };
+    let record = &AppRecord {
+        restarts,
+        ..record.clone()
+    };
     let restore = match &restore_from {
         _ if receiving => None,
         Some(c) if manifest.migratable => {
@@ -385,6 +428,7 @@ async fn start(
         checkpoint: restore_from,
         migratable: manifest.migratable,
         stderr_chunks: 0,
+        note,
     };
     let app = record.name.clone();
     let incarnation = record.incarnation;

@@ -36,6 +36,9 @@ pub(super) struct Task {
     pub(super) migratable: bool,
     /// stderr chunks published so far: each one's name for the stream.
     pub(super) stderr_chunks: u64,
+    /// What `tern ps` shows of this instance while it runs (empty: the placement's
+    /// note), such as that its node restarted and it resumed.
+    pub(super) note: String,
 }
 
 impl Task {
@@ -108,7 +111,7 @@ impl Task {
                                     {
                                         self.backbone.drop_snapshot(&old.digest).await;
                                     }
-                                    self.status(InstanceState::Running, Some(c), "").await;
+                                    self.status(InstanceState::Running, Some(c), &self.note.clone()).await;
                                 }
                                 Err(e) => tracing::warn!(app = %self.record.name, error = %e, "checkpoint not stored"),
                             }
@@ -119,7 +122,7 @@ impl Task {
                         }
                         Ok(Event::Started) => {
                             if self.handover.is_none() {
-                                self.status(InstanceState::Running, last_checkpoint.clone(), "").await;
+                                self.status(InstanceState::Running, last_checkpoint.clone(), &self.note.clone()).await;
                             }
                         }
                         Ok(Event::Listening { addr }) => {
@@ -132,8 +135,8 @@ impl Task {
                         }
                         Ok(Event::MigrationFailed { reason }) => {
                             if let Some((to, reply)) = moving.take() {
-                                let note = format!("its migration to {to} failed: {reason}; it runs on here");
-                                self.status(InstanceState::Running, last_checkpoint.clone(), &note).await;
+                                self.note = format!("its migration to {to} failed: {reason}; it runs on here");
+                                self.status(InstanceState::Running, last_checkpoint.clone(), &self.note.clone()).await;
                                 let _ = reply.send(Err(reason));
                             }
                         }
@@ -158,7 +161,7 @@ impl Task {
                         if !self.migratable || control_out.is_none() || moving.is_some() {
                             let _ = reply.send(Err(format!("{} cannot be migrated now", self.record.name)));
                         } else {
-                            self.status(InstanceState::Migrating { to: to.clone() }, last_checkpoint.clone(), "").await;
+                            self.status(InstanceState::Migrating { to: to.clone() }, last_checkpoint.clone(), &self.note.clone()).await;
                             send(&mut control_out, Command::Migrate { to: addr }).await;
                             moving = Some((to, reply));
                         }
@@ -299,7 +302,8 @@ impl Task {
         self.published = offset;
         self.pos = offset;
         let held = std::mem::take(&mut self.held);
-        self.status(InstanceState::Running, checkpoint, "").await;
+        self.status(InstanceState::Running, checkpoint, &self.note.clone())
+            .await;
         if !held.is_empty() {
             self.stdout(&held).await;
         }

@@ -114,26 +114,77 @@ fn a_backbone_killed_is_started_again_and_a_node_killed_too_with_no_app_lost() {
     let reference = deploy_steps(&up, d.path(), ["40", "40000000"]);
     signal_pid(nats_pid(&up), "-KILL");
     ran_once(&up, &reference);
-    // A node process that dies is started again, and joins again.
-    let iot = up.node_pid("iot");
-    signal_pid(iot, "-KILL");
-    up.wait_for("iot started again", Duration::from_secs(120), || {
-        up.try_node_pid("iot").filter(|&pid| pid != iot).map(|_| ())
+    // A node process that dies is started again and joins again, and runs nothing
+    // that ended already.
+    let node = up.app("steady").expect("steady")["node"]
+        .as_str()
+        .expect("node")
+        .to_owned();
+    let pid = up.node_pid(&node);
+    signal_pid(pid, "-KILL");
+    up.wait_for("the node started again", Duration::from_secs(120), || {
+        up.try_node_pid(&node).filter(|&p| p != pid).map(|_| ())
     });
     up.wait_for("three nodes", Duration::from_secs(120), || {
         let r = up.verb(&["nodes", "--json"]);
         let v: serde_json::Value = serde_json::from_str(&r.stdout).ok()?;
         (v.as_array()?.len() == 3).then_some(())
     });
+    let after = up.app("steady").expect("steady");
+    assert_eq!(
+        (&after["state"], &after["restarts"], &after["incarnation"]),
+        (&"exited".into(), &0.into(), &1.into()),
+        "{after}"
+    );
+    assert_eq!(up.verb(&["logs", "steady"]).succeeds(), reference);
     let stderr = up.stop();
     assert!(
         stderr.contains("nats-server exited") && stderr.contains("nats-server started again"),
         "{stderr}"
     );
     assert!(
-        stderr.contains("node iot exited") && stderr.contains("node iot started again"),
+        stderr.contains(&format!("node {node} exited"))
+            && stderr.contains(&format!("node {node} started again")),
         "{stderr}"
     );
+}
+
+#[test]
+fn a_node_killed_and_started_again_resumes_its_app_from_its_checkpoint() {
+    let d = scratch();
+    let up = Up::start(d.path(), &d.path().join("state"));
+    let _busy = Busy::cores(1);
+    let reference = deploy_steps(&up, d.path(), ["30", "40000000"]);
+    up.wait_for("a checkpoint", Duration::from_secs(60), || {
+        up.app("steady")?["checkpoint_age_s"]
+            .is_number()
+            .then_some(())
+    });
+    let node = up.app("steady").expect("steady")["node"]
+        .as_str()
+        .expect("node")
+        .to_owned();
+    signal_pid(up.node_pid(&node), "-KILL");
+    let resumed = up.wait_for("steady running again", Duration::from_secs(120), || {
+        up.app("steady")
+            .filter(|a| a["restarts"] == 1 && a["state"] == "running")
+    });
+    let note = resumed["note"].as_str().expect("note");
+    assert!(
+        note.starts_with(&format!(
+            "node {node} restarted; resumed from its checkpoint of"
+        )),
+        "{resumed}"
+    );
+    assert_eq!(resumed["node"], node.as_str(), "{resumed}");
+    let done = up.wait_state("steady", "exited", Duration::from_secs(300));
+    assert_eq!(
+        (&done["incarnation"], &done["code"]),
+        (&1.into(), &3.into()),
+        "{done}"
+    );
+    assert_eq!(up.verb(&["logs", "steady"]).succeeds(), reference);
+    up.stop();
 }
 
 #[test]
