@@ -16,6 +16,54 @@ export PATH="$PATH:$HOME/.local/share/tern/nats/bin"
 step() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
 show() { printf '$ %s\n' "$*"; }
 
+# Waits until a condition holds, trying it again and again, up to a deadline: this
+# machine may be busy, so nothing here waits a fixed time. At the deadline it says what
+# it waited for, shows the continuum's state and the log of `tern up`, and fails.
+#   wait_for SECONDS "what it waits for" COMMAND...
+wait_for() {
+  local within=$1 what=$2
+  shift 2
+  local deadline=$(( $(date +%s) + within ))
+  until "$@" >/dev/null 2>&1; do
+    if [ -n "${up_pid:-}" ] && ! kill -0 "$up_pid" 2>/dev/null; then
+      echo "demo: tern up ended while waiting for $what" >&2
+      tail -n 20 "$demo/up.log" >&2
+      exit 1
+    fi
+    if [ "$(date +%s)" -ge "$deadline" ]; then
+      echo "demo: gave up after ${within} s waiting for $what" >&2
+      "$tern" ps >&2 || true
+      tail -n 20 "$demo/up.log" >&2
+      exit 1
+    fi
+    sleep 0.2
+  done
+}
+
+# True when app $1 is on node $2 (any node if empty) in one of the states $3 (a
+# regular expression, e.g. 'running|exited').
+app_is() {
+  "$tern" ps --json | python3 -c '
+import json, re, sys
+app, node, states = sys.argv[1:4]
+a = {x["name"]: x for x in json.load(sys.stdin)}.get(app)
+ok = a is not None and (not node or a.get("node") == node) and re.fullmatch(states, a.get("state", ""))
+sys.exit(0 if ok else 1)' "$1" "$2" "$3"
+}
+
+# The node app $1 is on.
+node_of() {
+  "$tern" ps --json | python3 -c '
+import json, sys
+print({x["name"]: x for x in json.load(sys.stdin)}[sys.argv[1]]["node"] or "")' "$1"
+}
+
+# True when `tern nodes` lists $1 nodes and every pair of sites has a round trip.
+nodes_measured() {
+  [ "$("$tern" nodes --json | grep -c '"name"')" = "$1" ] &&
+    [ "$("$tern" nodes --latency --json | grep -c '"ms"')" = "$2" ]
+}
+
 step "building tern (first build compiles Wasmtime: a few minutes)"
 cargo build --quiet -p tern
 tern="$PWD/target/debug/tern"
@@ -42,17 +90,12 @@ step "1. a continuum on this machine: nats-server, the control plane, three node
 show tern up --state "$demo/state" --listen "127.0.0.1:$port" '&'
 "$tern" up --state "$demo/state" --listen "127.0.0.1:$port" 2> "$demo/up.log" &
 up_pid=$!
-for _ in $(seq 300); do
-  [ "$("$tern" nodes --json 2>/dev/null | grep -c '"name"')" = 3 ] && break
-  kill -0 "$up_pid" 2>/dev/null || { cat "$demo/up.log"; exit 1; }
-  sleep 0.2
-done
+wait_for 300 "three nodes to join, and their round trips to be measured" nodes_measured 3 3
 export TERN_TOKEN
 TERN_TOKEN=$(cat "$demo/state/nats/join-token")
 head -n 1 "$demo/up.log"
 show tern nodes
 "$tern" nodes
-sleep 3
 show tern nodes --latency "   # measured through the emulated links: cloud–edge 20 ms, edge–iot 5 ms, cloud–iot 40 ms"
 "$tern" nodes --latency
 
@@ -63,7 +106,9 @@ show tern deploy sensor-agg.toml
 "$tern" deploy "$demo/apps/sensor-agg.toml"
 show tern deploy batch.toml
 "$tern" deploy "$demo/apps/batch.toml"
-sleep 2
+# A node compiles a module the first time it runs it: that can take a while.
+wait_for 300 "sensor-agg to run on the edge" app_is sensor-agg edge running
+wait_for 300 "batch to run" app_is batch "" 'running|exited'
 show tern ps
 "$tern" ps
 
@@ -76,58 +121,81 @@ show tern explain sensor-agg --why-not iot
 step "4. move it live to the cloud, and its output goes on where it was"
 show tern migrate sensor-agg --to cloud
 "$tern" migrate sensor-agg --to cloud
-sleep 2
+wait_for 300 "sensor-agg to run on the cloud" app_is sensor-agg cloud running
+lines=$("$tern" logs sensor-agg | wc -l)
+more() { [ "$("$tern" logs sensor-agg | wc -l)" -gt "$1" ]; }
+wait_for 120 "sensor-agg to write more on the cloud" more "$lines"
 show "tern logs sensor-agg | tail -n 2"
 "$tern" logs sensor-agg | tail -n 2
 
 step "5. drain the cloud: the aggregator moves live, the batch job restarts elsewhere"
+batch_was=$(node_of batch)
 show tern drain cloud
-"$tern" drain cloud || true
-sleep 1
+"$tern" drain cloud
+wait_for 300 "sensor-agg to run off the cloud" app_is sensor-agg edge 'running|exited'
+if [ "$batch_was" = cloud ]; then
+  wait_for 300 "batch to run off the cloud" app_is batch edge 'running|exited'
+fi
+show tern ps
 "$tern" ps
 show tern drain cloud --undo
 "$tern" drain cloud --undo
 
-step "6. kill the edge node with SIGKILL: its apps come back on the cloud"
-sleep 2
+step "6. kill the edge node with SIGKILL: tern up starts it again, and its apps resume"
 # Found by its command line (a minimal machine may have no pgrep).
 edge=""
 for p in /proc/[0-9]*; do
   cmd=$(tr '\0' ' ' < "$p/cmdline" 2>/dev/null) || continue
   case "$cmd" in *" node "*"--name edge "*"$demo/state"*) edge=${p#/proc/}; break ;; esac
 done
+[ -n "$edge" ] || { echo "demo: the edge node's process was not found" >&2; exit 1; }
+restarts=$("$tern" ps --json | python3 -c 'import json,sys; print({x["name"]: x for x in json.load(sys.stdin)}["sensor-agg"]["restarts"])')
 show "kill -KILL $edge   # the edge node's process"
 kill -KILL "$edge"
 killed=$(date +%s%N)
-for _ in $(seq 100); do
+# Running again, one restart more: on the edge node tern up started again (from the
+# app's last checkpoint), or wherever the control plane placed it if it declared the
+# edge lost first.
+resumed() {
   "$tern" ps --json | python3 -c '
 import json, sys
-apps = {a["name"]: a for a in json.load(sys.stdin)}
-a = apps.get("sensor-agg", {})
-sys.exit(0 if a.get("node") == "cloud" and a.get("state") in ("running", "exited") else 1)' && break
-  sleep 0.1
-done
-echo "back on the cloud $(( ($(date +%s%N) - killed) / 1000000 )) ms after the SIGKILL"
+a = {x["name"]: x for x in json.load(sys.stdin)}["sensor-agg"]
+sys.exit(0 if a["state"] == "running" and a["restarts"] > int(sys.argv[1]) else 1)' "$1"
+}
+wait_for 300 "sensor-agg to run again after the SIGKILL" resumed "$restarts"
+echo "sensor-agg runs again on $(node_of sensor-agg), $(( ($(date +%s%N) - killed) / 1000000 )) ms after the SIGKILL"
+grep -E 'node edge exited|node edge started again' "$demo/up.log" | head -n 2
 show tern ps
 "$tern" ps
 
 step "7. nothing lost, nothing repeated: the same output and file as an uninterrupted run"
-for _ in $(seq 600); do
-  "$tern" ps --json | grep -q '"name": "sensor-agg"' || break
-  "$tern" ps --json | python3 -c '
-import json, sys
-a = {x["name"]: x for x in json.load(sys.stdin)}["sensor-agg"]
-sys.exit(0 if a["state"] in ("exited", "failed") else 1)' && break
-  sleep 0.2
-done
+wait_for 600 "sensor-agg to finish" app_is sensor-agg "" 'exited|failed'
+app_is sensor-agg "" exited || { echo "demo: sensor-agg failed" >&2; "$tern" ps >&2; exit 1; }
 "$tern" logs sensor-agg > "$demo/sensor-agg.out"
 show tern cp sensor-agg:/data/agg.csv agg.csv
 "$tern" cp sensor-agg:/data/agg.csv "$demo/agg.csv"
 mkdir -p "$demo/reference/data" && cp "$demo/apps/readings/calibration.csv" "$demo/reference/data/"
-"$tern" run --dir "$demo/reference/data::/data" "$demo/apps/sensor-agg.wasm" --window 60 --ticks 3000 > "$demo/reference.out"
+# The same program and arguments as the manifest's, run once without interruption.
+args=$(python3 -c '
+import json, sys
+line = next(l for l in open(sys.argv[1]) if l.startswith("args"))
+print(" ".join(json.loads(line.split("=", 1)[1])))' "$demo/apps/sensor-agg.toml")
+# shellcheck disable=SC2086
+"$tern" run --dir "$demo/reference/data::/data" "$demo/apps/sensor-agg.wasm" $args > "$demo/reference.out"
 tail -n 1 "$demo/sensor-agg.out"
-cmp "$demo/sensor-agg.out" "$demo/reference.out" && echo "output: identical to an uninterrupted run ($(wc -l < "$demo/reference.out") lines)"
-cmp "$demo/agg.csv" "$demo/reference/data/agg.csv" && echo "/data/agg.csv: identical ($(wc -l < "$demo/agg.csv") lines)"
+if cmp -s "$demo/sensor-agg.out" "$demo/reference.out"; then
+  echo "output: identical to an uninterrupted run ($(wc -l < "$demo/reference.out") lines)"
+else
+  echo "demo: the output differs from an uninterrupted run:" >&2
+  diff "$demo/reference.out" "$demo/sensor-agg.out" | head -n 20 >&2
+  exit 1
+fi
+if cmp -s "$demo/agg.csv" "$demo/reference/data/agg.csv"; then
+  echo "/data/agg.csv: identical ($(wc -l < "$demo/agg.csv") lines)"
+else
+  echo "demo: /data/agg.csv differs from an uninterrupted run's" >&2
+  exit 1
+fi
 
 step "8. Ctrl-C stops it all"
 stop_up
