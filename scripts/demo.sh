@@ -119,8 +119,8 @@ show tern explain sensor-agg --why-not iot
 "$tern" explain sensor-agg --why-not iot
 
 step "4. move it live to the cloud, and its output goes on where it was"
-show tern migrate sensor-agg --to cloud
-"$tern" migrate sensor-agg --to cloud
+show tern migrate sensor-agg --to cloud --wait
+"$tern" migrate sensor-agg --to cloud --wait
 wait_for 300 "sensor-agg to run on the cloud" app_is sensor-agg cloud running
 lines=$("$tern" logs sensor-agg | wc -l)
 more() { [ "$("$tern" logs sensor-agg | wc -l)" -gt "$1" ]; }
@@ -130,8 +130,8 @@ show "tern logs sensor-agg | tail -n 2"
 
 step "5. drain the cloud: the aggregator moves live, the batch job restarts elsewhere"
 batch_was=$(node_of batch)
-show tern drain cloud
-"$tern" drain cloud
+show tern drain cloud --wait
+"$tern" drain cloud --wait
 wait_for 300 "sensor-agg to run off the cloud" app_is sensor-agg edge 'running|exited'
 if [ "$batch_was" = cloud ]; then
   wait_for 300 "batch to run off the cloud" app_is batch edge 'running|exited'

@@ -265,11 +265,11 @@ pub fn run(
                 .to_owned();
             let to = if at == "cloud" { "edge" } else { "cloud" };
             let started = Instant::now();
-            let moved = up.json(&["migrate", "workset", "--to", to, "--json"])?;
+            let moved = up.json(&["migrate", "workset", "--to", to, "--json", "--wait"])?;
             verb.push(started.elapsed());
             let ms = moved["stats"]["downtime_ms"]
                 .as_f64()
-                .context("no downtime in tern migrate's answer")?;
+                .context("no downtime in tern migrate --wait's answer")?;
             downtime.push(Duration::from_secs_f64(ms / 1e3));
             bar.inc(1);
             up.wait(

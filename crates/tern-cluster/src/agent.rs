@@ -322,6 +322,7 @@ pub async fn run(
         engine: config.engine,
         state: config.state,
         tern: config.tern,
+        migrated: crate::supervisor::Migrated::default(),
     };
     let node = NodeDescriptor {
         name: config.name,

@@ -121,6 +121,9 @@ pub struct AppView {
     /// Seconds since its last checkpoint.
     pub checkpoint_age_s: Option<f64>,
     pub note: String,
+    /// Its move under way, if any: `→ cloud (copying)`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub moving: Option<String>,
 }
 
 impl AppView {
@@ -154,7 +157,21 @@ impl AppView {
             restarts: current.map_or(record.restarts, |s| s.restarts.max(record.restarts)),
             checkpoint_age_s: checkpoint.map(|c| now_ms().saturating_sub(c.at_ms) as f64 / 1e3),
             note,
+            moving: None,
         }
+    }
+
+    /// The row with `mv`, the app's move under way, shown.
+    #[must_use]
+    pub fn with_move(mut self, mv: Option<&crate::moves::MoveRecord>) -> AppView {
+        self.moving = mv.map(|m| {
+            let how = if m.live { "" } else { "restart " };
+            match &m.to {
+                Some(to) => format!("{how}→ {to} ({}, {})", m.state.name(), m.id),
+                None => format!("{how}off {} ({}, {})", m.from, m.state.name(), m.id),
+            }
+        });
+        self
     }
 }
 

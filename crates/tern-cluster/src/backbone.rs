@@ -10,7 +10,8 @@
 //!   heartbeats on `tern.alive.NODE` (plain NATS messages, no acknowledgement to wait
 //!   for; only the control plane listens), the `tern-modules` object store
 //!   (modules and seed files by digest), and the deployments' stores that
-//!   [`crate::apps`] reads and writes: `tern-apps`, `tern-status`, `tern-drains`, the
+//!   [`crate::apps`] and [`crate::moves`] read and write: `tern-apps`, `tern-status`,
+//!   `tern-drains`, `tern-moves`, the
 //!   `tern-logs` stream and the `tern-snapshots` object store.
 
 use std::path::{Path, PathBuf};
@@ -351,6 +352,7 @@ pub struct Backbone {
     pub(crate) apps: kv::Store,
     pub(crate) status: kv::Store,
     pub(crate) drains: kv::Store,
+    pub(crate) moves: kv::Store,
     pub(crate) logs: jetstream::stream::Stream,
     modules: object_store::ObjectStore,
     pub(crate) snapshots: object_store::ObjectStore,
@@ -420,6 +422,7 @@ impl Backbone {
             apps,
             status,
             drains,
+            moves,
             logs,
             snapshots,
         } = open(&js).await?;
@@ -441,6 +444,7 @@ impl Backbone {
             apps,
             status,
             drains,
+            moves,
             logs,
             modules,
             snapshots,
@@ -609,6 +613,7 @@ pub(crate) struct Stores {
     pub apps: kv::Store,
     pub status: kv::Store,
     pub drains: kv::Store,
+    pub moves: kv::Store,
     pub logs: stream::Stream,
     pub snapshots: object_store::ObjectStore,
 }
@@ -666,10 +671,12 @@ pub(crate) async fn open(js: &jetstream::Context) -> Result<Stores, BackboneErro
             .await
             .map_err(|e| js_err("object store tern-snapshots", e))?,
     };
+    let moves = crate::moves::open(js).await?;
     Ok(Stores {
         apps,
         status,
         drains,
+        moves,
         logs,
         snapshots,
     })

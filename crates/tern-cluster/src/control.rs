@@ -13,9 +13,11 @@
 //! | `DELETE /v1/apps/{name}` 🔑 | — | `{"removed": name}` |
 //! | `GET /v1/apps/{name}/logs?after=SEQ` 🔑 | — | frames `SEQ out\|err LEN\n` + LEN bytes of output |
 //! | `GET /v1/apps/{name}/explain[?why_not=NODE]` | — | every node's verdict on the app now |
-//! | `POST /v1/apps/{name}/migrate` 🔑 | JSON [`MigrateRequest`] | JSON [`Move`]: a live migration, node to node |
+//! | `POST /v1/apps/{name}/migrate` 🔑 | JSON [`MigrateRequest`] | JSON [`MoveRecord`](crate::moves::MoveRecord) (202): a live migration, node to node, recorded |
+//! | `GET /v1/moves` | — | JSON array of every app's latest [`MoveRecord`](crate::moves::MoveRecord) |
+//! | `GET /v1/moves/{app}` | — | the app's latest move |
 //! | `GET /v1/apps/{name}/files?path=/guest/path` 🔑 | — | the file's bytes, from the node that has them (at most [`MAX_COPY`]) |
-//! | `POST /v1/nodes/{name}/drain` 🔑 | — | JSON array of [`Move`]: every app off the node, which takes no more |
+//! | `POST /v1/nodes/{name}/drain` 🔑 | — | JSON array of the moves recorded (202): every app off the node, which takes no more |
 //! | `DELETE /v1/nodes/{name}/drain` 🔑 | — | the node takes apps again |
 //!
 //! 🔑: the request must carry `Authorization: Bearer TOKEN`, the continuum's join
@@ -28,13 +30,14 @@
 
 mod apps;
 mod liveness;
+mod mover;
 mod moves;
 mod recover;
+mod view;
 
 pub use apps::{DeployRequest, Deployed, MAX_MODULE};
-pub use moves::{MAX_COPY, MigrateRequest, Move};
+pub use moves::{MAX_COPY, MigrateRequest};
 
-use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
@@ -51,7 +54,8 @@ use crate::apps::{AppEvent, AppRecord};
 use crate::backbone::{Backbone, NodeEvent};
 use crate::manifest;
 use crate::model::NodeDescriptor;
-use crate::scheduler::{Explanation, Request, RttMatrix, Scheduler};
+use crate::scheduler::{Explanation, Request, Scheduler};
+use view::View;
 
 /// The largest request body the API reads: a manifest is a few hundred bytes.
 pub const MAX_BODY: usize = 256 << 10;
@@ -70,78 +74,6 @@ impl Default for Settings {
         Settings {
             lost_after: crate::backbone::LOST_AFTER,
         }
-    }
-}
-
-/// The nodes as the registry says they are, and the round trips between their sites.
-#[derive(Debug)]
-struct View {
-    nodes: BTreeMap<String, NodeDescriptor>,
-    rtt: RttMatrix,
-    /// Every app's record, its revision and the memory it reserves on its node.
-    apps: BTreeMap<String, (AppRecord, u64, u64)>,
-    /// The incarnation of each app that has ended (exited or failed): it reserves
-    /// nothing any more.
-    ended: BTreeMap<String, u64>,
-    /// Nodes no app is placed on (`tern drain`).
-    drained: std::collections::BTreeSet<String>,
-    /// Which nodes are alive.
-    liveness: liveness::Liveness,
-}
-
-impl Default for View {
-    fn default() -> View {
-        View::new(Settings::default())
-    }
-}
-
-impl View {
-    fn new(settings: Settings) -> View {
-        View {
-            nodes: BTreeMap::new(),
-            rtt: RttMatrix::default(),
-            apps: BTreeMap::new(),
-            ended: BTreeMap::new(),
-            drained: std::collections::BTreeSet::new(),
-            liveness: liveness::Liveness::new(settings.lost_after),
-        }
-    }
-
-    /// The nodes placements must leave out, and why.
-    fn excluded(&self) -> Vec<(&str, &str)> {
-        self.drained
-            .iter()
-            .map(|n| (n.as_str(), "drained"))
-            .collect()
-    }
-
-    /// The site of node `name`, if it is in the view.
-    fn nodes_site(&self, name: &str) -> Option<String> {
-        self.nodes.get(name).map(|n| n.site.clone())
-    }
-
-    /// The nodes, each with the memory of the apps placed on it counted as used: a
-    /// node's own heartbeat may not count an app placed a moment ago yet.
-    fn nodes_with_reservations(&self) -> Vec<NodeDescriptor> {
-        self.nodes_with_reservations_except("")
-    }
-
-    /// As [`View::nodes_with_reservations`], leaving out app `except` (the one being
-    /// placed again).
-    fn nodes_with_reservations_except(&self, except: &str) -> Vec<NodeDescriptor> {
-        let mut nodes: Vec<NodeDescriptor> = self.nodes.values().cloned().collect();
-        for n in &mut nodes {
-            let on_node = self.apps.values().filter(|(r, _, _)| {
-                r.name != except
-                    && r.node.as_deref() == Some(&n.name)
-                    && self.ended.get(&r.name) != Some(&r.incarnation)
-            });
-            let (count, reserved) =
-                on_node.fold((0u32, 0u64), |(c, m), (_, _, mem)| (c + 1, m + mem));
-            n.load.memory = n.load.memory.max(reserved);
-            n.load.instances = n.load.instances.max(count);
-        }
-        nodes
     }
 }
 
@@ -223,6 +155,7 @@ pub async fn serve(
         backbone: backbone.clone(),
         token: token.map(Arc::from),
     };
+    prime(&backbone, &shared.view).await;
     let b = backbone.clone();
     let mut app_events = Box::pin(crate::backbone::rewatch("deployments", move || {
         let b = b.clone();
@@ -233,14 +166,8 @@ pub async fn serve(
         while let Some(event) = app_events.next().await {
             let Ok(mut v) = view.write() else { break };
             match event {
-                AppEvent::Put(record, rev) => {
-                    let memory = manifest::parse(&record.manifest)
-                        .map_or(manifest::DEFAULT_MEMORY, |m| m.memory);
-                    v.apps.insert(record.name.clone(), (*record, rev, memory));
-                }
-                AppEvent::Removed(name) => {
-                    v.apps.remove(&name);
-                }
+                AppEvent::Put(record, rev) => v.put_app(*record, rev),
+                AppEvent::Removed(name) => v.remove_app(&name),
             }
         }
     });
@@ -253,13 +180,7 @@ pub async fn serve(
     let follow_statuses = tokio::spawn(async move {
         while let Some(st) = status_events.next().await {
             let Ok(mut v) = view.write() else { break };
-            if matches!(
-                st.state,
-                crate::model::InstanceState::Exited { .. }
-                    | crate::model::InstanceState::Failed { .. }
-            ) {
-                v.ended.insert(st.app, st.incarnation);
-            }
+            v.put_status(st);
         }
     });
     let b = backbone.clone();
@@ -278,7 +199,20 @@ pub async fn serve(
             }
         }
     });
+    let b = backbone.clone();
+    let mut move_events = Box::pin(crate::backbone::rewatch("moves", move || {
+        let b = b.clone();
+        async move { b.watch_moves().await }
+    }));
+    let view = shared.view.clone();
+    let follow_moves = tokio::spawn(async move {
+        while let Some((mv, rev)) = move_events.next().await {
+            let Ok(mut v) = view.write() else { break };
+            v.put_move(mv, rev);
+        }
+    });
     let keeping = tokio::spawn(recover::keep_placed(shared.clone()));
+    let moving = tokio::spawn(mover::drive(shared.clone()));
     let b = backbone.clone();
     let mut events = Box::pin(crate::backbone::rewatch("node registry", move || {
         let b = b.clone();
@@ -321,6 +255,8 @@ pub async fn serve(
         .route("/v1/apps/{name}/logs", get(apps::logs))
         .route("/v1/apps/{name}/explain", get(apps::explain))
         .route("/v1/apps/{name}/migrate", post(moves::migrate))
+        .route("/v1/moves", get(moves::list))
+        .route("/v1/moves/{app}", get(moves::one))
         .route("/v1/apps/{name}/files", get(moves::file))
         .route(
             "/v1/nodes/{name}/drain",
@@ -338,10 +274,33 @@ pub async fn serve(
     follow_statuses.abort();
     follow_drains.abort();
     keeping.abort();
+    moving.abort();
+    follow_moves.abort();
     served.map_err(|e| crate::backbone::BackboneError::JetStream {
         what: "API".into(),
         reason: e.to_string(),
     })
+}
+
+/// Reads the nodes, apps and statuses once before the API answers, so that a control
+/// plane that just started does not say a node or an app is missing while its watches
+/// replay. A read that fails leaves it to the watches.
+async fn prime(backbone: &Backbone, view: &Arc<RwLock<View>>) {
+    let nodes = backbone.nodes().await.unwrap_or_default();
+    let apps = backbone.apps().await.unwrap_or_default();
+    let statuses = backbone.statuses().await.unwrap_or_default();
+    let Ok(mut v) = view.write() else { return };
+    let now = std::time::Instant::now();
+    for n in nodes {
+        v.liveness.seen(&n.name, now);
+        v.nodes.insert(n.name.clone(), n);
+    }
+    for (record, rev) in apps {
+        v.put_app(record, rev);
+    }
+    for st in statuses {
+        v.put_status(st);
+    }
 }
 
 /// Folds every heartbeat into the view: the node's load and round trips (by site, in
@@ -366,7 +325,7 @@ async fn follow_heartbeats(backbone: Backbone, view: Arc<RwLock<View>>) {
             node.load = beat.load;
             let site = node.site.clone();
             for (peer, ms) in &beat.rtt_ms {
-                if let Some(p) = v.nodes_site(peer) {
+                if let Some(p) = v.site_of(peer) {
                     v.rtt.set(&site, &p, *ms);
                 }
             }
@@ -587,9 +546,14 @@ async fn plan(State(s): State<Shared>, body: axum::body::Bytes) -> Result<Json<P
         )
     })?;
     let v = s.view.read().map_err(|_| unavailable())?;
-    let nodes: Vec<NodeDescriptor> = v.nodes.values().cloned().collect();
-    let e = s.scheduler.explain(&Request::new(&m), &nodes, &v.rtt);
-    Ok(Json(plan_of(e)))
+    // What `deploy` would place against: drained nodes left out, reservations counted.
+    let c = v.candidates(None);
+    let excluded = c.excluded();
+    let req = Request {
+        exclude: &excluded,
+        ..Request::new(&m)
+    };
+    Ok(Json(plan_of(s.scheduler.explain(&req, &c.nodes, &v.rtt))))
 }
 
 fn plan_of(e: Explanation) -> Plan {

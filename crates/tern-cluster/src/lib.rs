@@ -9,6 +9,7 @@ pub mod instance;
 pub mod link;
 pub mod manifest;
 pub mod model;
+pub mod moves;
 pub mod scheduler;
 pub mod supervisor;
 pub mod up;

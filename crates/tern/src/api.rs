@@ -132,6 +132,43 @@ impl ApiArgs {
     }
 }
 
+/// How long `--wait` follows a move.
+pub const MOVE_WAIT: Duration = Duration::from_secs(600);
+
+impl ApiArgs {
+    /// Follows the moves of `apps` until each is over, up to [`MOVE_WAIT`]; returns
+    /// them as they ended.
+    ///
+    /// # Errors
+    /// The API's, or the deadline, naming what was still under way.
+    pub fn follow_moves(
+        &self,
+        apps: &[String],
+    ) -> anyhow::Result<Vec<tern_cluster::moves::MoveRecord>> {
+        let deadline = std::time::Instant::now() + MOVE_WAIT;
+        let mut out = Vec::new();
+        for app in apps {
+            loop {
+                let mv: tern_cluster::moves::MoveRecord = self.get(&format!("/v1/moves/{app}"))?;
+                if mv.state.is_over() {
+                    out.push(mv);
+                    break;
+                }
+                if std::time::Instant::now() > deadline {
+                    bail!(
+                        "{} is still {} after {} s; `tern ps` follows it",
+                        mv.id,
+                        mv.state.name(),
+                        MOVE_WAIT.as_secs()
+                    );
+                }
+                std::thread::sleep(Duration::from_millis(200));
+            }
+        }
+        Ok(out)
+    }
+}
+
 fn agent() -> ureq::Agent {
     ureq::Agent::config_builder()
         .http_status_as_error(false)

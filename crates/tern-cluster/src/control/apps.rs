@@ -1,7 +1,5 @@
 //! The API's deployments: upload a module, deploy, list, remove, read output, explain.
 
-use std::collections::HashMap;
-
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Json, Response};
@@ -10,7 +8,6 @@ use serde::{Deserialize, Serialize};
 use super::{ApiError, Shared, backbone_down, bad, plan_of, record, unavailable};
 use crate::apps::{AppRecord, AppView, SeedFile};
 use crate::manifest::{self, Manifest};
-use crate::model::NodeDescriptor;
 use crate::scheduler::Request;
 
 /// The largest module (or seed file) the API takes.
@@ -140,8 +137,8 @@ pub(super) async fn deploy(
     // and their sites known to the spread score.
     let placed: Vec<String> = {
         let v = s.view.read().map_err(|_| unavailable())?;
-        let mut nodes = v.nodes_with_reservations();
-        let excluded = v.excluded();
+        let mut c = v.candidates(None);
+        let excluded = super::view::exclusions(&c.excluded);
         let mut by_site: std::collections::HashMap<String, u32> = Default::default();
         let mut placed = Vec::new();
         for name in &names {
@@ -150,14 +147,14 @@ pub(super) async fn deploy(
                 replicas_by_site: Some(&by_site),
                 ..Request::new(&m)
             };
-            let Some(i) = s.scheduler.place(&req, &nodes, &v.rtt) else {
-                let e = s.scheduler.explain(&req, &nodes, &v.rtt);
+            let Some(i) = s.scheduler.place(&req, &c.nodes, &v.rtt) else {
+                let e = s.scheduler.explain(&req, &c.nodes, &v.rtt);
                 return Err(bad(StatusCode::CONFLICT, no_node(name, &e)));
             };
-            nodes[i].load.memory += m.memory;
-            nodes[i].load.instances += 1;
-            *by_site.entry(nodes[i].site.clone()).or_default() += 1;
-            placed.push(nodes[i].name.clone());
+            c.nodes[i].load.memory += m.memory;
+            c.nodes[i].load.instances += 1;
+            *by_site.entry(c.nodes[i].site.clone()).or_default() += 1;
+            placed.push(c.nodes[i].name.clone());
         }
         placed
     };
@@ -189,7 +186,14 @@ pub(super) async fn deploy(
             .await
             .map_err(backbone_down)?
         {
-            Some(_) => written.push(format!("{name} on {node}")),
+            Some(rev) => {
+                written.push(format!("{name} on {node}"));
+                // In the view at once: the next placement counts it, and `tern ps`
+                // shows it, without waiting for the watch.
+                if let Ok(mut v) = s.view.write() {
+                    v.put_app(record, rev);
+                }
+            }
             None => return Err(taken(name)),
         }
     }
@@ -258,21 +262,15 @@ async fn check_module(wasm: Vec<u8>, migratable: bool) -> Result<(), ApiError> {
     checked.map_err(|e| bad(StatusCode::UNPROCESSABLE_ENTITY, e))
 }
 
-/// `GET /v1/apps`: every app, by name.
+/// `GET /v1/apps`: every app, by name, from the control plane's view (no read of the
+/// backbone: the view follows every record and status as they change).
 pub(super) async fn list(State(s): State<Shared>) -> Result<Json<Vec<AppView>>, ApiError> {
-    let records = s.backbone.apps().await.map_err(backbone_down)?;
-    let statuses: HashMap<String, crate::apps::InstanceStatus> = s
-        .backbone
-        .statuses()
-        .await
-        .map_err(backbone_down)?
-        .into_iter()
-        .map(|st| (st.app.clone(), st))
-        .collect();
+    let v = s.view.read().map_err(|_| unavailable())?;
     Ok(Json(
-        records
-            .iter()
-            .map(|(r, _)| AppView::of(r, statuses.get(&r.name)))
+        v.apps()
+            .map(|p| {
+                AppView::of(&p.record, v.status(&p.record.name)).with_move(v.moving(&p.record.name))
+            })
             .collect(),
     ))
 }
@@ -287,10 +285,9 @@ pub(super) async fn remove(
     // NAME is one app, or the replicas NAME-1 … NAME-N of a deployment.
     let replicas: Vec<String> = {
         let v = s.view.read().map_err(|_| unavailable())?;
-        v.apps
-            .values()
-            .filter(|(r, _, _)| r.replica_of.as_deref() == Some(name.as_str()))
-            .map(|(r, _, _)| r.name.clone())
+        v.apps()
+            .filter(|p| p.record.replica_of.as_deref() == Some(name.as_str()))
+            .map(|p| p.record.name.clone())
             .collect()
     };
     let names = if replicas.is_empty() {
@@ -302,6 +299,10 @@ pub(super) async fn remove(
     for n in &names {
         s.backbone.remove_app(n).await.map_err(backbone_down)?;
         let _ = s.backbone.purge_logs(n).await;
+        let _ = s.backbone.forget_moves(n).await;
+        if let Ok(mut v) = s.view.write() {
+            v.forget_moves(n);
+        }
     }
     Ok(Json(serde_json::json!({ "removed": names })))
 }
@@ -370,20 +371,20 @@ pub(super) async fn explain(
         )
     })?;
     let v = s.view.read().map_err(|_| unavailable())?;
-    let nodes: Vec<NodeDescriptor> = v.nodes_with_reservations_except(&name);
+    let c = v.candidates(Some(&name));
     if let Some(n) = &q.why_not
-        && !nodes.iter().any(|d| &d.name == n)
+        && !c.nodes.iter().any(|d| &d.name == n)
     {
         return Err(bad(
             StatusCode::NOT_FOUND,
             format!("no node named {n}; `tern nodes` lists them"),
         ));
     }
-    let excluded = v.excluded();
+    let excluded = c.excluded();
     let mut req = Request::new(&m);
     req.current = r.node.as_deref();
     req.exclude = &excluded;
-    let mut plan = plan_of(s.scheduler.explain(&req, &nodes, &v.rtt));
+    let mut plan = plan_of(s.scheduler.explain(&req, &c.nodes, &v.rtt));
     if let Some(n) = &q.why_not {
         plan.nodes
             .retain(|v| v.get("node").and_then(|x| x.as_str()) == Some(n.as_str()));

@@ -102,8 +102,24 @@ pub(super) async fn command(
             incarnation,
             from,
         } => {
+            // Asked again (the control plane lost the answer, or restarted): the same
+            // instance answers with where it listens.
+            let again = running
+                .get(&app)
+                .filter(|l| l.incarnation == incarnation)
+                .and_then(|l| l.listening.clone());
+            if let Some(rx) = again {
+                tokio::spawn(answer_listening(client.clone(), reply_to.clone(), rx));
+                return;
+            }
             if running.contains_key(&app) {
                 return answer(failed(format!("{app} runs on {} already", host.node))).await;
+            }
+            if ran.get(&app).is_some_and(|&r| r >= incarnation) {
+                return answer(failed(format!(
+                    "incarnation {incarnation} of {app} was here already and ended"
+                )))
+                .await;
             }
             let record = match backbone.app(&app).await {
                 Ok(Some((r, _))) => r,
@@ -115,7 +131,7 @@ pub(super) async fn command(
                 incarnation,
                 ..record
             };
-            let (tx, rx) = oneshot::channel();
+            let (tx, rx) = tokio::sync::watch::channel(None);
             let how = Start::Receive {
                 from,
                 listening: tx,
@@ -124,18 +140,7 @@ pub(super) async fn command(
                 Ok(local) => {
                     ran.insert(app.clone(), incarnation);
                     running.insert(app, local);
-                    let (client, reply_to) = (client.clone(), reply_to.clone());
-                    tokio::spawn(async move {
-                        let reply = match tokio::time::timeout(Duration::from_secs(30), rx).await {
-                            Ok(Ok(Ok(addr))) => NodeReply {
-                                addr: Some(addr),
-                                ..NodeReply::default()
-                            },
-                            Ok(Ok(Err(e))) => failed(e),
-                            _ => failed("the receiving instance did not start listening".into()),
-                        };
-                        answer_now(client, reply_to, reply).await;
-                    });
+                    tokio::spawn(answer_listening(client.clone(), reply_to.clone(), rx));
                 }
                 Err(e) => answer(failed(e)).await,
             }
@@ -147,6 +152,19 @@ pub(super) async fn command(
             site,
             addr,
         } => {
+            // Asked again after it went through: what it measured.
+            let done = host
+                .migrated
+                .lock()
+                .ok()
+                .and_then(|m| m.get(&(app.clone(), incarnation)).cloned());
+            if let Some(moved) = done {
+                return answer(NodeReply {
+                    moved: Some(moved),
+                    ..NodeReply::default()
+                })
+                .await;
+            }
             let Some(local) = running.get(&app).filter(|l| l.incarnation == incarnation) else {
                 return answer(failed(format!(
                     "{app} (incarnation {incarnation}) does not run on {}",
@@ -221,6 +239,37 @@ pub(super) async fn command(
             });
         }
     }
+}
+
+/// Answers, on `to`, where a migration's destination listens once it does (or why it
+/// will not), within 30 s.
+async fn answer_listening(
+    client: async_nats::Client,
+    to: async_nats::Subject,
+    mut rx: tokio::sync::watch::Receiver<Option<Result<String, String>>>,
+) {
+    let known = tokio::time::timeout(Duration::from_secs(30), async {
+        rx.wait_for(Option::is_some)
+            .await
+            .ok()
+            .map(|v| (*v).clone())
+    })
+    .await;
+    let reply = match known {
+        Ok(Some(Some(Ok(addr)))) => NodeReply {
+            addr: Some(addr),
+            ..NodeReply::default()
+        },
+        Ok(Some(Some(Err(e)))) => NodeReply {
+            error: Some(e),
+            ..NodeReply::default()
+        },
+        _ => NodeReply {
+            error: Some("the receiving instance did not start listening".into()),
+            ..NodeReply::default()
+        },
+    };
+    answer_now(client, to, reply).await;
 }
 
 /// Sends `reply` to `to`.

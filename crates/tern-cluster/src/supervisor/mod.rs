@@ -48,6 +48,28 @@ pub struct Host {
     pub state: PathBuf,
     /// The `tern` program, which runs each instance (`tern instance SPEC`).
     pub tern: PathBuf,
+    /// The live migrations that went through from this node, by app and incarnation:
+    /// a control plane that asks again for one (it lost the answer) is told what it
+    /// measured, not that the app is gone.
+    pub migrated: Migrated,
+}
+
+/// See [`Host::migrated`].
+pub type Migrated = Arc<Mutex<HashMap<(String, u64), Moved>>>;
+
+/// Migrations a node remembers.
+const REMEMBERED: usize = 256;
+
+/// Remembers that incarnation `incarnation` of `app` migrated away with `stats`.
+fn remember(migrated: &Migrated, app: &str, incarnation: u64, stats: &Moved) {
+    if let Ok(mut m) = migrated.lock() {
+        if m.len() >= REMEMBERED
+            && let Some(k) = m.keys().next().cloned()
+        {
+            m.remove(&k);
+        }
+        m.insert((app.to_owned(), incarnation), stats.clone());
+    }
 }
 
 /// Orders for one instance's task.
@@ -71,11 +93,12 @@ enum Start {
     Run,
     /// As the destination of a migration from incarnation `from`; where it listens is
     /// told on `listening`.
-    Receive {
-        from: u64,
-        listening: oneshot::Sender<Result<String, String>>,
-    },
+    Receive { from: u64, listening: Listening },
 }
+
+/// Where a migration's destination listens, once it does (or why it never will): a
+/// watch, so that a control plane asking again gets the same answer.
+pub(super) type Listening = tokio::sync::watch::Sender<Option<Result<String, String>>>;
 
 struct Local {
     incarnation: u64,
@@ -84,6 +107,8 @@ struct Local {
     pid: Option<u32>,
     orders: mpsc::UnboundedSender<Order>,
     task: tokio::task::JoinHandle<()>,
+    /// For a migration's destination: where it listens, once it does.
+    listening: Option<tokio::sync::watch::Receiver<Option<Result<String, String>>>>,
 }
 
 /// Runs `host`'s instances until `stop` completes; then checkpoints and stops the
@@ -412,6 +437,7 @@ async fn start(
         Start::Run => (None, None),
         Start::Receive { from, listening } => (Some(from), Some(listening)),
     };
+    let listening_rx = listening.as_ref().map(Listening::subscribe);
     let task = Task {
         handover,
         listening,
@@ -442,6 +468,7 @@ async fn start(
         pid,
         orders: orders_tx,
         task,
+        listening: listening_rx,
     })
 }
 

@@ -14,6 +14,9 @@ use crate::backbone::{Backbone, BackboneError};
 use crate::instance::{Command, Ended, Event};
 use crate::model::InstanceState;
 
+/// A migration under way: its destination node, and who waits for its end.
+type Moving = (String, Vec<oneshot::Sender<Result<Moved, String>>>);
+
 /// One running instance, from its start to its end.
 pub(super) struct Task {
     /// For a migration's destination: the incarnation whose output must all be
@@ -22,7 +25,7 @@ pub(super) struct Task {
     pub(super) handover: Option<u64>,
     pub(super) held: Vec<u8>,
     /// Where a migration's destination listens, once it does.
-    pub(super) listening: Option<oneshot::Sender<Result<String, String>>>,
+    pub(super) listening: Option<super::Listening>,
     pub(super) backbone: Backbone,
     pub(super) host: Host,
     pub(super) record: AppRecord,
@@ -59,7 +62,9 @@ impl Task {
         // One clock for the whole wait: output arriving more often than it ticks must
         // not keep restarting it.
         let mut handover_tick = tokio::time::interval(Duration::from_millis(100));
-        let mut moving: Option<(String, oneshot::Sender<Result<Moved, String>>)> = None;
+        // The migration under way: its destination node, and who waits for its end (a
+        // control plane that asks again after losing the answer waits too).
+        let mut moving: Option<Moving> = None;
         let accepted = tokio::select! {
             a = tokio::time::timeout(Duration::from_secs(60), control.accept()) => a.ok().and_then(Result::ok),
             _ = child.wait() => None,
@@ -127,17 +132,21 @@ impl Task {
                         }
                         Ok(Event::Listening { addr }) => {
                             if let Some(l) = self.listening.take() {
-                                let _ = l.send(Ok(addr));
+                                let _ = l.send(Some(Ok(addr)));
                             }
                         }
                         Ok(Event::Migrated { downtime_ms, total_ms, rounds, bytes }) => {
-                            moved(&mut moving, Moved { downtime_ms, total_ms, rounds, bytes });
+                            let stats = Moved { downtime_ms, total_ms, rounds, bytes };
+                            super::remember(&self.host.migrated, &self.record.name, self.record.incarnation, &stats);
+                            moved(&mut moving, stats);
                         }
                         Ok(Event::MigrationFailed { reason }) => {
-                            if let Some((to, reply)) = moving.take() {
+                            if let Some((to, waiting)) = moving.take() {
                                 self.note = format!("its migration to {to} failed: {reason}; it runs on here");
                                 self.status(InstanceState::Running, last_checkpoint.clone(), &self.note.clone()).await;
-                                let _ = reply.send(Err(reason));
+                                for reply in waiting {
+                                    let _ = reply.send(Err(reason.clone()));
+                                }
                             }
                         }
                         Ok(Event::Ended(e)) => ended = Some(e),
@@ -152,18 +161,28 @@ impl Task {
                 }
                 _ = handover_tick.tick(), if self.handover.is_some() => {
                     self.hand_over(handing_over.elapsed(), last_checkpoint.clone()).await;
+                    // Taken over: a checkpoint of its own at once, so that the newest
+                    // state is stored should this node die before the next tick.
+                    if self.handover.is_none() && self.every.is_some() {
+                        send(&mut control_out, Command::Checkpoint).await;
+                    }
                 }
                 order = orders.recv() => match order {
                     Some(Order::Stop) if self.migratable && control_out.is_some() => {
                         send(&mut control_out, Command::Stop).await;
                     }
                     Some(Order::Migrate { addr, to, reply }) => {
-                        if !self.migratable || control_out.is_none() || moving.is_some() {
+                        if let Some((under_way, waiting)) = moving.as_mut().filter(|(t, _)| *t == to) {
+                            // Asked again (the asker lost its answer): it waits for the
+                            // same end.
+                            let _ = under_way;
+                            waiting.push(reply);
+                        } else if !self.migratable || control_out.is_none() || moving.is_some() {
                             let _ = reply.send(Err(format!("{} cannot be migrated now", self.record.name)));
                         } else {
                             self.status(InstanceState::Migrating { to: to.clone() }, last_checkpoint.clone(), &self.note.clone()).await;
                             send(&mut control_out, Command::Migrate { to: addr }).await;
-                            moving = Some((to, reply));
+                            moving = Some((to, vec![reply]));
                         }
                     }
                     Some(_) | None => {
@@ -184,25 +203,31 @@ impl Task {
                         total_ms,
                         rounds,
                         bytes,
-                    }) => moved(
-                        &mut moving,
-                        Moved {
+                    }) => {
+                        let stats = Moved {
                             downtime_ms,
                             total_ms,
                             rounds,
                             bytes,
-                        },
-                    ),
+                        };
+                        super::remember(
+                            &self.host.migrated,
+                            &self.record.name,
+                            self.record.incarnation,
+                            &stats,
+                        );
+                        moved(&mut moving, stats);
+                    }
                     _ => {}
                 },
                 _ => break,
             }
         }
         if let Some(l) = self.listening.take() {
-            let _ = l.send(Err(match &ended {
+            let _ = l.send(Some(Err(match &ended {
                 Some(Ended::Failed { reason }) => reason.clone(),
                 _ => "the receiving instance ended".to_owned(),
-            }));
+            })));
         }
         // The rest of its output, then the mark that this incarnation has no more.
         while out_open {
@@ -406,9 +431,11 @@ async fn send(control: &mut Option<tokio::net::unix::OwnedWriteHalf>, command: C
     }
 }
 
-/// The migration under way went through: its requester is told what it measured.
-fn moved(moving: &mut Option<(String, oneshot::Sender<Result<Moved, String>>)>, stats: Moved) {
-    if let Some((_, reply)) = moving.take() {
-        let _ = reply.send(Ok(stats));
+/// The migration under way went through: whoever waits is told what it measured.
+fn moved(moving: &mut Option<Moving>, stats: Moved) {
+    if let Some((_, waiting)) = moving.take() {
+        for reply in waiting {
+            let _ = reply.send(Ok(stats.clone()));
+        }
     }
 }

@@ -3,13 +3,16 @@
 use std::process::ExitCode;
 
 use clap::Args;
-use tern_cluster::control::Move;
+use tern_cluster::moves::{MoveRecord, MoveState};
 
 use crate::api::{ApiArgs, print_table};
 
 /// Drain a node: no app is placed on it any more, and every app on it moves: live when
 /// it is migratable and running, else restarted on another node (from its last
-/// checkpoint, if it has one). Each move is listed with how it was made.
+/// checkpoint, if it has one). The moves are recorded and carried out by the control
+/// plane, a few at a time: the command answers at once with them (`tern ps` shows
+/// them under way), or with --wait follows them to their end and lists how each was
+/// made (exit 3 if any app stayed).
 #[derive(Debug, Args)]
 pub struct DrainCommand {
     /// The node to drain.
@@ -18,6 +21,9 @@ pub struct DrainCommand {
     /// Take the node back instead: apps may be placed on it again.
     #[arg(long)]
     undo: bool,
+    /// Follow the moves to their end (up to 10 minutes).
+    #[arg(long)]
+    wait: bool,
     /// Print the moves as JSON.
     #[arg(long)]
     json: bool,
@@ -33,7 +39,13 @@ impl DrainCommand {
             println!("{} takes apps again", self.node);
             return Ok(ExitCode::SUCCESS);
         }
-        let moves: Vec<Move> = self.api.post(&path, "application/json", b"")?;
+        let asked: Vec<MoveRecord> = self.api.post(&path, "application/json", b"")?;
+        let moves = if self.wait {
+            let apps: Vec<String> = asked.iter().map(|m| m.app.clone()).collect();
+            self.api.follow_moves(&apps)?
+        } else {
+            asked
+        };
         if self.json {
             println!("{}", serde_json::to_string_pretty(&moves)?);
         } else if moves.is_empty() {
@@ -42,11 +54,29 @@ impl DrainCommand {
             println!("{} is drained:", self.node);
             let rows: Vec<Vec<String>> = moves
                 .iter()
-                .map(|m| vec![m.name.clone(), m.how.clone(), m.to.clone(), m.note.clone()])
+                .map(|m| {
+                    let how = match (&m.state, m.live) {
+                        (MoveState::Done, true) => "migrated",
+                        (MoveState::Done, false) => "restarted",
+                        (MoveState::Failed, _) => "stayed",
+                        (_, true) => "moving live",
+                        (_, false) => "restarting",
+                    };
+                    vec![
+                        m.app.clone(),
+                        m.id.clone(),
+                        how.into(),
+                        m.to.clone().unwrap_or_else(|| "—".into()),
+                        m.note.clone(),
+                    ]
+                })
                 .collect();
-            print_table(&["APP", "HOW", "TO", "NOTE"], &rows);
+            print_table(&["APP", "MOVE", "HOW", "TO", "NOTE"], &rows);
         }
-        let stayed = moves.iter().filter(|m| m.how == "stayed").count();
+        let stayed = moves
+            .iter()
+            .filter(|m| m.state == MoveState::Failed)
+            .count();
         Ok(if stayed == 0 {
             ExitCode::SUCCESS
         } else {

@@ -8,8 +8,9 @@ use tern_cluster::apps::AppView;
 use crate::api::{ApiArgs, print_table};
 
 /// List the deployed apps: the node each runs on, its state (pending, placed, running,
-/// migrating, exited, failed), its restarts, the age of its last checkpoint and the
-/// last thing that happened to it.
+/// migrating, exited, failed), its restarts, the age of its last checkpoint, its move
+/// under way if any (`→ cloud (copying, agg#2)`) and the last thing that happened to
+/// it.
 #[derive(Debug, Args)]
 pub struct PsCommand {
     /// Print a JSON array of apps (name, node, state, code, reason, restarts, …).
@@ -44,12 +45,21 @@ impl PsCommand {
                     a.restarts.to_string(),
                     a.checkpoint_age_s
                         .map_or_else(|| "—".into(), |s| format!("{s:.0} s ago")),
+                    a.moving.clone().unwrap_or_else(|| "—".into()),
                     a.note.clone(),
                 ]
             })
             .collect();
         print_table(
-            &["NAME", "NODE", "STATE", "RESTARTS", "CHECKPOINT", "NOTE"],
+            &[
+                "NAME",
+                "NODE",
+                "STATE",
+                "RESTARTS",
+                "CHECKPOINT",
+                "MOVE",
+                "NOTE",
+            ],
             &rows,
         );
         Ok(ExitCode::SUCCESS)

@@ -433,7 +433,7 @@ fn a_node_that_hangs_has_its_sqlite_app_restored_elsewhere_without_losing_a_row(
     let note = moved["note"].as_str().expect("note");
     assert!(
         note.contains(&format!(
-            "node {first} is gone; restored on {other} from its checkpoint of"
+            "node {first} is lost; restored on {other} from its checkpoint of"
         )),
         "{note}"
     );
@@ -520,9 +520,10 @@ fn a_live_migration_and_a_drain_lose_and_repeat_nothing() {
         // has handed its output over: well before the handover's 10 s time-out.
         let within = if i == 0 { 30 } else { 5 };
         up.wait_state("journal", "running", Duration::from_secs(within));
-        let out = up.verb(&["migrate", "journal", "--to", to, "--json"]);
+        let out = up.verb(&["migrate", "journal", "--to", to, "--json", "--wait"]);
         let moved: Value = serde_json::from_str(out.succeeds()).expect("JSON");
-        assert_eq!(moved["how"], "migrated", "{moved}");
+        assert_eq!(moved["state"], "done", "{moved}");
+        assert!(moved["live"].as_bool().expect("live"), "{moved}");
         assert_eq!(moved["to"], to, "{moved}");
         assert!(moved["stats"]["downtime_ms"].as_f64().expect("downtime") > 0.0);
     }
@@ -560,7 +561,7 @@ fn a_live_migration_and_a_drain_lose_and_repeat_nothing() {
     }
     // Constrained to one node, they cannot leave it: the drain says so and moves
     // nothing.
-    let stuck = up.verb(&["drain", &first]);
+    let stuck = up.verb(&["drain", &first, "--wait"]);
     assert_eq!(stuck.code, Some(3), "{stuck:?}");
     assert!(stuck.stdout.contains("stayed"), "{stuck:?}");
     up.verb(&["drain", &first, "--undo"]).succeeds();
@@ -579,30 +580,38 @@ fn a_live_migration_and_a_drain_lose_and_repeat_nothing() {
     }
     let live = up.wait_state("live", "running", Duration::from_secs(30));
     let plain = up.wait_state("plain", "running", Duration::from_secs(30));
-    let drained = live["node"].as_str().expect("node").to_owned();
-    let out = up.verb(&["drain", &drained, "--json"]);
+    // Both on the node to drain: the live one joins the plain one there.
+    let drained = plain["node"].as_str().expect("node").to_owned();
+    if live["node"] != drained.as_str() {
+        up.verb(&["migrate", "live", "--to", &drained, "--wait"])
+            .succeeds();
+        up.wait_state("live", "running", Duration::from_secs(30));
+    }
+    let out = up.verb(&["drain", &drained, "--json", "--wait"]);
     let moves: Value = serde_json::from_str(out.succeeds()).expect("JSON");
     let how = |name: &str| {
         moves
             .as_array()
             .expect("moves")
             .iter()
-            .find(|m| m["name"] == name)
-            .map(|m| m["how"].as_str().expect("how").to_owned())
+            .find(|m| m["app"] == name)
+            .map(|m| {
+                (
+                    m["state"].as_str().expect("state").to_owned(),
+                    m["live"] == true,
+                )
+            })
     };
-    assert_eq!(how("live").as_deref(), Some("migrated"), "{moves}");
-    if plain["node"] == drained.as_str() {
-        assert_eq!(how("plain").as_deref(), Some("restarted"), "{moves}");
-        let row = up.wait_state("plain", "running", Duration::from_secs(30));
-        assert!(
-            row["note"]
-                .as_str()
-                .expect("note")
-                .contains("from its start (drain"),
-            "{row}"
-        );
-        assert_eq!(row["restarts"], 1, "{row}");
-    }
+    assert_eq!(how("live"), Some(("done".to_owned(), true)), "{moves}");
+    assert_eq!(how("plain"), Some(("done".to_owned(), false)), "{moves}");
+    let row = up.wait_state("plain", "running", Duration::from_secs(30));
+    let note = row["note"].as_str().expect("note");
+    assert!(
+        note.starts_with(&format!("drain {drained}; restarted on "))
+            && note.ends_with("from its start (it is not migratable)"),
+        "{row}"
+    );
+    assert_eq!(row["restarts"], 1, "{row}");
     for name in ["live", "plain"] {
         let row = up.app(name).expect("listed");
         assert_ne!(row["node"], drained.as_str(), "{row}");

@@ -11,6 +11,7 @@ mod errors;
 mod faults;
 mod limits;
 mod migrate;
+mod moves;
 mod node;
 mod run;
 mod sandbox;

@@ -1,0 +1,346 @@
+//! Moves are records the control plane drives: on a real nats-server with two `tern
+//! node`s and `tern controller` processes, a controller killed at each step of a live
+//! move (crash injection: `TERN_CRASH_AFTER`) hands the move to the next one, a node
+//! killed mid-move loses nothing, and a move asked while the app starts waits for it.
+//! Each checks that the app ran exactly once, with its output identical to an
+//! uninterrupted run.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use tern_cluster::backbone::NatsServer;
+
+use crate::continuum::write_app;
+use crate::support::{Run, Running, free_addr, guest, scratch, signal_pid, spawn_node, tern};
+
+/// A nats-server, two nodes (`a` and `b`, sites of their own, a link of `link` between
+/// them if given) and the address a controller serves on.
+struct Fleet {
+    dir: std::path::PathBuf,
+    server: NatsServer,
+    addr: String,
+    nodes: Vec<Running>,
+}
+
+impl Fleet {
+    async fn start(dir: &Path, link: Option<&str>) -> Fleet {
+        let server = NatsServer::start(&dir.join("nats"), 0)
+            .await
+            .expect("nats-server");
+        let mut nodes = Vec::new();
+        for (name, other) in [("a", "b"), ("b", "a")] {
+            let state = dir.join(format!("node-{name}"));
+            let mut flags = vec![
+                "--site".to_owned(),
+                name.to_owned(),
+                "--tier".to_owned(),
+                "edge".to_owned(),
+                "--state".to_owned(),
+                state.display().to_string(),
+            ];
+            if let Some(l) = link {
+                flags.extend(["--emulate-link".to_owned(), format!("{other}={l}")]);
+            }
+            let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
+            nodes.push(spawn_node(dir, &server, name, &flags));
+        }
+        Fleet {
+            dir: dir.to_owned(),
+            server,
+            addr: free_addr(),
+            nodes,
+        }
+    }
+
+    /// A `tern controller` on the fleet's address, with `env` set.
+    fn controller(&self, env: &[(&str, &str)]) -> Running {
+        let mut t = tern(&self.dir)
+            .env("TERN_JOIN_TOKEN", self.server.token())
+            .args([
+                "controller",
+                "--nats",
+                self.server.url(),
+                "--listen",
+                &self.addr,
+            ]);
+        for (k, v) in env {
+            t = t.env(k, v);
+        }
+        Running(t.spawn())
+    }
+
+    fn verb(&self, args: &[&str]) -> Run {
+        tern(&self.dir)
+            .args(args)
+            .args(["--api", &format!("http://{}", self.addr)])
+            .env("TERN_TOKEN", self.server.token())
+            .run()
+    }
+
+    fn app(&self, name: &str) -> Option<Value> {
+        let r = self.verb(&["ps", "--json"]);
+        let apps: Value = serde_json::from_str(&r.stdout).ok()?;
+        apps.as_array()?.iter().find(|a| a["name"] == name).cloned()
+    }
+
+    fn wait_for<T>(&self, what: &str, within: Duration, mut f: impl FnMut() -> Option<T>) -> T {
+        let deadline = Instant::now() + within;
+        loop {
+            if let Some(t) = f() {
+                return t;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "waited {within:?} for {what}; ps: {:?}",
+                self.verb(&["ps"])
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// The pid of node `name`.
+    fn node_pid(&self, name: &str) -> u32 {
+        self.nodes[usize::from(name == "b")].id()
+    }
+}
+
+/// Deploys `wasm` as migratable app `name` with `args`, checkpointed every second, and
+/// returns the output of an uninterrupted run.
+fn deploy(fleet: &Fleet, name: &str, wasm: &Path, args: &[&str], code: i32) -> String {
+    let reference = tern(&fleet.dir).arg("run").arg(wasm).args(args).run();
+    assert_eq!(reference.code, Some(code), "{reference:?}");
+    let m = write_app(
+        &fleet.dir,
+        name,
+        wasm,
+        &format!(
+            "name = \"{name}\"\nargs = {args:?}\nmigratable = true\ncheckpoint_every = \"1s\"\n"
+        ),
+    );
+    fleet.wait_for("the deploy", Duration::from_secs(120), || {
+        (fleet.verb(&["deploy", m.to_str().expect("utf-8")]).code == Some(0)).then_some(())
+    });
+    reference.stdout
+}
+
+/// The app ran to its end once, its output whole; returns its last row.
+fn ran_once(fleet: &Fleet, name: &str, reference: &str, code: i32) -> Value {
+    let done = fleet.wait_for("the app's end", Duration::from_secs(300), || {
+        fleet
+            .app(name)
+            .filter(|a| a["state"] == "exited" || a["state"] == "failed")
+    });
+    assert_eq!(done["code"], code, "{done}");
+    assert_eq!(fleet.verb(&["logs", name]).succeeds(), reference);
+    done
+}
+
+/// Kills the controller right after `point` of a live move, starts another, and checks
+/// that the move completes and the app runs once.
+async fn crash_after(point: &str) {
+    let d = scratch();
+    let fleet = Fleet::start(d.path(), None).await;
+    let mut first = fleet.controller(&[("TERN_CRASH_AFTER", point)]);
+    let reference = deploy(&fleet, "steady", &guest("steps"), &["30", "40000000"], 3);
+    let row = fleet.wait_for("steady running", Duration::from_secs(120), || {
+        fleet.app("steady").filter(|a| a["state"] == "running")
+    });
+    let from = row["node"].as_str().expect("node").to_owned();
+    let to = if from == "a" { "b" } else { "a" };
+    if let Some(status) = first.try_wait().expect("wait") {
+        let mut err = String::new();
+        std::io::Read::read_to_string(&mut first.stderr.take().expect("stderr"), &mut err)
+            .expect("read");
+        panic!("the controller ended before the move ({status:?}): {err}");
+    }
+    // The crash may come before the answer does: the move is recorded either way.
+    let _ = fleet.verb(&["migrate", "steady", "--to", to]);
+    // The crash comes at the step named.
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let status = loop {
+        if let Some(s) = first.try_wait().expect("wait") {
+            break s;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the controller never reached {point}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert_eq!(status.code(), Some(86), "{point}: {status:?}");
+    let _second = fleet.controller(&[]);
+    // While the move is under way no other is taken; once it is done, the app is there.
+    let again = fleet.wait_for("the new controller", Duration::from_secs(60), || {
+        let r = fleet.verb(&["migrate", "steady", "--to", to]);
+        (!r.stderr.contains("cannot reach the Tern API")).then_some(r)
+    });
+    assert_eq!(again.code, Some(1), "{again:?}");
+    assert!(
+        again
+            .stderr
+            .contains("steady is being moved already (steady#1")
+            || again
+                .stderr
+                .contains(&format!("steady runs on {to} already")),
+        "{again:?}"
+    );
+    fleet.wait_for("the move to end", Duration::from_secs(120), || {
+        fleet
+            .app("steady")
+            .filter(|a| a["incarnation"] == 2 && a["node"] == to && a.get("moving").is_none())
+    });
+    let done = ran_once(&fleet, "steady", &reference, 3);
+    assert_eq!(done["node"], to, "{point}: {done}");
+    assert_eq!(done["incarnation"], 2, "{point}: {done}");
+    assert_eq!(done["restarts"], 0, "{point}: {done}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_controller_killed_once_the_destination_listens_hands_the_move_on() {
+    crash_after("copying").await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_controller_killed_before_it_records_the_migration_hands_the_move_on() {
+    crash_after("migrated").await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_controller_killed_before_it_records_the_new_place_hands_the_move_on() {
+    crash_after("switched").await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_move_asked_while_the_app_starts_waits_for_it_to_run() {
+    let d = scratch();
+    let fleet = Fleet::start(d.path(), None).await;
+    let _controller = fleet.controller(&[]);
+    let reference = deploy(&fleet, "early", &guest("steps"), &["20", "40000000"], 3);
+    // At once: the app is placed, not running yet (its node compiles it first).
+    let row = fleet.app("early").expect("deployed");
+    let to = if row["node"] == "a" { "b" } else { "a" };
+    let moved = fleet.verb(&["migrate", "early", "--to", to, "--wait"]);
+    assert!(
+        moved.succeeds().contains(&format!(
+            "early: moved live from {} to {to}",
+            row["node"].as_str().expect("node")
+        )),
+        "{moved:?}"
+    );
+    let done = ran_once(&fleet, "early", &reference, 3);
+    assert_eq!(
+        (&done["node"], &done["incarnation"]),
+        (&to.into(), &2.into()),
+        "{done}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_node_killed_mid_move_leaves_the_app_running_once() {
+    // A slow link (10 Mbit/s), so that the 16 MiB working set takes seconds to copy.
+    let d = scratch();
+    let fleet = Fleet::start(d.path(), Some("20/10")).await;
+    let _controller = fleet.controller(&[("TERN_LOG", "tern_cluster=info")]);
+    let workset = crate::support::guest("workset");
+    let reference = deploy(&fleet, "big", &workset, &["16", "400000"], 0);
+    let row = fleet.wait_for("big running", Duration::from_secs(120), || {
+        fleet
+            .app("big")
+            .filter(|a| a["state"] == "running" && a["checkpoint_age_s"].is_number())
+    });
+    let from = row["node"].as_str().expect("node").to_owned();
+    let to = if from == "a" { "b" } else { "a" };
+    fleet.verb(&["migrate", "big", "--to", to]).succeeds();
+    fleet.wait_for("the copy to start", Duration::from_secs(120), || {
+        fleet.app("big").and_then(|a| {
+            a["moving"]
+                .as_str()
+                .is_some_and(|m| m.contains("copying"))
+                .then_some(())
+        })
+    });
+    // The destination dies mid-copy: the migration fails, and the app runs on where
+    // it was (its node reports it; the move says why).
+    signal_pid(fleet.node_pid(to), "-KILL");
+    let after = fleet.wait_for("the move to end", Duration::from_secs(180), || {
+        fleet.app("big").filter(|a| a.get("moving").is_none())
+    });
+    assert_eq!(after["node"], from.as_str(), "{after}");
+    let done = ran_once(&fleet, "big", &reference, 0);
+    assert_eq!(done["node"], from.as_str(), "{done}");
+    assert_eq!(done["incarnation"], 1, "{done}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_destination_that_hangs_right_after_a_migration_loses_nothing() {
+    let d = scratch();
+    let fleet = Fleet::start(d.path(), None).await;
+    let _controller = fleet.controller(&[]);
+    let journal = guest("journal");
+    // The journal guest appends to /data/journal.txt through a file it keeps open.
+    let reference_dir = d.path().join("ref");
+    std::fs::create_dir(&reference_dir).expect("mkdir");
+    let reference = tern(d.path())
+        .arg("run")
+        .arg(format!("--dir={}::/data", reference_dir.display()))
+        .arg(&journal)
+        .args(["/data", "60", "20000000"])
+        .run();
+    assert_eq!(reference.code, Some(0), "{reference:?}");
+    let m = write_app(
+        d.path(),
+        "journal",
+        &journal,
+        "name = \"journal\"\nargs = [\"/data\", \"60\", \"20000000\"]\nmigratable = true\ncheckpoint_every = \"1s\"\n[[volumes]]\nguest = \"/data\"\n",
+    );
+    fleet
+        .verb(&["deploy", m.to_str().expect("utf-8")])
+        .succeeds();
+    let row = fleet.wait_for("journal checkpointed", Duration::from_secs(120), || {
+        fleet.app("journal").filter(|a| {
+            a["state"] == "running"
+                && a["checkpoint_age_s"].is_number()
+                && fleet.verb(&["logs", "journal"]).stdout.lines().count() >= 5
+        })
+    });
+    let from = row["node"].as_str().expect("node").to_owned();
+    let to = if from == "a" { "b" } else { "a" };
+    fleet
+        .verb(&["migrate", "journal", "--to", to, "--wait"])
+        .succeeds();
+    // The destination hangs at once: declared lost, it is replaced by the source,
+    // which resumes the app from the newest checkpoint there is: never from its start.
+    signal_pid(fleet.node_pid(to), "-STOP");
+    let back = fleet.wait_for(
+        "journal back on its source",
+        Duration::from_secs(120),
+        || {
+            fleet
+                .app("journal")
+                .filter(|a| a["node"] == from.as_str() && a["state"] == "running")
+        },
+    );
+    let note = back["note"].as_str().expect("note");
+    assert!(
+        note.starts_with(&format!(
+            "node {to} is lost; restored on {from} from its checkpoint of"
+        )),
+        "{back}"
+    );
+    let done = ran_once(&fleet, "journal", &reference.stdout, 0);
+    assert_eq!(done["restarts"], 1, "{done}");
+    let copied = d.path().join("journal.txt");
+    fleet
+        .verb(&[
+            "cp",
+            "journal:/data/journal.txt",
+            copied.to_str().expect("utf-8"),
+        ])
+        .succeeds();
+    assert_eq!(
+        std::fs::read(&copied).expect("copied"),
+        std::fs::read(reference_dir.join("journal.txt")).expect("reference")
+    );
+    signal_pid(fleet.node_pid(to), "-KILL");
+}
