@@ -25,6 +25,10 @@ pub const INCARNATION: &str = "Tern-Incarnation";
 /// Header of the empty message a node writes when an incarnation's output has all
 /// been published (it migrated away or ended).
 pub const END: &str = "Tern-End";
+/// Header of a note in an app's output stream, which `tern logs` prints apart from the
+/// app's own output (on stderr): say, that an app restarted from its start repeats
+/// what it printed before.
+pub const NOTE: &str = "Tern-Note";
 
 /// A deployment: its manifest and where the control plane wants it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -195,6 +199,8 @@ pub struct LogChunk {
     /// The stream's sequence number: ask for what comes after it.
     pub seq: u64,
     pub stderr: bool,
+    /// A note of Tern's, not the app's output.
+    pub note: bool,
     pub bytes: Vec<u8>,
 }
 
@@ -465,6 +471,22 @@ impl Backbone {
             .await;
     }
 
+    /// Puts a note of Tern's in `app`'s output stream (on its stderr subject, so that
+    /// it changes no stdout offset), tried again as output is.
+    pub async fn publish_note(&self, app: &str, incarnation: u64, text: &str) {
+        let mut headers = HeaderMap::new();
+        headers.insert(INCARNATION, incarnation.to_string().as_str());
+        headers.insert(NOTE, "1");
+        let id = format!("{app}.{incarnation}.note");
+        self.publish(
+            log_subject(app, true),
+            headers,
+            text.as_bytes().to_vec(),
+            &id,
+        )
+        .await;
+    }
+
     /// Says that incarnation `incarnation` of `app` has published all its output
     /// (tried again until the stream holds it, as [`Backbone::publish_log`]).
     pub async fn end_log(&self, app: &str, incarnation: u64) {
@@ -577,6 +599,7 @@ impl Backbone {
             out.push(LogChunk {
                 seq: m.sequence,
                 stderr: m.subject.ends_with(".err"),
+                note: m.headers.get(NOTE).is_some(),
                 bytes: m.payload.to_vec(),
             });
             if total >= max {

@@ -11,7 +11,7 @@
 //! | `POST /v1/apps` 🔑 | JSON [`apps::DeployRequest`] | JSON [`apps::Deployed`] (201) |
 //! | `GET /v1/apps` | — | JSON array of [`AppView`](crate::apps::AppView) |
 //! | `DELETE /v1/apps/{name}` 🔑 | — | `{"removed": name}` |
-//! | `GET /v1/apps/{name}/logs?after=SEQ` 🔑 | — | frames `SEQ out\|err LEN\n` + LEN bytes of output |
+//! | `GET /v1/apps/{name}/logs?after=SEQ` 🔑 | — | frames `SEQ out\|err\|note LEN\n` + LEN bytes of output (a note is Tern's, such as a restart from the start) |
 //! | `GET /v1/apps/{name}/explain[?why_not=NODE]` | — | every node's verdict on the app now |
 //! | `POST /v1/apps/{name}/migrate` 🔑 | JSON [`MigrateRequest`] | JSON [`MoveRecord`](crate::moves::MoveRecord) (202): a live migration, node to node, recorded |
 //! | `GET /v1/moves` | — | JSON array of every app's latest [`MoveRecord`](crate::moves::MoveRecord) |
@@ -120,6 +120,9 @@ impl Shared {
 pub struct Plan {
     /// The node the deployment would go to, if any passes every filter.
     pub chosen: Option<String>,
+    /// For a deployment of replicas: where each would go, in turn (`NAME-1` first).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub replicas: Vec<(String, String)>,
     /// Every node: `{"node": …, "verdict": "eligible", "score": {…}}` or
     /// `{"node": …, "verdict": "rejected", "rejections": [{…, "text": …}]}`.
     pub nodes: Vec<serde_json::Value>,
@@ -553,7 +556,14 @@ async fn plan(State(s): State<Shared>, body: axum::body::Bytes) -> Result<Json<P
         exclude: &excluded,
         ..Request::new(&m)
     };
-    Ok(Json(plan_of(s.scheduler.explain(&req, &c.nodes, &v.rtt))))
+    let mut plan = plan_of(s.scheduler.explain(&req, &c.nodes, &v.rtt));
+    if m.replicas > 1 {
+        let names = apps::replica_names(&m);
+        if let Ok(placed) = apps::place_replicas(&s.scheduler, &v, &m, &names) {
+            plan.replicas = names.into_iter().zip(placed).collect();
+        }
+    }
+    Ok(Json(plan))
 }
 
 fn plan_of(e: Explanation) -> Plan {
@@ -579,6 +589,7 @@ fn plan_of(e: Explanation) -> Plan {
         .collect();
     Plan {
         chosen: e.chosen,
+        replicas: Vec::new(),
         nodes,
     }
 }
@@ -598,16 +609,32 @@ fn backbone_down(e: impl std::fmt::Display) -> ApiError {
 
 /// App `name`'s record and revision, or 404.
 async fn record(s: &Shared, name: &str) -> Result<(AppRecord, u64), ApiError> {
-    s.backbone
-        .app(name)
-        .await
-        .map_err(backbone_down)?
-        .ok_or_else(|| {
-            bad(
-                StatusCode::NOT_FOUND,
-                format!("no app named {name}; `tern ps` lists them"),
-            )
+    if let Some(found) = s.backbone.app(name).await.map_err(backbone_down)? {
+        return Ok(found);
+    }
+    // A deployment's name: its replicas are the apps.
+    let replicas: Vec<String> = s
+        .view
+        .read()
+        .map(|v| {
+            v.apps()
+                .filter(|p| p.record.replica_of.as_deref() == Some(name))
+                .map(|p| p.record.name.clone())
+                .collect()
         })
+        .unwrap_or_default();
+    Err(bad(
+        StatusCode::NOT_FOUND,
+        if replicas.is_empty() {
+            format!("no app named {name}; `tern ps` lists them")
+        } else {
+            format!(
+                "{name} is a deployment of {} replicas, each an app of its own: name one of {}",
+                replicas.len(),
+                replicas.join(", ")
+            )
+        },
+    ))
 }
 
 fn unavailable() -> ApiError {

@@ -349,11 +349,9 @@ fn try_guest(spec: &InstanceSpec, link: &Link) -> Result<Ended, String> {
             &limits,
             |line| tracing::debug!("{line}"),
             &link.trigger,
-            |m| {
-                let route = outbound.route(m, on_checkpoint);
-                link.send(&Event::Started);
-                route
-            },
+            |m| outbound.route(m, on_checkpoint),
+            // Only once the migration has committed does the guest run here.
+            || link.send(&Event::Started),
         )
         .map_err(|e| e.to_string());
         outbound.guest_ended();

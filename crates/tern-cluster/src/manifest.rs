@@ -183,7 +183,7 @@ struct RawVolume {
 pub fn parse(text: &str) -> Result<Manifest, ManifestError> {
     let raw: Raw = toml::from_str(text).map_err(|e| ManifestError {
         line: e.span().map_or(1, |s| line_of(text, s.start)),
-        field: None,
+        field: e.span().and_then(|s| field_at(text, s.start)),
         message: e.message().trim_end().to_owned(),
     })?;
     let mut c = Checker {
@@ -197,6 +197,28 @@ pub fn parse(text: &str) -> Result<Manifest, ManifestError> {
         Some(e) => Err(e),
         None => Ok(m),
     }
+}
+
+/// The field whose value is at `offset`: the key on that line, under the table
+/// header above it (`limits.memory`), when the line is `key = value`.
+fn field_at(text: &str, offset: usize) -> Option<String> {
+    let offset = offset.min(text.len());
+    let start = text[..offset].rfind('\n').map_or(0, |i| i + 1);
+    let line = text[start..].lines().next()?;
+    let (key, _) = line.split_once('=')?;
+    let key = key.trim();
+    if key.is_empty() || key.starts_with('[') || key.contains(char::is_whitespace) {
+        return None;
+    }
+    let table = text[..start].lines().rev().find_map(|l| {
+        let l = l.trim();
+        l.starts_with('[')
+            .then(|| l.trim_matches(|c| c == '[' || c == ']').trim().to_owned())
+    });
+    Some(match table {
+        Some(t) if !t.is_empty() => format!("{t}.{key}"),
+        _ => key.to_owned(),
+    })
 }
 
 fn line_of(text: &str, offset: usize) -> usize {
@@ -627,6 +649,14 @@ seed = "./data"
                 "line 1: name: `Bad_Name` is not a name",
             ),
             (
+                "name = \"a\"\nmodule = \"a.wasm\"\nmigratable = \"perhaps\"",
+                "line 3: migratable: invalid type: string \"perhaps\", expected a boolean",
+            ),
+            (
+                "name = \"a\"\nmodule = \"a.wasm\"\n[limits]\nmemory = 64",
+                "line 4: limits.memory: invalid type: integer `64`",
+            ),
+            (
                 "name = \"a\"\nmodule = \"sha256:xyz\"",
                 "line 2: module: a digest is `sha256:` and 64 hex digits",
             ),
@@ -664,7 +694,7 @@ seed = "./data"
             ),
             (
                 "name = \"a\"\nmodule = \"a.wasm\"\nreplica = 2",
-                "line 3: unknown field `replica`",
+                "line 3: replica: unknown field `replica`",
             ),
             ("name = \"a\"\n", "missing field `module`"),
             ("name = \"a\"\nmodule = [1", "line 2: "),

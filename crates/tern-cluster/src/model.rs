@@ -159,6 +159,9 @@ pub enum InstanceState {
     Pending,
     /// A node was chosen; the agent has not started it yet.
     Placed,
+    /// Its node started it: its module is being loaded (compiled, the first time on
+    /// that node) or its checkpoint restored.
+    Starting,
     Running,
     /// Moving to another node while it runs.
     Migrating {
@@ -178,6 +181,7 @@ impl InstanceState {
         match self {
             InstanceState::Pending => "pending",
             InstanceState::Placed => "placed",
+            InstanceState::Starting => "starting",
             InstanceState::Running => "running",
             InstanceState::Migrating { .. } => "migrating",
             InstanceState::Exited { .. } => "exited",

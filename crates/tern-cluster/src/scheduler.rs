@@ -295,6 +295,20 @@ impl<'a> Request<'a> {
     }
 }
 
+/// With `spread = "site"`, the replicas of the deployment already on `node`'s site: a
+/// site with fewer comes first, whatever the scores (the spread part of the score then
+/// orders nodes within a site). Without it, 0 for every node.
+fn crowding(req: &Request<'_>, node: &NodeDescriptor) -> u32 {
+    let m = req.manifest;
+    if !(m.spread && m.replicas > 1) {
+        return 0;
+    }
+    req.replicas_by_site
+        .and_then(|r| r.get(&node.site))
+        .copied()
+        .unwrap_or(0)
+}
+
 /// Places deployments on nodes.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Scheduler {
@@ -311,22 +325,27 @@ impl Scheduler {
         rtt: &RttMatrix,
     ) -> Option<usize> {
         let cx = Context::new(req, nodes, rtt);
-        let mut best: Option<(usize, f64)> = None;
+        let mut best: Option<(usize, u32, f64)> = None;
         for (i, node) in nodes.iter().enumerate() {
             let Some(rtt_near) = filter(req, node, &cx, None) else {
                 continue;
             };
             let total = self.score(req, node, rtt_near, &cx).total;
-            // Ties go to the first node in name order, so placement is deterministic.
+            let crowd = crowding(req, node);
+            // Spread first (a site with fewer replicas), then the score; ties go to
+            // the first node in name order, so placement is deterministic.
             let better = match best {
                 None => true,
-                Some((j, t)) => total > t || (total == t && node.name < nodes[j].name),
+                Some((j, c, t)) => {
+                    crowd < c
+                        || (crowd == c && (total > t || (total == t && node.name < nodes[j].name)))
+                }
             };
             if better {
-                best = Some((i, total));
+                best = Some((i, crowd, total));
             }
         }
-        best.map(|(i, _)| i)
+        best.map(|(i, _, _)| i)
     }
 
     /// Every node's verdict on `req`: every filter it failed, or every part of its score.
@@ -344,17 +363,21 @@ impl Scheduler {
             match filter(req, node, &cx, Some(&mut rejections)) {
                 Some(rtt_near) if rejections.is_empty() => {
                     let score = self.score(req, node, rtt_near, &cx);
-                    eligible.push((node.name.clone(), score));
+                    eligible.push((node.name.clone(), score, crowding(req, node)));
                 }
                 _ => rejected.push((node.name.clone(), Verdict::Rejected { rejections })),
             }
         }
-        eligible.sort_by(|a, b| b.1.total.total_cmp(&a.1.total).then_with(|| a.0.cmp(&b.0)));
+        eligible.sort_by(|a, b| {
+            a.2.cmp(&b.2)
+                .then_with(|| b.1.total.total_cmp(&a.1.total))
+                .then_with(|| a.0.cmp(&b.0))
+        });
         rejected.sort_by(|a, b| a.0.cmp(&b.0));
-        let chosen = eligible.first().map(|(n, _)| n.clone());
+        let chosen = eligible.first().map(|(n, _, _)| n.clone());
         let nodes = eligible
             .into_iter()
-            .map(|(n, score)| (n, Verdict::Eligible { score }))
+            .map(|(n, score, _)| (n, Verdict::Eligible { score }))
             .chain(rejected)
             .collect();
         Explanation { nodes, chosen }

@@ -160,6 +160,13 @@ pub fn parse_config(text: &str) -> Result<ContinuumConfig, String> {
                 "not a node name: use lowercase letters, digits and `-`".into()
             ));
         }
+        if let Some(site) = &n.site
+            && !valid_name(site)
+        {
+            return Err(at(format!(
+                "site `{site}` is not a site name: use lowercase letters, digits and `-`"
+            )));
+        }
         if nodes.iter().any(|m: &NodeSpec| m.name == n.name) {
             return Err(at("the name is given twice".into()));
         }

@@ -85,14 +85,7 @@ pub(super) async fn deploy(
             format!("invalid manifest: {e}"),
         )
     })?;
-    // Replicas are apps of their own, NAME-1 … NAME-N, placed one after another.
-    let names: Vec<String> = if m.replicas > 1 {
-        (1..=m.replicas)
-            .map(|i| format!("{}-{i}", m.name))
-            .collect()
-    } else {
-        vec![m.name.clone()]
-    };
+    let names = replica_names(&m);
     if let Some(long) = names.iter().find(|n| !manifest::valid_name(n)) {
         return Err(bad(
             StatusCode::UNPROCESSABLE_ENTITY,
@@ -127,36 +120,15 @@ pub(super) async fn deploy(
             ),
         )
     })?;
-    check_module(wasm, m.migratable).await?;
+    check_module(wasm, m.migratable, m.memory).await?;
     for name in std::iter::once(&m.name).chain(&names) {
         if s.backbone.app(name).await.map_err(backbone_down)?.is_some() {
             return Err(taken(name));
         }
     }
-    // Each replica is placed with the ones before it counted: their memory reserved,
-    // and their sites known to the spread score.
     let placed: Vec<String> = {
         let v = s.view.read().map_err(|_| unavailable())?;
-        let mut c = v.candidates(None);
-        let excluded = super::view::exclusions(&c.excluded);
-        let mut by_site: std::collections::HashMap<String, u32> = Default::default();
-        let mut placed = Vec::new();
-        for name in &names {
-            let req = Request {
-                exclude: &excluded,
-                replicas_by_site: Some(&by_site),
-                ..Request::new(&m)
-            };
-            let Some(i) = s.scheduler.place(&req, &c.nodes, &v.rtt) else {
-                let e = s.scheduler.explain(&req, &c.nodes, &v.rtt);
-                return Err(bad(StatusCode::CONFLICT, no_node(name, &e)));
-            };
-            c.nodes[i].load.memory += m.memory;
-            c.nodes[i].load.instances += 1;
-            *by_site.entry(c.nodes[i].site.clone()).or_default() += 1;
-            placed.push(c.nodes[i].name.clone());
-        }
-        placed
+        place_replicas(&s.scheduler, &v, &m, &names).map_err(|e| bad(StatusCode::CONFLICT, e))?
     };
     let mut written = Vec::new();
     for (name, node) in names.iter().zip(&placed) {
@@ -213,6 +185,47 @@ pub(super) async fn deploy(
         .into_response())
 }
 
+/// The apps a manifest deploys: `NAME`, or its replicas `NAME-1` … `NAME-N`.
+pub(super) fn replica_names(m: &Manifest) -> Vec<String> {
+    if m.replicas > 1 {
+        (1..=m.replicas)
+            .map(|i| format!("{}-{i}", m.name))
+            .collect()
+    } else {
+        vec![m.name.clone()]
+    }
+}
+
+/// Where each of `names` (the apps of `m`) goes, one after another, each placed with
+/// the ones before it counted: their memory reserved, and their sites known to the
+/// spread. One line naming every node's reasons when one cannot be placed.
+pub(super) fn place_replicas(
+    scheduler: &crate::scheduler::Scheduler,
+    v: &super::view::View,
+    m: &Manifest,
+    names: &[String],
+) -> Result<Vec<String>, String> {
+    let mut c = v.candidates(None);
+    let excluded = super::view::exclusions(&c.excluded);
+    let mut by_site: std::collections::HashMap<String, u32> = Default::default();
+    let mut placed = Vec::new();
+    for name in names {
+        let req = Request {
+            exclude: &excluded,
+            replicas_by_site: Some(&by_site),
+            ..Request::new(m)
+        };
+        let Some(i) = scheduler.place(&req, &c.nodes, &v.rtt) else {
+            return Err(no_node(name, &scheduler.explain(&req, &c.nodes, &v.rtt)));
+        };
+        c.nodes[i].load.memory += m.memory;
+        c.nodes[i].load.instances += 1;
+        *by_site.entry(c.nodes[i].site.clone()).or_default() += 1;
+        placed.push(c.nodes[i].name.clone());
+    }
+    Ok(placed)
+}
+
 fn taken(name: &str) -> ApiError {
     bad(
         StatusCode::CONFLICT,
@@ -245,11 +258,20 @@ pub(super) fn no_node(name: &str, e: &crate::scheduler::Explanation) -> String {
     }
 }
 
-/// Refuses a module that does not validate, or that cannot be made migratable when the
-/// manifest asks for it.
-async fn check_module(wasm: Vec<u8>, migratable: bool) -> Result<(), ApiError> {
+/// Refuses a module that does not validate, whose memory starts larger than the
+/// manifest's `limits.memory`, or that cannot be made migratable when the manifest
+/// asks for it.
+async fn check_module(wasm: Vec<u8>, migratable: bool, memory: u64) -> Result<(), ApiError> {
     let checked = tokio::task::spawn_blocking(move || {
         wasmparser::validate(&wasm).map_err(|e| format!("the module does not validate: {e}"))?;
+        let initial = initial_memory(&wasm);
+        if initial > memory {
+            return Err(format!(
+                "limits.memory: {} KiB is below the {} KiB the module's memory starts with; it could never start",
+                memory >> 10,
+                initial >> 10
+            ));
+        }
         if migratable {
             tern_snapshot::Rewriter::new(None)
                 .rewrite(&wasm)
@@ -260,6 +282,31 @@ async fn check_module(wasm: Vec<u8>, migratable: bool) -> Result<(), ApiError> {
     .await
     .map_err(|e| bad(StatusCode::SERVICE_UNAVAILABLE, e.to_string()))?;
     checked.map_err(|e| bad(StatusCode::UNPROCESSABLE_ENTITY, e))
+}
+
+/// The bytes a (valid) module's memories start with, imported ones included.
+fn initial_memory(wasm: &[u8]) -> u64 {
+    let mut total = 0u64;
+    for payload in wasmparser::Parser::new(0).parse_all(wasm).flatten() {
+        let page = |m: &wasmparser::MemoryType| {
+            m.initial
+                .saturating_mul(1u64 << m.page_size_log2.unwrap_or(16))
+        };
+        match payload {
+            wasmparser::Payload::MemorySection(r) => {
+                total += r.into_iter().flatten().map(|m| page(&m)).sum::<u64>();
+            }
+            wasmparser::Payload::ImportSection(r) => {
+                for import in r.into_imports().flatten() {
+                    if let wasmparser::TypeRef::Memory(m) = import.ty {
+                        total += page(&m);
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    total
 }
 
 /// `GET /v1/apps`: every app, by name, from the control plane's view (no read of the
@@ -282,20 +329,26 @@ pub(super) async fn remove(
     Path(name): Path<String>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     s.authorize(&headers)?;
-    // NAME is one app, or the replicas NAME-1 … NAME-N of a deployment.
-    let replicas: Vec<String> = {
+    // NAME is one app, the replicas NAME-1 … NAME-N of a deployment, or both.
+    let mut names: Vec<String> = {
         let v = s.view.read().map_err(|_| unavailable())?;
         v.apps()
             .filter(|p| p.record.replica_of.as_deref() == Some(name.as_str()))
             .map(|p| p.record.name.clone())
             .collect()
     };
-    let names = if replicas.is_empty() {
+    if names.is_empty() {
         record(&s, &name).await?;
-        vec![name.clone()]
-    } else {
-        replicas
-    };
+        names.push(name.clone());
+    } else if s
+        .backbone
+        .app(&name)
+        .await
+        .map_err(backbone_down)?
+        .is_some()
+    {
+        names.insert(0, name.clone());
+    }
     for n in &names {
         s.backbone.remove_app(n).await.map_err(backbone_down)?;
         let _ = s.backbone.purge_logs(n).await;
@@ -337,7 +390,11 @@ pub(super) async fn logs(
             format!(
                 "{} {} {}\n",
                 c.seq,
-                if c.stderr { "err" } else { "out" },
+                match (c.note, c.stderr) {
+                    (true, _) => "note",
+                    (false, true) => "err",
+                    (false, false) => "out",
+                },
                 c.bytes.len()
             )
             .as_bytes(),

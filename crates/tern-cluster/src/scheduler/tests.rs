@@ -229,3 +229,35 @@ fn round_trips_are_smoothed_and_symmetric() {
     rtt.set("a", "b", -1.0);
     assert_eq!(rtt.get("a", "b"), Some(30.0));
 }
+
+/// With `spread = "site"`, every replica goes to a site that holds the fewest of them,
+/// however the scores favour a crowded one: three replicas over three eligible sites
+/// land on three sites.
+#[test]
+fn spread_replicas_fill_every_site_before_doubling_one() {
+    let (nodes, rtt) = continuum();
+    // Near the edge: latency alone would put every replica there.
+    let m = app("replicas = 3\nspread = \"site\"\nnear = \"edge\"");
+    let mut on_sites: HashMap<String, u32> = HashMap::new();
+    let mut placed = Vec::new();
+    for _ in 0..3 {
+        let req = Request {
+            replicas_by_site: Some(&on_sites),
+            ..Request::new(&m)
+        };
+        let i = Scheduler::default()
+            .place(&req, &nodes, &rtt)
+            .expect("a node");
+        let e = Scheduler::default().explain(&req, &nodes, &rtt);
+        assert_eq!(
+            e.chosen.as_deref(),
+            Some(nodes[i].name.as_str()),
+            "place and explain agree"
+        );
+        *on_sites.entry(nodes[i].site.clone()).or_default() += 1;
+        placed.push(nodes[i].site.clone());
+    }
+    placed.sort();
+    placed.dedup();
+    assert_eq!(placed.len(), 3, "{placed:?}");
+}

@@ -55,9 +55,39 @@ impl Task {
         else {
             return;
         };
-        // No note of its own while it runs: `tern ps` shows why it was placed here. A
-        // migration's destination reports once the source has handed over.
+        // Starting: until the instance says it runs (its module compiled, the first
+        // time on this node, or its checkpoint restored), `tern ps` says so. A
+        // migration's destination reports once the guest runs there.
         let checkpoint = self.checkpoint.clone();
+        // A migration's destination has the app only once its guest runs here (after
+        // the migration committed); one that ends before never had it.
+        let receiving = self.handover.is_some();
+        let mut started = false;
+        // Started from its start while the stream holds output of an earlier
+        // incarnation: what it prints repeats that, and the stream says so.
+        let from_start = self.checkpoint.is_none() || !self.migratable;
+        if self.handover.is_none() && from_start && self.published > 0 {
+            let text = format!(
+                "{} started again from its start on {} (incarnation {}): what follows repeats its earlier output",
+                self.record.name, self.host.node, self.record.incarnation
+            );
+            self.backbone
+                .publish_note(&self.record.name, self.record.incarnation, &text)
+                .await;
+        }
+        if self.handover.is_none() {
+            let doing = if self.checkpoint.is_some() && self.migratable {
+                "loading its module and restoring its checkpoint"
+            } else {
+                "loading its module"
+            };
+            let note = format!(
+                "starting on {}: {doing} (a module is compiled the first time it runs on a node)",
+                self.host.node
+            );
+            self.status(InstanceState::Starting, checkpoint.clone(), &note)
+                .await;
+        }
         let handing_over = tokio::time::Instant::now();
         // One clock for the whole wait: output arriving more often than it ticks must
         // not keep restarting it.
@@ -126,9 +156,14 @@ impl Task {
                             tracing::warn!(app = %self.record.name, %reason, "checkpoint failed");
                         }
                         Ok(Event::Started) => {
-                            if self.handover.is_none() {
-                                self.status(InstanceState::Running, last_checkpoint.clone(), &self.note.clone()).await;
+                            started = true;
+                            if self.handover.is_some() && self.note.is_empty() {
+                                // A migration's destination runs the guest once the
+                                // source has confirmed: it has the app now, and its
+                                // output follows the source's.
+                                self.note = "took over from its migration's source".to_owned();
                             }
+                            self.status(InstanceState::Running, last_checkpoint.clone(), &self.note.clone()).await;
                         }
                         Ok(Event::Listening { addr }) => {
                             if let Some(l) = self.listening.take() {
@@ -242,11 +277,14 @@ impl Task {
                 Ok(n) => self.stderr(&err_buf[..n]).await,
             }
         }
+        if receiving && !started {
+            // Its migration never committed (cancelled, failed, or the source's guest
+            // ended first): it never had the app, and says nothing; the source reports.
+            return;
+        }
         if self.handover.is_some() {
-            // A migration's destination that ends before the source handed over: it
-            // has the app only if the source ends too (its migration went through).
-            // Cancelled, or with no word from the source, it never had it, and says
-            // nothing: the source still reports.
+            // A migration's destination that ran the guest and ends before the source
+            // handed its output over: its own output follows the source's.
             if killed {
                 return;
             }

@@ -49,13 +49,16 @@ pub fn receive(
         progress,
         &Trigger::new(),
         |_| |_: Captured<'_>| Checkpoint::Continue,
+        || {},
     )
 }
 
 /// [`receive`], with the guest stopping at `trigger` once it runs here: `accepted` is
 /// given the guest when its migration is accepted and returns the checkpoint handler
 /// the guest runs with (an [`Outbound::route`](crate::Outbound::route), for a guest that
-/// may move on again).
+/// may move on again); `resumed` is called once the migration has committed and its
+/// confirmation has gone out, just before the guest runs again here (from then on, the
+/// guest is this side's).
 ///
 /// # Errors
 /// As [`receive`].
@@ -69,6 +72,7 @@ pub fn receive_with<F: FnMut(Captured<'_>) -> Checkpoint>(
     progress: impl Fn(&str),
     trigger: &Trigger,
     accepted: impl FnOnce(&Migratable) -> F,
+    resumed: impl FnOnce(),
 ) -> Result<RunEnd, SnapshotError> {
     // Until a migration is accepted, a connection that fails (not a Tern migration, a
     // peer that says nothing, a hello that cannot be accepted) is dropped with one line
@@ -87,7 +91,7 @@ pub fn receive_with<F: FnMut(Captured<'_>) -> Checkpoint>(
     };
     progress(&format!("receive: migration from {peer}"));
     let on_checkpoint = accepted_with(&accepted.migratable);
-    take(accepted, dirs, limits, on_checkpoint).map_err(|e| e.with_peer(peer))
+    take(accepted, dirs, limits, on_checkpoint, resumed).map_err(|e| e.with_peer(peer))
 }
 
 /// Takes an accepted migration to its end: the rest of its frames, the commit of its
@@ -97,6 +101,7 @@ fn take(
     dirs: &[Preopen],
     limits: &Limits,
     on_checkpoint: impl FnMut(Captured<'_>) -> Checkpoint,
+    resumed: impl FnOnce(),
 ) -> Result<RunEnd, SnapshotError> {
     let Accepted {
         mut reader,
@@ -138,6 +143,7 @@ fn take(
             write_frame(&mut confirm, b'R', &[])?;
             confirm.flush().map_err(lost)?;
             committed.finish();
+            resumed();
             Ok(())
         },
         on_checkpoint,

@@ -91,6 +91,14 @@ impl DeployCommand {
     }
 
     fn upload(&self, bytes: &[u8]) -> anyhow::Result<String> {
+        let max = tern_cluster::control::MAX_MODULE;
+        anyhow::ensure!(
+            bytes.len() <= max,
+            "{}: a module or seed file of {} MiB is over the {} MiB the continuum takes",
+            self.manifest.display(),
+            bytes.len().div_ceil(1 << 20),
+            max >> 20
+        );
         let digest = tern_runtime::digest(bytes);
         let _: serde_json::Value = self.api.put(&format!("/v1/modules/{digest}"), bytes)?;
         Ok(digest)

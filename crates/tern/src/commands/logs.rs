@@ -11,7 +11,9 @@ use crate::api::ApiArgs;
 
 /// Print an app's output: its stdout on stdout and its stderr on stderr, from its
 /// start, across every node it ran on (a migrated app's output goes on where it left
-/// off, nothing lost or repeated).
+/// off, nothing lost or repeated). Tern's own notes go to stderr between `--` marks:
+/// an app that is not migratable and restarted from its start says there that what
+/// follows repeats its earlier output.
 #[derive(Debug, Args)]
 pub struct LogsCommand {
     /// The app's name.
@@ -36,11 +38,14 @@ impl LogsCommand {
             let empty = body.is_empty();
             let mut rest = body.as_slice();
             while !rest.is_empty() {
-                let (seq, stderr, bytes, tail) = frame(rest)?;
-                if stderr {
-                    err.write_all(bytes)?;
-                } else {
-                    out.write_all(bytes)?;
+                let (seq, kind, bytes, tail) = frame(rest)?;
+                match kind {
+                    "out" => out.write_all(bytes)?,
+                    "note" => {
+                        out.flush()?;
+                        writeln!(err, "-- tern: {} --", String::from_utf8_lossy(bytes))?;
+                    }
+                    _ => err.write_all(bytes)?,
                 }
                 after = seq;
                 rest = tail;
@@ -56,16 +61,16 @@ impl LogsCommand {
     }
 }
 
-/// One frame of the API's answer: `SEQ out|err LEN\n` and LEN bytes.
-fn frame(b: &[u8]) -> anyhow::Result<(u64, bool, &[u8], &[u8])> {
+/// One frame of the API's answer: `SEQ out|err|note LEN\n` and LEN bytes.
+fn frame(b: &[u8]) -> anyhow::Result<(u64, &str, &[u8], &[u8])> {
     let bad = || anyhow::anyhow!("the API's output is not in Tern's framing");
     let nl = b.iter().position(|&c| c == b'\n').ok_or_else(bad)?;
     let head = std::str::from_utf8(&b[..nl]).map_err(|_| bad())?;
     let mut parts = head.split(' ');
     let seq: u64 = parts.next().and_then(|s| s.parse().ok()).ok_or_else(bad)?;
-    let stderr = parts.next() == Some("err");
+    let kind = parts.next().ok_or_else(bad)?;
     let len: usize = parts.next().and_then(|s| s.parse().ok()).ok_or_else(bad)?;
     let body = &b[nl + 1..];
     let bytes = body.get(..len).context("the API's output was cut short")?;
-    Ok((seq, stderr, bytes, &body[len..]))
+    Ok((seq, kind, bytes, &body[len..]))
 }

@@ -22,7 +22,7 @@ pub struct NodeCommand {
     #[command(flatten)]
     nats: crate::common::NatsArgs,
     /// Where the node is; nodes of a site share its links [default: the node's name].
-    #[arg(long)]
+    #[arg(long, value_parser = site_name)]
     site: Option<String>,
     /// cloud, edge or iot.
     #[arg(long, default_value = "edge", value_parser = |s: &str| s.parse::<Tier>())]
@@ -64,6 +64,16 @@ fn node_name(s: &str) -> Result<String, String> {
     } else {
         Err(format!(
             "`{s}` is not a node name: use 1 to 63 lowercase letters, digits and `-`, starting with a letter"
+        ))
+    }
+}
+
+fn site_name(s: &str) -> Result<String, String> {
+    if tern_cluster::manifest::valid_name(s) {
+        Ok(s.to_owned())
+    } else {
+        Err(format!(
+            "`{s}` is not a site name: use 1 to 63 lowercase letters, digits and `-`, starting with a letter"
         ))
     }
 }

@@ -38,6 +38,15 @@ impl PlanCommand {
             return Ok(ExitCode::SUCCESS);
         }
         match &plan.chosen {
+            Some(_) if !plan.replicas.is_empty() => {
+                let each: Vec<String> = plan
+                    .replicas
+                    .iter()
+                    .map(|(app, node)| format!("{app} to {node}"))
+                    .collect();
+                println!("would deploy {}", each.join(", "));
+                println!("the first replica's verdicts:");
+            }
             Some(n) => println!("would go to {n}"),
             None => println!("no node can take it: every node fails a filter"),
         }

@@ -18,8 +18,20 @@ pub struct RmCommand {
 
 impl RmCommand {
     pub fn execute(self) -> anyhow::Result<ExitCode> {
-        let _: serde_json::Value = self.api.delete(&format!("/v1/apps/{}", self.app))?;
-        println!("removed {}", self.app);
+        let answer: serde_json::Value = self.api.delete(&format!("/v1/apps/{}", self.app))?;
+        // Every app it removed: the app of that name, its replicas, or both.
+        let removed: Vec<&str> = answer["removed"]
+            .as_array()
+            .map(|a| a.iter().filter_map(|n| n.as_str()).collect())
+            .unwrap_or_default();
+        println!(
+            "removed {}",
+            if removed.is_empty() {
+                self.app.clone()
+            } else {
+                removed.join(", ")
+            }
+        );
         Ok(ExitCode::SUCCESS)
     }
 }

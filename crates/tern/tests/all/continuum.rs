@@ -267,15 +267,36 @@ fn deploys_are_placed_by_their_filters_explained_and_refused_with_every_reason()
         &steps,
         "name = \"web\"\nargs = [\"4\", \"1000000\"]\nreplicas = 3\nspread = \"site\"\n[limits]\nmemory = \"16MiB\"\n",
     );
+    // The plan names where each replica would go, as the deploy then places them.
+    let plan = up.verb(&["plan", m.to_str().expect("utf-8")]);
+    let planned = plan
+        .succeeds()
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .to_owned();
+    assert!(planned.starts_with("would deploy web-1 to "), "{plan:?}");
     let out = up.verb(&["deploy", m.to_str().expect("utf-8")]);
     assert!(out.succeeds().contains("3 replicas: web-1 on "), "{out:?}");
     let mut nodes = std::collections::BTreeSet::new();
     for name in ["web-1", "web-2", "web-3"] {
         let row = up.wait_state(name, "exited", Duration::from_secs(60));
-        nodes.insert(row["node"].as_str().expect("node").to_owned());
+        let node = row["node"].as_str().expect("node").to_owned();
+        assert!(
+            planned.contains(&format!("{name} to {node}")),
+            "{planned} / {row}"
+        );
+        nodes.insert(node);
         assert_eq!(up.verb(&["logs", name]).succeeds(), reference.stdout);
     }
-    assert!(nodes.len() >= 2, "spread over sites: {nodes:?}");
+    // Three sites can take them (the iot node among them): one replica each.
+    assert_eq!(nodes.len(), 3, "spread over sites: {nodes:?}");
+    for verb in ["logs", "explain"] {
+        up.verb(&[verb, "web"]).fails_with(
+            1,
+            "web is a deployment of 3 replicas, each an app of its own: name one of web-1, web-2, web-3",
+        );
+    }
     up.verb(&["rm", "web"]).succeeds();
     for name in ["web-1", "web-2", "web-3"] {
         assert!(up.app(name).is_none(), "{name} was removed");
@@ -316,6 +337,66 @@ fn bad_manifests_modules_and_requests_are_refused_and_nothing_is_deployed() {
         d.path().join("junk.toml").to_str().expect("utf-8"),
     ])
     .fails_with(1, "the module does not validate");
+
+    // A memory limit below what the module starts with could never run.
+    let small = write_app(
+        d.path(),
+        "small",
+        &steps,
+        "name = \"small\"\n[limits]\nmemory = \"64KiB\"\n",
+    );
+    up.verb(&["deploy", small.to_str().expect("utf-8")])
+        .fails_with(1, "limits.memory: 64 KiB is below the ");
+    // A module larger than the continuum takes is refused before it is sent.
+    let huge = d.path().join("huge.wasm");
+    // A valid module made huge by a custom section of 65 MiB.
+    let mut wasm = b"\0asm\x01\0\0\0\0".to_vec();
+    let mut size = (65u32 << 20) + 2;
+    loop {
+        let byte = (size & 0x7f) as u8;
+        size >>= 7;
+        wasm.push(if size == 0 { byte } else { byte | 0x80 });
+        if size == 0 {
+            break;
+        }
+    }
+    wasm.extend_from_slice(b"\x01x");
+    wasm.resize(wasm.len() + (65 << 20), 0);
+    std::fs::write(&huge, wasm).expect("write");
+    std::fs::write(
+        d.path().join("huge.toml"),
+        "name = \"huge\"\nmodule = \"huge.wasm\"\n",
+    )
+    .expect("write");
+    up.verb(&[
+        "deploy",
+        d.path().join("huge.toml").to_str().expect("utf-8"),
+    ])
+    .fails_with(1, "is over the 64 MiB the continuum takes");
+    // Removing a name removes the app of that name and the replicas of it.
+    let reps = write_app(
+        d.path(),
+        "dups",
+        &steps,
+        "name = \"dup\"\nargs = [\"1\", \"1\"]\nreplicas = 2\n",
+    );
+    up.verb(&["deploy", reps.to_str().expect("utf-8")])
+        .succeeds();
+    let dup = write_app(
+        d.path(),
+        "dup",
+        &steps,
+        "name = \"dup\"\nargs = [\"1\", \"1\"]\n",
+    );
+    up.verb(&["deploy", dup.to_str().expect("utf-8")])
+        .succeeds();
+    assert_eq!(
+        up.verb(&["rm", "dup"]).succeeds(),
+        "removed dup, dup-1, dup-2\n"
+    );
+    for name in ["dup", "dup-1", "dup-2"] {
+        assert!(up.app(name).is_none(), "{name} is still there");
+    }
 
     // A second deploy under a taken name.
     let ok = write_app(
@@ -587,6 +668,9 @@ fn a_live_migration_and_a_drain_lose_and_repeat_nothing() {
             .succeeds();
         up.wait_state("live", "running", Duration::from_secs(30));
     }
+    up.wait_for("plain's first lines", Duration::from_secs(60), || {
+        (!up.verb(&["logs", "plain"]).stdout.is_empty()).then_some(())
+    });
     let out = up.verb(&["drain", &drained, "--json", "--wait"]);
     let moves: Value = serde_json::from_str(out.succeeds()).expect("JSON");
     let how = |name: &str| {
@@ -612,6 +696,13 @@ fn a_live_migration_and_a_drain_lose_and_repeat_nothing() {
         "{row}"
     );
     assert_eq!(row["restarts"], 1, "{row}");
+    // Its output starts again from the top, and `tern logs` says so.
+    up.wait_for("plain's note", Duration::from_secs(30), || {
+        let logs = up.verb(&["logs", "plain"]);
+        logs.stderr
+            .contains("-- tern: plain started again from its start on ")
+            .then_some(())
+    });
     for name in ["live", "plain"] {
         let row = up.app(name).expect("listed");
         assert_ne!(row["node"], drained.as_str(), "{row}");

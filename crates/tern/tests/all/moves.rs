@@ -344,3 +344,33 @@ async fn a_destination_that_hangs_right_after_a_migration_loses_nothing() {
     );
     signal_pid(fleet.node_pid(to), "-KILL");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_app_that_ends_during_its_migration_shows_its_end() {
+    // 16 MiB over 10 Mbit/s: the copy takes longer than the rest of the guest's run.
+    let d = scratch();
+    let fleet = Fleet::start(d.path(), Some("20/10")).await;
+    let _controller = fleet.controller(&[]);
+    let workset = crate::support::guest("workset");
+    let reference = deploy(&fleet, "short", &workset, &["16", "250000"], 0);
+    let row = fleet.wait_for("short running", Duration::from_secs(120), || {
+        fleet.app("short").filter(|a| a["state"] == "running")
+    });
+    let from = row["node"].as_str().expect("node").to_owned();
+    let to = if from == "a" { "b" } else { "a" };
+    let moved = fleet.verb(&["migrate", "short", "--to", to, "--wait"]);
+    // Ended before it could move (or, on a fast machine, moved first): either way the
+    // move says so, and `tern ps` shows the app's end, not a move forever placed.
+    let done = ran_once(&fleet, "short", &reference, 0);
+    if moved.code == Some(0) {
+        assert_eq!(done["node"], to, "{done} / {moved:?}");
+    } else {
+        assert!(
+            moved.stderr.contains("short ended before it could move")
+                || moved.stderr.contains("finished"),
+            "{moved:?}"
+        );
+        assert_eq!(done["node"], from.as_str(), "{done}");
+        assert_eq!(done["incarnation"], 1, "{done}");
+    }
+}

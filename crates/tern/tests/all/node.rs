@@ -176,6 +176,10 @@ fn bad_node_flags_and_an_unreachable_backbone_are_one_line() {
             "`512` has no unit: write 512MiB",
         ),
         (&["--name", "e", "--cores", "0"], "--cores"),
+        (
+            &["--name", "e", "--site", "a.b>"],
+            "`a.b>` is not a site name",
+        ),
     ];
     for (flags, needle) in cases {
         let r = tern(d.path()).arg("node").args(*flags).run();
