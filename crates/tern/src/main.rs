@@ -46,8 +46,8 @@ enum Command {
 }
 
 fn main() -> ExitCode {
-    init_logging();
     let cli = Cli::parse();
+    init_logging(cli.command.is_daemon());
     if cli.command.prints_for_pipes() {
         // `tern ps | head -n 1`: a reader that stops early ends these verbs as SIGPIPE
         // ends other tools, quietly. (Guest-running verbs keep it ignored: they report
@@ -88,6 +88,14 @@ fn main() -> ExitCode {
 }
 
 impl Command {
+    /// The continuum's long-running parts, whose logs say what happened and when.
+    fn is_daemon(&self) -> bool {
+        matches!(
+            self,
+            Command::Node(_) | Command::Controller(_) | Command::Up(_)
+        )
+    }
+
     /// Verbs that only print what the continuum says.
     fn prints_for_pipes(&self) -> bool {
         matches!(
@@ -106,17 +114,27 @@ impl Command {
     }
 }
 
-fn init_logging() {
+/// Logging to stderr, filtered by `TERN_LOG`. A node, a controller and `tern up` log
+/// their lifecycle (instances started and ended, moves, nodes lost) with the time;
+/// the other verbs only warnings.
+fn init_logging(daemon: bool) {
     use tracing_subscriber::EnvFilter;
     // async-nats logs what Tern reports itself, in one line of its own (a refused
     // token, a lost connection), so it is quiet unless TERN_LOG names it.
-    let filter = EnvFilter::try_from_env("TERN_LOG")
-        .unwrap_or_else(|_| EnvFilter::new("warn,async_nats=off"));
-    tracing_subscriber::fmt()
+    let default = if daemon {
+        "warn,tern_cluster=info,async_nats=off"
+    } else {
+        "warn,async_nats=off"
+    };
+    let filter = EnvFilter::try_from_env("TERN_LOG").unwrap_or_else(|_| EnvFilter::new(default));
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_target(false)
-        .without_time()
-        .init();
+        .with_target(false);
+    if daemon {
+        builder.init();
+    } else {
+        builder.without_time().init();
+    }
 }

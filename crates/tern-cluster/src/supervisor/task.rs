@@ -85,6 +85,7 @@ impl Task {
                 "starting on {}: {doing} (a module is compiled the first time it runs on a node)",
                 self.host.node
             );
+            tracing::info!(app = %self.record.name, incarnation = self.record.incarnation, "{note}");
             self.status(InstanceState::Starting, checkpoint.clone(), &note)
                 .await;
         }
@@ -157,6 +158,7 @@ impl Task {
                         }
                         Ok(Event::Started) => {
                             started = true;
+                            tracing::info!(app = %self.record.name, incarnation = self.record.incarnation, note = %self.note, "running");
                             if self.handover.is_some() && self.note.is_empty() {
                                 // A migration's destination runs the guest once the
                                 // source has confirmed: it has the app now, and its
@@ -172,12 +174,14 @@ impl Task {
                         }
                         Ok(Event::Migrated { downtime_ms, total_ms, rounds, bytes }) => {
                             let stats = Moved { downtime_ms, total_ms, rounds, bytes };
+                            tracing::info!(app = %self.record.name, incarnation = self.record.incarnation, downtime_ms, rounds, bytes, "migrated away");
                             super::remember(&self.host.migrated, &self.record.name, self.record.incarnation, &stats);
                             moved(&mut moving, stats);
                         }
                         Ok(Event::MigrationFailed { reason }) => {
                             if let Some((to, waiting)) = moving.take() {
                                 self.note = format!("its migration to {to} failed: {reason}; it runs on here");
+                                tracing::warn!(app = %self.record.name, "{}", self.note);
                                 self.status(InstanceState::Running, last_checkpoint.clone(), &self.note.clone()).await;
                                 for reply in waiting {
                                     let _ = reply.send(Err(reason.clone()));
@@ -334,6 +338,7 @@ impl Task {
                 )
             }
         };
+        tracing::info!(app = %self.record.name, incarnation = self.record.incarnation, state = state.name(), "{note}");
         self.status(state, last_checkpoint, &note).await;
     }
 
