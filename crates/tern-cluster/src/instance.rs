@@ -102,6 +102,9 @@ pub enum Event {
         total_ms: f64,
         rounds: u32,
         bytes: u64,
+        /// Why the guest stopped when it did, when the pre-copy did not converge.
+        #[serde(default)]
+        precopy: String,
     },
     MigrationFailed {
         reason: String,
@@ -260,6 +263,10 @@ impl Link {
                     total_ms: stats.total.as_secs_f64() * 1e3,
                     rounds: stats.rounds,
                     bytes: stats.bytes_sent,
+                    precopy: match stats.precopy {
+                        tern_snapshot::PrecopyEnd::Converged => String::new(),
+                        other => other.to_string(),
+                    },
                 },
                 // A guest that ends hangs up the line, which the migration sees first.
                 Err(_) if outbound.guest_has_ended() => Event::MigrationFailed {

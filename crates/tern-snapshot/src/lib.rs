@@ -11,7 +11,7 @@ mod volumes;
 pub use format::{FORMAT_VERSION, GlobalValue, Meta, OpenFile, PAGE, Snapshot, Volume, WasiState};
 pub use live::{Captured, Checkpoint, Migratable, Placement, Prepared, RunEnd, Trigger};
 pub use migrate::{
-    MigrateEnd, MigrationError, MigrationFailure, MigrationStats, Outbound, fuzz_hello,
+    MigrateEnd, MigrationError, MigrationFailure, MigrationStats, Outbound, PrecopyEnd, fuzz_hello,
     fuzz_receive, migrate_run, receive, receive_with,
 };
 pub use rewrite::Rewriter;

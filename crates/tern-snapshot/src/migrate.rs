@@ -39,7 +39,7 @@ use serde::{Deserialize, Serialize};
 pub use error::{MigrationError, MigrationFailure};
 pub(crate) use error::{local, protocol};
 pub use receive::{fuzz_hello, fuzz_receive, receive, receive_with};
-pub use source::{MigrateEnd, MigrationStats, Outbound, migrate_run};
+pub use source::{MigrateEnd, MigrationStats, Outbound, PrecopyEnd, migrate_run};
 
 /// Blocks of one file sent in one frame (4 MiB), so a large file never makes one huge
 /// frame.

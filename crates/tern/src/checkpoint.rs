@@ -102,6 +102,9 @@ impl CheckpointArgs {
                         stats.bytes_sent.div_ceil(1024),
                         stats.total.as_secs_f64() * 1e3
                     );
+                    if stats.precopy != tern_snapshot::PrecopyEnd::Converged {
+                        eprintln!("migration: {}", stats.precopy);
+                    }
                     ExitCode::SUCCESS
                 }
                 MigrateEnd::Finished { outcome, .. } => report(outcome),

@@ -336,11 +336,17 @@ async fn switched(
     let to = mv.to.clone().unwrap_or_default();
     let note = match &mv.stats {
         Some(st) => format!(
-            "moved live from {} to {to} ({}): downtime {:.1} ms, {} KiB sent",
+            "moved live from {} to {to} ({}): downtime {:.1} ms, {} KiB sent in {} rounds{}",
             mv.from,
             mv.why,
             st.downtime_ms,
-            st.bytes.div_ceil(1024)
+            st.bytes.div_ceil(1024),
+            st.rounds,
+            if st.precopy.is_empty() {
+                String::new()
+            } else {
+                format!("; {}", st.precopy)
+            }
         ),
         None => format!("moved live from {} to {to} ({})", mv.from, mv.why),
     };

@@ -63,6 +63,10 @@ pub struct Moved {
     pub total_ms: f64,
     pub rounds: u32,
     pub bytes: u64,
+    /// Why the guest stopped when it did, when the pre-copy did not converge (empty
+    /// when it did).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub precopy: String,
 }
 
 /// The most bytes one `Read` answers (NATS messages stay under 1 MiB).

@@ -172,8 +172,8 @@ impl Task {
                                 let _ = l.send(Some(Ok(addr)));
                             }
                         }
-                        Ok(Event::Migrated { downtime_ms, total_ms, rounds, bytes }) => {
-                            let stats = Moved { downtime_ms, total_ms, rounds, bytes };
+                        Ok(Event::Migrated { downtime_ms, total_ms, rounds, bytes, precopy }) => {
+                            let stats = Moved { downtime_ms, total_ms, rounds, bytes, precopy };
                             tracing::info!(app = %self.record.name, incarnation = self.record.incarnation, downtime_ms, rounds, bytes, "migrated away");
                             super::remember(&self.host.migrated, &self.record.name, self.record.incarnation, &stats);
                             moved(&mut moving, stats);
@@ -242,12 +242,14 @@ impl Task {
                         total_ms,
                         rounds,
                         bytes,
+                        precopy,
                     }) => {
                         let stats = Moved {
                             downtime_ms,
                             total_ms,
                             rounds,
                             bytes,
+                            precopy,
                         };
                         super::remember(
                             &self.host.migrated,

@@ -35,6 +35,36 @@ const MAX_ROUNDS: u32 = 6;
 /// A round that sends fewer pages than this is followed by the final stop.
 const SMALL_DELTA_PAGES: usize = 64;
 
+/// Why the pre-copy stopped and the guest was stopped for the final round.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum PrecopyEnd {
+    /// The last round changed few pages: the stop carries little.
+    #[default]
+    Converged,
+    /// A round changed about as many pages as the one before (a guest rewriting its
+    /// whole working set): more rounds would only resend them, so the stop carries
+    /// what changed.
+    NotConverging { pages: usize, before: usize },
+    /// The most rounds were sent.
+    RoundLimit,
+}
+
+impl std::fmt::Display for PrecopyEnd {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            PrecopyEnd::Converged => f.write_str("the pre-copy converged"),
+            PrecopyEnd::NotConverging { pages, before } => write!(
+                f,
+                "the pre-copy did not converge ({pages} pages changed in a round, {before} in the one before), so the guest stopped for the rest"
+            ),
+            PrecopyEnd::RoundLimit => write!(
+                f,
+                "the pre-copy reached its {MAX_ROUNDS} rounds, so the guest stopped for the rest"
+            ),
+        }
+    }
+}
+
 /// What a finished migration measured, for the source to print.
 #[derive(Debug, Clone, Default)]
 pub struct MigrationStats {
@@ -46,6 +76,8 @@ pub struct MigrationStats {
     pub downtime: Duration,
     /// From connecting to the confirmation.
     pub total: Duration,
+    /// Why the guest stopped when it did.
+    pub precopy: PrecopyEnd,
 }
 
 /// One round: the guest's metadata and the pages that changed since the last round.
@@ -632,6 +664,7 @@ fn precopy(
     started: Instant,
 ) -> Result<MigrationStats, SnapshotError> {
     let mut rounds = 0;
+    let mut before: Option<usize> = None;
     loop {
         rounds += 1;
         trigger.fire();
@@ -659,19 +692,37 @@ fn precopy(
             if rounds == 1 && !source.kept.is_empty() {
                 progress(&kept_note(&source.kept));
             }
-            if changed > SMALL_DELTA_PAGES || rounds == 1 {
-                continue;
-            }
-            // Small enough: stop for good in the next round.
+            // A round that resends about as much as the one before will not be
+            // followed by a smaller one: the guest rewrites its working set faster
+            // than it goes out. Stop now rather than resend it round after round.
+            let stop = match before {
+                _ if rounds == 1 => None,
+                _ if changed <= SMALL_DELTA_PAGES => Some(PrecopyEnd::Converged),
+                Some(b) if changed * 10 >= b * 9 => Some(PrecopyEnd::NotConverging {
+                    pages: changed,
+                    before: b,
+                }),
+                _ => None,
+            };
+            before = Some(changed);
+            let Some(why) = stop else { continue };
+            // Stop for good in the next round.
             rounds += 1;
             trigger.fire();
             let Ok(snapshot) = snapshots.recv() else {
                 return Err(MigrationFailure::Ended.here());
             };
             refuse_stdin_readers(&snapshot.meta, addr)?;
-            return finish(source, &snapshot, verdict, rounds, started);
+            return finish(source, &snapshot, verdict, rounds, started, why);
         }
-        return finish(source, &snapshot, verdict, rounds, started);
+        return finish(
+            source,
+            &snapshot,
+            verdict,
+            rounds,
+            started,
+            PrecopyEnd::RoundLimit,
+        );
     }
 }
 
@@ -709,6 +760,7 @@ fn finish(
     verdict: &mpsc::Sender<Checkpoint>,
     rounds: u32,
     started: Instant,
+    precopy: PrecopyEnd,
 ) -> Result<MigrationStats, SnapshotError> {
     match source.finish(snapshot) {
         Ok(()) => {
@@ -720,6 +772,7 @@ fn finish(
                 // computed while it waits) to the destination's confirmation.
                 downtime: snapshot.paused.elapsed(),
                 total: started.elapsed(),
+                precopy,
             })
         }
         Err(e) => {

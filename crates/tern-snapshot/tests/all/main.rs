@@ -2,4 +2,5 @@
 
 mod differential;
 mod migration_errors;
+mod precopy;
 mod unwinding;
