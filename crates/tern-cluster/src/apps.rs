@@ -193,6 +193,28 @@ pub enum AppEvent {
     Removed(String),
 }
 
+/// What a fenced publish did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Published {
+    /// Stored at this sequence of the stream.
+    Stored(u64),
+    /// Not stored: the last message on the subject is not the one expected.
+    Conflict,
+}
+
+/// Where an app's stdout stands in the stream.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct LastOutput {
+    /// Bytes of its stdout the stream holds (the offset after its last chunk).
+    pub offset: u64,
+    /// The incarnation whose end marker is the last message, if it is one.
+    pub end: Option<u64>,
+    /// The stream sequence of the last message on its stdout (0: none).
+    pub seq: u64,
+    /// The incarnation that wrote that message (0: none).
+    pub incarnation: u64,
+}
+
 /// A chunk of an app's output.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LogChunk {
@@ -452,23 +474,37 @@ impl Backbone {
     /// so chunks go out once each, in order. `id` names the chunk uniquely in the app
     /// (the stream drops a second copy of an id it holds, so a retry of a publish
     /// that was stored but whose acknowledgement was lost stores nothing twice).
+    ///
+    /// With `expect`, a chunk is fenced: it is stored only if the last message on the
+    /// subject is still the one at that sequence (the last this writer knows of);
+    /// otherwise nothing is stored and [`Published::Conflict`] says someone wrote. The
+    /// writer reads [`Backbone::last_output`] to learn who: a writer whose incarnation
+    /// is older stops (its app runs elsewhere now); one that finds its own chunk there
+    /// (a retry of a chunk whose acknowledgement was lost) goes on after it.
     pub async fn publish_log(
         &self,
         app: &str,
         incarnation: u64,
         chunk: LogId,
         offset: Option<u64>,
+        expect: Option<u64>,
         bytes: Vec<u8>,
-    ) {
+    ) -> Published {
         let mut headers = HeaderMap::new();
         headers.insert(INCARNATION, incarnation.to_string().as_str());
         if let Some(o) = offset {
             headers.insert(OFFSET, o.to_string().as_str());
         }
+        if let Some(seq) = expect {
+            headers.insert(
+                async_nats::header::NATS_EXPECTED_LAST_SUBJECT_SEQUENCE,
+                seq.to_string().as_str(),
+            );
+        }
         let stderr = matches!(chunk, LogId::Err(_));
         let id = format!("{app}.{incarnation}.{chunk}");
         self.publish(log_subject(app, stderr), headers, bytes, &id)
-            .await;
+            .await
     }
 
     /// Puts a note of Tern's in `app`'s output stream (on its stderr subject, so that
@@ -488,16 +524,26 @@ impl Backbone {
     }
 
     /// Says that incarnation `incarnation` of `app` has published all its output
-    /// (tried again until the stream holds it, as [`Backbone::publish_log`]).
-    pub async fn end_log(&self, app: &str, incarnation: u64) {
+    /// (tried again until the stream holds it, fenced as [`Backbone::publish_log`]).
+    pub async fn end_log(&self, app: &str, incarnation: u64, expect: u64) -> Published {
         let mut headers = HeaderMap::new();
         headers.insert(END, incarnation.to_string().as_str());
+        headers.insert(
+            async_nats::header::NATS_EXPECTED_LAST_SUBJECT_SEQUENCE,
+            expect.to_string().as_str(),
+        );
         let id = format!("{app}.{incarnation}.end");
         self.publish(log_subject(app, false), headers, Vec::new(), &id)
-            .await;
+            .await
     }
 
-    async fn publish(&self, subject: String, mut headers: HeaderMap, bytes: Vec<u8>, id: &str) {
+    async fn publish(
+        &self,
+        subject: String,
+        mut headers: HeaderMap,
+        bytes: Vec<u8>,
+        id: &str,
+    ) -> Published {
         headers.insert(async_nats::header::NATS_MESSAGE_ID, id);
         let bytes = bytes::Bytes::from(bytes);
         let mut wait = Duration::from_millis(100);
@@ -507,18 +553,23 @@ impl Backbone {
                 self.js
                     .publish_with_headers(subject.clone(), headers.clone(), bytes.clone())
                     .await
-                    .map_err(|e| js_err("publish output", e))?
+                    .map_err(|e| (false, js_err("publish output", e)))?
                     .await
-                    .map_err(|e| js_err("publish output", e))
+                    .map_err(|e| {
+                        let conflict =
+                            e.kind() == jetstream::context::PublishErrorKind::WrongLastSequence;
+                        (conflict, js_err("publish output", e))
+                    })
             };
             match stored.await {
-                Ok(_) => {
+                Ok(ack) => {
                     if failures > 0 {
                         tracing::info!(%subject, failures, "output published after retries");
                     }
-                    return;
+                    return Published::Stored(ack.sequence);
                 }
-                Err(e) => {
+                Err((true, _)) => return Published::Conflict,
+                Err((false, e)) => {
                     failures += 1;
                     if failures == 1 || failures.is_multiple_of(10) {
                         tracing::warn!(%subject, error = %e, failures, "output not stored yet; trying again");
@@ -530,26 +581,35 @@ impl Backbone {
         }
     }
 
-    /// The last message on `app`'s stdout: `(offset after it, the incarnation that
-    /// ended, if it is an end marker)`. `(0, None)` when the app has written nothing.
+    /// Where `app`'s stdout stands: see [`LastOutput`]. (The end marker carries no
+    /// offset: the chunk before it does.)
     ///
     /// # Errors
-    /// [`BackboneError::JetStream`].
-    pub async fn last_output(&self, app: &str) -> Result<(u64, Option<u64>), BackboneError> {
-        let mut offset = 0;
-        let mut end = None;
-        // The end marker carries no offset: the chunk before it does.
+    /// [`BackboneError::JetStream`] when the stream cannot be read; an app that has
+    /// written nothing is not an error.
+    pub async fn last_output(&self, app: &str) -> Result<LastOutput, BackboneError> {
         let subject = log_subject(app, false);
-        let Ok(last) = self.logs.get_last_raw_message_by_subject(&subject).await else {
-            return Ok((0, None));
+        let last = match self.logs.get_last_raw_message_by_subject(&subject).await {
+            Ok(m) => m,
+            Err(e) if e.kind() == jetstream::stream::LastRawMessageErrorKind::NoMessageFound => {
+                return Ok(LastOutput::default());
+            }
+            Err(e) => return Err(js_err("read output", e)),
         };
-        let mut seq = last.sequence;
-        if let Some(i) = header_u64(&last.headers, END) {
-            end = Some(i);
-        } else if let Some(o) = header_u64(&last.headers, OFFSET) {
-            return Ok((o + last.payload.len() as u64, None));
+        let mut out = LastOutput {
+            offset: 0,
+            end: header_u64(&last.headers, END),
+            seq: last.sequence,
+            incarnation: header_u64(&last.headers, END)
+                .or_else(|| header_u64(&last.headers, INCARNATION))
+                .unwrap_or(0),
+        };
+        if let (None, Some(o)) = (out.end, header_u64(&last.headers, OFFSET)) {
+            out.offset = o + last.payload.len() as u64;
+            return Ok(out);
         }
         // Walk back from the marker to the last chunk with an offset.
+        let mut seq = last.sequence;
         while seq > 1 {
             seq -= 1;
             let Ok(m) = self.logs.get_raw_message(seq).await else {
@@ -559,11 +619,11 @@ impl Backbone {
                 continue;
             }
             if let Some(o) = header_u64(&m.headers, OFFSET) {
-                offset = o + m.payload.len() as u64;
+                out.offset = o + m.payload.len() as u64;
                 break;
             }
         }
-        Ok((offset, end))
+        Ok(out)
     }
 
     /// `app`'s output after sequence `after`, at most `max` bytes of it (at least one

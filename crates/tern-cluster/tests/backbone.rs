@@ -163,3 +163,60 @@ async fn an_unreachable_backbone_is_one_clear_error() {
         "{e}"
     );
 }
+
+/// An app's stdout is fenced: a chunk is stored only after the message its writer
+/// expects, so a writer of an older incarnation learns it lost the app. A retry of a
+/// chunk that was stored (its acknowledgement lost) is a conflict too, and the last
+/// message then shows the writer its own chunk, stored once: it goes on after it.
+#[tokio::test(flavor = "multi_thread")]
+async fn output_is_fenced_by_the_last_message_and_a_retry_is_not_a_conflict() {
+    use tern_cluster::apps::{LogId, Published};
+    let state = tempfile::tempdir().expect("tmp");
+    let server = NatsServer::start(state.path(), 0).await.expect("starts");
+    let bb = server.backbone().await.expect("connects");
+    let first = bb
+        .publish_log("app", 1, LogId::Out(0), Some(0), Some(0), b"one\n".to_vec())
+        .await;
+    let Published::Stored(s1) = first else {
+        panic!("{first:?}")
+    };
+    // The same chunk again, as a retry sends it: the stream has it already, once.
+    let again = bb
+        .publish_log("app", 1, LogId::Out(0), Some(0), Some(0), b"one\n".to_vec())
+        .await;
+    assert_eq!(again, Published::Conflict);
+    let last = bb.last_output("app").await.expect("last");
+    assert_eq!((last.seq, last.incarnation, last.offset), (s1, 1, 4));
+    // Incarnation 2 takes over after it.
+    let second = bb
+        .publish_log(
+            "app",
+            2,
+            LogId::Out(4),
+            Some(4),
+            Some(s1),
+            b"two\n".to_vec(),
+        )
+        .await;
+    let Published::Stored(s2) = second else {
+        panic!("{second:?}")
+    };
+    // Incarnation 1, which still thinks s1 is the last, is refused, and learns why.
+    let stale = bb
+        .publish_log(
+            "app",
+            1,
+            LogId::Out(4),
+            Some(4),
+            Some(s1),
+            b"old\n".to_vec(),
+        )
+        .await;
+    assert_eq!(stale, Published::Conflict);
+    let last = bb.last_output("app").await.expect("last");
+    assert_eq!((last.seq, last.incarnation, last.offset), (s2, 2, 8));
+    let chunks = bb.logs("app", 0, 1 << 20).await.expect("logs");
+    let out: Vec<u8> = chunks.into_iter().flat_map(|c| c.bytes).collect();
+    assert_eq!(out, b"one\ntwo\n");
+    server.stop().await;
+}

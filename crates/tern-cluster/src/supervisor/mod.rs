@@ -429,10 +429,6 @@ async fn start(
         .map_err(|e| format!("cannot start `{} instance`: {e}", host.tern.display()))?;
     let pid = child.id();
     let (orders_tx, orders) = mpsc::unbounded_channel();
-    let published = backbone
-        .last_output(&record.name)
-        .await
-        .map_or(0, |(o, _)| o);
     let (handover, listening) = match how {
         Start::Run => (None, None),
         Start::Receive { from, listening } => (Some(from), Some(listening)),
@@ -446,11 +442,14 @@ async fn start(
         host: host.clone(),
         record: record.clone(),
         every: manifest.checkpoint_every.filter(|_| manifest.migratable),
-        pos: restore_from
+        pos: 0,
+        published: 0,
+        last_seq: 0,
+        fenced: false,
+        resume_at: restore_from
             .as_ref()
             .filter(|_| manifest.migratable)
-            .map_or(published, |c| c.stdout),
-        published,
+            .map(|c| c.stdout),
         checkpoint: restore_from,
         migratable: manifest.migratable,
         stderr_chunks: 0,

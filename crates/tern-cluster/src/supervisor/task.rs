@@ -9,7 +9,7 @@ use tokio::io::{AsyncBufReadExt as _, AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::sync::{mpsc, oneshot};
 
 use super::{Host, Moved, Order, report};
-use crate::apps::{AppRecord, CheckpointRef, HANDOVER_WAIT, LogId, now_ms};
+use crate::apps::{AppRecord, CheckpointRef, HANDOVER_WAIT, LastOutput, LogId, Published, now_ms};
 use crate::backbone::{Backbone, BackboneError};
 use crate::instance::{Command, Ended, Event};
 use crate::model::InstanceState;
@@ -39,6 +39,15 @@ pub(super) struct Task {
     pub(super) migratable: bool,
     /// stderr chunks published so far: each one's name for the stream.
     pub(super) stderr_chunks: u64,
+    /// The stream sequence of the last message on the app's stdout this writer knows
+    /// of: its next chunk is stored only if that is still the last (the fence).
+    pub(super) last_seq: u64,
+    /// A later incarnation wrote the app's output: this one's is not published any
+    /// more, and its instance is ended.
+    pub(super) fenced: bool,
+    /// Where in the app's stdout the guest resumes (its checkpoint's offset), when it
+    /// resumes from a checkpoint; from the stream's end otherwise.
+    pub(super) resume_at: Option<u64>,
     /// What `tern ps` shows of this instance while it runs (empty: the placement's
     /// note), such as that its node restarted and it resumed.
     pub(super) note: String,
@@ -59,6 +68,14 @@ impl Task {
         // time on this node, or its checkpoint restored), `tern ps` says so. A
         // migration's destination reports once the guest runs there.
         let checkpoint = self.checkpoint.clone();
+        // Where the app's output stands: read until the stream answers, so that an
+        // instance started while the backbone is away does not publish it all again.
+        if self.handover.is_none() {
+            let last = self.read_last_output().await;
+            self.published = last.offset;
+            self.last_seq = last.seq;
+            self.pos = self.resume_at.unwrap_or(last.offset);
+        }
         // A migration's destination has the app only once its guest runs here (after
         // the migration committed); one that ends before never had it.
         let receiving = self.handover.is_some();
@@ -122,7 +139,14 @@ impl Task {
             tokio::select! {
                 n = stdout.read(&mut out_buf), if out_open => match n {
                     Ok(0) | Err(_) => out_open = false,
-                    Ok(n) => self.stdout(&out_buf[..n]).await,
+                    Ok(n) => {
+                        self.stdout(&out_buf[..n]).await;
+                        // Fenced: a later incarnation runs the app; this copy ends.
+                        if self.fenced && !killed {
+                            killed = true;
+                            let _ = child.start_kill();
+                        }
+                    }
                 },
                 n = stderr.read(&mut err_buf), if err_open => match n {
                     Ok(0) | Err(_) => err_open = false,
@@ -304,10 +328,8 @@ impl Task {
                 return;
             }
         }
-        self.backbone
-            .end_log(&self.record.name, self.record.incarnation)
-            .await;
-        if killed || ended == Some(Ended::Migrated) {
+        self.end_output().await;
+        if killed || self.fenced || ended == Some(Ended::Migrated) {
             // Removed, placed elsewhere or moved: its new node reports now.
             return;
         }
@@ -360,17 +382,17 @@ impl Task {
     /// after [`HANDOVER_WAIT`]), this one's goes on from where it ended.
     async fn hand_over(&mut self, waited: Duration, checkpoint: Option<CheckpointRef>) {
         let Some(from) = self.handover else { return };
-        let (offset, end) = self
-            .backbone
-            .last_output(&self.record.name)
-            .await
-            .unwrap_or((self.published, None));
-        if end.is_none_or(|e| e < from) && waited < HANDOVER_WAIT {
+        // Unreadable: not known yet, whatever the wait.
+        let Ok(last) = self.backbone.last_output(&self.record.name).await else {
+            return;
+        };
+        if last.end.is_none_or(|e| e < from) && waited < HANDOVER_WAIT {
             return;
         }
         self.handover = None;
-        self.published = offset;
-        self.pos = offset;
+        self.published = last.offset;
+        self.pos = last.offset;
+        self.last_seq = last.seq;
         let held = std::mem::take(&mut self.held);
         self.status(InstanceState::Running, checkpoint, &self.note.clone())
             .await;
@@ -387,21 +409,80 @@ impl Task {
         }
         let start = self.pos;
         self.pos += bytes.len() as u64;
-        if self.pos <= self.published {
+        while !self.fenced && self.pos > self.published {
+            let skip = self.published.saturating_sub(start) as usize;
+            let offset = start + skip as u64;
+            let stored = self
+                .backbone
+                .publish_log(
+                    &self.record.name,
+                    self.record.incarnation,
+                    LogId::Out(offset),
+                    Some(offset),
+                    Some(self.last_seq),
+                    bytes[skip..].to_vec(),
+                )
+                .await;
+            match stored {
+                Published::Stored(seq) => {
+                    self.last_seq = seq;
+                    self.published = self.pos;
+                }
+                Published::Conflict => self.someone_wrote().await,
+            }
+        }
+    }
+
+    /// The app's stdout has a message this writer did not expect. Written by a later
+    /// incarnation: this one's app runs elsewhere, so it is fenced. Written by an
+    /// earlier one (a copy that ran on while its node was cut off): what it stored is
+    /// skipped, and this writer goes on after it.
+    async fn someone_wrote(&mut self) {
+        let last = self.read_last_output().await;
+        if last.incarnation > self.record.incarnation {
+            tracing::warn!(
+                app = %self.record.name,
+                incarnation = self.record.incarnation,
+                later = last.incarnation,
+                "a later incarnation writes this app's output: this copy stops"
+            );
+            self.fenced = true;
             return;
         }
-        let skip = self.published.saturating_sub(start) as usize;
-        let offset = start + skip as u64;
-        self.published = self.pos;
-        self.backbone
-            .publish_log(
-                &self.record.name,
-                self.record.incarnation,
-                LogId::Out(offset),
-                Some(offset),
-                bytes[skip..].to_vec(),
-            )
-            .await;
+        self.last_seq = last.seq;
+        self.published = self.published.max(last.offset);
+    }
+
+    /// Says that this incarnation's output is all out, fenced as its output is.
+    async fn end_output(&mut self) {
+        while !self.fenced {
+            match self
+                .backbone
+                .end_log(&self.record.name, self.record.incarnation, self.last_seq)
+                .await
+            {
+                Published::Stored(seq) => {
+                    self.last_seq = seq;
+                    return;
+                }
+                Published::Conflict => self.someone_wrote().await,
+            }
+        }
+    }
+
+    /// Where the app's stdout stands, read again until the stream answers.
+    async fn read_last_output(&self) -> LastOutput {
+        let mut wait = Duration::from_millis(100);
+        loop {
+            match self.backbone.last_output(&self.record.name).await {
+                Ok(last) => return last,
+                Err(e) => {
+                    tracing::warn!(app = %self.record.name, error = %e, "output: cannot read where it stands yet");
+                    tokio::time::sleep(wait).await;
+                    wait = (wait * 2).min(Duration::from_secs(2));
+                }
+            }
+        }
     }
 
     async fn stderr(&mut self, bytes: &[u8]) {
@@ -411,6 +492,7 @@ impl Task {
                 &self.record.name,
                 self.record.incarnation,
                 LogId::Err(self.stderr_chunks),
+                None,
                 None,
                 bytes.to_vec(),
             )

@@ -200,3 +200,68 @@ fn a_second_tern_up_on_the_same_state_is_refused() {
     // The first one is untouched.
     up.stop();
 }
+
+/// The instance processes of `app` on node `node` of `up`.
+fn instances_of(up: &Up, node: &str, app: &str) -> usize {
+    let needle = up
+        .state
+        .join("nodes")
+        .join(node)
+        .join("apps")
+        .join(app)
+        .display()
+        .to_string();
+    std::fs::read_dir("/proc")
+        .expect("/proc")
+        .flatten()
+        .filter(|e| {
+            std::fs::read(e.path().join("cmdline")).is_ok_and(|c| {
+                let c = String::from_utf8_lossy(&c).replace('\0', " ");
+                c.contains(" instance ") && c.contains(&needle)
+            })
+        })
+        .count()
+}
+
+#[test]
+fn a_node_that_hangs_and_comes_back_runs_nothing_twice_and_repeats_no_output() {
+    let d = scratch();
+    let up = Up::start(d.path(), &d.path().join("state"));
+    let _busy = Busy::cores(1);
+    let reference = deploy_steps(&up, d.path(), ["40", "40000000"]);
+    up.wait_for("a checkpoint", Duration::from_secs(60), || {
+        up.app("steady")?["checkpoint_age_s"]
+            .is_number()
+            .then_some(())
+    });
+    let node = up.app("steady").expect("steady")["node"]
+        .as_str()
+        .expect("node")
+        .to_owned();
+    // The node's agent hangs (its instance runs on, cut off from it): declared lost,
+    // the app is restored elsewhere.
+    let pid = up.node_pid(&node);
+    signal_pid(pid, "-STOP");
+    up.wait_for(
+        "steady restored elsewhere",
+        Duration::from_secs(120),
+        || {
+            up.app("steady")
+                .filter(|a| a["node"] != node.as_str() && a["state"] == "running")
+        },
+    );
+    // It comes back: its copy of the app is fenced and ended, and its output is not
+    // published after the new one's.
+    signal_pid(pid, "-CONT");
+    up.wait_for("the stale copy gone", Duration::from_secs(60), || {
+        (instances_of(&up, &node, "steady") == 0).then_some(())
+    });
+    let done = up.wait_state("steady", "exited", Duration::from_secs(300));
+    assert_eq!(
+        (&done["code"], &done["incarnation"]),
+        (&3.into(), &2.into()),
+        "{done}"
+    );
+    assert_eq!(up.verb(&["logs", "steady"]).succeeds(), reference);
+    up.stop();
+}
