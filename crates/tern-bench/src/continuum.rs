@@ -57,6 +57,15 @@ pub struct ContinuumReport {
 }
 
 /// A `tern up` of the benchmark, stopped when dropped.
+/// Sends `sig` to process `pid` with the shell's `kill` (a minimal machine has no
+/// `/bin/kill`).
+fn signal(pid: u32, sig: &str) -> std::io::Result<std::process::ExitStatus> {
+    Command::new("sh")
+        .arg("-c")
+        .arg(format!("kill {sig} {pid}"))
+        .status()
+}
+
 struct Up {
     child: Child,
     tern: PathBuf,
@@ -66,9 +75,7 @@ struct Up {
 
 impl Drop for Up {
     fn drop(&mut self) {
-        let _ = Command::new("kill")
-            .args(["-INT", &self.child.id().to_string()])
-            .status();
+        let _ = signal(self.child.id(), "-INT");
         let deadline = Instant::now() + Duration::from_secs(40);
         while Instant::now() < deadline {
             if let Ok(Some(_)) = self.child.try_wait() {
@@ -292,17 +299,13 @@ pub fn run(
             .map(|(_, p)| p)
             .with_context(|| format!("no process of node {at}"))?;
         let killed = Instant::now();
-        Command::new("kill")
-            .args(["-STOP", &pid.to_string()])
-            .status()?;
+        signal(pid, "-STOP")?;
         let moved = up.wait("workset running elsewhere", Duration::from_secs(60), || {
             let a = up.app("workset")?;
             Ok(a["state"] == "running" && a["node"] != at.as_str())
         });
         let recovered = killed.elapsed();
-        Command::new("kill")
-            .args(["-KILL", &pid.to_string()])
-            .status()?;
+        signal(pid, "-KILL")?;
         moved?;
         recovery.push(recovered);
         bar.inc(1);

@@ -223,12 +223,14 @@ pub fn signal(child: &std::process::Child, sig: &str) {
     signal_pid(child.id(), sig);
 }
 
-/// Sends `sig` (`-STOP`, `-KILL` …) to process `pid`.
+/// Sends `sig` (`-STOP`, `-KILL` …) to process `pid`, with the shell's `kill` (a
+/// minimal machine has no `/bin/kill`).
 pub fn signal_pid(pid: u32, sig: &str) {
-    let ok = Command::new("kill")
-        .args([sig, &pid.to_string()])
+    let ok = Command::new("sh")
+        .arg("-c")
+        .arg(format!("kill {sig} {pid}"))
         .status()
-        .expect("kill")
+        .expect("sh")
         .success();
     assert!(ok, "kill {sig} {pid}");
 }
