@@ -134,6 +134,39 @@ const HOST_STACK: usize = 8 << 20;
 
 /// Runs the instance `spec_path` describes, reporting to its agent, and returns the
 /// process's exit status: the guest's code, 125 for a failure, 0 when stopped.
+/// How often an instance looks at whether its agent is stopped.
+const AGENT_WATCH: std::time::Duration = std::time::Duration::from_millis(100);
+
+/// An instance whose agent is stopped (SIGSTOP: a hung or frozen node, cut off from
+/// the continuum) stops itself too, at once: the control plane will place its app
+/// elsewhere once the node has been silent for `--lost-after`, and a copy left running
+/// here would be a second copy of the app. The agent, when it goes on, lets it go on
+/// only if the app is still its own (otherwise it ends it). A thread reads the state
+/// of the parent process in `/proc`; an agent that dies takes the instance with it
+/// (`die_with_parent`).
+fn pause_with_agent() {
+    let parent = std::os::unix::process::parent_id();
+    let _ = std::thread::Builder::new()
+        .name("agent-watch".into())
+        .spawn(move || {
+            loop {
+                std::thread::sleep(AGENT_WATCH);
+                if process_stopped(parent) == Some(true) {
+                    let me = rustix::process::getpid();
+                    let _ = rustix::process::kill_process(me, rustix::process::Signal::STOP);
+                }
+            }
+        });
+}
+
+/// Whether process `pid` is stopped (state `T` or `t` in `/proc/PID/stat`); `None`
+/// when it cannot be read.
+pub(crate) fn process_stopped(pid: u32) -> Option<bool> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let state = stat.rsplit_once(')')?.1.split_whitespace().next()?;
+    Some(matches!(state, "T" | "t"))
+}
+
 pub fn run(spec_path: &Path) -> i32 {
     let spec: InstanceSpec = match std::fs::read(spec_path)
         .map_err(|e| e.to_string())
@@ -156,6 +189,7 @@ pub fn run(spec_path: &Path) -> i32 {
         }
     };
     let link = Link::new(control);
+    pause_with_agent();
     let ended = std::thread::Builder::new()
         .name("guest".into())
         .stack_size(tern_runtime::DEFAULT_MAX_STACK + HOST_STACK)

@@ -110,6 +110,12 @@ impl Task {
         // One clock for the whole wait: output arriving more often than it ticks must
         // not keep restarting it.
         let mut handover_tick = tokio::time::interval(Duration::from_millis(100));
+        // The instance stops itself while this agent is stopped; once the agent goes
+        // on, it lets the instance go on only if the app is still this incarnation's
+        // here (otherwise it ends it: the app runs elsewhere now).
+        let mut paused_tick = tokio::time::interval(Duration::from_millis(250));
+        paused_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let pid = child.id();
         // The migration under way: its destination node, and who waits for its end (a
         // control plane that asks again after losing the answer waits too).
         let mut moving: Option<Moving> = None;
@@ -221,6 +227,28 @@ impl Task {
                 // destination knows where its output starts.
                 _ = tick(&mut ticker), if moving.is_none() && self.handover.is_none() => {
                     send(&mut control_out, Command::Checkpoint).await;
+                }
+                _ = paused_tick.tick(), if !killed => {
+                    if let Some(pid) = pid.filter(|&p| crate::instance::process_stopped(p) == Some(true)) {
+                        match self.backbone.app(&self.record.name).await {
+                            Ok(Some((r, _)))
+                                if r.incarnation == self.record.incarnation
+                                    && r.node.as_deref() == Some(self.host.node.as_str()) =>
+                            {
+                                tracing::info!(app = %self.record.name, "this node went on: its instance goes on");
+                                if let Some(p) = rustix::process::Pid::from_raw(pid as i32) {
+                                    let _ = rustix::process::kill_process(p, rustix::process::Signal::CONT);
+                                }
+                            }
+                            Ok(_) => {
+                                tracing::warn!(app = %self.record.name, "placed elsewhere while this node was stopped: its copy here ends");
+                                killed = true;
+                                let _ = child.start_kill();
+                            }
+                            // Unknown yet: it stays stopped until the backbone answers.
+                            Err(_) => {}
+                        }
+                    }
                 }
                 _ = handover_tick.tick(), if self.handover.is_some() => {
                     self.hand_over(handing_over.elapsed(), last_checkpoint.clone()).await;

@@ -201,8 +201,9 @@ fn a_second_tern_up_on_the_same_state_is_refused() {
     up.stop();
 }
 
-/// The instance processes of `app` on node `node` of `up`.
-fn instances_of(up: &Up, node: &str, app: &str) -> usize {
+/// The instance processes of `app` on node `node` of `up` (with `running`, only those
+/// not stopped).
+fn instances_of(up: &Up, node: &str, app: &str, running: bool) -> usize {
     let needle = up
         .state
         .join("nodes")
@@ -215,10 +216,15 @@ fn instances_of(up: &Up, node: &str, app: &str) -> usize {
         .expect("/proc")
         .flatten()
         .filter(|e| {
+            let stopped = std::fs::read_to_string(e.path().join("stat")).is_ok_and(|st| {
+                st.rsplit_once(')')
+                    .and_then(|(_, rest)| rest.split_whitespace().next())
+                    .is_some_and(|state| state == "T" || state == "t")
+            });
             std::fs::read(e.path().join("cmdline")).is_ok_and(|c| {
                 let c = String::from_utf8_lossy(&c).replace('\0', " ");
                 c.contains(" instance ") && c.contains(&needle)
-            })
+            }) && !(running && stopped)
         })
         .count()
 }
@@ -238,10 +244,16 @@ fn a_node_that_hangs_and_comes_back_runs_nothing_twice_and_repeats_no_output() {
         .as_str()
         .expect("node")
         .to_owned();
-    // The node's agent hangs (its instance runs on, cut off from it): declared lost,
-    // the app is restored elsewhere.
+    // The node's agent hangs: its instance stops with it (it would be a second copy
+    // once the app is restored elsewhere); declared lost, the app is restored elsewhere.
     let pid = up.node_pid(&node);
     signal_pid(pid, "-STOP");
+    up.wait_for(
+        "the node's copy stopped with it",
+        Duration::from_secs(30),
+        || (instances_of(&up, &node, "steady", true) == 0).then_some(()),
+    );
+    assert_eq!(instances_of(&up, &node, "steady", false), 1);
     up.wait_for(
         "steady restored elsewhere",
         Duration::from_secs(120),
@@ -254,7 +266,7 @@ fn a_node_that_hangs_and_comes_back_runs_nothing_twice_and_repeats_no_output() {
     // published after the new one's.
     signal_pid(pid, "-CONT");
     up.wait_for("the stale copy gone", Duration::from_secs(60), || {
-        (instances_of(&up, &node, "steady") == 0).then_some(())
+        (instances_of(&up, &node, "steady", false) == 0).then_some(())
     });
     let done = up.wait_state("steady", "exited", Duration::from_secs(300));
     assert_eq!(
@@ -263,5 +275,31 @@ fn a_node_that_hangs_and_comes_back_runs_nothing_twice_and_repeats_no_output() {
         "{done}"
     );
     assert_eq!(up.verb(&["logs", "steady"]).succeeds(), reference);
+    up.stop();
+}
+
+#[test]
+fn a_node_that_hangs_briefly_keeps_its_app_and_lets_it_go_on() {
+    let d = scratch();
+    let up = Up::start(d.path(), &d.path().join("state"));
+    let reference = deploy_steps(&up, d.path(), ["30", "40000000"]);
+    let node = up.app("steady").expect("steady")["node"]
+        .as_str()
+        .expect("node")
+        .to_owned();
+    let pid = up.node_pid(&node);
+    signal_pid(pid, "-STOP");
+    up.wait_for(
+        "the node's copy stopped with it",
+        Duration::from_secs(30),
+        || (instances_of(&up, &node, "steady", true) == 0).then_some(()),
+    );
+    // Back well before the control plane would take it for lost: the app is still
+    // its own, and goes on there.
+    signal_pid(pid, "-CONT");
+    up.wait_for("the copy going on", Duration::from_secs(30), || {
+        (instances_of(&up, &node, "steady", true) == 1).then_some(())
+    });
+    ran_once(&up, &reference);
     up.stop();
 }
