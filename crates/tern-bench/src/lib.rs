@@ -2,6 +2,7 @@
 
 pub mod cluster;
 pub mod continuum;
+pub mod durability;
 pub mod migration;
 pub mod plot;
 pub mod polybench;

@@ -95,6 +95,16 @@ fn find_in(path: Option<std::ffi::OsString>, home: &Path) -> Result<PathBuf, Bac
         .ok_or(BackboneError::NoServer)
 }
 
+/// How JetStream's writes reach the disk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Durability {
+    /// Each write is on disk before it is acknowledged (`sync_interval: always`):
+    /// what Tern runs.
+    Synced,
+    /// JetStream's default: acknowledged at once, synced every two minutes.
+    Default,
+}
+
 /// A `nats-server` child with JetStream, stopped when dropped.
 #[derive(Debug)]
 pub struct NatsServer {
@@ -115,6 +125,19 @@ impl NatsServer {
     /// [`BackboneError::NoServer`] or [`BackboneError::Start`] with the server's own
     /// last words.
     pub async fn start(state: &Path, port: u16) -> Result<NatsServer, BackboneError> {
+        NatsServer::start_with(state, port, Durability::Synced).await
+    }
+
+    /// [`NatsServer::start`] with JetStream's writes reaching the disk as `durability`
+    /// says (`tern bench cluster` measures what [`Durability::Synced`] costs).
+    ///
+    /// # Errors
+    /// As [`NatsServer::start`].
+    pub async fn start_with(
+        state: &Path,
+        port: u16,
+        durability: Durability,
+    ) -> Result<NatsServer, BackboneError> {
         let path = find_nats_server()?;
         let start_err = |reason: String| BackboneError::Start {
             path: path.clone(),
@@ -134,11 +157,13 @@ impl NatsServer {
         // disk (fsync), so an app record, a move or a checkpoint acknowledged before a
         // power loss or an OS crash is still there after it. The server's default
         // syncs every two minutes and acknowledges at once.
+        let jetstream = match durability {
+            Durability::Synced => "jetstream {\n  sync_interval: always\n}\n",
+            Durability::Default => "",
+        };
         write_private(
             &conf,
-            &format!(
-                "authorization {{\n  token: \"{token}\"\n}}\njetstream {{\n  sync_interval: always\n}}\n"
-            ),
+            &format!("authorization {{\n  token: \"{token}\"\n}}\n{jetstream}"),
         )
         .map_err(|e| start_err(format!("{}: {e}", conf.display())))?;
         let child = spawn_server(state, port).await?;

@@ -43,6 +43,10 @@ enum Suite {
     /// (each app's memory reserved before the next is placed), and one `explain` over
     /// every node.
     Cluster(ClusterArgs),
+    /// What the backbone's durability costs a checkpoint: storing checkpoint bundles
+    /// (64 KiB, 1 MiB, 16 MiB) on a nats-server that syncs every write before it is
+    /// acknowledged, as Tern runs it, against one with JetStream's default, interleaved.
+    Durability(DurabilityArgs),
     /// Print the table of a saved run (`--json` of polybench, compute or sqlite) again, and
     /// optionally plot it, without running anything.
     Report(ReportArgs),
@@ -72,6 +76,16 @@ struct MigrationArgs {
     /// Hide progress bars.
     #[arg(long, short)]
     quiet: bool,
+}
+
+#[derive(Debug, Args)]
+struct DurabilityArgs {
+    /// Stores of each size on each server.
+    #[arg(long, default_value_t = 20, value_parser = at_least_one)]
+    runs: usize,
+    /// Also write the report as JSON to this file.
+    #[arg(long, value_name = "FILE")]
+    json: Option<std::path::PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -391,6 +405,14 @@ impl BenchCommand {
                         continuum: live.as_ref(),
                     },
                 )?;
+                Ok(())
+            }
+            Suite::Durability(a) => {
+                eprintln!("storing checkpoints on a synced and a default nats-server …");
+                let report = tern_bench::durability::run(a.runs)?;
+                println!("{}", machine_line());
+                print!("{}", report.render());
+                write_json(a.json.as_deref(), &report)?;
                 Ok(())
             }
             Suite::Report(a) => {
