@@ -299,32 +299,8 @@ impl Backbone {
         revision: u64,
     ) -> Result<Option<u64>, BackboneError> {
         let json = serde_json::to_vec(record).map_err(|e| js_err("encode app", e))?;
-        let result = if revision == 0 {
-            self.apps
-                .create(record.name.as_str(), json.into())
-                .await
-                .map_err(|e| {
-                    (
-                        e.kind() == kv::CreateErrorKind::AlreadyExists,
-                        e.to_string(),
-                    )
-                })
-        } else {
-            self.apps
-                .update(record.name.as_str(), json.into(), revision)
-                .await
-                .map_err(|e| {
-                    (
-                        e.kind() == kv::UpdateErrorKind::WrongLastRevision,
-                        e.to_string(),
-                    )
-                })
-        };
-        match result {
-            Ok(rev) => Ok(Some(rev)),
-            Err((true, _)) => Ok(None),
-            Err((false, e)) => Err(js_err("store app", e)),
-        }
+        crate::backbone::compare_and_set(&self.apps, &record.name, json, revision, "store app")
+            .await
     }
 
     /// Removes a deployment; the node running it stops it.

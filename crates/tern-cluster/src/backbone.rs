@@ -807,6 +807,37 @@ const READ_WAIT: Duration = Duration::from_secs(15);
 /// Reads of an object before it is given up.
 const READ_TRIES: u32 = 3;
 
+/// Writes `json` under `key` of `store` if the key is still at `revision` (0: only if
+/// it does not exist), and returns the new revision; `None` when someone wrote first.
+pub(crate) async fn compare_and_set(
+    store: &kv::Store,
+    key: &str,
+    json: Vec<u8>,
+    revision: u64,
+    what: &str,
+) -> Result<Option<u64>, BackboneError> {
+    let result = if revision == 0 {
+        store.create(key, json.into()).await.map_err(|e| {
+            (
+                e.kind() == kv::CreateErrorKind::AlreadyExists,
+                e.to_string(),
+            )
+        })
+    } else {
+        store.update(key, json.into(), revision).await.map_err(|e| {
+            (
+                e.kind() == kv::UpdateErrorKind::WrongLastRevision,
+                e.to_string(),
+            )
+        })
+    };
+    match result {
+        Ok(rev) => Ok(Some(rev)),
+        Err((true, _)) => Ok(None),
+        Err((false, e)) => Err(js_err(what, e)),
+    }
+}
+
 pub(crate) fn js_err(what: impl Into<String>, e: impl std::fmt::Display) -> BackboneError {
     BackboneError::JetStream {
         what: what.into(),

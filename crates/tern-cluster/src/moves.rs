@@ -90,6 +90,33 @@ pub struct MoveRecord {
 }
 
 impl MoveRecord {
+    /// A move of `record`'s app (its current incarnation) off node `from`, asked now
+    /// for `why`; its id is given when it is stored ([`Backbone::ask_move`]).
+    pub fn asked(
+        record: &crate::apps::AppRecord,
+        from: &str,
+        to: Option<String>,
+        live: bool,
+        why: String,
+    ) -> MoveRecord {
+        let now = crate::apps::now_ms();
+        MoveRecord {
+            id: String::new(),
+            app: record.name.clone(),
+            incarnation: record.incarnation,
+            from: from.to_owned(),
+            to,
+            live,
+            why,
+            state: MoveState::Asked,
+            note: String::new(),
+            stats: None,
+            checkpoint: None,
+            asked_ms: now,
+            updated_ms: now,
+        }
+    }
+
     /// The move's number in its app's id.
     fn number(&self) -> u64 {
         self.id
@@ -191,32 +218,7 @@ impl Backbone {
         revision: u64,
     ) -> Result<Option<u64>, BackboneError> {
         let json = serde_json::to_vec(mv).map_err(|e| js_err("encode move", e))?;
-        let result = if revision == 0 {
-            self.moves
-                .create(mv.app.as_str(), json.into())
-                .await
-                .map_err(|e| {
-                    (
-                        e.kind() == kv::CreateErrorKind::AlreadyExists,
-                        e.to_string(),
-                    )
-                })
-        } else {
-            self.moves
-                .update(mv.app.as_str(), json.into(), revision)
-                .await
-                .map_err(|e| {
-                    (
-                        e.kind() == kv::UpdateErrorKind::WrongLastRevision,
-                        e.to_string(),
-                    )
-                })
-        };
-        match result {
-            Ok(rev) => Ok(Some(rev)),
-            Err((true, _)) => Ok(None),
-            Err((false, e)) => Err(js_err("store move", e)),
-        }
+        crate::backbone::compare_and_set(&self.moves, &mv.app, json, revision, "store move").await
     }
 
     /// Forgets app `app`'s moves (the app was removed).

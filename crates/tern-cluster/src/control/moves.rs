@@ -12,9 +12,9 @@ use axum::response::{IntoResponse, Json, Response};
 use serde::{Deserialize, Serialize};
 
 use super::{ApiError, Shared, backbone_down, bad, record, unavailable};
-use crate::apps::{AppRecord, now_ms};
+use crate::apps::AppRecord;
 use crate::manifest;
-use crate::moves::{AskError, MoveRecord, MoveState};
+use crate::moves::{AskError, MoveRecord};
 use crate::scheduler::{Request, Verdict};
 use crate::supervisor::{NodeCommand, READ_CHUNK, command_subject};
 
@@ -27,31 +27,6 @@ pub const MAX_COPY: u64 = 256 << 20;
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct MigrateRequest {
     pub to: String,
-}
-
-/// A new move of `record`'s app off its node, for `why`.
-fn new_move(
-    record: &AppRecord,
-    from: &str,
-    to: Option<String>,
-    live: bool,
-    why: String,
-) -> MoveRecord {
-    MoveRecord {
-        id: String::new(),
-        app: record.name.clone(),
-        incarnation: record.incarnation,
-        from: from.to_owned(),
-        to,
-        live,
-        why,
-        state: MoveState::Asked,
-        note: String::new(),
-        stats: None,
-        checkpoint: None,
-        asked_ms: now_ms(),
-        updated_ms: now_ms(),
-    }
 }
 
 /// Records `mv` and puts it in the view at once, so that `tern ps` shows it.
@@ -147,7 +122,7 @@ pub(super) async fn migrate(
             ));
         }
     }
-    let mv = new_move(&record, &from, Some(to), true, "tern migrate".into());
+    let mv = MoveRecord::asked(&record, &from, Some(to), true, "tern migrate".into());
     let asked = ask(&s, mv).await?;
     Ok((StatusCode::ACCEPTED, Json(asked)).into_response())
 }
@@ -181,7 +156,7 @@ pub(super) async fn drain(
     let mut moves = Vec::new();
     for (record, _) in apps {
         let migratable = manifest::parse(&record.manifest).is_ok_and(|m| m.migratable);
-        let mv = new_move(&record, &node, None, migratable, format!("drain {node}"));
+        let mv = MoveRecord::asked(&record, &node, None, migratable, format!("drain {node}"));
         match ask(&s, mv).await {
             Ok(mv) => moves.push(mv),
             // Moving already: that move goes on (a drained node takes nothing back).

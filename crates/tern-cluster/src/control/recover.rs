@@ -7,9 +7,9 @@ use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use super::Shared;
-use crate::apps::{AppRecord, now_ms};
+use crate::apps::AppRecord;
 use crate::manifest;
-use crate::moves::{MoveRecord, MoveState};
+use crate::moves::MoveRecord;
 use crate::scheduler::Request;
 
 /// How often the control plane looks for apps to place again.
@@ -61,21 +61,7 @@ pub(super) async fn keep_placed(s: Shared) {
 
 /// Records a restart move of `record`'s app off node `lost`.
 async fn restart_elsewhere(s: &Shared, record: &AppRecord, lost: &str) {
-    let mv = MoveRecord {
-        id: String::new(),
-        app: record.name.clone(),
-        incarnation: record.incarnation,
-        from: lost.to_owned(),
-        to: None,
-        live: false,
-        why: format!("node {lost} is lost"),
-        state: MoveState::Asked,
-        note: String::new(),
-        stats: None,
-        checkpoint: None,
-        asked_ms: now_ms(),
-        updated_ms: now_ms(),
-    };
+    let mv = MoveRecord::asked(record, lost, None, false, format!("node {lost} is lost"));
     match s.backbone.ask_move(mv).await {
         Ok(mv) => {
             tracing::info!(app = %mv.app, id = %mv.id, "node {lost} is lost: restarting the app elsewhere");
