@@ -710,8 +710,10 @@ pub(crate) async fn open(js: &jetstream::Context) -> Result<Stores, BackboneErro
 /// Reads the object `digest` of `store` and checks its bytes against it.
 ///
 /// A read that stalls (the object store streams an object's chunks through a consumer,
-/// which a loaded server can leave waiting) is given up after [`READ_WAIT`] and tried
-/// again, [`READ_TRIES`] times in all, so that a node never waits forever for a module.
+/// which a loaded server can leave waiting) is given up after [`READ_WAIT`], and a read
+/// that fails for any reason but the object's absence (a stalled or restarting server:
+/// "missed idle heartbeat") is tried again after a pause, [`READ_TRIES`] times in all,
+/// so that a node neither waits forever for a module nor gives an app up for a hiccup.
 pub(crate) async fn read_object(
     store: &object_store::ObjectStore,
     digest: &str,
@@ -719,15 +721,21 @@ pub(crate) async fn read_object(
 ) -> Result<Vec<u8>, BackboneError> {
     let name = format!("{what} sha256:{digest}");
     let mut last = String::new();
-    for _ in 0..READ_TRIES {
+    for attempt in 0..READ_TRIES {
+        if attempt > 0 {
+            tokio::time::sleep(Duration::from_millis(500 * u64::from(attempt))).await;
+        }
         let read = async {
-            let mut object = store.get(digest).await.map_err(|e| js_err(&name, e))?;
+            let mut object = store.get(digest).await.map_err(|e| {
+                let absent = e.kind() == object_store::GetErrorKind::NotFound;
+                (absent, js_err(&name, e))
+            })?;
             let mut bytes = Vec::new();
             object
                 .read_to_end(&mut bytes)
                 .await
-                .map_err(|e| js_err(&name, e))?;
-            Ok::<_, BackboneError>(bytes)
+                .map_err(|e| (false, js_err(&name, e)))?;
+            Ok::<_, (bool, BackboneError)>(bytes)
         };
         match tokio::time::timeout(READ_WAIT, read).await {
             Ok(Ok(bytes)) => {
@@ -737,12 +745,19 @@ pub(crate) async fn read_object(
                 return Ok(bytes);
             }
             // Not there: asking again will not help.
-            Ok(Err(e)) => return Err(e),
+            Ok(Err((true, e))) => return Err(e),
+            Ok(Err((false, e))) => last = e.to_string(),
             Err(_) => last = format!("no answer within {} s", READ_WAIT.as_secs()),
         }
+        tracing::warn!(object = %name, reason = %last, "read failed; trying again");
     }
     Err(js_err(name, last))
 }
+
+/// How long one read of an object may take.
+const READ_WAIT: Duration = Duration::from_secs(15);
+/// Reads of an object before it is given up.
+const READ_TRIES: u32 = 5;
 
 /// A watch that never ends: when the server's stream of `what` ends or fails (the
 /// server restarted, a consumer was lost), it is opened again after a pause, replaying
@@ -801,11 +816,6 @@ where
         },
     )
 }
-
-/// How long one read of an object may take.
-const READ_WAIT: Duration = Duration::from_secs(15);
-/// Reads of an object before it is given up.
-const READ_TRIES: u32 = 3;
 
 /// Writes `json` under `key` of `store` if the key is still at `revision` (0: only if
 /// it does not exist), and returns the new revision; `None` when someone wrote first.
