@@ -11,9 +11,11 @@ use tern_runtime::EngineKind;
 
 /// Run a node agent: measure this machine's compute under the node's engine, join the
 /// continuum over NATS, run the apps the control plane places here (each in a process
-/// of its own), and keep the node's entry alive with heartbeats. On Ctrl-C or SIGTERM
-/// it checkpoints its migratable apps and leaves. A node killed without leaving is
-/// noticed when its entry expires, within seconds, and its apps start elsewhere.
+/// of its own), and say it is alive with a heartbeat twice a second. On Ctrl-C or
+/// SIGTERM it checkpoints its migratable apps and leaves. A node that dies or hangs
+/// without leaving is declared lost by the control plane once it has been silent for
+/// the control plane's --lost-after (4 s by default), and its apps start elsewhere; a
+/// slow or absent backbone never ends a node or its apps.
 #[derive(Debug, Args)]
 pub struct NodeCommand {
     /// The node's name, unique in the continuum.
