@@ -732,7 +732,7 @@ fn header_u64(headers: &HeaderMap, name: &str) -> Option<u64> {
     headers.get(name)?.as_str().parse().ok()
 }
 
-fn decode<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, BackboneError> {
+pub(crate) fn decode<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, BackboneError> {
     serde_json::from_slice(bytes).map_err(|e| BackboneError::BadEntry {
         reason: e.to_string(),
     })

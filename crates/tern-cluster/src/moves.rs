@@ -197,12 +197,9 @@ impl Backbone {
             .await
             .map_err(|e| js_err("read move", e))?;
         match entry {
-            Some(e) if e.operation == kv::Operation::Put => Ok(Some((
-                serde_json::from_slice(&e.value).map_err(|e| BackboneError::BadEntry {
-                    reason: e.to_string(),
-                })?,
-                e.revision,
-            ))),
+            Some(e) if e.operation == kv::Operation::Put => {
+                Ok(Some((crate::apps::decode(&e.value)?, e.revision)))
+            }
             _ => Ok(None),
         }
     }
@@ -256,11 +253,7 @@ impl Backbone {
             })
             .map(|entry| {
                 let entry = entry.map_err(|e| js_err("watch moves", e))?;
-                let mv =
-                    serde_json::from_slice(&entry.value).map_err(|e| BackboneError::BadEntry {
-                        reason: e.to_string(),
-                    })?;
-                Ok((mv, entry.revision))
+                Ok((crate::apps::decode(&entry.value)?, entry.revision))
             }))
     }
 }

@@ -357,21 +357,7 @@ async fn switched(
     app.node = Some(to);
     app.incarnation = mv.incarnation + 1;
     app.note = note.clone();
-    match s.backbone.put_app(&app, app_rev).await {
-        Ok(Some(new_rev)) => {
-            if let Ok(mut v) = s.view.write() {
-                v.put_app(app, new_rev);
-            }
-            advance(s, mv, rev, MoveState::Done, note).await
-        }
-        // Changed meanwhile (a checkpoint's status does not change it; a removal or a
-        // placement does): the next look reads it again.
-        Ok(None) => None,
-        Err(e) => {
-            tracing::warn!(app = %mv.app, error = %e, "move: cannot record the new place yet");
-            None
-        }
-    }
+    finish(s, mv, rev, app, app_rev, note).await
 }
 
 /// A restart elsewhere: the app's record names a node and the next incarnation, which
@@ -414,19 +400,33 @@ async fn restart(
             next.note = format!("{why} and no other node can take the app; it waits: {e}");
         }
     }
-    match s.backbone.put_app(&next, app_rev).await {
+    let mut done = mv;
+    done.to = next.node.clone();
+    let note = next.note.clone();
+    finish(s, done, rev, next, app_rev, note).await
+}
+
+/// Writes the app's record `app` (at `app_rev`) with its new place, then `mv` done
+/// with `note`. A record changed meanwhile (a removal or a placement; a checkpoint's
+/// status does not change it) leaves the move to the next look, which reads it again.
+async fn finish(
+    s: &Shared,
+    mv: MoveRecord,
+    rev: u64,
+    app: AppRecord,
+    app_rev: u64,
+    note: String,
+) -> Option<(MoveRecord, u64)> {
+    match s.backbone.put_app(&app, app_rev).await {
         Ok(Some(new_rev)) => {
-            let note = next.note.clone();
-            let mut done = mv;
-            done.to = next.node.clone();
             if let Ok(mut v) = s.view.write() {
-                v.put_app(next, new_rev);
+                v.put_app(app, new_rev);
             }
-            advance(s, done, rev, MoveState::Done, note).await
+            advance(s, mv, rev, MoveState::Done, note).await
         }
         Ok(None) => None,
         Err(e) => {
-            tracing::warn!(app = %mv.app, error = %e, "move: cannot record the restart yet");
+            tracing::warn!(app = %mv.app, error = %e, "move: cannot record the app's new place yet");
             None
         }
     }
