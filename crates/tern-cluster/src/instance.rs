@@ -16,7 +16,7 @@
 //! | instance | `{"event":"listening","addr":…}` | (an instance that receives a migration) where it waits for it |
 //! | instance | `{"event":"checkpoint","path":…}` | a bundle is ready; the guest waits for the ack |
 //! | instance | `{"event":"checkpoint-failed","reason":…}` | none was written; the guest runs on |
-//! | instance | `{"event":"migrated",…}` / `{"event":"migration-failed","reason":…}` | the destination has the guest (this instance ends) / the guest runs on here |
+//! | instance | `{"event":"migrated",…}` / `{"event":"migration-failed","reason":…,"ended":…}` | the destination has the guest (this instance ends) / the guest runs on here, or (`ended`) it ended first |
 //! | instance | `{"event":"ended",…}` | the guest exited (`code`), failed (`reason`), stopped for good (`stopped`) or moved (`migrated`) |
 //!
 //! The guest waits for the ack so that its node can count the stdout bytes written
@@ -108,6 +108,9 @@ pub enum Event {
     },
     MigrationFailed {
         reason: String,
+        /// The guest ended before it could be migrated.
+        #[serde(default)]
+        ended: bool,
     },
     Ended(Ended),
 }
@@ -286,6 +289,7 @@ impl Link {
         let Some(outbound) = outbound else {
             self.send(&Event::MigrationFailed {
                 reason: "the guest is not running yet".into(),
+                ended: false,
             });
             return;
         };
@@ -305,9 +309,11 @@ impl Link {
                 // A guest that ends hangs up the line, which the migration sees first.
                 Err(_) if outbound.guest_has_ended() => Event::MigrationFailed {
                     reason: "the guest finished before it could be migrated".into(),
+                    ended: true,
                 },
                 Err(e) => Event::MigrationFailed {
                     reason: e.to_string(),
+                    ended: false,
                 },
             };
             link.send(&event);

@@ -310,6 +310,14 @@ async fn ready(
                 return None;
             }
             cancel(s, &mv).await;
+            if let Failure::Ended(e) = &e {
+                tracing::info!(app = %mv.app, reason = %e, "move: the app ended first");
+                let note = format!(
+                    "{} ended on {} before its migration to {to} finished",
+                    mv.app, mv.from
+                );
+                return fail(s, mv, rev, note).await;
+            }
             let note = format!(
                 "the migration of {} to {to} failed: {e}; it keeps running on {}",
                 mv.app, mv.from
@@ -510,12 +518,14 @@ enum Failure {
     Silent(String),
     /// It answered that it did not.
     Refused(String),
+    /// It answered that the app ended before it could.
+    Ended(String),
 }
 
 impl std::fmt::Display for Failure {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            Failure::Silent(e) | Failure::Refused(e) => f.write_str(e),
+            Failure::Silent(e) | Failure::Refused(e) | Failure::Ended(e) => f.write_str(e),
         }
     }
 }
@@ -544,6 +554,7 @@ async fn ask(
     let reply: NodeReply = serde_json::from_slice(&answer.payload)
         .map_err(|e| Failure::Refused(format!("node {node} answered something else: {e}")))?;
     match reply.error {
+        Some(e) if reply.ended => Err(Failure::Ended(e)),
         Some(e) => Err(Failure::Refused(e)),
         None => Ok(reply),
     }

@@ -54,6 +54,27 @@ pub struct NodeReply {
     pub addr: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub moved: Option<Moved>,
+    /// With `error`: the app's guest ended before it could be migrated (it does not run
+    /// on, whatever else the error says).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub ended: bool,
+}
+
+/// Why an instance's migration did not go through.
+#[derive(Debug, Clone)]
+pub(crate) struct NotMoved {
+    pub reason: String,
+    /// The guest ended first.
+    pub ended: bool,
+}
+
+impl NotMoved {
+    pub(crate) fn refused(reason: String) -> NotMoved {
+        NotMoved {
+            reason,
+            ended: false,
+        }
+    }
 }
 
 /// What a live migration between nodes measured.
@@ -202,8 +223,15 @@ pub(super) async fn command(
                         moved: Some(moved),
                         ..NodeReply::default()
                     },
-                    Ok(Err(e)) => failed(e),
-                    Err(_) => failed("the instance ended during the migration".into()),
+                    Ok(Err(e)) => NodeReply {
+                        ended: e.ended,
+                        ..failed(e.reason)
+                    },
+                    // The instance went away without a word on its migration.
+                    Err(_) => NodeReply {
+                        ended: true,
+                        ..failed("its instance ended during the migration".into())
+                    },
                 };
                 answer_now(client, reply_to, reply).await;
             });

@@ -83,7 +83,7 @@ enum Order {
     Migrate {
         addr: String,
         to: String,
-        reply: oneshot::Sender<Result<Moved, String>>,
+        reply: oneshot::Sender<Result<Moved, commands::NotMoved>>,
     },
 }
 

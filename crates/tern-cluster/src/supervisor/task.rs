@@ -8,6 +8,7 @@ use std::time::Duration;
 use tokio::io::{AsyncBufReadExt as _, AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::sync::{mpsc, oneshot};
 
+use super::commands::NotMoved;
 use super::{Host, Moved, Order, report};
 use crate::apps::{AppRecord, CheckpointRef, HANDOVER_WAIT, LastOutput, LogId, Published, now_ms};
 use crate::backbone::{Backbone, BackboneError};
@@ -15,7 +16,7 @@ use crate::instance::{Command, Ended, Event};
 use crate::model::InstanceState;
 
 /// A migration under way: its destination node, and who waits for its end.
-type Moving = (String, Vec<oneshot::Sender<Result<Moved, String>>>);
+type Moving = (String, Vec<oneshot::Sender<Result<Moved, NotMoved>>>);
 
 /// One running instance, from its start to its end.
 pub(super) struct Task {
@@ -202,20 +203,10 @@ impl Task {
                                 let _ = l.send(Some(Ok(addr)));
                             }
                         }
-                        Ok(Event::Migrated { downtime_ms, total_ms, rounds, bytes, precopy }) => {
-                            let stats = Moved { downtime_ms, total_ms, rounds, bytes, precopy };
-                            tracing::info!(app = %self.record.name, incarnation = self.record.incarnation, downtime_ms, rounds, bytes, "migrated away");
-                            super::remember(&self.host.migrated, &self.record.name, self.record.incarnation, &stats);
-                            moved(&mut moving, stats);
-                        }
-                        Ok(Event::MigrationFailed { reason }) => {
-                            if let Some((to, waiting)) = moving.take() {
-                                self.note = format!("its migration to {to} failed: {reason}; it runs on here");
-                                tracing::warn!(app = %self.record.name, "{}", self.note);
+                        Ok(e @ (Event::Migrated { .. } | Event::MigrationFailed { .. })) => {
+                            if let Some(note) = self.migration_over(&mut moving, e) {
+                                self.note = note;
                                 self.status(InstanceState::Running, last_checkpoint.clone(), &self.note.clone()).await;
-                                for reply in waiting {
-                                    let _ = reply.send(Err(reason.clone()));
-                                }
                             }
                         }
                         Ok(Event::Ended(e)) => ended = Some(e),
@@ -250,7 +241,10 @@ impl Task {
                         }
                     }
                 }
-                _ = handover_tick.tick(), if self.handover.is_some() => {
+                // Only once the guest runs here: a migration that never commits (its
+                // source's guest ended first) leaves the app to its source, whose
+                // output has ended too.
+                _ = handover_tick.tick(), if self.handover.is_some() && started => {
                     self.hand_over(handing_over.elapsed(), last_checkpoint.clone()).await;
                     // Taken over: a checkpoint of its own at once, so that the newest
                     // state is stored should this node die before the next tick.
@@ -269,7 +263,7 @@ impl Task {
                             let _ = under_way;
                             waiting.push(reply);
                         } else if !self.migratable || control_out.is_none() || moving.is_some() {
-                            let _ = reply.send(Err(format!("{} cannot be migrated now", self.record.name)));
+                            let _ = reply.send(Err(NotMoved::refused(format!("{} cannot be migrated now", self.record.name))));
                         } else {
                             self.status(InstanceState::Migrating { to: to.clone() }, last_checkpoint.clone(), &self.note.clone()).await;
                             send(&mut control_out, Command::Migrate { to: addr }).await;
@@ -289,27 +283,10 @@ impl Task {
             match tokio::time::timeout(Duration::from_secs(2), next_line(&mut lines)).await {
                 Ok(Some(line)) => match serde_json::from_str::<Event>(&line) {
                     Ok(Event::Ended(e)) => ended = Some(e),
-                    Ok(Event::Migrated {
-                        downtime_ms,
-                        total_ms,
-                        rounds,
-                        bytes,
-                        precopy,
-                    }) => {
-                        let stats = Moved {
-                            downtime_ms,
-                            total_ms,
-                            rounds,
-                            bytes,
-                            precopy,
-                        };
-                        super::remember(
-                            &self.host.migrated,
-                            &self.record.name,
-                            self.record.incarnation,
-                            &stats,
-                        );
-                        moved(&mut moving, stats);
+                    // A migration that ended with the guest: whoever waits is told how,
+                    // not that the instance went away.
+                    Ok(e @ (Event::Migrated { .. } | Event::MigrationFailed { .. })) => {
+                        self.migration_over(&mut moving, e);
                     }
                     _ => {}
                 },
@@ -392,6 +369,55 @@ impl Task {
         };
         tracing::info!(app = %self.record.name, incarnation = self.record.incarnation, state = state.name(), "{note}");
         self.status(state, last_checkpoint, &note).await;
+    }
+
+    /// The migration under way has ended, as the instance reports it (`Migrated` or
+    /// `MigrationFailed`): whoever waits is told what it measured or why it failed.
+    /// Returns the note for the app's status when it failed.
+    fn migration_over(&self, moving: &mut Option<Moving>, event: Event) -> Option<String> {
+        let (to, waiting) = moving.take()?;
+        let (result, note) = match event {
+            Event::Migrated {
+                downtime_ms,
+                total_ms,
+                rounds,
+                bytes,
+                precopy,
+            } => {
+                let stats = Moved {
+                    downtime_ms,
+                    total_ms,
+                    rounds,
+                    bytes,
+                    precopy,
+                };
+                tracing::info!(app = %self.record.name, incarnation = self.record.incarnation, downtime_ms, rounds, bytes, "migrated away");
+                super::remember(
+                    &self.host.migrated,
+                    &self.record.name,
+                    self.record.incarnation,
+                    &stats,
+                );
+                (Ok(stats), None)
+            }
+            Event::MigrationFailed { reason, ended } => {
+                let note = if ended {
+                    format!("its migration to {to} did not finish: {reason}")
+                } else {
+                    format!("its migration to {to} failed: {reason}; it runs on here")
+                };
+                tracing::warn!(app = %self.record.name, "{note}");
+                (Err(NotMoved { reason, ended }), Some(note))
+            }
+            _ => {
+                *moving = Some((to, waiting));
+                return None;
+            }
+        };
+        for reply in waiting {
+            let _ = reply.send(result.clone());
+        }
+        note
     }
 
     async fn status(&self, state: InstanceState, checkpoint: Option<CheckpointRef>, note: &str) {
@@ -583,14 +609,5 @@ async fn send(control: &mut Option<tokio::net::unix::OwnedWriteHalf>, command: C
     line.push(b'\n');
     if c.write_all(&line).await.is_err() {
         *control = None;
-    }
-}
-
-/// The migration under way went through: whoever waits is told what it measured.
-fn moved(moving: &mut Option<Moving>, stats: Moved) {
-    if let Some((_, waiting)) = moving.take() {
-        for reply in waiting {
-            let _ = reply.send(Ok(stats.clone()));
-        }
     }
 }

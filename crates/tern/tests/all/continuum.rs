@@ -725,7 +725,7 @@ async fn the_control_plane_killed_and_restarted_leaves_running_apps_alone() {
             tern(d.path())
                 .env("TERN_JOIN_TOKEN", server.token())
                 .args(["controller", "--nats", server.url(), "--listen", &addr])
-                .spawn(),
+                .spawn_logged(&d.path().join("controller.log")),
         )
     };
     let mut first = controller();

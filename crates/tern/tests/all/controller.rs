@@ -55,7 +55,7 @@ async fn nodes_and_plans_through_the_api() {
         tern(d.path())
             .env("TERN_JOIN_TOKEN", server.token())
             .args(["controller", "--nats", server.url(), "--listen", &addr])
-            .spawn(),
+            .spawn_logged(&d.path().join("controller.log")),
     );
     let mut agents = [
         spawn_node(

@@ -12,7 +12,9 @@ use serde_json::Value;
 use tern_cluster::backbone::NatsServer;
 
 use crate::continuum::write_app;
-use crate::support::{Run, Running, free_addr, guest, scratch, signal_pid, spawn_node, tern};
+use crate::support::{
+    Run, Running, free_addr, guest, log_tail, scratch, signal_pid, spawn_node, tern,
+};
 
 /// A nats-server, two nodes (`a` and `b`, sites of their own, a link of `link` between
 /// them if given) and the address a controller serves on.
@@ -67,7 +69,7 @@ impl Fleet {
         for (k, v) in env {
             t = t.env(k, v);
         }
-        Running(t.spawn())
+        Running(t.spawn_logged(&self.dir.join("controller.log")))
     }
 
     fn verb(&self, args: &[&str]) -> Run {
@@ -149,10 +151,10 @@ async fn crash_after(point: &str) {
     let from = row["node"].as_str().expect("node").to_owned();
     let to = if from == "a" { "b" } else { "a" };
     if let Some(status) = first.try_wait().expect("wait") {
-        let mut err = String::new();
-        std::io::Read::read_to_string(&mut first.stderr.take().expect("stderr"), &mut err)
-            .expect("read");
-        panic!("the controller ended before the move ({status:?}): {err}");
+        panic!(
+            "the controller ended before the move ({status:?}): {}",
+            log_tail(&fleet.dir.join("controller.log"), 20)
+        );
     }
     // The crash may come before the answer does: the move is recorded either way.
     let _ = fleet.verb(&["migrate", "steady", "--to", to]);
@@ -346,11 +348,12 @@ async fn a_destination_that_hangs_right_after_a_migration_loses_nothing() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-#[ignore = "a known bug, open: with both cores busy, the workset guest's checksum comes out wrong in 2 of 3 runs after pre-copy captures that end in 'the guest finished before it could be migrated' (incarnation 1, never moved); `tern run --checkpoint-out --keep-running` with 16-22 checkpoints under the same load stays right. Run with --run-ignored all while two cores are kept busy"]
 async fn an_app_that_ends_during_its_migration_shows_its_end() {
-    // 16 MiB over 10 Mbit/s: the copy takes longer than the rest of the guest's run.
+    // 16 MiB over 2 Mbit/s: the copy takes longer than the rest of the guest's run. The
+    // destination, whose migration never commits, must not take the app over when the
+    // source's output ends (it did: `tern ps` then showed the app `placed` for good).
     let d = scratch();
-    let fleet = Fleet::start(d.path(), Some("20/10")).await;
+    let fleet = Fleet::start(d.path(), Some("20/2")).await;
     let _controller = fleet.controller(&[]);
     let workset = crate::support::guest("workset");
     let reference = deploy(&fleet, "short", &workset, &["16", "250000"], 0);
@@ -362,7 +365,7 @@ async fn an_app_that_ends_during_its_migration_shows_its_end() {
     let moved = fleet.verb(&["migrate", "short", "--to", to, "--wait"]);
     // Ended before it could move (or, on a fast machine, moved first): either way the
     // move says so, and `tern ps` shows the app's end, not a move forever placed.
-    let done = fleet.wait_for("the app's end", Duration::from_secs(300), || {
+    let done = fleet.wait_for("the app's end", Duration::from_secs(100), || {
         fleet
             .app("short")
             .filter(|a| a["state"] == "exited" || a["state"] == "failed")
@@ -372,9 +375,12 @@ async fn an_app_that_ends_during_its_migration_shows_its_end() {
     if moved.code == Some(0) {
         assert_eq!(done["node"], to, "{done} / {moved:?}");
     } else {
+        // Ended before the move began, or during it: never "it keeps running".
         assert!(
             moved.stderr.contains("short ended before it could move")
-                || moved.stderr.contains("finished"),
+                || moved.stderr.contains(&format!(
+                    "short ended on {from} before its migration to {to} finished"
+                )),
             "{moved:?}"
         );
         assert_eq!(done["node"], from.as_str(), "{done}");

@@ -52,7 +52,7 @@ async fn a_node_joins_measured_and_is_declared_lost_seconds_after_a_kill() {
                 &free_addr(),
             ])
             .args(["--lost-after", "2s"])
-            .spawn(),
+            .spawn_logged(&d.path().join("controller.log")),
     );
     let mut node = spawn_node(
         d.path(),
@@ -130,9 +130,7 @@ async fn a_stopped_node_leaves_at_once() {
     signal(&node, "-TERM");
     let stopped = Instant::now();
     let status = node.wait().expect("exits");
-    let mut stderr = String::new();
-    std::io::Read::read_to_string(&mut node.stderr.take().expect("stderr"), &mut stderr)
-        .expect("read");
+    let stderr = std::fs::read_to_string(d.path().join("node-iot-1.log")).expect("the node's log");
     assert!(status.success(), "{status:?}: {stderr}");
     assert!(
         stderr.contains("node iot-1 joined nats://127.0.0.1:"),

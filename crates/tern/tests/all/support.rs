@@ -135,6 +135,25 @@ impl Tern {
             .expect("spawning tern")
     }
 
+    /// Starts a daemon (`tern node`, `tern controller`, `tern up`) with its stdout and
+    /// stderr appended to `log`: a pipe nobody reads would fill and stall the daemon's
+    /// logging, and with it the daemon, on a long test. [`log_tail`] reads it back for
+    /// a failure message.
+    pub fn spawn_logged(mut self, log: &Path) -> std::process::Child {
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(log)
+            .unwrap_or_else(|e| panic!("opening {}: {e}", log.display()));
+        let err = file.try_clone().expect("cloning the log file");
+        self.cmd
+            .stdout(file)
+            .stderr(err)
+            .stdin(Stdio::null())
+            .spawn()
+            .expect("spawning tern")
+    }
+
     pub fn run(mut self) -> Run {
         use std::io::Write as _;
         self.cmd
@@ -281,8 +300,15 @@ pub fn spawn_node(
             .env("TERN_JOIN_TOKEN", server.token())
             .args(["node", "--nats", server.url(), "--name", name])
             .args(flags)
-            .spawn(),
+            .spawn_logged(&dir.join(format!("node-{name}.log"))),
     )
+}
+
+/// The last `lines` lines of a daemon's log, for a failure message.
+pub fn log_tail(log: &Path, lines: usize) -> String {
+    let text = std::fs::read_to_string(log).unwrap_or_default();
+    let all: Vec<&str> = text.lines().collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
 }
 
 /// The SQLite guest, built once with the bench's SQLite (fetched on first use).
