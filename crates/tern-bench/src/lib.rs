@@ -3,6 +3,7 @@
 pub mod cluster;
 pub mod continuum;
 pub mod durability;
+pub mod fleet;
 pub mod migration;
 pub mod plot;
 pub mod polybench;

@@ -222,6 +222,11 @@ impl NatsServer {
         Backbone::join(&self.url, Some(&self.token)).await
     }
 
+    /// The server's process id, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.id()
+    }
+
     /// Stops the server (SIGTERM, so JetStream flushes its files; SIGKILL after 5 s).
     pub async fn stop(mut self) {
         terminate(&self.child);
@@ -725,19 +730,31 @@ pub(crate) async fn read_object(
         if attempt > 0 {
             tokio::time::sleep(Duration::from_millis(500 * u64::from(attempt))).await;
         }
-        let read = async {
-            let mut object = store.get(digest).await.map_err(|e| {
+        let (store, key, label) = (store.clone(), digest.to_owned(), name.clone());
+        // On a task of its own: the client library unwraps the consumer it makes for a
+        // read, so a server that refuses one (too many consumers) panics there; a
+        // panicked task is a failed read, tried again, never the end of a node or
+        // control plane.
+        let read = tokio::spawn(async move {
+            let mut object = store.get(&key).await.map_err(|e| {
                 let absent = e.kind() == object_store::GetErrorKind::NotFound;
-                (absent, js_err(&name, e))
+                (absent, js_err(&label, e))
             })?;
             let mut bytes = Vec::new();
             object
                 .read_to_end(&mut bytes)
                 .await
-                .map_err(|e| (false, js_err(&name, e)))?;
+                .map_err(|e| (false, js_err(&label, e)))?;
             Ok::<_, (bool, BackboneError)>(bytes)
+        });
+        let abort = read.abort_handle();
+        let read = async {
+            read.await
+                .unwrap_or_else(|e| Err((false, js_err(&name, format!("the read failed: {e}")))))
         };
-        match tokio::time::timeout(READ_WAIT, read).await {
+        let done = tokio::time::timeout(READ_WAIT, read).await;
+        abort.abort();
+        match done {
             Ok(Ok(bytes)) => {
                 if tern_runtime::digest(&bytes) != digest {
                     return Err(js_err(name, "its bytes do not match the digest"));

@@ -38,6 +38,7 @@ mod view;
 pub use apps::{DeployRequest, Deployed, MAX_MODULE};
 pub use moves::{MAX_COPY, MigrateRequest};
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
@@ -84,6 +85,9 @@ struct Shared {
     backbone: Backbone,
     /// The token requests that act must carry.
     token: Option<Arc<str>>,
+    /// What deploys found of each module (modules are immutable by digest and never
+    /// removed, so one read and check serves every deploy that names it).
+    modules: Arc<std::sync::Mutex<HashMap<String, apps::ModuleFacts>>>,
 }
 
 impl Shared {
@@ -157,6 +161,7 @@ pub async fn serve(
         scheduler: Scheduler::default(),
         backbone: backbone.clone(),
         token: token.map(Arc::from),
+        modules: Arc::default(),
     };
     prime(&backbone, &shared.view).await;
     let b = backbone.clone();

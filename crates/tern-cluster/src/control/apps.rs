@@ -111,16 +111,7 @@ pub(super) async fn deploy(
             ));
         }
     }
-    let wasm = s.backbone.module(&req.module).await.map_err(|_| {
-        bad(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            format!(
-                "module sha256:{} was not uploaded (PUT /v1/modules/DIGEST first)",
-                req.module
-            ),
-        )
-    })?;
-    check_module(wasm, m.migratable, m.memory).await?;
+    check_module(&s, &req.module, m.migratable, m.memory).await?;
     for name in std::iter::once(&m.name).chain(&names) {
         if s.backbone.app(name).await.map_err(backbone_down)?.is_some() {
             return Err(taken(name));
@@ -258,30 +249,87 @@ pub(super) fn no_node(name: &str, e: &crate::scheduler::Explanation) -> String {
     }
 }
 
-/// Refuses a module that does not validate, whose memory starts larger than the
-/// manifest's `limits.memory`, or that cannot be made migratable when the manifest
-/// asks for it.
-async fn check_module(wasm: Vec<u8>, migratable: bool, memory: u64) -> Result<(), ApiError> {
-    let checked = tokio::task::spawn_blocking(move || {
-        wasmparser::validate(&wasm).map_err(|e| format!("the module does not validate: {e}"))?;
-        let initial = initial_memory(&wasm);
-        if initial > memory {
-            return Err(format!(
-                "limits.memory: {} KiB is below the {} KiB the module's memory starts with; it could never start",
-                memory >> 10,
-                initial >> 10
-            ));
+/// What deploys need to know of a module, found once per digest.
+#[derive(Debug, Clone)]
+pub(super) struct ModuleFacts {
+    /// Why it does not validate, if it does not.
+    invalid: Option<String>,
+    /// The bytes its memories start with.
+    initial: u64,
+    /// Whether it can be made migratable (why not), once a deploy asked.
+    migratable: Option<Result<(), String>>,
+}
+
+/// The most modules whose facts are kept; past it they are found again.
+const MODULE_FACTS: usize = 1024;
+
+/// Refuses a module that was not uploaded, does not validate, whose memory starts
+/// larger than the manifest's `limits.memory`, or that cannot be made migratable when
+/// the manifest asks for it. The module is read and checked once per digest.
+async fn check_module(
+    s: &Shared,
+    digest: &str,
+    migratable: bool,
+    memory: u64,
+) -> Result<(), ApiError> {
+    let known = s.modules.lock().ok().and_then(|m| m.get(digest).cloned());
+    let facts = match known {
+        Some(f) if f.migratable.is_some() || !migratable => f,
+        _ => {
+            let wasm = s.backbone.module(digest).await.map_err(|_| {
+                bad(
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    format!(
+                        "module sha256:{digest} was not uploaded (PUT /v1/modules/DIGEST first)"
+                    ),
+                )
+            })?;
+            let facts = tokio::task::spawn_blocking(move || {
+                let invalid = wasmparser::validate(&wasm)
+                    .err()
+                    .map(|e| format!("the module does not validate: {e}"));
+                let checkable = invalid.is_none() && migratable;
+                ModuleFacts {
+                    initial: if invalid.is_none() {
+                        initial_memory(&wasm)
+                    } else {
+                        0
+                    },
+                    migratable: checkable.then(|| {
+                        tern_snapshot::Rewriter::new(None)
+                            .rewrite(&wasm)
+                            .map(|_| ())
+                            .map_err(|e| format!("migratable = true, but {e}"))
+                    }),
+                    invalid,
+                }
+            })
+            .await
+            .map_err(|e| bad(StatusCode::SERVICE_UNAVAILABLE, e.to_string()))?;
+            if let Ok(mut m) = s.modules.lock() {
+                if m.len() >= MODULE_FACTS {
+                    m.clear();
+                }
+                m.insert(digest.to_owned(), facts.clone());
+            }
+            facts
         }
-        if migratable {
-            tern_snapshot::Rewriter::new(None)
-                .rewrite(&wasm)
-                .map_err(|e| format!("migratable = true, but {e}"))?;
-        }
-        Ok::<(), String>(())
-    })
-    .await
-    .map_err(|e| bad(StatusCode::SERVICE_UNAVAILABLE, e.to_string()))?;
-    checked.map_err(|e| bad(StatusCode::UNPROCESSABLE_ENTITY, e))
+    };
+    let refuse = |e: String| Err(bad(StatusCode::UNPROCESSABLE_ENTITY, e));
+    if let Some(e) = facts.invalid {
+        return refuse(e);
+    }
+    if facts.initial > memory {
+        return refuse(format!(
+            "limits.memory: {} KiB is below the {} KiB the module's memory starts with; it could never start",
+            memory >> 10,
+            facts.initial >> 10
+        ));
+    }
+    match facts.migratable {
+        Some(Err(e)) if migratable => refuse(e),
+        _ => Ok(()),
+    }
 }
 
 /// The bytes a (valid) module's memories start with, imported ones included.

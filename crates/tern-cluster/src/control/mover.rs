@@ -15,7 +15,7 @@
 //!   with the source's last checkpoint as the newest state that exists elsewhere
 //!   (should the destination die before its own first checkpoint); `done`.
 
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::time::Duration;
 
 use super::Shared;
@@ -33,36 +33,52 @@ const MIGRATE_WAIT: Duration = Duration::from_secs(60);
 /// How long a live move waits for its app to run before it gives up (a drain then
 /// restarts the app elsewhere).
 const START_WAIT: Duration = Duration::from_secs(300);
-/// Moves driven at once; the others wait their turn.
+/// Live moves driven at once (each copies memory over the network and holds a
+/// listener on its destination); the others wait their turn.
 const AT_ONCE: usize = 4;
+/// Restarts driven at once: each is a few record writes, so a lost node's apps all go
+/// at once but the backbone is not flooded.
+const RESTARTS_AT_ONCE: usize = 64;
 /// How often the reconciler looks at every move (the watch keeps its view current).
 const RESYNC: Duration = Duration::from_millis(250);
 
 /// Drives every move that is not over, for as long as the control plane runs.
 pub(super) async fn drive(s: Shared) {
     let (done_tx, mut done) = tokio::sync::mpsc::unbounded_channel::<String>();
-    let mut working: HashSet<String> = HashSet::new();
+    // The moves under way, by app: whether each is live.
+    let mut working: HashMap<String, bool> = HashMap::new();
     let mut tick = tokio::time::interval(RESYNC);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
             _ = tick.tick() => {}
+            // A move that ended frees its turn at once.
             Some(app) = done.recv() => {
                 working.remove(&app);
-                continue;
             }
         }
         let todo: Vec<(MoveRecord, u64)> = match s.view.read() {
-            Ok(v) => v
-                .moves_in_flight()
-                .filter(|(m, _)| !working.contains(&m.app))
-                .take(AT_ONCE.saturating_sub(working.len()))
-                .map(|(m, r)| (m.clone(), r))
-                .collect(),
+            Ok(v) => {
+                let mut live = working.values().filter(|l| **l).count();
+                let mut restarts = working.len() - live;
+                v.moves_in_flight()
+                    .filter(|(m, _)| !working.contains_key(&m.app))
+                    .filter(|(m, _)| {
+                        let (n, most) = if m.live {
+                            (&mut live, AT_ONCE)
+                        } else {
+                            (&mut restarts, RESTARTS_AT_ONCE)
+                        };
+                        *n += 1;
+                        *n <= most
+                    })
+                    .map(|(m, r)| (m.clone(), r))
+                    .collect()
+            }
             Err(_) => return,
         };
         for (mv, rev) in todo {
-            working.insert(mv.app.clone());
+            working.insert(mv.app.clone(), mv.live);
             let (s, done_tx) = (s.clone(), done_tx.clone());
             tokio::spawn(async move {
                 let app = mv.app.clone();

@@ -120,9 +120,16 @@ impl Task {
         // The migration under way: its destination node, and who waits for its end (a
         // control plane that asks again after losing the answer waits too).
         let mut moving: Option<Moving> = None;
+        // The connection first: an instance that ran to its end before this agent got
+        // here (its first status held up by a slow backbone) has connected and said
+        // everything, and its connection waits to be accepted.
         let accepted = tokio::select! {
+            biased;
             a = tokio::time::timeout(Duration::from_secs(60), control.accept()) => a.ok().and_then(Result::ok),
-            _ = child.wait() => None,
+            _ = child.wait() => tokio::time::timeout(Duration::from_millis(200), control.accept())
+                .await
+                .ok()
+                .and_then(Result::ok),
         };
         let (mut control_out, mut lines) = match accepted {
             Some((stream, _)) => {

@@ -39,9 +39,11 @@ enum Suite {
     /// overhead on PolyBench, snapshot size, and downtime and total time of live
     /// migrations of 1 to 256 MiB working sets between two `tern` processes on loopback.
     Migration(MigrationArgs),
-    /// The scheduler on a simulated continuum: time to place 10,000 apps on 1,000 nodes
-    /// (each app's memory reserved before the next is placed), and one `explain` over
-    /// every node.
+    /// The control plane at scale: the scheduler alone placing 10,000 apps on 1,000
+    /// simulated nodes; the whole control plane (a real nats-server and `tern
+    /// controller`) with 1,000 simulated agents heartbeating, 10,000 deployments through
+    /// the API and 100 nodes going silent, with its CPU and memory; and a real `tern
+    /// up` continuum, with a node killed under its app and live migrations.
     Cluster(ClusterArgs),
     /// What the backbone's durability costs a checkpoint: storing checkpoint bundles
     /// (64 KiB, 1 MiB, 16 MiB) on a nats-server that syncs every write before it is
@@ -111,6 +113,16 @@ struct ClusterArgs {
     /// Only the simulated placement: no continuum is started.
     #[arg(long)]
     placement_only: bool,
+    /// Only the whole control plane (nats-server and `tern controller` with --nodes
+    /// simulated agents and --apps deployments through the API).
+    #[arg(long, conflicts_with = "placement_only")]
+    control_plane_only: bool,
+    /// Simulated nodes that go silent at once, after the deployments, for the failover.
+    #[arg(long, default_value_t = 100)]
+    kill: usize,
+    /// Deployments submitted at once through the API.
+    #[arg(long, default_value_t = 8, value_parser = at_least_one)]
+    submitters: usize,
     /// Hide progress bars.
     #[arg(long)]
     quiet: bool,
@@ -359,17 +371,37 @@ impl BenchCommand {
                 Ok(())
             }
             Suite::Cluster(a) => {
-                eprintln!(
-                    "placing {} apps on {} simulated nodes, {} times …",
-                    a.apps, a.nodes, a.runs
-                );
-                let report = cluster::run(&ClusterOptions {
-                    nodes: a.nodes,
-                    apps: a.apps,
-                    sites: a.sites,
-                    runs: a.runs,
+                let report = (!a.control_plane_only).then(|| {
+                    eprintln!(
+                        "placing {} apps on {} simulated nodes, {} times …",
+                        a.apps, a.nodes, a.runs
+                    );
+                    cluster::run(&ClusterOptions {
+                        nodes: a.nodes,
+                        apps: a.apps,
+                        sites: a.sites,
+                        runs: a.runs,
+                    })
                 });
-                let live = if a.placement_only {
+                let fleet = if a.placement_only {
+                    None
+                } else {
+                    eprintln!(
+                        "the whole control plane: nats-server and tern controller with {} simulated nodes …",
+                        a.nodes
+                    );
+                    Some(tern_bench::fleet::run(
+                        &tern_bench::fleet::FleetOptions {
+                            tern: std::env::current_exe().context("locating tern")?,
+                            nodes: a.nodes,
+                            apps: a.apps,
+                            kill: a.kill.min(a.nodes.saturating_sub(1)),
+                            submitters: a.submitters,
+                        },
+                        &|line| eprintln!("  {line}"),
+                    )?)
+                };
+                let live = if a.placement_only || a.control_plane_only {
                     None
                 } else {
                     eprintln!(
@@ -388,20 +420,30 @@ impl BenchCommand {
                     )?)
                 };
                 println!("{}", machine_line());
-                print!("{}", report.render());
+                if let Some(report) = &report {
+                    print!("{}", report.render());
+                }
+                if let Some(fleet) = &fleet {
+                    println!(
+                        "\nthe whole control plane (a real nats-server and tern controller, simulated agents):\n"
+                    );
+                    print!("{}", fleet.render());
+                }
                 if let Some(live) = &live {
                     println!("\nthe continuum on this machine (tern up, emulated links):\n");
                     print!("{}", live.render());
                 }
                 #[derive(serde::Serialize)]
-                struct Both<'a> {
-                    placement: &'a cluster::ClusterReport,
+                struct All<'a> {
+                    placement: Option<&'a cluster::ClusterReport>,
+                    control_plane: Option<&'a tern_bench::fleet::FleetReport>,
                     continuum: Option<&'a tern_bench::continuum::ContinuumReport>,
                 }
                 write_json(
                     a.json.as_deref(),
-                    &Both {
-                        placement: &report,
+                    &All {
+                        placement: report.as_ref(),
+                        control_plane: fleet.as_ref(),
                         continuum: live.as_ref(),
                     },
                 )?;
