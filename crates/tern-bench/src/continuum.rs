@@ -54,6 +54,71 @@ pub struct ContinuumReport {
     /// Resident set of the idle `tern up` process (control plane and API), KiB.
     pub control_rss_kib: u64,
     pub nats_rss_kib: u64,
+    /// Round trips the nodes measured over each emulated link, on the idle continuum
+    /// and with one core kept busy.
+    pub rtt: Vec<RttRow>,
+}
+
+/// One emulated link: its round trip and what the nodes measured over it.
+#[derive(Debug, Clone, Serialize)]
+pub struct RttRow {
+    pub link: String,
+    pub emulated_ms: f64,
+    pub quiet_ms: f64,
+    pub busy_ms: f64,
+}
+
+/// Long enough for the nodes' round-trip windows to hold only fresh samples (20
+/// samples, one each 500 ms).
+const RTT_WINDOW: Duration = Duration::from_secs(12);
+
+/// The round trip each emulated link of `tern up`'s continuum shows in `tern nodes
+/// --json`: the larger of its two ends' measurements, by link.
+fn rtt_of_links(up: &Up) -> anyhow::Result<Vec<(String, f64, f64)>> {
+    let nodes = up.json(&["nodes", "--json"])?;
+    let config = tern_cluster::up::ContinuumConfig::default();
+    let mut rows = Vec::new();
+    for l in &config.links {
+        let [a, b] = &l.sites;
+        let seen = |from: &str, to: &str| {
+            nodes
+                .as_array()
+                .and_then(|ns| ns.iter().find(|n| n["site"] == from))
+                .and_then(|n| {
+                    // Keyed by the other node's name, which `tern up` gives its site.
+                    n["rtt_ms"][to].as_f64()
+                })
+        };
+        let measured = seen(a, b)
+            .into_iter()
+            .chain(seen(b, a))
+            .fold(None, |m: Option<f64>, x| Some(m.map_or(x, |m| m.max(x))))
+            .with_context(|| format!("no round trip measured between {a} and {b}"))?;
+        rows.push((format!("{a} ↔ {b}"), l.shape.rtt_ms(), measured));
+    }
+    Ok(rows)
+}
+
+/// A process that keeps one core busy, killed when dropped.
+struct Busy(Child);
+
+impl Busy {
+    fn start() -> anyhow::Result<Busy> {
+        Ok(Busy(
+            Command::new("sh")
+                .args(["-c", "while :; do :; done"])
+                .stdin(Stdio::null())
+                .spawn()
+                .context("starting a busy loop")?,
+        ))
+    }
+}
+
+impl Drop for Busy {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
 }
 
 /// A `tern up` of the benchmark, stopped when dropped.
@@ -228,6 +293,7 @@ pub fn run(
     let (mut recovery, mut downtime, mut verb, mut direct) = (vec![], vec![], vec![], vec![]);
     let mut agent_rss = Vec::new();
     let (mut control_rss, mut nats_rss) = (0, 0);
+    let mut rtt = Vec::new();
     // Long enough to outlive every migration and the kill.
     let args = ["16", "4000000000"];
     for trial in 0..o.trials {
@@ -237,6 +303,24 @@ pub fn run(
         // Idle: nothing deployed yet.
         std::thread::sleep(Duration::from_secs(3));
         if trial == 0 {
+            // Round trips over the emulated links, quiet and with a core kept busy.
+            std::thread::sleep(RTT_WINDOW);
+            let quiet = rtt_of_links(&up)?;
+            let busy = {
+                let _busy = Busy::start()?;
+                std::thread::sleep(RTT_WINDOW);
+                rtt_of_links(&up)?
+            };
+            rtt = quiet
+                .into_iter()
+                .zip(busy)
+                .map(|((link, emulated_ms, quiet_ms), (_, _, busy_ms))| RttRow {
+                    link,
+                    emulated_ms,
+                    quiet_ms,
+                    busy_ms,
+                })
+                .collect();
             agent_rss = up.nodes().iter().map(|(_, pid)| rss_kib(*pid)).collect();
             control_rss = rss_kib(up.child.id());
             nats_rss = std::fs::read_dir("/proc")
@@ -333,6 +417,7 @@ pub fn run(
         agent_rss_kib: agent_rss,
         control_rss_kib: control_rss,
         nats_rss_kib: nats_rss,
+        rtt,
     })
 }
 
@@ -390,6 +475,23 @@ impl ContinuumReport {
             String::new(),
             String::new(),
         ]);
-        t.markdown()
+        let mut r = Table::new(&[
+            "emulated link",
+            "round trip",
+            "measured, quiet",
+            "measured, one core busy",
+            "target",
+        ]);
+        let error = |m: f64, e: f64| format!("{m:.2} ms ({:+.1} %)", (m / e - 1.0) * 100.0);
+        for row in &self.rtt {
+            r.row(vec![
+                row.link.clone(),
+                format!("{:.0} ms", row.emulated_ms),
+                error(row.quiet_ms, row.emulated_ms),
+                error(row.busy_ms, row.emulated_ms),
+                "within 10 %".into(),
+            ]);
+        }
+        format!("{}\n{}", t.markdown(), r.markdown())
     }
 }

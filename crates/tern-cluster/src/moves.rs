@@ -161,7 +161,7 @@ impl Backbone {
     ///
     /// # Errors
     /// [`AskError::Busy`] when the app is being moved, or the backbone's.
-    pub async fn ask_move(&self, mut mv: MoveRecord) -> Result<MoveRecord, AskError> {
+    pub async fn ask_move(&self, mut mv: MoveRecord) -> Result<(MoveRecord, u64), AskError> {
         for _ in 0..5 {
             let current = self.move_of(&mv.app).await?;
             if let Some((old, _)) = &current
@@ -176,8 +176,8 @@ impl Backbone {
             let number = current.as_ref().map_or(0, |(m, _)| m.number()) + 1;
             mv.id = format!("{}#{number}", mv.app);
             let rev = current.map_or(0, |(_, r)| r);
-            if self.put_move(&mv, rev).await?.is_some() {
-                return Ok(mv);
+            if let Some(rev) = self.put_move(&mv, rev).await? {
+                return Ok((mv, rev));
             }
         }
         Err(AskError::Backbone(js_err(

@@ -112,25 +112,87 @@ pub(super) async fn deploy(
         }
     }
     check_module(&s, &req.module, m.migratable, m.memory).await?;
+    // The view answers at once for the usual new name; the create below is the
+    // authority for one app. Replicas are written one by one, so their names are read
+    // from the backbone first: a deployment is not left half written.
     for name in std::iter::once(&m.name).chain(&names) {
-        if s.backbone.app(name).await.map_err(backbone_down)?.is_some() {
+        let in_view = s
+            .view
+            .read()
+            .map_err(|_| unavailable())?
+            .app(name)
+            .is_some();
+        if in_view
+            || (names.len() > 1 && s.backbone.app(name).await.map_err(backbone_down)?.is_some())
+        {
             return Err(taken(name));
         }
     }
     let placed: Vec<String> = {
-        let v = s.view.read().map_err(|_| unavailable())?;
-        place_replicas(&s.scheduler, &v, &m, &names).map_err(|e| bad(StatusCode::CONFLICT, e))?
+        let mut v = s.view.write().map_err(|_| unavailable())?;
+        let placed = place_replicas(&s.scheduler, &v, &m, &names)
+            .map_err(|e| bad(StatusCode::CONFLICT, e))?;
+        // Claimed under the same lock: deploys made at once do not all take the same
+        // room before their records are written.
+        for (name, node) in names.iter().zip(&placed) {
+            v.claim(name, node, m.memory);
+        }
+        placed
     };
+    let written = record_placed(&s, &req, &m, &names, &placed).await;
+    if written.is_err()
+        && let Ok(mut v) = s.view.write()
+    {
+        for name in &names {
+            v.release(name);
+        }
+    }
+    let written = written?;
+    let note = if m.replicas > 1 {
+        format!("{} replicas: {}", m.replicas, written.join(", "))
+    } else {
+        format!("placed on {}", placed[0])
+    };
+    Ok((
+        StatusCode::CREATED,
+        Json(Deployed {
+            name: m.name,
+            node: placed[0].clone(),
+            note,
+        }),
+    )
+        .into_response())
+}
+
+/// Writes the records of `names` placed on `placed`; what was written, one `NAME on
+/// NODE` each.
+async fn record_placed(
+    s: &Shared,
+    req: &DeployRequest,
+    m: &Manifest,
+    names: &[String],
+    placed: &[String],
+) -> Result<Vec<String>, ApiError> {
     let mut written = Vec::new();
-    for (name, node) in names.iter().zip(&placed) {
+    for (name, node) in names.iter().zip(placed) {
         // Incarnations go on from those of an app of the same name removed before, so
         // that nothing it left behind (a late status) is taken for this one's.
-        let before = s
-            .backbone
+        // (A name the view has never seen a status of has none to read.)
+        let seen = s
+            .view
+            .read()
+            .map_err(|_| unavailable())?
             .status(name)
-            .await
-            .map_err(backbone_down)?
-            .map_or(0, |st| st.incarnation);
+            .is_some();
+        let before = if seen {
+            s.backbone
+                .status(name)
+                .await
+                .map_err(backbone_down)?
+                .map_or(0, |st| st.incarnation)
+        } else {
+            0
+        };
         let record = AppRecord {
             name: name.clone(),
             manifest: req.manifest.clone(),
@@ -160,20 +222,7 @@ pub(super) async fn deploy(
             None => return Err(taken(name)),
         }
     }
-    let note = if m.replicas > 1 {
-        format!("{} replicas: {}", m.replicas, written.join(", "))
-    } else {
-        format!("placed on {}", placed[0])
-    };
-    Ok((
-        StatusCode::CREATED,
-        Json(Deployed {
-            name: m.name,
-            node: placed[0].clone(),
-            note,
-        }),
-    )
-        .into_response())
+    Ok(written)
 }
 
 /// The apps a manifest deploys: `NAME`, or its replicas `NAME-1` … `NAME-N`.

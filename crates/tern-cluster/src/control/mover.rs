@@ -233,11 +233,27 @@ async fn asked(
 
 /// The node a move goes to: the one it names, if it passes every filter now, else the
 /// best the scheduler finds (the source and drained nodes left out).
+/// The node `mv` goes to: the one named, if it can take the app, or the best. The
+/// choice is claimed in the view under the same lock, so that moves chosen at once do
+/// not all take the same room.
 fn destination(s: &Shared, mv: &MoveRecord, m: &Manifest) -> Result<String, String> {
-    let v = s
+    let mut v = s
         .view
-        .read()
+        .write()
         .map_err(|_| "the control plane's view is unavailable".to_owned())?;
+    let chosen = choose_destination(s, &v, mv, m);
+    if let Ok(to) = &chosen {
+        v.claim(&mv.app, to, m.memory);
+    }
+    chosen
+}
+
+fn choose_destination(
+    s: &Shared,
+    v: &super::view::View,
+    mv: &MoveRecord,
+    m: &Manifest,
+) -> Result<String, String> {
     let c = v.candidates(Some(&mv.app));
     let mut excluded = c.excluded();
     excluded.push((mv.from.as_str(), "the app is moving off it"));

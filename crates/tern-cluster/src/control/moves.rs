@@ -31,14 +31,12 @@ pub struct MigrateRequest {
 
 /// Records `mv` and puts it in the view at once, so that `tern ps` shows it.
 async fn ask(s: &Shared, mv: MoveRecord) -> Result<MoveRecord, ApiError> {
-    let asked = s.backbone.ask_move(mv).await.map_err(|e| match e {
+    let (asked, rev) = s.backbone.ask_move(mv).await.map_err(|e| match e {
         AskError::Busy { .. } => bad(StatusCode::CONFLICT, e.to_string()),
         e => backbone_down(e),
     })?;
-    if let Ok(Some((mv, rev))) = s.backbone.move_of(&asked.app).await
-        && let Ok(mut v) = s.view.write()
-    {
-        v.put_move(mv, rev);
+    if let Ok(mut v) = s.view.write() {
+        v.put_move(asked.clone(), rev);
     }
     Ok(asked)
 }

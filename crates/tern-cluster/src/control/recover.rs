@@ -4,6 +4,8 @@
 //! take it.
 
 use std::collections::HashMap;
+
+use futures_util::StreamExt as _;
 use std::time::{Duration, Instant};
 
 use super::Shared;
@@ -19,6 +21,8 @@ const SWEEP: Duration = Duration::from_millis(500);
 const SETTLE: Duration = Duration::from_secs(2);
 /// How long before an app that could not be placed is tried again.
 const RETRY: Duration = Duration::from_secs(2);
+/// Apps asked for (or placed) at once.
+const AT_ONCE: usize = 32;
 
 /// For as long as it runs: a restart move for every app whose node is gone (and that
 /// is not being moved already), a placement for every app that waits for a node.
@@ -46,16 +50,32 @@ pub(super) async fn keep_placed(s: Shared) {
             Err(_) => return,
         };
         busy.retain(|_, at| at.elapsed() < RETRY);
-        for (record, rev) in todo {
-            let key = (record.name.clone(), record.incarnation);
-            if let std::collections::hash_map::Entry::Vacant(e) = busy.entry(key) {
-                e.insert(Instant::now());
-                match record.node.clone() {
-                    Some(lost) => restart_elsewhere(&s, &record, &lost).await,
-                    None => place_pending(&s, record, rev).await,
+        let fresh: Vec<(AppRecord, u64)> = todo
+            .into_iter()
+            .filter(|(record, _)| {
+                let key = (record.name.clone(), record.incarnation);
+                match busy.entry(key) {
+                    std::collections::hash_map::Entry::Vacant(e) => {
+                        e.insert(Instant::now());
+                        true
+                    }
+                    std::collections::hash_map::Entry::Occupied(_) => false,
                 }
-            }
-        }
+            })
+            .collect();
+        // A lost node's apps, thousands perhaps, are asked for several at once: each
+        // is a read and a write on the backbone.
+        futures_util::stream::iter(fresh)
+            .for_each_concurrent(AT_ONCE, |(record, rev)| {
+                let s = &s;
+                async move {
+                    match record.node.clone() {
+                        Some(lost) => restart_elsewhere(s, &record, &lost).await,
+                        None => place_pending(s, record, rev).await,
+                    }
+                }
+            })
+            .await;
     }
 }
 
@@ -63,11 +83,9 @@ pub(super) async fn keep_placed(s: Shared) {
 async fn restart_elsewhere(s: &Shared, record: &AppRecord, lost: &str) {
     let mv = MoveRecord::asked(record, lost, None, false, format!("node {lost} is lost"));
     match s.backbone.ask_move(mv).await {
-        Ok(mv) => {
+        Ok((mv, rev)) => {
             tracing::info!(app = %mv.app, id = %mv.id, "node {lost} is lost: restarting the app elsewhere");
-            if let Ok(Some((mv, rev))) = s.backbone.move_of(&record.name).await
-                && let Ok(mut v) = s.view.write()
-            {
+            if let Ok(mut v) = s.view.write() {
                 v.put_move(mv, rev);
             }
         }
@@ -83,14 +101,19 @@ async fn place_pending(s: &Shared, record: AppRecord, rev: u64) {
         return;
     };
     let chosen = {
-        let Ok(v) = s.view.read() else { return };
+        let Ok(mut v) = s.view.write() else { return };
         let c = v.candidates(Some(&record.name));
         let excluded = c.excluded();
         let req = Request {
             exclude: &excluded,
             ..Request::new(&m)
         };
-        c.choose(&s.scheduler, &req, &v.rtt, &record.name)
+        let chosen = c.choose(&s.scheduler, &req, &v.rtt, &record.name);
+        // Claimed under the same lock: pending apps are placed several at once.
+        if let Ok(node) = &chosen {
+            v.claim(&record.name, node, m.memory);
+        }
+        chosen
     };
     // Still no node: nothing to write until one comes.
     let Ok(node) = chosen else { return };

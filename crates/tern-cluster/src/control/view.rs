@@ -51,7 +51,23 @@ pub(super) struct View {
     reserved: HashMap<String, Reserved>,
     /// Each app's latest move, and its revision.
     moves: HashMap<String, (MoveRecord, u64)>,
+    /// Nodes chosen for apps whose records (or moves) do not name them yet, by app:
+    /// counted like reservations, so that placements made at once (a lost node's apps)
+    /// do not all take the same room. A claim ends when the record or move that names
+    /// its node arrives, or after [`CLAIM_FOR`].
+    claims: HashMap<String, Claim>,
 }
+
+/// A node chosen for an app, not yet written.
+#[derive(Debug, Clone)]
+struct Claim {
+    node: String,
+    memory: u64,
+    at: std::time::Instant,
+}
+
+/// How long a claim counts without the write that ends it (a write that failed).
+const CLAIM_FOR: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// What a placement is made against: every node with the reservations of the apps on
 /// it (but the one being placed), and the nodes it must leave out, with why.
@@ -104,6 +120,39 @@ impl View {
             liveness: Liveness::new(settings.lost_after),
             reserved: HashMap::new(),
             moves: HashMap::new(),
+            claims: HashMap::new(),
+        }
+    }
+
+    /// Counts `node` as taken by `app` (its `memory`) until the app's record or move
+    /// names it: call it with the lock that chose the node still held.
+    pub fn claim(&mut self, app: &str, node: &str, memory: u64) {
+        if self.claims.len() > 1024 {
+            self.claims.retain(|_, c| c.at.elapsed() < CLAIM_FOR);
+        }
+        self.claims.insert(
+            app.to_owned(),
+            Claim {
+                node: node.to_owned(),
+                memory,
+                at: std::time::Instant::now(),
+            },
+        );
+    }
+
+    /// Ends `app`'s claim: the write it was for failed.
+    pub fn release(&mut self, app: &str) {
+        self.claims.remove(app);
+    }
+
+    /// Ends `app`'s claim if it is on `node` (what the claim was for has arrived).
+    fn settle(&mut self, app: &str, node: Option<&str>) {
+        if self
+            .claims
+            .get(app)
+            .is_some_and(|c| node.is_none_or(|n| c.node == n))
+        {
+            self.claims.remove(app);
         }
     }
 
@@ -111,6 +160,11 @@ impl View {
     pub fn put_move(&mut self, mv: MoveRecord, rev: u64) {
         if self.moves.get(&mv.app).is_some_and(|(_, r)| *r >= rev) {
             return;
+        }
+        if mv.live
+            && let Some(to) = &mv.to
+        {
+            self.settle(&mv.app, Some(to));
         }
         self.moves.insert(mv.app.clone(), (mv, rev));
     }
@@ -145,6 +199,11 @@ impl View {
         self.moves.get(app).map(|(m, _)| m)
     }
 
+    /// App `name`, if the view holds it.
+    pub fn app(&self, name: &str) -> Option<&Placed> {
+        self.apps.get(name)
+    }
+
     /// Every app, by name.
     pub fn apps(&self) -> impl Iterator<Item = &Placed> {
         self.apps.values()
@@ -173,6 +232,7 @@ impl View {
             return;
         }
         self.unreserve(&record.name);
+        self.settle(&record.name, record.node.as_deref());
         let memory =
             manifest::parse(&record.manifest).map_or(manifest::DEFAULT_MEMORY, |m| m.memory);
         let name = record.name.clone();
@@ -190,6 +250,7 @@ impl View {
     /// Forgets app `name`.
     pub fn remove_app(&mut self, name: &str) {
         self.unreserve(name);
+        self.settle(name, None);
         self.apps.remove(name);
     }
 
@@ -238,17 +299,27 @@ impl View {
     /// cost of placing it), and the drained nodes to leave out.
     pub fn candidates(&self, placing: Option<&str>) -> Candidates {
         let own = placing.and_then(|a| self.reservation(a));
-        let arriving = |node: &str| {
-            self.moves_in_flight()
-                .filter(|(m, _)| {
-                    m.live && m.to.as_deref() == Some(node) && Some(m.app.as_str()) != placing
-                })
-                .filter_map(|(m, _)| self.apps.get(&m.app).map(|p| p.memory))
-                .fold(Reserved::default(), |r, mem| Reserved {
-                    apps: r.apps + 1,
-                    memory: r.memory + mem,
-                })
-        };
+        // What live moves bring to each node, in one pass over the moves (not one per
+        // node: a lost node's thousands of restarts are moves in flight too).
+        let mut arriving: HashMap<&str, Reserved> = HashMap::new();
+        for (m, _) in self.moves_in_flight() {
+            if let (true, Some(to), Some(p)) = (
+                m.live && Some(m.app.as_str()) != placing,
+                m.to.as_deref(),
+                self.apps.get(&m.app),
+            ) {
+                let r = arriving.entry(to).or_default();
+                r.apps += 1;
+                r.memory += p.memory;
+            }
+        }
+        for (app, c) in &self.claims {
+            if Some(app.as_str()) != placing && c.at.elapsed() < CLAIM_FOR {
+                let r = arriving.entry(c.node.as_str()).or_default();
+                r.apps += 1;
+                r.memory += c.memory;
+            }
+        }
         let nodes = self
             .nodes
             .values()
@@ -261,7 +332,7 @@ impl View {
                     r.apps = r.apps.saturating_sub(1);
                     r.memory = r.memory.saturating_sub(*memory);
                 }
-                let a = arriving(&n.name);
+                let a = arriving.get(n.name.as_str()).copied().unwrap_or_default();
                 n.load.memory = r.memory + a.memory;
                 n.load.instances = r.apps + a.apps;
                 n
@@ -365,6 +436,24 @@ mod tests {
         let c = v.candidates(placing);
         let n = c.nodes.iter().find(|n| n.name == node).expect("node");
         (n.load.instances, n.load.memory >> 20)
+    }
+
+    /// A node chosen but not yet written counts for the next placement, until the
+    /// record that names it arrives (then it counts once, as a reservation) or the
+    /// write fails.
+    #[test]
+    fn a_claim_counts_until_its_record_arrives_or_is_released() {
+        let mut v = View::new(Settings::default());
+        v.nodes.insert("a".into(), node("a"));
+        v.claim("x", "a", 64 << 20);
+        assert_eq!(load(&v, None, "a"), (1, 64));
+        assert_eq!(load(&v, Some("x"), "a"), (0, 0), "not against itself");
+        v.put_app(record("x", "a", 1, 64), 1);
+        assert_eq!(load(&v, None, "a"), (1, 64), "counted once");
+        v.claim("y", "a", 32 << 20);
+        assert_eq!(load(&v, None, "a"), (2, 96));
+        v.release("y");
+        assert_eq!(load(&v, None, "a"), (1, 64));
     }
 
     /// Reservations follow records, moves, ends and removals as they come, and always

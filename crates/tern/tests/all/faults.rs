@@ -9,10 +9,10 @@ use crate::continuum::{Up, write_app};
 use crate::support::{guest, scratch, signal_pid, tern};
 
 /// Processes that keep `n` cores busy until dropped.
-struct Busy(Vec<std::process::Child>);
+pub(crate) struct Busy(Vec<std::process::Child>);
 
 impl Busy {
-    fn cores(n: usize) -> Busy {
+    pub(crate) fn cores(n: usize) -> Busy {
         Busy(
             (0..n)
                 .map(|_| {

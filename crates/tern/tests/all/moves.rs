@@ -238,6 +238,74 @@ async fn a_move_asked_while_the_app_starts_waits_for_it_to_run() {
     );
 }
 
+/// A drain of 50 apps with both cores busy: it answers at once, `--wait` follows it to
+/// its end however long it takes (the verb once had one request's 60 s), and every app
+/// leaves the node live and runs to its end once, its output whole.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_drain_of_fifty_apps_moves_them_all_once() {
+    const APPS: usize = 50;
+    let d = scratch();
+    let fleet = Fleet::start(d.path(), None).await;
+    let _controller = fleet.controller(&[]);
+    let ticks = guest("ticks");
+    // 90 s of ticks: longer than the drain.
+    let args = ["900", "100"];
+    let reference = tern(&fleet.dir).arg("run").arg(&ticks).args(args).run();
+    assert_eq!(reference.code, Some(0), "{reference:?}");
+    // All on a: b takes nothing while they are deployed.
+    fleet.verb(&["drain", "b"]).succeeds();
+    for i in 0..APPS {
+        let name = format!("t{i:02}");
+        let m = write_app(
+            &fleet.dir,
+            &name,
+            &ticks,
+            &format!(
+                "name = \"{name}\"\nargs = {args:?}\nmigratable = true\ncheckpoint_every = \"5s\"\n[limits]\nmemory = \"8MiB\"\n"
+            ),
+        );
+        fleet
+            .verb(&["deploy", m.to_str().expect("utf-8")])
+            .succeeds();
+    }
+    let all_running = |node: &str| {
+        let r = fleet.verb(&["ps", "--json"]);
+        let apps: Value = serde_json::from_str(&r.stdout).ok()?;
+        let apps = apps.as_array()?;
+        (apps.len() == APPS
+            && apps
+                .iter()
+                .all(|a| a["state"] == "running" && a["node"] == node))
+        .then_some(())
+    };
+    fleet.wait_for("50 apps running on a", Duration::from_secs(300), || {
+        all_running("a")
+    });
+    fleet.verb(&["drain", "b", "--undo"]).succeeds();
+    let _busy = crate::faults::Busy::cores(2);
+    let started = Instant::now();
+    let asked = fleet.verb(&["drain", "a"]);
+    let answered = started.elapsed();
+    asked.succeeds();
+    let drained = fleet.verb(&["drain", "a", "--wait"]);
+    let took = started.elapsed();
+    assert_eq!(drained.code, Some(0), "{drained:?}");
+    eprintln!("drain of {APPS} apps: answered in {answered:?}, done in {took:?}");
+    assert!(
+        answered < Duration::from_secs(30),
+        "the drain answered after {answered:?}"
+    );
+    fleet.wait_for("50 apps running on b", Duration::from_secs(300), || {
+        all_running("b")
+    });
+    for i in 0..APPS {
+        let name = format!("t{i:02}");
+        let row = ran_once(&fleet, &name, &reference.stdout, 0);
+        assert_eq!(row["node"], "b", "{row}");
+        assert_eq!(row["restarts"], 0, "moved live, never restarted: {row}");
+    }
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_node_killed_mid_move_leaves_the_app_running_once() {
     // A slow link (10 Mbit/s), so that the 16 MiB working set takes seconds to copy.
