@@ -19,24 +19,32 @@ pub(crate) struct Up {
     dir: PathBuf,
     pub(crate) state: PathBuf,
     api: String,
+    /// Its stdout and stderr (appended to by every `tern up` of the test), from
+    /// `log_from` on.
+    log: PathBuf,
+    log_from: u64,
 }
 
 impl Up {
     /// Starts `tern up` on `state` (in `dir`) and waits for its three nodes.
     pub(crate) fn start(dir: &Path, state: &Path) -> Up {
         let addr = free_addr();
+        let log = dir.join("up.log");
+        let log_from = std::fs::metadata(&log).map_or(0, |m| m.len());
         let up = Running(
             tern(dir)
                 .inherit(&["HOME"])
                 .args(["up", "--listen", &addr, "--state"])
                 .arg(state)
-                .spawn(),
+                .spawn_logged(&log),
         );
         let up = Up {
             up,
             dir: dir.to_path_buf(),
             state: state.to_path_buf(),
             api: format!("http://{addr}"),
+            log,
+            log_from,
         };
         up.wait_for("three nodes", Duration::from_secs(90), || {
             let r = up.verb(&["nodes", "--json"]);
@@ -123,13 +131,9 @@ impl Up {
     pub(crate) fn stop(mut self) -> String {
         signal(&self.up, "-INT");
         let status = self.up.wait().expect("tern up exits");
-        let mut stderr = String::new();
-        self.up
-            .stderr
-            .take()
-            .expect("stderr")
-            .read_to_string(&mut stderr)
-            .expect("read");
+        let all = std::fs::read(&self.log).expect("tern up's log");
+        let stderr =
+            String::from_utf8_lossy(&all[(self.log_from as usize).min(all.len())..]).into_owned();
         assert!(status.success(), "{status:?}: {stderr}");
         stderr
     }

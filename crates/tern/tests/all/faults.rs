@@ -106,6 +106,31 @@ fn a_backbone_stalled_for_ten_seconds_stops_no_app_and_restarts_none() {
     assert!(!stderr.contains("exited ("), "nothing ended: {stderr}");
 }
 
+/// The control plane stalls (SIGSTOP of `tern up`, which runs it): the nodes go on
+/// with their apps, and once it resumes it takes none of the nodes it heard nothing
+/// from meanwhile for lost (its own silence is not theirs).
+#[test]
+fn a_control_plane_stalled_for_ten_seconds_stops_no_app_and_loses_no_node() {
+    let d = scratch();
+    let up = Up::start(d.path(), &d.path().join("state"));
+    let _busy = Busy::cores(2);
+    let reference = deploy_steps(&up, d.path(), ["40", "40000000"]);
+    let control = up.up.id();
+    signal_pid(control, "-STOP");
+    // The fault's length, not a wait for a state.
+    std::thread::sleep(Duration::from_secs(10));
+    signal_pid(control, "-CONT");
+    ran_once(&up, &reference);
+    let nodes = up.wait_for("three nodes", Duration::from_secs(30), || {
+        let r = up.verb(&["nodes", "--json"]);
+        let v: serde_json::Value = serde_json::from_str(&r.stdout).ok()?;
+        (v.as_array()?.len() == 3).then_some(v)
+    });
+    assert_eq!(nodes.as_array().map(Vec::len), Some(3));
+    let stderr = up.stop();
+    assert!(!stderr.contains("is lost"), "no node was lost: {stderr}");
+}
+
 #[test]
 fn a_backbone_killed_is_started_again_and_a_node_killed_too_with_no_app_lost() {
     let d = scratch();

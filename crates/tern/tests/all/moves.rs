@@ -238,6 +238,101 @@ async fn a_move_asked_while_the_app_starts_waits_for_it_to_run() {
     );
 }
 
+/// `plan`, `deploy` and `explain` ask one scheduling view: they agree on a drained
+/// node and on a full one, and an app's own reservation is not held against it.
+#[tokio::test(flavor = "multi_thread")]
+async fn plan_deploy_and_explain_agree_on_a_drained_node_and_a_full_one() {
+    let d = scratch();
+    let fleet = Fleet::start(d.path(), None).await;
+    let _controller = fleet.controller(&[]);
+    let ticks = guest("ticks");
+    let manifest = |name: &str, mib: u64| {
+        write_app(
+            &fleet.dir,
+            name,
+            &ticks,
+            &format!(
+                "name = \"{name}\"\nargs = [\"900\", \"100\"]\n[limits]\nmemory = \"{mib}MiB\"\n"
+            ),
+        )
+        .to_str()
+        .expect("utf-8")
+        .to_owned()
+    };
+    let json = |args: &[&str]| -> Value {
+        let r = fleet.verb(args);
+        serde_json::from_str(&r.stdout).unwrap_or_else(|e| panic!("{e}: {r:?}"))
+    };
+    // Each node's verdict: "eligible", or its rejections in one line.
+    let verdicts = |v: &Value| -> Vec<(String, String)> {
+        v["nodes"]
+            .as_array()
+            .expect("nodes")
+            .iter()
+            .map(|n| {
+                let why: Vec<&str> = n["rejections"]
+                    .as_array()
+                    .map(|r| r.iter().filter_map(|x| x["text"].as_str()).collect())
+                    .unwrap_or_default();
+                let verdict = if n["verdict"] == "eligible" {
+                    "eligible".to_owned()
+                } else {
+                    why.join("; ")
+                };
+                (n["node"].as_str().unwrap_or_default().to_owned(), verdict)
+            })
+            .collect()
+    };
+    fleet.wait_for("two nodes", Duration::from_secs(60), || {
+        let r = fleet.verb(&["nodes", "--json"]);
+        let n: Value = serde_json::from_str(&r.stdout).ok()?;
+        (n.as_array()?.len() == 2).then_some(())
+    });
+    fleet.verb(&["drain", "b"]).succeeds();
+
+    // Drained: plan leaves b out, deploy does too, and explain says why.
+    let big = manifest("big", 900);
+    let plan = json(&["plan", "--json", &big]);
+    assert_eq!(plan["chosen"], "a", "{plan}");
+    let drained = ("b".to_owned(), "drained".to_owned());
+    assert!(verdicts(&plan).contains(&drained), "{plan}");
+    fleet.verb(&["deploy", &big]).succeeds();
+    assert_eq!(fleet.app("big").expect("deployed")["node"], "a");
+    let explained = json(&["explain", "big", "--json"]);
+    let mut seen = verdicts(&explained);
+    seen.sort();
+    assert_eq!(
+        seen,
+        [("a".to_owned(), "eligible".to_owned()), drained.clone()],
+        "its own 900 MiB is not held against it: {explained}"
+    );
+
+    // Full: 124 of a's 1024 MiB are free, and b is drained; all three say so alike.
+    let small = manifest("small", 200);
+    let full = (
+        "a".to_owned(),
+        "free memory: 124 MiB free, the app reserves 200 MiB".to_owned(),
+    );
+    let plan = json(&["plan", "--json", &small]);
+    assert_eq!(plan["chosen"], Value::Null, "{plan}");
+    let mut seen = verdicts(&plan);
+    seen.sort();
+    assert_eq!(seen, [full.clone(), drained.clone()], "{plan}");
+    let refused = fleet.verb(&["deploy", &small]);
+    let line = refused.fails_with(1, "no node can take small");
+    assert!(line.contains(&format!("a: {}", full.1)), "{line}");
+    assert!(line.contains("b: drained"), "{line}");
+
+    // Undrained: b takes it, as planned.
+    fleet.verb(&["drain", "b", "--undo"]).succeeds();
+    let plan = json(&["plan", "--json", &small]);
+    assert_eq!(plan["chosen"], "b", "{plan}");
+    fleet.verb(&["deploy", &small]).succeeds();
+    assert_eq!(fleet.app("small").expect("deployed")["node"], "b");
+    let explained = json(&["explain", "small", "--json"]);
+    assert_eq!(explained["chosen"], "b", "{explained}");
+}
+
 /// A drain of 50 apps with both cores busy: it answers at once, `--wait` follows it to
 /// its end however long it takes (the verb once had one request's 60 s), and every app
 /// leaves the node live and runs to its end once, its output whole.

@@ -1,7 +1,6 @@
 //! `tern up`: a whole continuum on one machine, as separate processes, stopped by Ctrl-C
 //! with nothing left running.
 
-use std::io::Read as _;
 use std::time::{Duration, Instant};
 
 use crate::support::{Running, free_addr, scratch, signal, tern};
@@ -30,7 +29,7 @@ fn up_starts_three_node_processes_and_ctrl_c_stops_them_all() {
             .inherit(&["HOME"])
             .args(["up", "--listen", &addr, "--state"])
             .arg(d.path().join("state"))
-            .spawn(),
+            .spawn_logged(&d.path().join("up.log")),
     );
     let deadline = Instant::now() + Duration::from_secs(90);
     let nodes = loop {
@@ -77,12 +76,7 @@ fn up_starts_three_node_processes_and_ctrl_c_stops_them_all() {
 
     signal(&up, "-INT");
     let status = up.wait().expect("tern up exits");
-    let mut stderr = String::new();
-    up.stderr
-        .take()
-        .expect("stderr")
-        .read_to_string(&mut stderr)
-        .expect("read");
+    let stderr = std::fs::read_to_string(d.path().join("up.log")).expect("tern up's log");
     assert!(status.success(), "{status:?}: {stderr}");
     assert!(
         stderr.contains("continuum up: nodes cloud, edge, iot"),
