@@ -352,22 +352,8 @@ impl Backbone {
         impl futures_util::Stream<Item = Result<InstanceStatus, BackboneError>> + use<>,
         BackboneError,
     > {
-        let watch = self
-            .status
-            .watch_with_history(">")
-            .await
-            .map_err(|e| js_err("watch instances", e))?;
-        Ok(watch
-            .filter(|e| {
-                std::future::ready(
-                    e.as_ref()
-                        .map_or(true, |e| e.operation == kv::Operation::Put),
-                )
-            })
-            .map(|entry| {
-                let entry = entry.map_err(|e| js_err("watch instances", e))?;
-                decode(&entry.value)
-            }))
+        let puts = crate::backbone::watch_puts(&self.status, "watch instances").await?;
+        Ok(puts.map(|entry| decode(&entry?.value)))
     }
 
     /// Every instance's status, by app.

@@ -776,6 +776,27 @@ const READ_WAIT: Duration = Duration::from_secs(15);
 /// Reads of an object before it is given up.
 const READ_TRIES: u32 = 5;
 
+/// Every entry of `store` as it is, then as it changes, but deletions (`what` names the
+/// watch in errors).
+pub(crate) async fn watch_puts(
+    store: &kv::Store,
+    what: &'static str,
+) -> Result<impl futures_util::Stream<Item = Result<kv::Entry, BackboneError>> + use<>, BackboneError>
+{
+    let watch = store
+        .watch_with_history(">")
+        .await
+        .map_err(|e| js_err(what, e))?;
+    Ok(watch
+        .filter(|e| {
+            std::future::ready(
+                e.as_ref()
+                    .map_or(true, |e| e.operation == kv::Operation::Put),
+            )
+        })
+        .map(move |entry| entry.map_err(|e| js_err(what, e))))
+}
+
 /// A watch that never ends: when the server's stream of `what` ends or fails (the
 /// server restarted, a consumer was lost), it is opened again after a pause, replaying
 /// the current state. Consumers apply each item as a level, not an edge, so a replayed

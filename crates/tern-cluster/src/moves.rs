@@ -239,22 +239,11 @@ impl Backbone {
         impl futures_util::Stream<Item = Result<(MoveRecord, u64), BackboneError>> + use<>,
         BackboneError,
     > {
-        let watch = self
-            .moves
-            .watch_with_history(">")
-            .await
-            .map_err(|e| js_err("watch moves", e))?;
-        Ok(watch
-            .filter(|e| {
-                std::future::ready(
-                    e.as_ref()
-                        .map_or(true, |e| e.operation == kv::Operation::Put),
-                )
-            })
-            .map(|entry| {
-                let entry = entry.map_err(|e| js_err("watch moves", e))?;
-                Ok((crate::apps::decode(&entry.value)?, entry.revision))
-            }))
+        let puts = crate::backbone::watch_puts(&self.moves, "watch moves").await?;
+        Ok(puts.map(|entry| {
+            let entry = entry?;
+            Ok((crate::apps::decode(&entry.value)?, entry.revision))
+        }))
     }
 }
 

@@ -83,25 +83,33 @@ fn ran_once(up: &Up, reference: &str) {
     assert_eq!(up.verb(&["logs", "steady"]).succeeds(), reference);
 }
 
+/// Stops process `pid` (SIGSTOP) for ten seconds, then lets it go on.
+fn stall_for_ten_seconds(pid: u32) {
+    signal_pid(pid, "-STOP");
+    // The fault's length, not a wait for a state.
+    std::thread::sleep(Duration::from_secs(10));
+    signal_pid(pid, "-CONT");
+}
+
+/// Waits until `tern nodes` lists all three of `up`'s nodes.
+fn three_nodes(up: &Up) {
+    up.wait_for("three nodes", Duration::from_secs(120), || {
+        let r = up.verb(&["nodes", "--json"]);
+        let v: serde_json::Value = serde_json::from_str(&r.stdout).ok()?;
+        (v.as_array()?.len() == 3).then_some(())
+    });
+}
+
 #[test]
 fn a_backbone_stalled_for_ten_seconds_stops_no_app_and_restarts_none() {
     let d = scratch();
     let up = Up::start(d.path(), &d.path().join("state"));
     let _busy = Busy::cores(2);
     let reference = deploy_steps(&up, d.path(), ["40", "40000000"]);
-    let nats = nats_pid(&up);
-    signal_pid(nats, "-STOP");
-    // The fault's length, not a wait for a state.
-    std::thread::sleep(Duration::from_secs(10));
-    signal_pid(nats, "-CONT");
+    stall_for_ten_seconds(nats_pid(&up));
     ran_once(&up, &reference);
     // Every node is still there, and none was taken for lost.
-    let nodes = up.wait_for("three nodes", Duration::from_secs(30), || {
-        let r = up.verb(&["nodes", "--json"]);
-        let v: serde_json::Value = serde_json::from_str(&r.stdout).ok()?;
-        (v.as_array()?.len() == 3).then_some(v)
-    });
-    assert_eq!(nodes.as_array().map(Vec::len), Some(3));
+    three_nodes(&up);
     let stderr = up.stop();
     assert!(!stderr.contains("exited ("), "nothing ended: {stderr}");
 }
@@ -115,18 +123,9 @@ fn a_control_plane_stalled_for_ten_seconds_stops_no_app_and_loses_no_node() {
     let up = Up::start(d.path(), &d.path().join("state"));
     let _busy = Busy::cores(2);
     let reference = deploy_steps(&up, d.path(), ["40", "40000000"]);
-    let control = up.up.id();
-    signal_pid(control, "-STOP");
-    // The fault's length, not a wait for a state.
-    std::thread::sleep(Duration::from_secs(10));
-    signal_pid(control, "-CONT");
+    stall_for_ten_seconds(up.up.id());
     ran_once(&up, &reference);
-    let nodes = up.wait_for("three nodes", Duration::from_secs(30), || {
-        let r = up.verb(&["nodes", "--json"]);
-        let v: serde_json::Value = serde_json::from_str(&r.stdout).ok()?;
-        (v.as_array()?.len() == 3).then_some(v)
-    });
-    assert_eq!(nodes.as_array().map(Vec::len), Some(3));
+    three_nodes(&up);
     let stderr = up.stop();
     assert!(!stderr.contains("is lost"), "no node was lost: {stderr}");
 }
@@ -150,11 +149,7 @@ fn a_backbone_killed_is_started_again_and_a_node_killed_too_with_no_app_lost() {
     up.wait_for("the node started again", Duration::from_secs(120), || {
         up.try_node_pid(&node).filter(|&p| p != pid).map(|_| ())
     });
-    up.wait_for("three nodes", Duration::from_secs(120), || {
-        let r = up.verb(&["nodes", "--json"]);
-        let v: serde_json::Value = serde_json::from_str(&r.stdout).ok()?;
-        (v.as_array()?.len() == 3).then_some(())
-    });
+    three_nodes(&up);
     let after = up.app("steady").expect("steady");
     assert_eq!(
         (&after["state"], &after["restarts"], &after["incarnation"]),
