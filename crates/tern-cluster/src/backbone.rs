@@ -62,6 +62,10 @@ pub enum BackboneError {
     Refused { url: String },
     #[error("JetStream {what}: {reason}")]
     JetStream { what: String, reason: String },
+    #[error("{what} is not in the backbone")]
+    Missing { what: String },
+    #[error("{what}: its bytes do not match its digest")]
+    Corrupt { what: String },
     #[error("a node entry that is not a node descriptor: {reason}")]
     BadEntry { reason: String },
 }
@@ -725,7 +729,7 @@ pub(crate) async fn read_object(
     what: &str,
 ) -> Result<Vec<u8>, BackboneError> {
     let name = format!("{what} sha256:{digest}");
-    let mut last = String::new();
+    let mut last = js_err(&name, "not read");
     for attempt in 0..READ_TRIES {
         if attempt > 0 {
             tokio::time::sleep(Duration::from_millis(500 * u64::from(attempt))).await;
@@ -737,8 +741,16 @@ pub(crate) async fn read_object(
         // control plane.
         let read = tokio::spawn(async move {
             let mut object = store.get(&key).await.map_err(|e| {
-                let absent = e.kind() == object_store::GetErrorKind::NotFound;
-                (absent, js_err(&label, e))
+                if e.kind() == object_store::GetErrorKind::NotFound {
+                    (
+                        true,
+                        BackboneError::Missing {
+                            what: label.clone(),
+                        },
+                    )
+                } else {
+                    (false, js_err(&label, e))
+                }
             })?;
             let mut bytes = Vec::new();
             object
@@ -757,18 +769,20 @@ pub(crate) async fn read_object(
         match done {
             Ok(Ok(bytes)) => {
                 if tern_runtime::digest(&bytes) != digest {
-                    return Err(js_err(name, "its bytes do not match the digest"));
+                    return Err(BackboneError::Corrupt { what: name });
                 }
                 return Ok(bytes);
             }
             // Not there: asking again will not help.
             Ok(Err((true, e))) => return Err(e),
-            Ok(Err((false, e))) => last = e.to_string(),
-            Err(_) => last = format!("no answer within {} s", READ_WAIT.as_secs()),
+            Ok(Err((false, e))) => last = e,
+            Err(_) => {
+                last = js_err(&name, format!("no answer within {} s", READ_WAIT.as_secs()));
+            }
         }
-        tracing::warn!(object = %name, reason = %last, "read failed; trying again");
+        tracing::warn!(reason = %last, "read failed; trying again");
     }
-    Err(js_err(name, last))
+    Err(last)
 }
 
 /// How long one read of an object may take.
@@ -795,6 +809,18 @@ pub(crate) async fn watch_puts(
             )
         })
         .map(move |entry| entry.map_err(|e| js_err(what, e))))
+}
+
+impl BackboneError {
+    /// Whether asking again cannot help: the object is not there, or not what its
+    /// digest says. Any other failure may be the backbone's hiccup.
+    #[must_use]
+    pub fn is_lasting(&self) -> bool {
+        matches!(
+            self,
+            BackboneError::Missing { .. } | BackboneError::Corrupt { .. }
+        )
+    }
 }
 
 /// A watch that never ends: when the server's stream of `what` ends or fails (the

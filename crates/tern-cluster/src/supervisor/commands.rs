@@ -161,7 +161,7 @@ pub(super) async fn command(
                 from,
                 listening: tx,
             };
-            match start(host, backbone, &record, finished.clone(), how).await {
+            match start(host, backbone, &record, finished.clone(), how) {
                 Ok(local) => {
                     ran.insert(app.clone(), incarnation);
                     running.insert(app, local);

@@ -13,6 +13,7 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -103,8 +104,8 @@ pub(super) type Listening = tokio::sync::watch::Sender<Option<Result<String, Str
 struct Local {
     incarnation: u64,
     memory: u64,
-    /// The instance's process.
-    pid: Option<u32>,
+    /// The instance's process, once it runs (0 before).
+    pid: Arc<AtomicU32>,
     orders: mpsc::UnboundedSender<Order>,
     task: tokio::task::JoinHandle<()>,
     /// For a migration's destination: where it listens, once it does.
@@ -150,7 +151,7 @@ pub async fn supervise(
         tokio::select! {
             () = &mut stop => break,
             _ = sampling.tick() => {
-                let (cpu, used) = usage.sample(running.values().filter_map(|l| l.pid));
+                let (cpu, used) = usage.sample(running.values().map(|l| l.pid.load(Ordering::Relaxed)).filter(|&p| p != 0));
                 if let Ok(mut l) = load.lock() {
                     l.cpu = cpu;
                     l.used = used;
@@ -292,7 +293,7 @@ async fn reconcile(
     {
         return;
     }
-    match start(host, backbone, record, finished.clone(), Start::Run).await {
+    match start(host, backbone, record, finished.clone(), Start::Run) {
         Ok(local) => {
             running.insert(app.to_owned(), local);
         }
@@ -306,8 +307,18 @@ async fn reconcile(
     }
 }
 
-/// Lays out the instance's files and starts its process and task.
-async fn start(
+/// Starts `record`'s instance: its files are laid out and its process started on a
+/// task of its own, since fetching a module and a checkpoint can take long while the
+/// backbone is slow, and the node's commands and watch must not wait behind it.
+///
+/// A start that fails for a reason that may pass (the backbone did not answer) is tried
+/// again, with pauses of up to 10 s, until it works or the instance is no longer wanted
+/// here: a stall of the backbone delays an app, it never fails it. One that cannot work
+/// (no such module, a manifest that does not parse) fails the app; a migration's
+/// destination gives up at once instead, and the control plane keeps the app where it
+/// runs. Orders that come meanwhile wait for the instance, but `Kill` and `Stop`, which
+/// end the start where it stands.
+fn start(
     host: &Host,
     backbone: &Backbone,
     record: &AppRecord,
@@ -315,18 +326,180 @@ async fn start(
     how: Start,
 ) -> Result<Local, String> {
     let manifest = manifest::parse(&record.manifest).map_err(|e| format!("manifest: {e}"))?;
+    let (orders_tx, mut orders) = mpsc::unbounded_channel();
+    let pid = Arc::new(AtomicU32::new(0));
+    let listening_rx = match &how {
+        Start::Run => None,
+        Start::Receive { listening, .. } => Some(listening.subscribe()),
+    };
+    let (memory, incarnation) = (manifest.memory, record.incarnation);
+    // Weak: the channel still closes when the supervisor lets the instance go.
+    let again = orders_tx.downgrade();
+    let (host, backbone, record, started) =
+        (host.clone(), backbone.clone(), record.clone(), pid.clone());
+    let task = tokio::spawn(async move {
+        let receiving = matches!(how, Start::Receive { .. });
+        let mut held = Vec::new();
+        let prepared = {
+            let preparing = prepare_until_ready(&host, &backbone, &record, &manifest, receiving);
+            tokio::pin!(preparing);
+            loop {
+                tokio::select! {
+                    p = &mut preparing => break Some(p),
+                    order = orders.recv() => match order {
+                        Some(Order::Kill | Order::Stop) | None => break None,
+                        Some(order) => held.push(order),
+                    },
+                }
+            }
+        };
+        match (prepared, how) {
+            (Some(Ok(p)), how) => {
+                if let Some(id) = p.child.id() {
+                    started.store(id, Ordering::Relaxed);
+                }
+                if let Some(tx) = again.upgrade() {
+                    for order in held {
+                        let _ = tx.send(order);
+                    }
+                }
+                let (handover, listening) = match how {
+                    Start::Run => (None, None),
+                    Start::Receive { from, listening } => (Some(from), Some(listening)),
+                };
+                let task = Task {
+                    handover,
+                    listening,
+                    held: Vec::new(),
+                    backbone,
+                    host,
+                    every: manifest.checkpoint_every.filter(|_| manifest.migratable),
+                    pos: 0,
+                    published: 0,
+                    last_seq: 0,
+                    fenced: false,
+                    resume_at: p
+                        .restore_from
+                        .as_ref()
+                        .filter(|_| manifest.migratable)
+                        .map(|c| c.stdout),
+                    checkpoint: p.restore_from,
+                    migratable: manifest.migratable,
+                    stderr_chunks: 0,
+                    note: p.note,
+                    record: p.record,
+                };
+                task.run(p.child, p.control, orders).await;
+            }
+            (Some(Err(reason)), Start::Receive { listening, .. }) => {
+                tracing::warn!(app = %record.name, %reason, "cannot receive the app");
+                let _ = listening.send(Some(Err(reason)));
+            }
+            (Some(Err(reason)), Start::Run) => {
+                tracing::warn!(app = %record.name, %reason, "instance did not start");
+                let failed = InstanceState::Failed {
+                    reason: reason.clone(),
+                };
+                report(&backbone, &host, &record, failed, None, &reason).await;
+            }
+            // No longer wanted here, or the node stops: the next start does it all.
+            (None, _) => {}
+        }
+        let _ = finished.send((record.name, record.incarnation));
+    });
+    Ok(Local {
+        incarnation,
+        memory,
+        pid,
+        orders: orders_tx,
+        task,
+        listening: listening_rx,
+    })
+}
+
+/// An instance ready to run: its process started, its control socket listening.
+struct Prepared {
+    child: tokio::process::Child,
+    control: tokio::net::UnixListener,
+    /// The record it runs, its restarts counted.
+    record: AppRecord,
+    /// The checkpoint it resumes from.
+    restore_from: Option<CheckpointRef>,
+    /// What `tern ps` shows of it while it runs.
+    note: String,
+}
+
+/// Why an instance did not start, and whether trying again cannot help.
+struct NotStarted {
+    reason: String,
+    lasting: bool,
+}
+
+impl NotStarted {
+    fn lasting(reason: impl Into<String>) -> Self {
+        NotStarted {
+            reason: reason.into(),
+            lasting: true,
+        }
+    }
+}
+
+impl From<crate::backbone::BackboneError> for NotStarted {
+    fn from(e: crate::backbone::BackboneError) -> Self {
+        NotStarted {
+            lasting: e.is_lasting(),
+            reason: e.to_string(),
+        }
+    }
+}
+
+/// [`prepare`], tried again while it fails for a reason that may pass (not for a
+/// migration's destination, which gives up at once); the first such failure is shown
+/// in the app's status.
+async fn prepare_until_ready(
+    host: &Host,
+    backbone: &Backbone,
+    record: &AppRecord,
+    manifest: &manifest::Manifest,
+    receiving: bool,
+) -> Result<Prepared, String> {
+    let mut wait = Duration::from_millis(500);
+    let mut told = false;
+    loop {
+        match prepare(host, backbone, record, manifest, receiving).await {
+            Ok(p) => return Ok(p),
+            Err(e) if e.lasting || receiving => return Err(e.reason),
+            Err(e) => {
+                tracing::warn!(app = %record.name, reason = %e.reason, "instance not started yet; trying again");
+                if !told {
+                    let note = format!("not started yet: {}; trying again", e.reason);
+                    report(backbone, host, record, InstanceState::Starting, None, &note).await;
+                    told = true;
+                }
+                tokio::time::sleep(wait).await;
+                wait = (wait * 2).min(Duration::from_secs(10));
+            }
+        }
+    }
+}
+
+/// Lays out the instance's files and starts its process.
+async fn prepare(
+    host: &Host,
+    backbone: &Backbone,
+    record: &AppRecord,
+    manifest: &manifest::Manifest,
+    receiving: bool,
+) -> Result<Prepared, NotStarted> {
     let dir = host
         .state
         .join("apps")
         .join(&record.name)
         .join(record.incarnation.to_string());
     let _ = tokio::fs::remove_dir_all(&dir).await;
-    let err = |e: std::io::Error| format!("{}: {e}", dir.display());
+    let err = |e: std::io::Error| NotStarted::lasting(format!("{}: {e}", dir.display()));
     tokio::fs::create_dir_all(&dir).await.map_err(err)?;
-    let wasm = backbone
-        .module(&record.module)
-        .await
-        .map_err(|e| e.to_string())?;
+    let wasm = backbone.module(&record.module).await?;
     let module = dir.join("module.wasm");
     tokio::fs::write(&module, &wasm).await.map_err(err)?;
     let mut volumes = Vec::new();
@@ -337,7 +510,6 @@ async fn start(
     }
     // Resume from the checkpoint of this very incarnation if it ran here before (the
     // node or the continuum was stopped), else from the one the placement names.
-    let receiving = matches!(how, Start::Receive { .. });
     let status = backbone.status(&record.name).await.ok().flatten();
     let restore_from = record.resume_point(status.as_ref()).filter(|_| !receiving);
     // This very incarnation ran here before: this node was restarted (or the whole
@@ -368,23 +540,20 @@ async fn start(
             ),
         ),
     };
-    let record = &AppRecord {
+    let record = AppRecord {
         restarts,
         ..record.clone()
     };
     let restore = match &restore_from {
         _ if receiving => None,
         Some(c) if manifest.migratable => {
-            let bytes = backbone
-                .snapshot(&c.digest)
-                .await
-                .map_err(|e| e.to_string())?;
+            let bytes = backbone.snapshot(&c.digest).await?;
             let path = dir.join("restore.tar");
             tokio::fs::write(&path, bytes).await.map_err(err)?;
             Some(path)
         }
         _ => {
-            seed(backbone, record, &volumes).await?;
+            seed(backbone, &record, &volumes).await?;
             None
         }
     };
@@ -408,7 +577,7 @@ async fn start(
         cache: Some(host.state.join("cache")),
     };
     let spec_path = dir.join("spec.json");
-    let json = serde_json::to_vec_pretty(&spec).map_err(|e| e.to_string())?;
+    let json = serde_json::to_vec_pretty(&spec).map_err(|e| NotStarted::lasting(e.to_string()))?;
     tokio::fs::write(&spec_path, json).await.map_err(err)?;
 
     let mut command = tokio::process::Command::new(&host.tern);
@@ -424,50 +593,18 @@ async fn start(
         .kill_on_drop(true);
     // The instance dies with its agent, even one killed with SIGKILL.
     crate::backbone::die_with_parent(&mut command, rustix::process::Signal::KILL);
-    let child = command
-        .spawn()
-        .map_err(|e| format!("cannot start `{} instance`: {e}", host.tern.display()))?;
-    let pid = child.id();
-    let (orders_tx, orders) = mpsc::unbounded_channel();
-    let (handover, listening) = match how {
-        Start::Run => (None, None),
-        Start::Receive { from, listening } => (Some(from), Some(listening)),
-    };
-    let listening_rx = listening.as_ref().map(Listening::subscribe);
-    let task = Task {
-        handover,
-        listening,
-        held: Vec::new(),
-        backbone: backbone.clone(),
-        host: host.clone(),
-        record: record.clone(),
-        every: manifest.checkpoint_every.filter(|_| manifest.migratable),
-        pos: 0,
-        published: 0,
-        last_seq: 0,
-        fenced: false,
-        resume_at: restore_from
-            .as_ref()
-            .filter(|_| manifest.migratable)
-            .map(|c| c.stdout),
-        checkpoint: restore_from,
-        migratable: manifest.migratable,
-        stderr_chunks: 0,
+    let child = command.spawn().map_err(|e| {
+        NotStarted::lasting(format!(
+            "cannot start `{} instance`: {e}",
+            host.tern.display()
+        ))
+    })?;
+    Ok(Prepared {
+        child,
+        control,
+        record,
+        restore_from,
         note,
-    };
-    let app = record.name.clone();
-    let incarnation = record.incarnation;
-    let task = tokio::spawn(async move {
-        task.run(child, control, orders).await;
-        let _ = finished.send((app, incarnation));
-    });
-    Ok(Local {
-        incarnation: record.incarnation,
-        memory: manifest.memory,
-        pid,
-        orders: orders_tx,
-        task,
-        listening: listening_rx,
     })
 }
 
@@ -476,7 +613,7 @@ async fn seed(
     backbone: &Backbone,
     record: &AppRecord,
     volumes: &[(PathBuf, String)],
-) -> Result<(), String> {
+) -> Result<(), NotStarted> {
     for s in &record.seeds {
         let Some((dir, _)) = volumes.iter().find(|(_, g)| *g == s.volume) else {
             continue;
@@ -486,21 +623,21 @@ async fn seed(
             .components()
             .any(|c| !matches!(c, std::path::Component::Normal(_)))
         {
-            return Err(format!("seed file {} leaves its volume", s.path));
+            return Err(NotStarted::lasting(format!(
+                "seed file {} leaves its volume",
+                s.path
+            )));
         }
-        let bytes = backbone
-            .module(&s.digest)
-            .await
-            .map_err(|e| e.to_string())?;
+        let bytes = backbone.module(&s.digest).await?;
         let target = dir.join(rel);
         if let Some(parent) = target.parent() {
             tokio::fs::create_dir_all(parent)
                 .await
-                .map_err(|e| format!("{}: {e}", parent.display()))?;
+                .map_err(|e| NotStarted::lasting(format!("{}: {e}", parent.display())))?;
         }
         tokio::fs::write(&target, bytes)
             .await
-            .map_err(|e| format!("{}: {e}", target.display()))?;
+            .map_err(|e| NotStarted::lasting(format!("{}: {e}", target.display())))?;
     }
     Ok(())
 }
