@@ -343,10 +343,13 @@ async fn a_drain_of_fifty_apps_moves_them_all_once() {
     let fleet = Fleet::start(d.path(), None).await;
     let _controller = fleet.controller(&[]);
     let ticks = guest("ticks");
-    // 90 s of ticks: longer than the drain.
+    // 90 s of ticks: longer than the drain. The uninterrupted run goes on beside the
+    // deploys.
     let args = ["900", "100"];
-    let reference = tern(&fleet.dir).arg("run").arg(&ticks).args(args).run();
-    assert_eq!(reference.code, Some(0), "{reference:?}");
+    let reference = std::thread::spawn({
+        let (dir, ticks) = (fleet.dir.clone(), ticks.clone());
+        move || tern(&dir).arg("run").arg(&ticks).args(args).run()
+    });
     // All on a: b takes nothing while they are deployed.
     fleet.verb(&["drain", "b"]).succeeds();
     for i in 0..APPS {
@@ -393,6 +396,8 @@ async fn a_drain_of_fifty_apps_moves_them_all_once() {
     fleet.wait_for("50 apps running on b", Duration::from_secs(300), || {
         all_running("b")
     });
+    let reference = reference.join().expect("the uninterrupted run");
+    assert_eq!(reference.code, Some(0), "{reference:?}");
     for i in 0..APPS {
         let name = format!("t{i:02}");
         let row = ran_once(&fleet, &name, &reference.stdout, 0);
