@@ -144,6 +144,7 @@ fn app(i: usize, o: &ClusterOptions, rng: &mut Rng) -> Manifest {
         checkpoint_every: None,
         replicas: 1,
         spread: false,
+        signed_by: Vec::new(),
     }
 }
 

@@ -17,18 +17,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::backbone::{Backbone, BackboneError, js_err};
 use crate::model::InstanceState;
-
-/// Header of a log chunk: the byte offset of its first byte in the app's stdout.
-pub const OFFSET: &str = "Tern-Offset";
-/// Header of a log message: the incarnation that wrote it.
-pub const INCARNATION: &str = "Tern-Incarnation";
-/// Header of the empty message a node writes when an incarnation's output has all
-/// been published (it migrated away or ended).
-pub const END: &str = "Tern-End";
-/// Header of a note in an app's output stream, which `tern logs` prints apart from the
-/// app's own output (on stderr): say, that an app restarted from its start repeats
-/// what it printed before.
-pub const NOTE: &str = "Tern-Note";
+use crate::protocol::{END, INCARNATION, NOTE, OFFSET, log_subject, log_subjects};
 
 /// A deployment: its manifest and where the control plane wants it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -57,6 +46,10 @@ pub struct AppRecord {
     /// The deployment this app is a replica of (`NAME` for `NAME-1` … `NAME-N`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub replica_of: Option<String>,
+    /// The module's signatures, as deployed (`tern sign`): its node checks them against
+    /// the manifest's `signed_by` before it runs any of the module.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signatures: Option<tern_trust::Signatures>,
 }
 
 impl AppRecord {
@@ -241,11 +234,6 @@ impl std::fmt::Display for LogId {
             LogId::Err(n) => write!(f, "e{n}"),
         }
     }
-}
-
-/// Subject of an app's stdout (`out`) or stderr (`err`).
-pub fn log_subject(app: &str, err: bool) -> String {
-    format!("tern.logs.{app}.{}", if err { "err" } else { "out" })
 }
 
 impl Backbone {
@@ -601,7 +589,7 @@ impl Backbone {
     ) -> Result<Vec<LogChunk>, BackboneError> {
         let mut out = Vec::new();
         let mut total = 0usize;
-        let filter = format!("tern.logs.{app}.*");
+        let filter = log_subjects(app);
         let mut seq = after + 1;
         loop {
             let m = self
@@ -638,7 +626,7 @@ impl Backbone {
     pub async fn purge_logs(&self, app: &str) -> Result<(), BackboneError> {
         self.logs
             .purge()
-            .filter(format!("tern.logs.{app}.*"))
+            .filter(log_subjects(app))
             .await
             .map_err(|e| js_err("purge output", e))?;
         Ok(())

@@ -23,6 +23,10 @@ use futures_util::StreamExt as _;
 use tokio::io::AsyncReadExt as _;
 
 use crate::model::{Heartbeat, NodeDescriptor, NodeLoad};
+use crate::protocol::{
+    ALIVE_ALL, ALIVE_PREFIX, APPS, DRAINS, LOG_SUBJECTS, LOGS, MODULES, REGISTRY, SNAPSHOTS,
+    STATUS, alive_subject,
+};
 
 /// The largest heartbeat the control plane reads: a node's load and a round trip per
 /// peer.
@@ -35,13 +39,6 @@ pub const HEARTBEAT: Duration = Duration::from_millis(500);
 /// counted only while the backbone answers the control plane itself, so a stalled
 /// nats-server or a starved control plane never makes a node lost.
 pub const LOST_AFTER: Duration = Duration::from_secs(4);
-
-/// The node registry. (Its entries do not expire: whether a node is alive is the
-/// control plane's decision, made from heartbeats on its own clock, never the server's.)
-const NODES: &str = "tern-registry";
-/// Subject prefix of the heartbeats.
-const ALIVE: &str = "tern.alive";
-const MODULES: &str = "tern-modules";
 
 /// Why the backbone could not be started or used.
 #[derive(Debug, thiserror::Error)]
@@ -444,7 +441,7 @@ impl Backbone {
         let nodes = bucket(
             &js,
             kv::Config {
-                bucket: NODES.into(),
+                bucket: REGISTRY.into(),
                 description: "Tern nodes: each node's descriptor, while it is in the continuum"
                     .into(),
                 history: 1,
@@ -512,7 +509,7 @@ impl Backbone {
     pub async fn beat(&self, beat: &Heartbeat) -> Result<(), BackboneError> {
         let json = serde_json::to_vec(beat).map_err(|e| js_err("encode heartbeat", e))?;
         self.client
-            .publish(format!("{ALIVE}.{}", beat.name), json.into())
+            .publish(alive_subject(&beat.name), json.into())
             .await
             .map_err(|e| js_err("heartbeat", e))
     }
@@ -527,20 +524,14 @@ impl Backbone {
     ) -> Result<impl futures_util::Stream<Item = Heartbeat> + use<>, BackboneError> {
         let sub = self
             .client
-            .subscribe(format!("{ALIVE}.*"))
+            .subscribe(ALIVE_ALL)
             .await
             .map_err(|e| js_err("heartbeats", e))?;
         Ok(sub.filter_map(|m| {
             let beat = (m.payload.len() <= MAX_HEARTBEAT)
                 .then(|| serde_json::from_slice::<Heartbeat>(&m.payload).ok())
                 .flatten()
-                .filter(|b| {
-                    m.subject
-                        .as_str()
-                        .strip_prefix(ALIVE)
-                        .and_then(|s| s.strip_prefix('.'))
-                        == Some(b.name.as_str())
-                });
+                .filter(|b| m.subject.as_str().strip_prefix(ALIVE_PREFIX) == Some(b.name.as_str()));
             std::future::ready(beat)
         }))
     }
@@ -633,12 +624,6 @@ impl Backbone {
     }
 }
 
-const APPS: &str = "tern-apps";
-const STATUS: &str = "tern-status";
-const LOGS: &str = "tern-logs";
-const SNAPSHOTS: &str = "tern-snapshots";
-const DRAINS: &str = "tern-drains";
-
 /// Bytes of output the log stream keeps in all; the oldest go first.
 const LOG_BYTES: i64 = 512 << 20;
 
@@ -686,7 +671,7 @@ pub(crate) async fn open(js: &jetstream::Context) -> Result<Stores, BackboneErro
     let logs = js
         .get_or_create_stream(stream::Config {
             name: LOGS.into(),
-            subjects: vec!["tern.logs.>".into()],
+            subjects: vec![LOG_SUBJECTS.into()],
             max_bytes: LOG_BYTES,
             discard: stream::DiscardPolicy::Old,
             allow_direct: true,

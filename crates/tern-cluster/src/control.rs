@@ -348,10 +348,8 @@ async fn follow_heartbeats(backbone: Backbone, view: Arc<RwLock<View>>) {
 /// Sends the control plane an echo through the server every [`liveness::ECHO_EVERY`],
 /// and tells the view whether it came back in time.
 async fn echo(backbone: Backbone, view: Arc<RwLock<View>>) {
-    let subject = format!(
-        "tern.echo.{}",
-        std::process::id() as u64 ^ crate::apps::now_ms()
-    );
+    let subject =
+        crate::protocol::echo_subject(u64::from(std::process::id()) ^ crate::apps::now_ms());
     let mut tick = tokio::time::interval(liveness::ECHO_EVERY);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut replies = None;
@@ -412,7 +410,7 @@ async fn declare_lost(backbone: Backbone, view: Arc<RwLock<View>>) {
             tracing::warn!(node = %name, "{note}");
             let _ = backbone
                 .client
-                .publish(format!("tern.events.node.{name}"), note.into())
+                .publish(crate::protocol::node_events_subject(&name), note.into())
                 .await;
             if let Err(e) = backbone.leave(&name).await {
                 tracing::warn!(node = %name, error = %e, "cannot remove the lost node's entry");

@@ -10,6 +10,7 @@ pub mod link;
 pub mod manifest;
 pub mod model;
 pub mod moves;
+pub mod protocol;
 pub mod scheduler;
 pub mod supervisor;
 pub mod up;

@@ -41,6 +41,9 @@ pub struct Manifest {
     pub replicas: u32,
     /// `spread = "site"`: replicas prefer sites that hold fewer of them.
     pub spread: bool,
+    /// `signed_by`: the keys that must all have signed the module (`tern sign`); the
+    /// control plane checks at deploy, and a node again before it runs any of it.
+    pub signed_by: Vec<tern_trust::PublicKey>,
 }
 
 /// Where the module comes from.
@@ -131,6 +134,8 @@ struct Raw {
     affinity: Vec<Spanned<RawAffinity>>,
     #[serde(default)]
     volumes: Vec<Spanned<RawVolume>>,
+    #[serde(default)]
+    signed_by: Vec<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -344,6 +349,11 @@ impl Checker<'_> {
             .filter_map(|a| self.affinity(a))
             .collect();
         let volumes = self.volumes(&raw.volumes);
+        let signed_by = raw
+            .signed_by
+            .iter()
+            .filter_map(|k| self.value(k, "signed_by", str::parse::<tern_trust::PublicKey>))
+            .collect();
         Manifest {
             name,
             module,
@@ -358,6 +368,7 @@ impl Checker<'_> {
             checkpoint_every,
             replicas,
             spread,
+            signed_by,
         }
     }
 

@@ -22,7 +22,7 @@ use futures_util::StreamExt as _;
 use serde::{Deserialize, Serialize};
 
 use crate::backbone::{Backbone, BackboneError, js_err};
-use crate::supervisor::Moved;
+use crate::protocol::{MOVES, Moved};
 
 /// Where a move stands.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -125,8 +125,6 @@ impl MoveRecord {
             .unwrap_or(0)
     }
 }
-
-const MOVES: &str = "tern-moves";
 
 pub(crate) async fn open(js: &async_nats::jetstream::Context) -> Result<kv::Store, BackboneError> {
     crate::backbone::bucket(

@@ -59,7 +59,10 @@ async fn the_registry_holds_a_node_until_it_leaves_and_heartbeats_reach_listener
     // Garbage on a heartbeat subject, or a heartbeat under another node's name, is
     // skipped.
     bb.client
-        .publish("tern.alive.edge", "not json".into())
+        .publish(
+            tern_cluster::protocol::alive_subject("edge"),
+            "not json".into(),
+        )
         .await
         .expect("publish");
     let forged = Heartbeat {
@@ -68,7 +71,7 @@ async fn the_registry_holds_a_node_until_it_leaves_and_heartbeats_reach_listener
     };
     bb.client
         .publish(
-            "tern.alive.edge",
+            tern_cluster::protocol::alive_subject("edge"),
             serde_json::to_vec(&forged).expect("json").into(),
         )
         .await
@@ -119,6 +122,7 @@ async fn deployments_and_modules_outlive_the_server() {
         restore: None,
         note: String::new(),
         replica_of: None,
+        signatures: None,
     };
     assert_eq!(bb.put_app(&record, 0).await.expect("put app"), Some(1));
     assert_eq!(

@@ -20,4 +20,5 @@ pub mod receive;
 pub mod restore;
 pub mod rm;
 pub mod run;
+pub mod sign;
 pub mod up;

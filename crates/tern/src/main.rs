@@ -41,6 +41,9 @@ enum Command {
     Cp(commands::cp::CpCommand),
     Rm(commands::rm::RmCommand),
     Up(commands::up::UpCommand),
+    Keygen(commands::sign::KeygenCommand),
+    Sign(commands::sign::SignCommand),
+    Verify(commands::sign::VerifyCommand),
     #[command(hide = true)]
     Instance(commands::instance::InstanceCommand),
 }
@@ -76,6 +79,9 @@ fn main() -> ExitCode {
         Command::Cp(c) => c.execute(),
         Command::Rm(c) => c.execute(),
         Command::Up(c) => c.execute(),
+        Command::Keygen(c) => c.execute(),
+        Command::Sign(c) => c.execute(),
+        Command::Verify(c) => c.execute(),
         Command::Instance(c) => c.execute(),
     };
     match result {
@@ -110,6 +116,7 @@ impl Command {
                 | Command::Migrate(_)
                 | Command::Drain(_)
                 | Command::Cp(_)
+                | Command::Verify(_)
         )
     }
 }

@@ -22,6 +22,10 @@ pub struct DeployRequest {
     pub module: String,
     #[serde(default)]
     pub seeds: Vec<SeedFile>,
+    /// The module's signatures (`tern sign`), checked against the manifest's
+    /// `signed_by`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signatures: Option<tern_trust::Signatures>,
 }
 
 /// `POST /v1/apps`' answer.
@@ -111,6 +115,7 @@ pub(super) async fn deploy(
             ));
         }
     }
+    check_signatures(&req, &m)?;
     check_module(&s, &req.module, m.migratable, m.memory).await?;
     // The view answers at once for the usual new name; the create below is the
     // authority for one app. Replicas are written one by one, so their names are read
@@ -204,6 +209,7 @@ async fn record_placed(
             restore: None,
             note: format!("placed on {node}"),
             replica_of: (m.replicas > 1).then(|| m.name.clone()),
+            signatures: req.signatures.clone(),
         };
         match s
             .backbone
@@ -296,6 +302,23 @@ pub(super) fn no_node(name: &str, e: &crate::scheduler::Explanation) -> String {
     } else {
         format!("no node can take {name}: {}", reasons.join("; "))
     }
+}
+
+/// Refuses a deployment whose module's signatures do not verify, or lack a key its
+/// manifest's `signed_by` requires (the digest is checked here; each node checks the
+/// module's bytes against it before it runs any of them).
+fn check_signatures(req: &DeployRequest, m: &manifest::Manifest) -> Result<(), ApiError> {
+    let checked = match (&req.signatures, m.signed_by.first()) {
+        (Some(sigs), _) => sigs.verify_digest(&req.module, &m.signed_by).map(|_| ()),
+        (None, Some(key)) => Err(tern_trust::TrustError::Unsigned { required: *key }),
+        (None, None) => Ok(()),
+    };
+    checked.map_err(|e| {
+        bad(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            format!("module sha256:{} refused: {e}", req.module),
+        )
+    })
 }
 
 /// What deploys need to know of a module, found once per digest.

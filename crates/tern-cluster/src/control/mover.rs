@@ -23,8 +23,8 @@ use crate::apps::{AppRecord, InstanceStatus, now_ms};
 use crate::manifest::{self, Manifest};
 use crate::model::InstanceState;
 use crate::moves::{MoveRecord, MoveState};
+use crate::protocol::{NodeCommand, NodeReply, app_events_subject, command_subject};
 use crate::scheduler::{Request, Verdict};
-use crate::supervisor::{NodeCommand, NodeReply, command_subject};
 
 /// How long a node may take to start listening for a migration.
 const RECEIVE_WAIT: Duration = Duration::from_secs(30);
@@ -493,7 +493,7 @@ async fn advance(
                 let _ = s
                     .backbone
                     .client
-                    .publish(format!("tern.events.{}", mv.app), mv.note.clone().into())
+                    .publish(app_events_subject(&mv.app), mv.note.clone().into())
                     .await;
             }
             if let Ok(mut v) = s.view.write() {

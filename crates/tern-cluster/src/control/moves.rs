@@ -15,8 +15,8 @@ use super::{ApiError, Shared, backbone_down, bad, record, unavailable};
 use crate::apps::AppRecord;
 use crate::manifest;
 use crate::moves::{AskError, MoveRecord};
+use crate::protocol::{self, NodeCommand, READ_CHUNK, command_subject};
 use crate::scheduler::{Request, Verdict};
-use crate::supervisor::{NodeCommand, READ_CHUNK, command_subject};
 
 /// How long a node may take to answer a read of a file.
 const READ_WAIT: Duration = Duration::from_secs(30);
@@ -261,11 +261,11 @@ pub(super) async fn file(
                 )
             })?;
         let headers = answer.headers.unwrap_or_default();
-        if let Some(e) = headers.get("Tern-Error") {
+        if let Some(e) = headers.get(protocol::ERROR) {
             return Err(bad(StatusCode::NOT_FOUND, e.as_str().to_owned()));
         }
         let size: u64 = headers
-            .get("Tern-Size")
+            .get(protocol::SIZE)
             .and_then(|v| v.as_str().parse().ok())
             .ok_or_else(|| bad(StatusCode::BAD_GATEWAY, format!("node {node} sent no size")))?;
         if size > MAX_COPY {

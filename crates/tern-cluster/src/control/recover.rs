@@ -131,7 +131,7 @@ async fn place_pending(s: &Shared, record: AppRecord, rev: u64) {
                 .backbone
                 .client
                 .publish(
-                    format!("tern.events.{}", next.name),
+                    crate::protocol::app_events_subject(&next.name),
                     next.note.clone().into(),
                 )
                 .await;

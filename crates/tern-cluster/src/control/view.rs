@@ -416,6 +416,7 @@ mod tests {
             restore: None,
             note: String::new(),
             replica_of: None,
+            signatures: None,
         }
     }
 

@@ -5,60 +5,13 @@ use std::collections::HashMap;
 use std::path::Path;
 use std::time::Duration;
 
-use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot};
 
 use super::{Host, Local, Order, Start, start};
 use crate::apps::AppRecord;
 use crate::backbone::Backbone;
 use crate::manifest;
-
-/// A request of the control plane to a node.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(tag = "do", rename_all = "kebab-case")]
-pub enum NodeCommand {
-    /// Start incarnation `incarnation` of `app` as the destination of a live migration
-    /// from incarnation `from`; the answer is where it listens.
-    Receive {
-        app: String,
-        incarnation: u64,
-        from: u64,
-    },
-    /// Live-migrate incarnation `incarnation` of `app` to `addr` (node `to`); the
-    /// answer comes when the destination has it, or the migration failed.
-    Migrate {
-        app: String,
-        incarnation: u64,
-        to: String,
-        /// The destination's site.
-        site: String,
-        addr: String,
-    },
-    /// Give up incarnation `incarnation` of `app` (a migration to here failed).
-    Cancel { app: String, incarnation: u64 },
-    /// Up to [`READ_CHUNK`] bytes of a file in `app`'s volumes from `offset`: the
-    /// answer's payload, with headers `Tern-Size` (the file's) or `Tern-Error`.
-    Read {
-        app: String,
-        path: String,
-        offset: u64,
-    },
-}
-
-/// A node's answer to a [`NodeCommand`] other than `Read`.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct NodeReply {
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub error: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub addr: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub moved: Option<Moved>,
-    /// With `error`: the app's guest ended before it could be migrated (it does not run
-    /// on, whatever else the error says).
-    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
-    pub ended: bool,
-}
+use crate::protocol::{self, NodeCommand, NodeReply, READ_CHUNK};
 
 /// Why an instance's migration did not go through.
 #[derive(Debug, Clone)]
@@ -75,27 +28,6 @@ impl NotMoved {
             ended: false,
         }
     }
-}
-
-/// What a live migration between nodes measured.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct Moved {
-    pub downtime_ms: f64,
-    pub total_ms: f64,
-    pub rounds: u32,
-    pub bytes: u64,
-    /// Why the guest stopped when it did, when the pre-copy did not converge (empty
-    /// when it did).
-    #[serde(default, skip_serializing_if = "String::is_empty")]
-    pub precopy: String,
-}
-
-/// The most bytes one `Read` answers (NATS messages stay under 1 MiB).
-pub const READ_CHUNK: usize = 512 << 10;
-
-/// The subject a node takes its commands on.
-pub fn command_subject(node: &str) -> String {
-    format!("tern.node.{node}.cmd")
 }
 
 /// Does what the control plane asks of this node, answering on the message's reply
@@ -256,11 +188,11 @@ pub(super) async fn command(
                 let mut headers = async_nats::HeaderMap::new();
                 let body = match result {
                     Ok((size, bytes)) => {
-                        headers.insert("Tern-Size", size.to_string().as_str());
+                        headers.insert(protocol::SIZE, size.to_string().as_str());
                         bytes
                     }
                     Err(e) => {
-                        headers.insert("Tern-Error", e.as_str());
+                        headers.insert(protocol::ERROR, e.as_str());
                         Vec::new()
                     }
                 };

@@ -7,7 +7,7 @@
 //! (`volumes/N`), the spec and the last checkpoint bundle.
 //!
 //! The control plane asks a node for what a watch cannot say, as requests on
-//! `tern.node.NAME.cmd` ([`NodeCommand`]): to receive an app's live migration, to send
+//! `tern.node.NAME.cmd` ([`crate::protocol::NodeCommand`]): to receive an app's live migration, to send
 //! one, to give up one that failed, and to read an app's volume files.
 
 use std::collections::HashMap;
@@ -25,12 +25,12 @@ use crate::backbone::Backbone;
 use crate::instance::InstanceSpec;
 use crate::manifest;
 use crate::model::{InstanceState, NodeLoad};
+use crate::protocol::{Moved, app_events_subject, command_subject};
 
 mod commands;
 mod task;
 
 use commands::command;
-pub use commands::{Moved, NodeCommand, NodeReply, READ_CHUNK, command_subject};
 use task::Task;
 
 /// What a node's supervisor needs to know of the node.
@@ -500,6 +500,9 @@ async fn prepare(
     let err = |e: std::io::Error| NotStarted::lasting(format!("{}: {e}", dir.display()));
     tokio::fs::create_dir_all(&dir).await.map_err(err)?;
     let wasm = backbone.module(&record.module).await?;
+    // Before any of it runs: signed as its manifest requires, and not altered since.
+    tern_trust::check_module(&wasm, record.signatures.as_ref(), &manifest.signed_by)
+        .map_err(|e| NotStarted::lasting(format!("module refused: {e}")))?;
     let module = dir.join("module.wasm");
     tokio::fs::write(&module, &wasm).await.map_err(err)?;
     let mut volumes = Vec::new();
@@ -686,10 +689,7 @@ async fn report(
     if !note.is_empty() {
         let _ = backbone
             .client
-            .publish(
-                format!("tern.events.{}", record.name),
-                note.to_owned().into(),
-            )
+            .publish(app_events_subject(&record.name), note.to_owned().into())
             .await;
     }
 }

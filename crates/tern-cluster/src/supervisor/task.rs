@@ -9,11 +9,12 @@ use tokio::io::{AsyncBufReadExt as _, AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::sync::{mpsc, oneshot};
 
 use super::commands::NotMoved;
-use super::{Host, Moved, Order, report};
+use super::{Host, Order, report};
 use crate::apps::{AppRecord, CheckpointRef, HANDOVER_WAIT, LastOutput, LogId, Published, now_ms};
 use crate::backbone::{Backbone, BackboneError};
 use crate::instance::{Command, Ended, Event};
 use crate::model::InstanceState;
+use crate::protocol::Moved;
 
 /// A migration under way: its destination node, and who waits for its end.
 type Moving = (String, Vec<oneshot::Sender<Result<Moved, NotMoved>>>);

@@ -20,6 +20,10 @@ pub struct DeployCommand {
     /// The deployment manifest (TOML); its `module` and `seed` paths are relative to it.
     #[arg(value_name = "FILE.toml")]
     manifest: PathBuf,
+    /// The module's signature file [default: the module's path and `.sig`, when it
+    /// exists]; a manifest with `signed_by` needs one.
+    #[arg(long, value_name = "FILE")]
+    sig: Option<PathBuf>,
     /// Print the answer as JSON.
     #[arg(long)]
     json: bool,
@@ -41,13 +45,24 @@ impl DeployCommand {
             .parent()
             .filter(|p| !p.as_os_str().is_empty())
             .unwrap_or(Path::new("."));
-        let module = match &m.module {
-            ModuleRef::Digest(d) => d.clone(),
+        let (module, beside) = match &m.module {
+            ModuleRef::Digest(d) => (d.clone(), None),
             ModuleRef::Path(p) => {
                 let path = base.join(p);
                 let wasm = crate::common::read_wasm(&path)?;
-                self.upload(&wasm)?
+                (
+                    self.upload(&wasm)?,
+                    Some(super::sign::signature_path(&path)),
+                )
             }
+        };
+        let signatures = match (&self.sig, beside) {
+            (Some(path), _) => Some(
+                super::sign::read_signatures(path)?
+                    .with_context(|| format!("{} does not exist", path.display()))?,
+            ),
+            (None, Some(path)) => super::sign::read_signatures(&path)?,
+            (None, None) => None,
         };
         let mut seeds = Vec::new();
         for v in &m.volumes {
@@ -67,6 +82,7 @@ impl DeployCommand {
             manifest: text,
             module,
             seeds,
+            signatures,
         };
         let deployed: Deployed = self.api.post(
             "/v1/apps",

@@ -15,5 +15,6 @@ mod moves;
 mod node;
 mod run;
 mod sandbox;
+mod signing;
 mod support;
 mod up;
