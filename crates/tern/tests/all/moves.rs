@@ -101,6 +101,15 @@ impl Fleet {
         }
     }
 
+    /// Waits until the controller answers and lists both nodes.
+    fn wait_ready(&self) {
+        self.wait_for("the API and both nodes", Duration::from_secs(120), || {
+            let r = self.verb(&["nodes", "--json"]);
+            let nodes: Value = serde_json::from_str(&r.stdout).ok()?;
+            (nodes.as_array()?.len() == 2).then_some(())
+        });
+    }
+
     /// The pid of node `name`.
     fn node_pid(&self, name: &str) -> u32 {
         self.nodes[usize::from(name == "b")].id()
@@ -351,6 +360,7 @@ async fn a_drain_of_fifty_apps_moves_them_all_once() {
         move || tern(&dir).arg("run").arg(&ticks).args(args).run()
     });
     // All on a: b takes nothing while they are deployed.
+    fleet.wait_ready();
     fleet.verb(&["drain", "b"]).succeeds();
     for i in 0..APPS {
         let name = format!("t{i:02}");
