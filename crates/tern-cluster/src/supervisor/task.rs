@@ -149,6 +149,10 @@ impl Task {
             t
         });
         let mut last_checkpoint = checkpoint;
+        // The checkpoint before the last: kept one period more, since a restore elsewhere
+        // (this node taken for lost while it still ran) may have been asked from it just
+        // as this node stored the next one.
+        let mut previous: Option<CheckpointRef> = None;
         let mut killed = false;
         let status = loop {
             tokio::select! {
@@ -180,8 +184,10 @@ impl Task {
                             }
                             match self.store(&path).await {
                                 Ok(c) => {
-                                    if let Some(old) = last_checkpoint.replace(c.clone())
+                                    let before = last_checkpoint.replace(c.clone());
+                                    if let Some(old) = std::mem::replace(&mut previous, before)
                                         && old.digest != c.digest
+                                        && previous.as_ref().is_none_or(|p| p.digest != old.digest)
                                         && self.record.restore.as_ref().is_none_or(|r| r.digest != old.digest)
                                     {
                                         self.backbone.drop_snapshot(&old.digest).await;
