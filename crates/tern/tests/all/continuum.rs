@@ -724,14 +724,7 @@ async fn the_control_plane_killed_and_restarted_leaves_running_apps_alone() {
         .expect("nats-server");
     let addr = free_addr();
     let api = format!("http://{addr}");
-    let controller = || {
-        Running(
-            tern(d.path())
-                .env("TERN_JOIN_TOKEN", server.token())
-                .args(["controller", "--nats", server.url(), "--listen", &addr])
-                .spawn_logged(&d.path().join("controller.log")),
-        )
-    };
+    let controller = || crate::support::spawn_controller(d.path(), &server, &addr);
     let mut first = controller();
     let state = d.path().join("edge");
     let _edge = crate::support::spawn_node(

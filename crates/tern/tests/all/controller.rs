@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use tern_cluster::backbone::NatsServer;
 
-use crate::support::{Run, Running, free_addr, scratch, signal, spawn_node, tern};
+use crate::support::{Run, free_addr, scratch, signal, spawn_node, tern};
 
 /// Retries `tern nodes --json` until `want` nodes are listed.
 fn wait_for_nodes(dir: &std::path::Path, api: &str, want: usize) -> serde_json::Value {
@@ -51,12 +51,7 @@ async fn nodes_and_plans_through_the_api() {
         .expect("nats-server");
     let addr = free_addr();
     let api = format!("http://{addr}");
-    let mut controller = Running(
-        tern(d.path())
-            .env("TERN_JOIN_TOKEN", server.token())
-            .args(["controller", "--nats", server.url(), "--listen", &addr])
-            .spawn_logged(&d.path().join("controller.log")),
-    );
+    let mut controller = crate::support::spawn_controller(d.path(), &server, &addr);
     let mut agents = [
         spawn_node(
             d.path(),

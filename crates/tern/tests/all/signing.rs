@@ -5,7 +5,7 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use crate::support::{Running, free_addr, guest, scratch, spawn_node, tern};
+use crate::support::{free_addr, guest, scratch, spawn_controller, spawn_node, tern};
 
 /// Makes a key in `dir` and returns its file and public key.
 fn keygen(dir: &Path, name: &str) -> (String, String) {
@@ -89,12 +89,7 @@ async fn a_signed_module_runs_and_a_node_refuses_one_whose_signature_fails_befor
         .expect("nats-server");
     let addr = free_addr();
     let api = format!("http://{addr}");
-    let _controller = Running(
-        tern(d.path())
-            .env("TERN_JOIN_TOKEN", server.token())
-            .args(["controller", "--nats", server.url(), "--listen", &addr])
-            .spawn_logged(&d.path().join("controller.log")),
-    );
+    let _controller = spawn_controller(d.path(), &server, &addr);
     let state = d.path().join("edge");
     let _edge = spawn_node(
         d.path(),

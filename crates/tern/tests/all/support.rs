@@ -304,6 +304,21 @@ pub fn spawn_node(
     )
 }
 
+/// A `tern controller` on `server`, serving the API on `addr`, logging to
+/// `dir/controller.log`.
+pub fn spawn_controller(
+    dir: &Path,
+    server: &tern_cluster::backbone::NatsServer,
+    addr: &str,
+) -> Running {
+    Running(
+        tern(dir)
+            .env("TERN_JOIN_TOKEN", server.token())
+            .args(["controller", "--nats", server.url(), "--listen", addr])
+            .spawn_logged(&dir.join("controller.log")),
+    )
+}
+
 /// The last `lines` lines of a daemon's log, for a failure message.
 pub fn log_tail(log: &Path, lines: usize) -> String {
     let text = std::fs::read_to_string(log).unwrap_or_default();
