@@ -366,19 +366,31 @@ impl Signatures {
 }
 
 /// Checks `module` against the keys its policy `required`s, with its signatures if it
-/// has any: what a node does before it runs any of a module, and the control plane at
-/// deploy.
+/// has any: what a node does before it runs any of a module.
 ///
 /// # Errors
-/// [`TrustError::Unsigned`] when keys are required and there is no signature, else as
-/// [`Signatures::verify`].
+/// As [`check_digest`], for the module's own digest.
 pub fn check_module(
     module: &[u8],
     signatures: Option<&Signatures>,
     required: &[PublicKey],
 ) -> Result<Vec<PublicKey>, TrustError> {
+    check_digest(&digest(module), signatures, required)
+}
+
+/// [`check_module`] for the module whose SHA-256 (hex) is `actual`: what the control
+/// plane checks at deploy, before any node fetches the module.
+///
+/// # Errors
+/// [`TrustError::Unsigned`] when keys are required and there is no signature, else as
+/// [`Signatures::verify_digest`].
+pub fn check_digest(
+    actual: &str,
+    signatures: Option<&Signatures>,
+    required: &[PublicKey],
+) -> Result<Vec<PublicKey>, TrustError> {
     match (signatures, required.first()) {
-        (Some(s), _) => s.verify(module, required),
+        (Some(s), _) => s.verify_digest(actual, required),
         (None, Some(key)) => Err(TrustError::Unsigned { required: *key }),
         (None, None) => Ok(Vec::new()),
     }

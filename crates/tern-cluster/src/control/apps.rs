@@ -308,17 +308,14 @@ pub(super) fn no_node(name: &str, e: &crate::scheduler::Explanation) -> String {
 /// manifest's `signed_by` requires (the digest is checked here; each node checks the
 /// module's bytes against it before it runs any of them).
 fn check_signatures(req: &DeployRequest, m: &manifest::Manifest) -> Result<(), ApiError> {
-    let checked = match (&req.signatures, m.signed_by.first()) {
-        (Some(sigs), _) => sigs.verify_digest(&req.module, &m.signed_by).map(|_| ()),
-        (None, Some(key)) => Err(tern_trust::TrustError::Unsigned { required: *key }),
-        (None, None) => Ok(()),
-    };
-    checked.map_err(|e| {
-        bad(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            format!("module sha256:{} refused: {e}", req.module),
-        )
-    })
+    tern_trust::sign::check_digest(&req.module, req.signatures.as_ref(), &m.signed_by)
+        .map(|_| ())
+        .map_err(|e| {
+            bad(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                format!("module sha256:{} refused: {e}", req.module),
+            )
+        })
 }
 
 /// What deploys need to know of a module, found once per digest.
