@@ -24,7 +24,11 @@ use crate::SnapshotError;
 use crate::codec::{Cursor, put_block};
 
 /// The current format version; decoding refuses newer ones.
-pub const FORMAT_VERSION: u32 = 2;
+pub const FORMAT_VERSION: u32 = 3;
+
+/// The oldest version decoding accepts: before 3, the unwind records lay in the guest's
+/// own memory, which no longer resumes under this Tern's rewrite.
+pub const OLDEST_VERSION: u32 = 3;
 
 /// Size of a Wasm page.
 pub const PAGE: usize = 64 * 1024;
@@ -122,9 +126,10 @@ pub struct Meta {
     pub memory_pages: u32,
     /// Mutable globals by index in the original module.
     pub globals: Vec<(u32, GlobalValue)>,
-    /// Address of the unwind data (current and end pointers, then the saved frames) in
-    /// linear memory.
-    pub unwind_data: u32,
+    /// The unwind records of the stopped call stack (innermost frame first), as they lie
+    /// in the rewrite's own unwind memory after its 8-byte header.
+    #[serde(with = "hex_bytes")]
+    pub unwind: Vec<u8>,
     pub wasi: WasiState,
     /// Tern version that wrote it, for messages only.
     pub writer: String,
@@ -193,8 +198,11 @@ impl Snapshot {
                 supported: FORMAT_VERSION,
             });
         }
-        if version == 0 {
-            return Err(corrupt("version 0"));
+        if version < OLDEST_VERSION {
+            return Err(SnapshotError::OldVersion {
+                version,
+                oldest: OLDEST_VERSION,
+            });
         }
         let (body, sum) = bytes.split_at(bytes.len() - 32);
         if Sha256::digest(body).as_slice() != sum {
@@ -241,6 +249,20 @@ impl Snapshot {
     }
 }
 
+/// Bytes as a hex string in the JSON metadata.
+mod hex_bytes {
+    use serde::{Deserialize as _, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(bytes: &[u8], s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&hex::encode(bytes))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
+        let text = String::deserialize(d)?;
+        hex::decode(text).map_err(serde::de::Error::custom)
+    }
+}
+
 /// Decompresses an LZ4 block with its size prepended, refusing a claimed size above
 /// `max` or above what LZ4 can expand the block to (255 times), so damaged or hostile
 /// input cannot make the host allocate gigabytes.
@@ -269,7 +291,7 @@ mod tests {
                 rewrite_digest: "ab".repeat(32),
                 memory_pages: 3,
                 globals: vec![(0, GlobalValue::I32(4096)), (2, GlobalValue::F64(1))],
-                unwind_data: 2 * PAGE as u32,
+                unwind: vec![1, 0, 0, 0],
                 wasi: WasiState {
                     args: vec!["app".into()],
                     ..WasiState::default()
@@ -349,5 +371,28 @@ mod tests {
         bytes[8..12].copy_from_slice(&9u32.to_le_bytes());
         let err = Snapshot::decode(&bytes).expect_err("future");
         assert!(err.to_string().contains("version 9"), "{err}");
+    }
+
+    #[test]
+    fn an_older_version_is_refused_by_name() {
+        let mut bytes = sample().encode().expect("encodes");
+        bytes[8..12].copy_from_slice(&2u32.to_le_bytes());
+        let n = bytes.len() - 32;
+        let sum = Sha256::digest(&bytes[..n]);
+        bytes[n..].copy_from_slice(&sum);
+        let err = Snapshot::decode(&bytes).expect_err("older");
+        assert_eq!(
+            err.to_string(),
+            "snapshot format version 2 was written by an older Tern, whose checkpoints this one cannot resume (it reads version 3 and later)"
+        );
+    }
+
+    #[test]
+    fn unwind_records_travel_as_hex() {
+        let snapshot = sample();
+        let json = serde_json::to_string(&snapshot.meta).expect("json");
+        assert!(json.contains(r#""unwind":"01000000""#), "{json}");
+        let back = Snapshot::decode(&snapshot.encode().expect("encodes")).expect("decodes");
+        assert_eq!(back.meta.unwind, [1, 0, 0, 0]);
     }
 }

@@ -30,6 +30,10 @@ pub enum SnapshotError {
         "snapshot format version {version} is newer than this Tern reads (up to {supported}); upgrade Tern"
     )]
     FutureVersion { version: u32, supported: u32 },
+    #[error(
+        "snapshot format version {version} was written by an older Tern, whose checkpoints this one cannot resume (it reads version {oldest} and later)"
+    )]
+    OldVersion { version: u32, oldest: u32 },
     #[error("snapshot is corrupt, nothing was restored: {reason}")]
     Corrupt { reason: String },
     #[error("snapshot does not fit this module: {reason}")]

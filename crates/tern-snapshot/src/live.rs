@@ -7,9 +7,15 @@
 //! `live/trigger.rs`, [`Trigger`]. Here: the clock that keeps monotonic time running
 //! forward across a restore, capture, and the restore itself.
 //!
-//! The unwind data lives in linear memory, in pages the host adds on the first
-//! checkpoint ([`UNWIND_PAGES`]); the guest's allocator never hands them out because it
-//! only uses pages it grew itself. Their address travels in the snapshot.
+//! The unwind records live in the memory the rewrite adds for them
+//! ([`tern_passes::unwind::UNWIND_MEMORY`]), which the guest's code never addresses; a
+//! snapshot carries the records themselves. The host never adds pages to the guest's own
+//! memory: its allocator may take them (wasi-libc's malloc of 2022 takes everything up to
+//! `memory.size` at its first call).
+//!
+//! The WASI calls the host makes for a stopped guest (reading file offsets at a capture,
+//! reopening files at a restore) need buffers in the guest's memory: the host lends
+//! itself its top [`SCRATCH`] bytes and puts the guest's bytes back before it runs again.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -29,6 +35,7 @@ use crate::volumes::FileRecord;
 use crate::{Rewriter, SnapshotError};
 use tern_passes::PassError;
 use tern_passes::instrument::{GLOBAL_EXPORT_PREFIX, POLL_FLAG_ADDR, SAFEPOINT, SLEEP};
+use tern_passes::unwind::UNWIND_MEMORY_PAGES;
 
 mod captured;
 mod clock;
@@ -43,10 +50,11 @@ use imports::add_host_imports;
 use reopen::load_state;
 pub use trigger::Trigger;
 
-/// Pages added for the unwind data on the first checkpoint (1 MiB).
-pub const UNWIND_PAGES: u32 = 16;
-/// Bytes at the end of the unwind area kept as scratch for the host's WASI calls.
+/// Bytes at the top of the guest's memory the host lends itself while the guest is
+/// stopped, for the WASI calls it makes on its behalf.
 const SCRATCH: u32 = 8192;
+/// Where the unwind records start in the unwind memory, after `[current, end]`.
+const UNWIND_HEADER: usize = 8;
 
 const ASYNCIFY_REWINDING: i32 = 2;
 /// WASI oflags a reopen must drop: the file exists now, and must not be emptied again.
@@ -161,7 +169,8 @@ struct Ext {
     trigger: Trigger,
     asyncify: Option<Asyncify>,
     memory: Option<Memory>,
-    unwind_data: Option<u32>,
+    /// The rewrite's memory for unwind records.
+    unwind: Option<Memory>,
     unwinding: bool,
     /// Preopened volumes by descriptor.
     volumes: BTreeMap<u32, Volume>,
@@ -485,7 +494,7 @@ impl Migratable {
         let asyncify = ext(&mut session.store).asyncify.clone();
         if let Some(a) = asyncify {
             a.start_rewind
-                .call(&mut session.store, meta.unwind_data as i32)
+                .call(&mut session.store, 0)
                 .map_err(|e| capture_err(format!("cannot start the rewind: {e:#}")))?;
         }
         self.drive(
@@ -515,7 +524,7 @@ impl Migratable {
             trigger: trigger.clone(),
             asyncify: None,
             memory: None,
-            unwind_data: None,
+            unwind: None,
             unwinding: false,
             volumes,
             files: BTreeMap::new(),
@@ -538,10 +547,15 @@ impl Migratable {
             stop_rewind: asyncify_export(&mut session, "asyncify_stop_rewind")?,
         };
         let memory = session.instance.get_memory(&mut session.store, "memory");
+        let unwind = session
+            .instance
+            .get_memory(&mut session.store, tern_passes::unwind::UNWIND_MEMORY)
+            .ok_or_else(|| capture_err("the rewritten module has no unwind memory".into()))?;
         {
             let e = ext(&mut session.store);
             e.asyncify = Some(asyncify);
             e.memory = memory;
+            e.unwind = Some(unwind);
         }
         let flag = session.remote_flag(POLL_FLAG_ADDR)?;
         trigger.arm(Some(flag));
@@ -582,7 +596,6 @@ impl Migratable {
                 .call(&mut session.store, ())
                 .map_err(|e| capture_err(format!("cannot stop the unwind: {e:#}")))?;
             let (meta, memory) = self.capture(session, clock, wasi_state.clone())?;
-            let unwind_data = meta.unwind_data;
             tracing::info!(pages = meta.memory_pages, "checkpoint captured");
             let (hosts, touched) = {
                 let e = ext(&mut session.store);
@@ -601,7 +614,7 @@ impl Migratable {
                 Checkpoint::Stop => break Ok(RunEnd::Stopped),
                 Checkpoint::Continue => {
                     a.start_rewind
-                        .call(&mut session.store, unwind_data as i32)
+                        .call(&mut session.store, 0)
                         .map_err(|e| capture_err(format!("cannot rewind: {e:#}")))?;
                 }
             }
@@ -616,39 +629,43 @@ impl Migratable {
         clock: &Clock,
         mut wasi: WasiState,
     ) -> Result<(Meta, Memory), SnapshotError> {
-        let (memory, unwind_data, files, volumes) = {
+        let (memory, unwind_memory, files, volumes) = {
             let e = ext(&mut session.store);
             (
                 e.memory,
-                e.unwind_data,
+                e.unwind,
                 e.files.clone(),
                 e.volumes.values().cloned().collect::<Vec<_>>(),
             )
         };
         let memory = memory.ok_or_else(|| capture_err("the guest has no memory".into()))?;
-        let unwind_data =
-            unwind_data.ok_or_else(|| capture_err("no unwind data was written".into()))?;
-        let scratch = unwind_data + UNWIND_PAGES * PAGE as u32 - SCRATCH;
-        let seek = session
-            .instance
-            .get_typed_func::<(i32, i64, i32, i32), i32>(&mut session.store, "tern:fd_seek")
-            .map_err(|e| capture_err(format!("{e:#}")))?;
-        for (fd, mut f) in files {
-            // Directories have no offset: fd_seek fails on them and 0 is right.
-            let errno = seek
-                .call(&mut session.store, (fd as i32, 0, 1, scratch as i32))
-                .map_err(|e| capture_err(format!("fd_seek: {e:#}")))?;
-            let offset = if errno == 0 {
-                let data = memory.data(&session.store);
-                let at = scratch as usize;
-                let mut b = [0u8; 8];
-                b.copy_from_slice(&data[at..at + 8]);
-                u64::from_le_bytes(b)
-            } else {
-                0
-            };
-            f.offset = offset;
-            wasi.files.push(f);
+        let unwind_memory = unwind_memory.ok_or_else(|| capture_err("no unwind memory".into()))?;
+        let unwind = unwind_records(&unwind_memory, &session.store)?;
+        if !files.is_empty() {
+            let seek = session
+                .instance
+                .get_typed_func::<(i32, i64, i32, i32), i32>(&mut session.store, "tern:fd_seek")
+                .map_err(|e| capture_err(format!("{e:#}")))?;
+            with_scratch(session, memory, |session, scratch| {
+                for (fd, mut f) in files {
+                    // Directories have no offset: fd_seek fails on them and 0 is right.
+                    let errno = seek
+                        .call(&mut session.store, (fd as i32, 0, 1, scratch as i32))
+                        .map_err(|e| capture_err(format!("fd_seek: {e:#}")))?;
+                    let offset = if errno == 0 {
+                        let data = memory.data(&session.store);
+                        let at = scratch as usize;
+                        let mut b = [0u8; 8];
+                        b.copy_from_slice(&data[at..at + 8]);
+                        u64::from_le_bytes(b)
+                    } else {
+                        0
+                    };
+                    f.offset = offset;
+                    wasi.files.push(f);
+                }
+                Ok(())
+            })?;
         }
         wasi.volumes = volumes;
         wasi.monotonic_ns = wasmtime_wasi::HostMonotonicClock::now(clock);
@@ -686,12 +703,84 @@ impl Migratable {
             rewrite_digest: self.rewrite_digest.clone(),
             memory_pages: (memory.data_size(&session.store) / PAGE) as u32,
             globals,
-            unwind_data,
+            unwind,
             wasi,
             writer: format!("tern {}", env!("CARGO_PKG_VERSION")),
         };
         Ok((meta, memory))
     }
+}
+
+/// The records an unwind left in the unwind memory, after its header.
+fn unwind_records(
+    unwind: &Memory,
+    store: &wasmtime::Store<Host>,
+) -> Result<Vec<u8>, SnapshotError> {
+    let data = unwind.data(store);
+    let current = data
+        .get(..4)
+        .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]) as usize)
+        .ok_or_else(|| capture_err("the unwind memory is empty".into()))?;
+    data.get(UNWIND_HEADER..current)
+        .map(<[u8]>::to_vec)
+        .ok_or_else(|| {
+            capture_err(format!(
+                "the unwind left its records at {current}, outside its memory"
+            ))
+        })
+}
+
+/// Gives the unwind memory its [`UNWIND_MEMORY_PAGES`] pages, once; the guest's memory
+/// limit counts them.
+fn grow_unwind(unwind: &Memory, store: &mut impl wasmtime::AsContextMut) -> Result<(), String> {
+    let have = unwind.data_size(&*store) / PAGE;
+    let want = UNWIND_MEMORY_PAGES as usize;
+    if have < want {
+        unwind
+            .grow(store, (want - have) as u64)
+            .map_err(|e| format!("no room for {want} pages of unwind records: {e:#}"))?;
+    }
+    Ok(())
+}
+
+/// Writes the header of an unwind into the unwind memory: records from
+/// [`UNWIND_HEADER`], `records` bytes of them there already (0 for a fresh unwind).
+fn unwind_header(
+    unwind: &Memory,
+    store: &mut impl wasmtime::AsContextMut,
+    records: usize,
+) -> Result<(), SnapshotError> {
+    let end = unwind.data_size(&*store);
+    let current = UNWIND_HEADER + records;
+    if current > end {
+        return Err(SnapshotError::Corrupt {
+            reason: format!("its unwind records ({records} bytes) do not fit the unwind memory"),
+        });
+    }
+    let mut header = [0u8; UNWIND_HEADER];
+    header[..4].copy_from_slice(&(current as u32).to_le_bytes());
+    header[4..].copy_from_slice(&(end as u32).to_le_bytes());
+    unwind
+        .write(store, 0, &header)
+        .map_err(|e| capture_err(format!("{e}")))
+}
+
+/// Runs `f` with the top [`SCRATCH`] bytes of the stopped guest's memory lent to the
+/// host (their address is `f`'s second argument), and puts the guest's bytes back,
+/// whatever `f` returns.
+fn with_scratch<T>(
+    session: &mut Session,
+    memory: Memory,
+    f: impl FnOnce(&mut Session, u32) -> Result<T, SnapshotError>,
+) -> Result<T, SnapshotError> {
+    let size = memory.data_size(&session.store);
+    let at = size
+        .checked_sub(SCRATCH as usize)
+        .ok_or_else(|| capture_err(format!("the guest's memory ({size} bytes) is too small")))?;
+    let saved = memory.data(&session.store)[at..].to_vec();
+    let r = f(session, at as u32);
+    memory.data_mut(&mut session.store)[at..at + saved.len()].copy_from_slice(&saved);
+    r
 }
 
 fn asyncify_export<P: wasmtime::WasmParams, R: wasmtime::WasmResults>(

@@ -1,10 +1,10 @@
 //! Putting the module back together: the rewritten bodies and their resume clones, the
-//! unwind state globals and Asyncify's five exports.
+//! unwind state globals, the memory of unwind records and Asyncify's five exports.
 
 use super::*;
 
 /// Re-encodes the module with the rewritten bodies, the pass's three globals (state,
-/// data address, site a rewind is headed for) and its five exports.
+/// data address, site a rewind is headed for), its memory and its six exports.
 pub(super) fn assemble(
     wasm: &[u8],
     m: &CallGraph,
@@ -19,6 +19,8 @@ pub(super) fn assemble(
         clones,
         g,
         globals_written: m.has_globals,
+        memory: m.memories,
+        memory_written: m.has_memories,
         next_body: 0,
     };
     let mut module = Module::new();
@@ -44,6 +46,9 @@ pub(super) struct Assembler {
     clones: Vec<(u32, Vec<u8>)>,
     g: Globals,
     globals_written: bool,
+    /// Index of the pass's memory, and whether it is in a memory section yet.
+    memory: u32,
+    memory_written: bool,
     next_body: u32,
 }
 
@@ -67,6 +72,17 @@ impl Assembler {
             );
         }
         self.globals_written = true;
+    }
+
+    fn memory(&mut self, section: &mut MemorySection) {
+        section.memory(MemoryType {
+            minimum: 0,
+            maximum: Some(u64::from(UNWIND_MEMORY_PAGES)),
+            memory64: false,
+            shared: false,
+            page_size_log2: None,
+        });
+        self.memory_written = true;
     }
 
     pub(super) fn export_body(&self, k: usize) -> Function {
@@ -138,6 +154,16 @@ impl Reencode for Assembler {
         Ok(())
     }
 
+    fn parse_memory_section(
+        &mut self,
+        memories: &mut MemorySection,
+        section: wasmparser::MemorySectionReader<'_>,
+    ) -> Result<(), wasm_encoder::reencode::Error<Self::Error>> {
+        wasm_encoder::reencode::utils::parse_memory_section(self, memories, section)?;
+        self.memory(memories);
+        Ok(())
+    }
+
     fn parse_global_section(
         &mut self,
         globals: &mut GlobalSection,
@@ -154,6 +180,9 @@ impl Reencode for Assembler {
         _after: Option<SectionId>,
         before: Option<SectionId>,
     ) -> Result<(), wasm_encoder::reencode::Error<Self::Error>> {
+        // A module without memories (or with an imported one) gets a memory section
+        // before the first section that follows it.
+        let after_memories = matches!(before, Some(SectionId::Tag | SectionId::Global));
         // A module without globals gets its section before the first section that
         // follows globals.
         let after_globals = matches!(
@@ -167,6 +196,11 @@ impl Reencode for Assembler {
                     | SectionId::Data
             ) | None
         );
+        if !self.memory_written && (after_memories || after_globals) {
+            let mut memories = MemorySection::new();
+            self.memory(&mut memories);
+            module.section(&memories);
+        }
         if !self.globals_written && after_globals {
             let mut globals = GlobalSection::new();
             self.globals(&mut globals);
@@ -184,6 +218,7 @@ impl Reencode for Assembler {
         for (k, name) in EXPORTS.iter().enumerate() {
             exports.export(name, ExportKind::Func, self.n_funcs + k as u32);
         }
+        exports.export(UNWIND_MEMORY, ExportKind::Memory, self.memory);
         Ok(())
     }
 

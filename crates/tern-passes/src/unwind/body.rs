@@ -514,12 +514,12 @@ impl FunctionPass<'_> {
         self.op(&Instruction::If(BlockType::Empty));
         // ptr = data.current; a record past data.end traps.
         self.op(&Instruction::GlobalGet(self.g.data));
-        self.op(&Instruction::I32Load(memarg(0)));
+        self.op(&Instruction::I32Load(memarg(self.m.memories, 0)));
         self.op(&Instruction::LocalTee(self.ptr_local));
         self.op(&Instruction::I32Const((size + 4) as i32));
         self.op(&Instruction::I32Add);
         self.op(&Instruction::GlobalGet(self.g.data));
-        self.op(&Instruction::I32Load(memarg(4)));
+        self.op(&Instruction::I32Load(memarg(self.m.memories, 4)));
         self.op(&Instruction::I32GtU);
         self.op(&Instruction::If(BlockType::Empty));
         self.op(&Instruction::Unreachable);
@@ -527,16 +527,16 @@ impl FunctionPass<'_> {
         for (l, ty, o) in &record.slots {
             self.op(&Instruction::LocalGet(self.ptr_local));
             self.op(&Instruction::LocalGet(*l));
-            self.op(&store_value(*ty, memarg(*o)));
+            self.op(&store_value(*ty, memarg(self.m.memories, *o)));
         }
         self.op(&Instruction::LocalGet(self.ptr_local));
         self.op(&Instruction::I32Const(s as i32));
-        self.op(&Instruction::I32Store(memarg(size)));
+        self.op(&Instruction::I32Store(memarg(self.m.memories, size)));
         self.op(&Instruction::GlobalGet(self.g.data));
         self.op(&Instruction::LocalGet(self.ptr_local));
         self.op(&Instruction::I32Const((size + 4) as i32));
         self.op(&Instruction::I32Add);
-        self.op(&Instruction::I32Store(memarg(0)));
+        self.op(&Instruction::I32Store(memarg(self.m.memories, 0)));
         let (_, own_results) = self.sig(self.m.func_types[self.index as usize]);
         for ty in own_results {
             self.op(&zero(ty));
@@ -576,11 +576,11 @@ impl FunctionPass<'_> {
         self.op(&Instruction::I32Eq);
         self.op(&Instruction::If(BlockType::Empty));
         self.op(&Instruction::GlobalGet(self.g.data));
-        self.op(&Instruction::I32Load(memarg(0)));
+        self.op(&Instruction::I32Load(memarg(self.m.memories, 0)));
         self.op(&Instruction::I32Const(4));
         self.op(&Instruction::I32Sub);
         self.op(&Instruction::LocalTee(self.ptr_local));
-        self.op(&Instruction::I32Load(memarg(0)));
+        self.op(&Instruction::I32Load(memarg(self.m.memories, 0)));
         self.op(&Instruction::GlobalSet(self.g.site));
         self.op(&Instruction::Block(BlockType::Empty)); // $out
         for _ in 0..n {
@@ -601,7 +601,7 @@ impl FunctionPass<'_> {
             self.op(&Instruction::LocalSet(self.ptr_local));
             for (l, ty, offset) in &record.slots {
                 self.op(&Instruction::LocalGet(self.ptr_local));
-                self.op(&load_value(*ty, memarg(*offset)));
+                self.op(&load_value(*ty, memarg(self.m.memories, *offset)));
                 self.op(&Instruction::LocalSet(*l));
             }
             self.op(&Instruction::Br(n - 1 - k as u32));
@@ -609,7 +609,7 @@ impl FunctionPass<'_> {
         self.op(&Instruction::End); // $out
         self.op(&Instruction::GlobalGet(self.g.data));
         self.op(&Instruction::LocalGet(self.ptr_local));
-        self.op(&Instruction::I32Store(memarg(0)));
+        self.op(&Instruction::I32Store(memarg(self.m.memories, 0)));
         self.op(&Instruction::End);
     }
 }

@@ -28,8 +28,15 @@
 //!   returns; every new call runs the fast function. Normal execution pays one state
 //!   check at each function's entry and one after each call that may unwind.
 //!
-//! Unwind records live in the host's data area: `[current: i32, end: i32]` at the address
-//! given to `asyncify_start_unwind`, records pushed at `current`. A frame's record is its
+//! Unwind records live in a memory of their own that the pass adds to the module
+//! ([`UNWIND_MEMORY`], [`UNWIND_MEMORY_PAGES`] pages, exported for the host), never in the
+//! guest's memory: the guest's code does not address it, so no allocator can hand it out.
+//! (Pages added to the guest's memory were handed out: wasi-libc's malloc of 2022 takes
+//! everything up to `memory.size` at its first call as its heap, so pages the host grew
+//! for a checkpoint taken before that call became the guest's heap, and every later
+//! unwind wrote its records into the guest's data.) The data area is
+//! `[current: i32, end: i32]` at the address given to `asyncify_start_unwind`, records
+//! pushed at `current`. A frame's record is its
 //! saved locals then its site index; the innermost frame is pushed first and the
 //! outermost frame, which rewinds first, pops its record from the top. A record that
 //! does not fit traps (`unreachable`), as Asyncify does.
@@ -39,8 +46,8 @@ use std::collections::HashMap;
 use wasm_encoder::reencode::{Reencode, RoundtripReencoder};
 use wasm_encoder::{
     BlockType, CodeSection, ConstExpr, Encode as _, ExportKind, ExportSection, Function,
-    FunctionSection, GlobalSection, GlobalType, Instruction, MemArg, MemArgTarget, Module,
-    SectionId, TypeSection, ValType,
+    FunctionSection, GlobalSection, GlobalType, Instruction, MemArg, MemArgTarget, MemorySection,
+    MemoryType, Module, SectionId, TypeSection, ValType,
 };
 use wasmparser::{FuncValidatorAllocations, Operator, Parser, Payload, ValidPayload, Validator};
 
@@ -62,6 +69,14 @@ pub const IDENTITY: &str = concat!(
 const NORMAL: i32 = 0;
 const UNWINDING: i32 = 1;
 const REWINDING: i32 = 2;
+
+/// Export name of the memory the pass adds for unwind records.
+pub const UNWIND_MEMORY: &str = "tern:unwind";
+
+/// Size of that memory in 64 KiB pages (1 MiB) once the host has grown it, at the first
+/// checkpoint: it starts empty, so a guest never checkpointed pays nothing for it. A
+/// stack whose records do not fit traps at its unwind, as Asyncify does.
+pub const UNWIND_MEMORY_PAGES: u32 = 16;
 
 /// The exports the host drives an unwind and a rewind with (Asyncify's names).
 const EXPORTS: [&str; 5] = [
@@ -138,6 +153,9 @@ struct CallGraph {
     func_types: Vec<u32>,
     globals: u32,
     has_globals: bool,
+    /// Memories, imported and defined: the pass's own memory takes the next index.
+    memories: u32,
+    has_memories: bool,
     /// The calls each defined function makes.
     calls: Vec<Vec<Callee>>,
 }
@@ -157,6 +175,8 @@ fn call_graph(wasm: &[u8]) -> Result<CallGraph, PassError> {
         func_types: Vec::new(),
         globals: 0,
         has_globals: false,
+        memories: 0,
+        has_memories: false,
         calls: Vec::new(),
     };
     for payload in Parser::new(0).parse_all(wasm) {
@@ -170,6 +190,7 @@ fn call_graph(wasm: &[u8]) -> Result<CallGraph, PassError> {
                             s.func_types.push(t);
                         }
                         wasmparser::TypeRef::Global(_) => s.globals += 1,
+                        wasmparser::TypeRef::Memory(_) => s.memories += 1,
                         _ => {}
                     }
                 }
@@ -183,10 +204,14 @@ fn call_graph(wasm: &[u8]) -> Result<CallGraph, PassError> {
                 s.has_globals = true;
                 s.globals += reader.count();
             }
+            Payload::MemorySection(reader) => {
+                s.has_memories = true;
+                s.memories += reader.count();
+            }
             Payload::ExportSection(reader) => {
                 for e in reader {
                     let e = e.map_err(invalid)?;
-                    if EXPORTS.contains(&e.name) {
+                    if EXPORTS.contains(&e.name) || e.name == UNWIND_MEMORY {
                         return Err(refuse(format!("it already exports {}", e.name)));
                     }
                 }
@@ -413,11 +438,12 @@ fn emit(out: &mut Vec<u8>, i: &Instruction<'_>) {
     i.encode(out);
 }
 
-fn memarg(offset: u32) -> MemArg {
+/// A load or store at `offset` in the pass's own memory, `memory`.
+fn memarg(memory: u32, offset: u32) -> MemArg {
     MemArg {
         offset: u64::from(offset),
         align: 0,
-        target: MemArgTarget::Memory(0),
+        target: MemArgTarget::Memory(memory),
         ordering: None,
     }
 }

@@ -247,36 +247,16 @@ fn safepoint(mut caller: Caller<'_, Host>) -> wasmtime::Result<()> {
         return Ok(());
     }
     caller_ext(&mut caller).trigger.reached();
-    let addr = match caller_ext(&mut caller).unwind_data {
-        Some(a) => a,
-        None => {
-            // No room for the unwind data (the memory limit, or 4 GiB): the checkpoint
-            // is skipped with a warning and the guest carries on; it is never lost.
-            let grown = memory
-                .grow(&mut caller, u64::from(UNWIND_PAGES))
-                .map_err(|e| format!("{e:#}"))
-                .and_then(|old| {
-                    u32::try_from(old * PAGE as u64).map_err(|_| "memory is full".to_owned())
-                });
-            let addr = match grown {
-                Ok(addr) => addr,
-                Err(reason) => {
-                    tracing::warn!(
-                        %reason,
-                        "checkpoint skipped: no room for {UNWIND_PAGES} pages of unwind data; the guest carries on"
-                    );
-                    return Ok(());
-                }
-            };
-            caller_ext(&mut caller).unwind_data = Some(addr);
-            addr
-        }
+    let Some(unwind) = caller_ext(&mut caller).unwind else {
+        return Ok(());
     };
-    let end = addr + UNWIND_PAGES * PAGE as u32 - SCRATCH;
-    let mut header = [0u8; 8];
-    header[..4].copy_from_slice(&(addr + 8).to_le_bytes());
-    header[4..].copy_from_slice(&end.to_le_bytes());
-    memory.write(&mut caller, addr as usize, &header)?;
+    // No room for the unwind records (the memory limit): the checkpoint is skipped with a
+    // warning and the guest carries on; it is never lost.
+    if let Err(reason) = grow_unwind(&unwind, &mut caller) {
+        tracing::warn!(%reason, "checkpoint skipped: the guest carries on");
+        return Ok(());
+    }
+    unwind_header(&unwind, &mut caller, 0).map_err(wasmtime::Error::msg)?;
     caller_ext(&mut caller).unwinding = true;
-    a.start_unwind.call(&mut caller, addr as i32)
+    a.start_unwind.call(&mut caller, 0)
 }

@@ -1,9 +1,9 @@
-//! Loading a snapshot's state into a prepared instance: its globals, the address of its
-//! unwind data, and its open files, reopened at the same descriptors and offsets.
+//! Loading a snapshot's state into a prepared instance: its globals, its unwind records,
+//! and its open files, reopened at the same descriptors and offsets.
 
 use super::*;
 
-/// Writes globals, unwind data address and open files of `meta` into a prepared
+/// Writes globals, unwind records and open files of `meta` into a prepared
 /// instance whose memory holds the snapshot's pages.
 pub(super) fn load_state(
     session: &mut Session,
@@ -11,7 +11,6 @@ pub(super) fn load_state(
     meta: &Meta,
 ) -> Result<(), SnapshotError> {
     let foreign = |reason: String| SnapshotError::Foreign { reason };
-    let want = u64::from(meta.memory_pages);
     for (index, value) in &meta.globals {
         let name = format!("{GLOBAL_EXPORT_PREFIX}{index}");
         let g = session
@@ -28,24 +27,40 @@ pub(super) fn load_state(
         g.set(&mut session.store, v)
             .map_err(|e| foreign(format!("global {index}: {e:#}")))?;
     }
-    let unwind_end = u64::from(meta.unwind_data) + u64::from(UNWIND_PAGES) * PAGE as u64;
-    if unwind_end > want * PAGE as u64 {
+    // A stopped guest has at least its outermost frame's record, its call site's index.
+    if meta.unwind.len() < 4 {
         return Err(SnapshotError::Corrupt {
-            reason: "its unwind data lies outside its memory".into(),
+            reason: "it holds no unwind records".into(),
         });
     }
-    ext(&mut session.store).unwind_data = Some(meta.unwind_data);
-    reopen_files(session, memory, meta)
+    let unwind = ext(&mut session.store)
+        .unwind
+        .ok_or_else(|| capture_err("the rewritten module has no unwind memory".into()))?;
+    grow_unwind(&unwind, &mut session.store).map_err(|reason| SnapshotError::Foreign {
+        reason: format!("cannot restore its call stack: {reason}"),
+    })?;
+    unwind_header(&unwind, &mut session.store, meta.unwind.len())?;
+    unwind
+        .write(&mut session.store, UNWIND_HEADER, &meta.unwind)
+        .map_err(|e| capture_err(format!("{e}")))?;
+    if meta.wasi.files.is_empty() {
+        return Ok(());
+    }
+    with_scratch(session, memory, |session, scratch| {
+        reopen_files(session, memory, meta, scratch)
+    })
 }
 
 /// Opens each file of the snapshot again under its volume, at its descriptor number and
 /// offset. Descriptors are handed out lowest-free first, so gaps below a file's number
 /// are filled with placeholders that are closed afterwards.
-fn reopen_files(session: &mut Session, memory: Memory, meta: &Meta) -> Result<(), SnapshotError> {
-    if meta.wasi.files.is_empty() {
-        return Ok(());
-    }
-    let scratch = meta.unwind_data + UNWIND_PAGES * PAGE as u32 - SCRATCH;
+/// `scratch` is [`SCRATCH`] bytes of the guest's memory lent for the calls' buffers.
+fn reopen_files(
+    session: &mut Session,
+    memory: Memory,
+    meta: &Meta,
+    scratch: u32,
+) -> Result<(), SnapshotError> {
     let out_ptr = scratch;
     let path_ptr = scratch + 16;
     let s = &mut session.store;

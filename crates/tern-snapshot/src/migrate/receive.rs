@@ -475,7 +475,7 @@ mod tests {
             rewrite_digest: String::new(),
             memory_pages: 2,
             globals: Vec::new(),
-            unwind_data: 0,
+            unwind: Vec::new(),
             wasi: WasiState::default(),
             writer: "test".into(),
         };

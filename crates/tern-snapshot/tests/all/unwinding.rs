@@ -1,19 +1,18 @@
 //! Unwinding and rewinding generated modules (wasm-smith) at their safe points: every
 //! import call of a rewritten module is a safe point, and here each one unwinds
-//! the whole stack into linear memory and rewinds it at once, as a checkpoint that
+//! the whole stack into the rewrite's unwind memory and rewinds it at once, as a checkpoint that
 //! carries on does. Results, traps and memory must be those of the original module.
 //! Generated code puts calls under values on the operand stack, inside `if`s, blocks
 //! with parameters and loops, and through tables: the shapes the unwind pass must get
 //! right.
 
+use tern_passes::unwind::UNWIND_MEMORY;
 use tern_snapshot::Rewriter;
 use wasmtime::{Caller, Config, Engine, Extern, Linker, Memory, Module, Store, Trap, Val};
 
 use crate::differential::{Effect, bits, config, generate, rewrite};
 
 const FUEL: u64 = 400_000;
-/// Pages the host adds for unwind data (as Tern's host does on a first checkpoint).
-const DATA_PAGES: u64 = 16;
 /// Unwinds per exported call at most, so a guest calling an import in an endless loop
 /// still runs out of fuel.
 const MAX_UNWINDS: u32 = 40;
@@ -41,14 +40,10 @@ struct Host {
     /// Unwinds in the current exported call, and in all.
     unwinds: u32,
     total: u32,
-    /// Name of the exported memory.
-    memory: String,
     /// Whether exports are being called (not the start function).
     ready: bool,
     /// A hash of each call to the guest's own imports, chained.
     log: Vec<u128>,
-    /// Address of the unwind data, and the bytes it held before the unwind.
-    data: Option<(u32, Vec<u8>)>,
 }
 
 fn export(caller: &mut Caller<'_, Host>, name: &str) -> wasmtime::Func {
@@ -58,11 +53,10 @@ fn export(caller: &mut Caller<'_, Host>, name: &str) -> wasmtime::Func {
     }
 }
 
-fn memory_of(caller: &mut Caller<'_, Host>) -> Memory {
-    let name = caller.data().memory.clone();
-    match caller.get_export(&name) {
+fn unwind_memory(caller: &mut Caller<'_, Host>) -> Memory {
+    match caller.get_export(UNWIND_MEMORY) {
         Some(Extern::Memory(m)) => m,
-        _ => panic!("the module exports its memory as {name}"),
+        _ => panic!("the rewritten module exports {UNWIND_MEMORY}"),
     }
 }
 
@@ -72,13 +66,6 @@ fn safepoint(mut caller: Caller<'_, Host>) -> wasmtime::Result<()> {
     export(&mut caller, "asyncify_get_state").call(&mut caller, &[], &mut state)?;
     if state[0].unwrap_i32() == 2 {
         export(&mut caller, "asyncify_stop_rewind").call(&mut caller, &[], &mut [])?;
-        // The unwind data area goes back to what the guest had there.
-        let (addr, bytes) = caller
-            .data()
-            .data
-            .clone()
-            .expect("a rewind follows an unwind");
-        memory_of(&mut caller).write(&mut caller, addr as usize, &bytes)?;
         return Ok(());
     }
     let host = caller.data_mut();
@@ -89,26 +76,22 @@ fn safepoint(mut caller: Caller<'_, Host>) -> wasmtime::Result<()> {
     }
     host.unwinds += 1;
     host.total += 1;
-    let memory = memory_of(&mut caller);
-    let addr = (memory.data_size(&caller) as u64 - DATA_PAGES * 65536) as u32;
-    let len = (DATA_PAGES * 65536) as usize;
-    let saved = memory.data(&caller)[addr as usize..addr as usize + len].to_vec();
-    caller.data_mut().data = Some((addr, saved));
+    // The records go to the rewrite's own memory, which the guest never sees: its
+    // memory must end as the original module's does, byte for byte.
+    let memory = unwind_memory(&mut caller);
+    if memory.data_size(&caller) == 0 {
+        memory.grow(&mut caller, 16)?;
+    }
     let mut header = [0u8; 8];
-    header[..4].copy_from_slice(&(addr + 8).to_le_bytes());
-    header[4..].copy_from_slice(&(addr + len as u32).to_le_bytes());
-    memory.write(&mut caller, addr as usize, &header)?;
-    export(&mut caller, "asyncify_start_unwind").call(
-        &mut caller,
-        &[Val::I32(addr as i32)],
-        &mut [],
-    )
+    header[..4].copy_from_slice(&8u32.to_le_bytes());
+    header[4..].copy_from_slice(&(memory.data_size(&caller) as u32).to_le_bytes());
+    memory.write(&mut caller, 0, &header)?;
+    export(&mut caller, "asyncify_start_unwind").call(&mut caller, &[Val::I32(0)], &mut [])
 }
 
-/// Instantiates `wasm` with its memory grown by [`DATA_PAGES`] (both the original and
-/// the rewritten module, so they see the same memory size), calls every export in
-/// `names`, and for the rewritten module (`unwinding`) rewinds each unwind at once.
-/// `None` when a call runs out of fuel or stack, or the memory cannot grow.
+/// Instantiates `wasm`, calls every export in `names`, and for the rewritten module
+/// (`unwinding`) rewinds each unwind at once. `None` when a call runs out of fuel or
+/// stack, or the memory cannot grow.
 fn run(engine: &Engine, wasm: &[u8], names: &[String], unwinding: bool) -> Option<Observed> {
     let module = Module::new(engine, wasm).expect("generated and rewritten modules compile");
     let mut linker: Linker<Host> = Linker::new(engine);
@@ -169,20 +152,16 @@ fn run(engine: &Engine, wasm: &[u8], names: &[String], unwinding: bool) -> Optio
     // Generated modules export everything, their one memory under some name.
     let memory_name = module
         .exports()
-        .find(|e| e.ty().memory().is_some())?
+        .find(|e| e.ty().memory().is_some() && e.name() != UNWIND_MEMORY)?
         .name()
         .to_owned();
-    let mut store = Store::new(
-        engine,
-        Host {
-            memory: memory_name.clone(),
-            ..Host::default()
-        },
-    );
+    let mut store = Store::new(engine, Host { ..Host::default() });
     store.set_fuel(FUEL).ok()?;
     let instance = linker.instantiate(&mut store, &module).ok()?;
     let memory = instance.get_memory(&mut store, &memory_name)?;
-    memory.grow(&mut store, DATA_PAGES).ok()?;
+    // The rewrite's poll flag and spill area lie in the first KiB of the guest's memory,
+    // which generated modules may start without: both modules get one more page.
+    memory.grow(&mut store, 1).ok()?;
     store.data_mut().ready = true;
     let mut effects = Vec::new();
     for name in names {
@@ -229,13 +208,8 @@ fn run(engine: &Engine, wasm: &[u8], names: &[String], unwinding: bool) -> Optio
                     .expect("asyncify export");
                 f.call(store, args, &mut []).expect("asyncify export runs");
             };
-            let addr = store.data().data.as_ref().map_or(0, |(a, _)| *a);
             call(&mut store, "asyncify_stop_unwind", &[]);
-            call(
-                &mut store,
-                "asyncify_start_rewind",
-                &[Val::I32(addr as i32)],
-            );
+            call(&mut store, "asyncify_start_rewind", &[Val::I32(0)]);
         };
         effects.push(effect);
     }

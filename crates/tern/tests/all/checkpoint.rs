@@ -327,7 +327,7 @@ fn a_checkpoint_with_no_room_is_skipped_and_the_guest_carries_on() {
     let steps = guest("steps");
     let whole = tern(d.path()).arg("run").arg(&steps).arg("30").run();
     let snap = d.path().join("full.snap");
-    // Room for the guest, not for the 1 MiB of unwind data a checkpoint adds.
+    // Room for the guest, not for the 1 MiB of unwind records a first checkpoint needs.
     let run = tern(d.path())
         .args(["run", "--max-memory", "1MiB", "--checkpoint-after", "50ms"])
         .arg("--checkpoint-out")

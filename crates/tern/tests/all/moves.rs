@@ -425,7 +425,6 @@ async fn a_drain_of_fifty_apps_moves_them_all_once() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-#[ignore = "known bug: on a heavily loaded machine the source's workset guest ends with a wrong checksum after a live move through the control plane that never commits; see the README's Known defects"]
 async fn a_node_killed_mid_move_leaves_the_app_running_once() {
     // A slow link (10 Mbit/s), so that the 16 MiB working set takes seconds to copy.
     let d = scratch();
@@ -535,7 +534,6 @@ async fn a_destination_that_hangs_right_after_a_migration_loses_nothing() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-#[ignore = "known bug: on a heavily loaded machine the source's workset guest ends with a wrong checksum after a live move through the control plane that never commits; see the README's Known defects"]
 async fn an_app_that_ends_during_its_migration_shows_its_end() {
     // 16 MiB over 2 Mbit/s: the copy takes longer than the rest of the guest's run. The
     // destination, whose migration never commits, must not take the app over when the
