@@ -1,0 +1,220 @@
+//! A real nats-server enforces the rights `tern-trust` writes into user JWTs: a user
+//! publishes where its JWT allows and nowhere else, a connection without valid
+//! credentials is refused, and a revoked user is cut off at once and cannot come back.
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use futures_util::StreamExt as _;
+use tern_trust::nats::{Authority, CLAIMS_UPDATE, Rights, credentials, new_user};
+
+/// A nats-server trusting `authority`'s operator, on a port of its own.
+struct Server {
+    child: std::process::Child,
+    url: String,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port()
+}
+
+async fn start(authority: &Authority) -> Server {
+    let dir = tempfile::tempdir().expect("tmp");
+    let port = free_port();
+    let config = format!(
+        "listen: 127.0.0.1:{port}\njetstream {{ store_dir: {:?} }}\n{}",
+        dir.path().join("js").display().to_string(),
+        authority
+            .server_config(&dir.path().join("accounts"))
+            .expect("config")
+    );
+    let conf = dir.path().join("server.conf");
+    std::fs::write(&conf, config).expect("write config");
+    let path = tern_cluster::backbone::find_nats_server().expect("nats-server is installed");
+    let child = std::process::Command::new(path)
+        .arg("--config")
+        .arg(&conf)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("nats-server starts");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .is_err()
+    {
+        assert!(Instant::now() < deadline, "nats-server did not listen");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    Server {
+        child,
+        url: format!("nats://127.0.0.1:{port}"),
+        _dir: dir,
+    }
+}
+
+/// A user of Tern's account with `rights`: its public key and its credentials.
+fn user(authority: &Authority, name: &str, rights: &Rights) -> (String, String) {
+    let (seed, public) = new_user().expect("user");
+    let jwt = authority.user_jwt(name, &public, rights).expect("jwt");
+    (public, credentials(&jwt, &seed))
+}
+
+/// Server errors a client was told of.
+type Errors = Arc<Mutex<Vec<String>>>;
+
+async fn connect(url: &str, creds: &str) -> Result<(async_nats::Client, Errors), String> {
+    let errors: Errors = Arc::default();
+    let seen = errors.clone();
+    let client = async_nats::ConnectOptions::with_credentials(creds)
+        .map_err(|e| e.to_string())?
+        .retry_on_initial_connect()
+        .max_reconnects(Some(1))
+        .event_callback(move |event| {
+            let seen = seen.clone();
+            async move {
+                if let async_nats::Event::ServerError(e) = event {
+                    seen.lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .push(e.to_string());
+                }
+            }
+        })
+        .connect(url)
+        .await
+        .map_err(|e| e.to_string())?;
+    client.flush().await.map_err(|e| e.to_string())?;
+    Ok((client, errors))
+}
+
+async fn wait_for(what: &str, mut ready: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !ready() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_user_publishes_only_where_its_jwt_allows() {
+    let authority = Authority::generate();
+    let server = start(&authority).await;
+    let everything = Rights {
+        publish: vec![">".into()],
+        subscribe: vec![">".into()],
+    };
+    let (_, watcher_creds) = user(&authority, "watcher", &everything);
+    let (watcher, _) = connect(&server.url, &watcher_creds).await.expect("watcher");
+    let mut beats = watcher.subscribe("tern.alive.*").await.expect("subscribe");
+    watcher.flush().await.expect("flush");
+
+    let edge_rights = Rights {
+        publish: vec!["tern.alive.edge".into()],
+        subscribe: vec!["_INBOX.>".into()],
+    };
+    let (_, edge_creds) = user(&authority, "edge", &edge_rights);
+    let (edge, errors) = connect(&server.url, &edge_creds).await.expect("edge");
+    // Posing as another node: refused by the server. Then its own heartbeat, which
+    // arrives; the forbidden one, sent first on the same connection, never did.
+    edge.publish("tern.alive.cloud", "impostor".into())
+        .await
+        .expect("sent");
+    edge.publish("tern.alive.edge", "edge".into())
+        .await
+        .expect("sent");
+    edge.flush().await.expect("flush");
+    let first = beats.next().await.expect("a heartbeat");
+    assert_eq!(first.subject.as_str(), "tern.alive.edge");
+    wait_for("the server's refusal", || {
+        errors
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .any(|e| e.contains("Permissions Violation for Publish to \"tern.alive.cloud\""))
+    })
+    .await;
+    // Nor may it listen where it has no right.
+    let _ = edge.subscribe("tern.alive.*").await;
+    edge.flush().await.ok();
+    wait_for("the refusal of the subscription", || {
+        errors
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .any(|e| e.contains("Permissions Violation for Subscription to \"tern.alive.*\""))
+    })
+    .await;
+
+    // Credentials signed by another operator's account open nothing.
+    let stranger = Authority::generate();
+    let (_, stranger_creds) = user(&stranger, "edge", &everything);
+    let refused = async_nats::ConnectOptions::with_credentials(&stranger_creds)
+        .expect("creds parse")
+        .connect(&server.url)
+        .await;
+    assert!(refused.is_err(), "a stranger's credentials were accepted");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_revoked_user_is_cut_off_at_once_and_cannot_come_back() {
+    let mut authority = Authority::generate();
+    let server = start(&authority).await;
+    let rights = Rights {
+        publish: vec!["tern.alive.edge".into()],
+        subscribe: vec!["_INBOX.>".into()],
+    };
+    let (edge_key, edge_creds) = user(&authority, "edge", &rights);
+    let (edge, _) = connect(&server.url, &edge_creds).await.expect("edge");
+    assert_eq!(
+        edge.connection_state(),
+        async_nats::connection::State::Connected
+    );
+
+    authority.revoke(&edge_key).expect("revoke");
+    let (seed, public) = new_user().expect("system user");
+    let system_creds = credentials(
+        &authority
+            .system_user_jwt("tern-control", &public)
+            .expect("jwt"),
+        &seed,
+    );
+    let (system, _) = connect(&server.url, &system_creds)
+        .await
+        .expect("system user");
+    let answer = system
+        .request(
+            CLAIMS_UPDATE,
+            authority.account_jwt().expect("jwt").into_bytes().into(),
+        )
+        .await
+        .expect("the server answers the update");
+    let answer = String::from_utf8_lossy(&answer.payload).into_owned();
+    assert!(answer.contains("\"code\":200"), "{answer}");
+
+    wait_for("the revoked user's disconnection", || {
+        edge.connection_state() != async_nats::connection::State::Connected
+    })
+    .await;
+    let again = async_nats::ConnectOptions::with_credentials(&edge_creds)
+        .expect("creds parse")
+        .connect(&server.url)
+        .await;
+    assert!(again.is_err(), "a revoked user connected again");
+    // Others go on.
+    let (other_key, other_creds) = user(&authority, "cloud", &rights);
+    assert!(!authority.is_revoked(&other_key));
+    connect(&server.url, &other_creds)
+        .await
+        .expect("another user");
+}
