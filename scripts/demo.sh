@@ -60,6 +60,9 @@ print({x["name"]: x for x in json.load(sys.stdin)}[sys.argv[1]]["node"] or "")' 
 
 # True when `tern nodes` lists $1 nodes and every pair of sites has a round trip.
 nodes_measured() {
+  # The API needs a token for reads too: the one `tern up` keeps, once it is there.
+  export TERN_TOKEN
+  TERN_TOKEN=$(cat "$demo/state/nats/join-token" 2>/dev/null || true)
   [ "$("$tern" nodes --json | grep -c '"name"')" = "$1" ] &&
     [ "$("$tern" nodes --latency --json | grep -c '"ms"')" = "$2" ]
 }

@@ -65,6 +65,9 @@ pub enum BackboneError {
     Corrupt { what: String },
     #[error("a node entry that is not a node descriptor: {reason}")]
     BadEntry { reason: String },
+    /// The control plane's API could not serve.
+    #[error("the API {0}")]
+    Api(String),
 }
 
 /// Where `scripts/setup.sh` installs nats-server when it is not on PATH.
@@ -346,8 +349,16 @@ const TOKEN_FILE: &str = "join-token";
 /// The continuum's join token, in `state/join-token` (readable by its owner only): made
 /// of 32 random bytes the first time, kept across restarts.
 fn join_token(state: &Path) -> std::io::Result<String> {
-    let path = state.join(TOKEN_FILE);
-    if let Ok(t) = std::fs::read_to_string(&path) {
+    secret_token(&state.join(TOKEN_FILE))
+}
+
+/// The token kept in `path` (64 hex digits), made from 32 random bytes and written
+/// there (mode 0600) when the file has none.
+///
+/// # Errors
+/// When the file cannot be read or written.
+pub fn secret_token(path: &Path) -> std::io::Result<String> {
+    if let Ok(t) = std::fs::read_to_string(path) {
         let t = t.trim();
         if t.len() == 64 && t.bytes().all(|b| b.is_ascii_hexdigit()) {
             return Ok(t.to_owned());
@@ -356,7 +367,7 @@ fn join_token(state: &Path) -> std::io::Result<String> {
     let mut bytes = [0u8; 32];
     std::io::Read::read_exact(&mut std::fs::File::open("/dev/urandom")?, &mut bytes)?;
     let token: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
-    write_private(&path, &token)?;
+    write_private(path, &token)?;
     Ok(token)
 }
 

@@ -20,8 +20,11 @@
 //! | `POST /v1/nodes/{name}/drain` 🔑 | — | JSON array of the moves recorded (202): every app off the node, which takes no more |
 //! | `DELETE /v1/nodes/{name}/drain` 🔑 | — | the node takes apps again |
 //!
-//! 🔑: the request must carry `Authorization: Bearer TOKEN`, the continuum's join
-//! token; without it, 401 and nothing is done.
+//! Every request must carry `Authorization: Bearer TOKEN` when the control plane has a
+//! token ([`Access`]): the continuum's token, or the read-only token, which reads what
+//! the table does not mark. 🔑: only the continuum's token will do (the read-only token
+//! gets 403); it acts, or reads an app's output or files. Without a token, 401 and
+//! nothing is done. A control plane without a token serves only on a loopback address.
 //!
 //! Every error is a 4xx (or 503 while the backbone is unreachable) with a JSON body
 //! `{"error": "…"}` of one line.
@@ -83,39 +86,99 @@ struct Shared {
     view: Arc<RwLock<View>>,
     scheduler: Scheduler,
     backbone: Backbone,
-    /// The token requests that act must carry.
-    token: Option<Arc<str>>,
+    /// Who may do what.
+    access: Arc<Access>,
     /// What deploys found of each module (modules are immutable by digest and never
     /// removed, so one read and check serves every deploy that names it).
     modules: Arc<std::sync::Mutex<HashMap<String, apps::ModuleFacts>>>,
 }
 
-impl Shared {
-    /// Refuses a request that does not carry the continuum's token.
-    fn authorize(&self, headers: &axum::http::HeaderMap) -> Result<(), ApiError> {
-        let Some(token) = &self.token else {
-            return Ok(());
-        };
+/// The tokens the API takes: the continuum's, which may do anything, and a read-only
+/// one for dashboards. With neither, the API checks nothing, and serves only on a
+/// loopback address.
+#[derive(Debug, Clone, Default)]
+pub struct Access {
+    pub token: Option<String>,
+    pub read_token: Option<String>,
+}
+
+/// What a request's token lets it do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Role {
+    Act,
+    Read,
+    Nothing,
+}
+
+impl Access {
+    fn role(&self, headers: &axum::http::HeaderMap) -> Role {
+        if self.token.is_none() && self.read_token.is_none() {
+            return Role::Act;
+        }
         let given = headers
             .get(axum::http::header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.strip_prefix("Bearer "))
             .unwrap_or_default();
-        // Compared in time that does not depend on where they differ.
-        let same = given.len() == token.len()
-            && given
-                .bytes()
-                .zip(token.bytes())
-                .fold(0u8, |acc, (a, b)| acc | (a ^ b))
-                == 0;
-        if same {
-            Ok(())
+        if self.token.as_deref().is_some_and(|t| same(given, t)) {
+            Role::Act
+        } else if self.read_token.as_deref().is_some_and(|t| same(given, t)) {
+            Role::Read
         } else {
-            Err(ApiError(
-                StatusCode::UNAUTHORIZED,
-                "this request needs the continuum's token: pass --token or TERN_TOKEN (the join token `tern up` printed, kept in STATE/nats/join-token)".into(),
-            ))
+            Role::Nothing
         }
+    }
+}
+
+/// Refuses to serve the API on `addr` beyond loopback without a token: anyone who
+/// reaches it could act on the continuum.
+///
+/// # Errors
+/// The one line that says so.
+pub fn exposure(addr: SocketAddr, access: &Access) -> Result<(), String> {
+    if access.token.is_none() && !addr.ip().is_loopback() {
+        return Err(format!(
+            "refuses to serve on {addr} without a token: anyone who reaches it could act on the continuum; give the continuum's token (--join or TERN_JOIN_TOKEN), or listen on 127.0.0.1"
+        ));
+    }
+    Ok(())
+}
+
+/// Whether `a` and `b` are equal, compared in a time that does not depend on where
+/// they differ.
+fn same(a: &str, b: &str) -> bool {
+    a.len() == b.len()
+        && a.bytes()
+            .zip(b.bytes())
+            .fold(0u8, |acc, (x, y)| acc | (x ^ y))
+            == 0
+}
+
+const NO_TOKEN: &str = "this request needs a token: pass --token or TERN_TOKEN (the join token `tern up` keeps in STATE/nats/join-token, or the read-only token in STATE/nats/read-token)";
+
+impl Shared {
+    /// Refuses a request that may not act (or read an app's output).
+    fn authorize(&self, headers: &axum::http::HeaderMap) -> Result<(), ApiError> {
+        match self.access.role(headers) {
+            Role::Act => Ok(()),
+            Role::Read => Err(ApiError(
+                StatusCode::FORBIDDEN,
+                "the read-only token only reads: this request needs the continuum's token".into(),
+            )),
+            Role::Nothing => Err(ApiError(StatusCode::UNAUTHORIZED, NO_TOKEN.into())),
+        }
+    }
+}
+
+/// Refuses every request without a token the API takes, before it is read further.
+async fn require_token(
+    State(s): State<Shared>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    match s.access.role(request.headers()) {
+        Role::Nothing => ApiError(StatusCode::UNAUTHORIZED, NO_TOKEN.into()).into_response(),
+        Role::Act | Role::Read => next.run(request).await,
     }
 }
 
@@ -144,23 +207,26 @@ impl IntoResponse for ApiError {
 
 /// Serves the API on `listener`, follows the registry, the heartbeats and the
 /// deployments, declares nodes lost, and keeps apps placed, until `stop` completes.
-/// Requests that act must carry `token`. Nothing the backbone does ends it: every
+/// Requests must carry a token of `access`. Nothing the backbone does ends it: every
 /// watch is opened again when it fails.
 ///
 /// # Errors
-/// When the listener fails.
+/// When the listener fails, or listens beyond loopback while `access` has no token.
 pub async fn serve(
     backbone: Backbone,
-    token: Option<String>,
+    access: Access,
     listener: tokio::net::TcpListener,
     settings: Settings,
     stop: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<(), crate::backbone::BackboneError> {
+    if let Ok(addr) = listener.local_addr() {
+        exposure(addr, &access).map_err(crate::backbone::BackboneError::Api)?;
+    }
     let shared = Shared {
         view: Arc::new(RwLock::new(View::new(settings))),
         scheduler: Scheduler::default(),
         backbone: backbone.clone(),
-        token: token.map(Arc::from),
+        access: Arc::new(access),
         modules: Arc::default(),
     };
     prime(&backbone, &shared.view).await;
@@ -272,6 +338,10 @@ pub async fn serve(
         )
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(MAX_BODY))
+        .layer(axum::middleware::from_fn_with_state(
+            shared.clone(),
+            require_token,
+        ))
         .with_state(shared);
     let served = accept(listener, app, stop).await;
     follow.abort();
@@ -284,10 +354,7 @@ pub async fn serve(
     keeping.abort();
     moving.abort();
     follow_moves.abort();
-    served.map_err(|e| crate::backbone::BackboneError::JetStream {
-        what: "API".into(),
-        reason: e.to_string(),
-    })
+    served.map_err(|e| crate::backbone::BackboneError::Api(format!("failed: {e}")))
 }
 
 /// Reads the nodes, apps and statuses once before the API answers, so that a control

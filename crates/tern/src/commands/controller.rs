@@ -12,15 +12,31 @@ use clap::Args;
 pub struct ControllerCommand {
     #[command(flatten)]
     nats: crate::common::NatsArgs,
-    /// Address the API listens on.
+    /// Address the API listens on. Beyond loopback only with a token (--join): without
+    /// one, anyone who reaches the API could act on the continuum.
     #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:7680")]
     listen: SocketAddr,
+    /// A read-only token for the API: it reads the continuum (nodes, apps, moves,
+    /// plans, explanations) and acts on nothing, nor reads apps' output. For dashboards.
+    #[arg(
+        long,
+        value_name = "TOKEN",
+        env = "TERN_READ_TOKEN",
+        hide_env_values = true
+    )]
+    read_token: Option<String>,
     #[command(flatten)]
     settings: crate::common::ControlArgs,
 }
 
 impl ControllerCommand {
     pub fn execute(self) -> anyhow::Result<ExitCode> {
+        let access = tern_cluster::control::Access {
+            token: self.nats.token.clone(),
+            read_token: self.read_token.clone(),
+        };
+        tern_cluster::control::exposure(self.listen, &access)
+            .map_err(|e| anyhow::anyhow!("the API {e}"))?;
         let runtime = crate::common::runtime()?;
         runtime.block_on(async move {
             let stop = crate::common::stopped();
@@ -35,7 +51,7 @@ impl ControllerCommand {
             );
             tern_cluster::control::serve(
                 backbone,
-                self.nats.token.clone(),
+                access,
                 listener,
                 self.settings.settings(),
                 stop,

@@ -64,17 +64,24 @@ impl UpCommand {
                 continuum.server.url(),
                 state.display()
             );
+            let read_file = state.join("nats/read-token");
+            let read_token = tern_cluster::backbone::secret_token(&read_file)
+                .with_context(|| format!("cannot keep the read-only token in {}", read_file.display()))?;
+            // Only where the tokens are: a log that keeps stderr keeps no secret.
             eprintln!(
-                "join token {} (in {}): other machines join with `tern node --nats URL --join TOKEN --name NAME`",
-                continuum.server.token(),
-                continuum.server.token_file().display()
+                "the join token is in {} (other machines join with `tern node --nats URL --join \"$(cat FILE)\" --name NAME`); a read-only token for the API, in {}",
+                continuum.server.token_file().display(),
+                read_file.display()
             );
             eprintln!(
                 "try `tern nodes --latency`, `tern deploy app.toml`, `tern ps`, `tern explain APP`; Ctrl-C stops it"
             );
             let serving = tokio::spawn(tern_cluster::control::serve(
                 backbone,
-                Some(continuum.server.token().to_owned()),
+                tern_cluster::control::Access {
+                    token: Some(continuum.server.token().to_owned()),
+                    read_token: Some(read_token),
+                },
                 listener,
                 self.settings.settings(),
                 stop.clone(),

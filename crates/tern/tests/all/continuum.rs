@@ -417,7 +417,7 @@ fn bad_manifests_modules_and_requests_are_refused_and_nothing_is_deployed() {
     tern(d.path())
         .args(["rm", "twice", "--api", &up.api, "--token", "wrong"])
         .run()
-        .fails_with(1, "this request needs the continuum's token");
+        .fails_with(1, "this request needs a token");
     assert!(up.app("twice").is_some());
 
     // Requests no verb would send.

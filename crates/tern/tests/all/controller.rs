@@ -8,13 +8,16 @@ use std::time::{Duration, Instant};
 
 use tern_cluster::backbone::NatsServer;
 
-use crate::support::{Run, free_addr, scratch, signal, spawn_node, tern};
+use crate::support::{READ_TOKEN, Run, free_addr, scratch, signal, spawn_node, tern};
 
 /// Retries `tern nodes --json` until `want` nodes are listed.
 fn wait_for_nodes(dir: &std::path::Path, api: &str, want: usize) -> serde_json::Value {
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
-        let r = tern(dir).args(["nodes", "--json", "--api", api]).run();
+        let r = tern(dir)
+            .env("TERN_TOKEN", READ_TOKEN)
+            .args(["nodes", "--json", "--api", api])
+            .run();
         if r.code == Some(0) {
             let v: serde_json::Value = serde_json::from_str(&r.stdout).expect("JSON");
             if v.as_array().map_or(0, Vec::len) == want {
@@ -104,6 +107,7 @@ async fn nodes_and_plans_through_the_api() {
     let deadline = Instant::now() + Duration::from_secs(30);
     let rtt = loop {
         let r = tern(d.path())
+            .env("TERN_TOKEN", READ_TOKEN)
             .args(["nodes", "--latency", "--json", "--api", &api])
             .run();
         let pairs: serde_json::Value = serde_json::from_str(&r.stdout).expect("JSON");
@@ -120,6 +124,7 @@ async fn nodes_and_plans_through_the_api() {
     };
     assert!(rtt > 0.0 && rtt < 50.0, "loopback round trip {rtt} ms");
     let latency = tern(d.path())
+        .env("TERN_TOKEN", READ_TOKEN)
         .args(["nodes", "--latency", "--api", &api])
         .run();
     assert!(latency.succeeds().contains("cloud  iot"), "{latency:?}");
@@ -130,6 +135,7 @@ async fn nodes_and_plans_through_the_api() {
     )
     .expect("write");
     let plan = tern(d.path())
+        .env("TERN_TOKEN", READ_TOKEN)
         .args(["plan", "--json", "--api", &api])
         .arg(&near)
         .run();
@@ -145,7 +151,10 @@ async fn nodes_and_plans_through_the_api() {
         "both nodes are within 50 ms of iot, measured: {v}"
     );
 
-    let table = tern(d.path()).args(["nodes", "--api", &api]).run();
+    let table = tern(d.path())
+        .env("TERN_TOKEN", READ_TOKEN)
+        .args(["nodes", "--api", &api])
+        .run();
     let out = table.succeeds();
     assert!(out.starts_with("NAME "), "{out}");
     assert!(out.contains("cloud") && out.contains("pulley"), "{out}");
@@ -157,12 +166,17 @@ async fn nodes_and_plans_through_the_api() {
         "name = \"agg\"\nmodule = \"agg.wasm\"\n[constraints]\nengine = \"pulley\"\n",
     )
     .expect("write");
-    let plan = tern(d.path()).args(["plan", "--api", &api]).arg(&m).run();
+    let plan = tern(d.path())
+        .env("TERN_TOKEN", READ_TOKEN)
+        .args(["plan", "--api", &api])
+        .arg(&m)
+        .run();
     let out = plan.succeeds();
     assert!(out.starts_with("would go to iot\n"), "{out}");
     assert!(out.contains("engine: is cranelift, needs pulley"), "{out}");
     std::fs::write(&m, "name = \"agg\"\nmodule = \"agg.wasm\"\n[limits]\nmemory = \"256MiB\"\n[constraints]\nlabels = { region = \"us\" }\n").expect("write");
     let plan = tern(d.path())
+        .env("TERN_TOKEN", READ_TOKEN)
         .args(["plan", "--json", "--api", &api])
         .arg(&m)
         .run();
@@ -182,13 +196,18 @@ async fn nodes_and_plans_through_the_api() {
             "free memory: 128 MiB free, the app reserves 256 MiB"
         ]
     );
-    let none = tern(d.path()).args(["plan", "--api", &api]).arg(&m).run();
+    let none = tern(d.path())
+        .env("TERN_TOKEN", READ_TOKEN)
+        .args(["plan", "--api", &api])
+        .arg(&m)
+        .run();
     assert_eq!(none.code, Some(3), "{none:?}");
     assert!(none.stdout.starts_with("no node can take it"), "{none:?}");
 
     // Bad manifests are refused with file, line and field, before the API is asked.
     std::fs::write(&m, "name = \"agg\"\nmodule = \"agg.wasm\"\nreplicas = 0\n").expect("write");
     tern(d.path())
+        .env("TERN_TOKEN", READ_TOKEN)
         .args(["plan", "--api", &api])
         .arg(&m)
         .run()
@@ -196,11 +215,11 @@ async fn nodes_and_plans_through_the_api() {
 
     // The API itself: garbage, a huge body, a wrong path, bad UTF-8. Each is a 4xx
     // with one JSON line, and the API lives on.
-    let (status, body) = raw_http(&addr, b"POST /v1/plan HTTP/1.1\r\nHost: x\r\nContent-Length: 9\r\nConnection: close\r\n\r\nname = 1\n");
+    let (status, body) = raw_http(&addr, b"POST /v1/plan HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer a-read-only-token-for-dashboards\r\nContent-Length: 9\r\nConnection: close\r\n\r\nname = 1\n");
     assert!(status.contains(" 422 "), "{status}");
     assert!(body.contains("\"error\":\"invalid manifest: "), "{body}");
     let mut huge = format!(
-        "POST /v1/plan HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        "POST /v1/plan HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer a-read-only-token-for-dashboards\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
         4 << 20
     )
     .into_bytes();
@@ -209,17 +228,53 @@ async fn nodes_and_plans_through_the_api() {
     assert!(status.contains(" 413 "), "{status}");
     let (status, body) = raw_http(
         &addr,
-        b"GET /v1/nope HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+        b"GET /v1/nope HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer a-read-only-token-for-dashboards\r\nConnection: close\r\n\r\n",
     );
     assert!(
         status.contains(" 404 ") && body.contains("no such endpoint: GET /v1/nope"),
         "{status} {body}"
     );
-    let (status, body) = raw_http(&addr, b"POST /v1/plan HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\nConnection: close\r\n\r\n\xff\xfe");
+    let (status, body) = raw_http(&addr, b"POST /v1/plan HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer a-read-only-token-for-dashboards\r\nContent-Length: 2\r\nConnection: close\r\n\r\n\xff\xfe");
     assert!(
         status.contains(" 400 ") && body.contains("not UTF-8"),
         "{status} {body}"
     );
+    // Reads need a token too; the read-only one reads, and acts on nothing.
+    let (status, body) = raw_http(
+        &addr,
+        b"GET /v1/nodes HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    );
+    assert!(
+        status.contains(" 401 ") && body.contains("this request needs a token"),
+        "{status} {body}"
+    );
+    let (status, _) = raw_http(
+        &addr,
+        b"GET /v1/apps HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer guess\r\nConnection: close\r\n\r\n",
+    );
+    assert!(status.contains(" 401 "), "{status}");
+    let (status, body) = raw_http(
+        &addr,
+        b"GET /v1/nodes HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer a-read-only-token-for-dashboards\r\nConnection: close\r\n\r\n",
+    );
+    assert!(
+        status.contains(" 200 ") && body.contains("\"cloud\""),
+        "{status} {body}"
+    );
+    for act in [
+        "DELETE /v1/apps/agg HTTP/1.1",
+        "GET /v1/apps/agg/logs HTTP/1.1",
+        "POST /v1/nodes/cloud/drain HTTP/1.1",
+    ] {
+        let (status, body) = raw_http(
+            &addr,
+            format!("{act}\r\nHost: x\r\nAuthorization: Bearer {READ_TOKEN}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n").as_bytes(),
+        );
+        assert!(
+            status.contains(" 403 ") && body.contains("the read-only token only reads"),
+            "{act}: {status} {body}"
+        );
+    }
     let (status, _) = raw_http(&addr, b"\x00\x01garbage\r\n\r\n");
     assert!(status.is_empty() || status.contains(" 400 "), "{status}");
     wait_for_nodes(d.path(), &api, 2);
@@ -227,7 +282,7 @@ async fn nodes_and_plans_through_the_api() {
     // timeout, and the API answers others meanwhile.
     let mut stall = TcpStream::connect(&addr).expect("connect");
     stall
-        .write_all(b"POST /v1/plan HTTP/1.1\r\nHost: x\r\n")
+        .write_all(b"POST /v1/plan HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer a-read-only-token-for-dashboards\r\n")
         .expect("half a request");
     let stalled = Instant::now();
     wait_for_nodes(d.path(), &api, 2);
@@ -254,10 +309,25 @@ async fn nodes_and_plans_through_the_api() {
 }
 
 #[test]
+fn a_controller_without_a_token_serves_only_on_loopback() {
+    let d = scratch();
+    tern(d.path())
+        .args(["controller", "--nats", "nats://127.0.0.1:9", "--listen", "0.0.0.0:0"])
+        .run()
+        .fails_with(
+            1,
+            "the API refuses to serve on 0.0.0.0:0 without a token: anyone who reaches it could act on the continuum",
+        );
+}
+
+#[test]
 fn an_unreachable_api_says_what_to_start() {
     let d = scratch();
     let api = format!("http://{}", free_addr());
-    let r: Run = tern(d.path()).args(["nodes", "--api", &api]).run();
+    let r: Run = tern(d.path())
+        .env("TERN_TOKEN", READ_TOKEN)
+        .args(["nodes", "--api", &api])
+        .run();
     r.fails_with(
         1,
         &format!(

@@ -304,8 +304,11 @@ pub fn spawn_node(
     )
 }
 
-/// A `tern controller` on `server`, serving the API on `addr`, logging to
-/// `dir/controller.log`.
+/// The read-only token of the API of every [`spawn_controller`].
+pub const READ_TOKEN: &str = "a-read-only-token-for-dashboards";
+
+/// A `tern controller` on `server`, serving the API on `addr` (with the server's token,
+/// and [`READ_TOKEN`] for reads), logging to `dir/controller.log`.
 pub fn spawn_controller(
     dir: &Path,
     server: &tern_cluster::backbone::NatsServer,
@@ -314,6 +317,7 @@ pub fn spawn_controller(
     Running(
         tern(dir)
             .env("TERN_JOIN_TOKEN", server.token())
+            .env("TERN_READ_TOKEN", READ_TOKEN)
             .args(["controller", "--nats", server.url(), "--listen", addr])
             .spawn_logged(&dir.join("controller.log")),
     )
