@@ -388,10 +388,14 @@ fn try_guest(spec: &InstanceSpec, link: &Link) -> Result<Ended, String> {
         link.send(&Event::Listening {
             addr: addr.to_string(),
         });
+        // Only the app's own module, the one its record names and the agent laid out,
+        // may arrive: anyone who reaches the port could bring another.
+        let digest = tern_runtime::digest(&wasm);
         let end = tern_snapshot::receive_with(
             listener,
             &engine,
             &rewriter,
+            Some(&digest),
             &preopens,
             &limits,
             |line| tracing::debug!("{line}"),

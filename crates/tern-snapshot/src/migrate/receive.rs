@@ -44,6 +44,7 @@ pub fn receive(
         listener,
         engine,
         rewriter,
+        None,
         dirs,
         limits,
         progress,
@@ -53,7 +54,10 @@ pub fn receive(
     )
 }
 
-/// [`receive`], with the guest stopping at `trigger` once it runs here: `accepted` is
+/// [`receive`] of the module whose SHA-256 is `module` (hex) only, when given: a peer
+/// that brings any other module is refused (it is told why, and the receiver listens
+/// on), so that no one who reaches the port runs their own code as the app. The guest
+/// stops at `trigger` once it runs here: `accepted` is
 /// given the guest when its migration is accepted and returns the checkpoint handler
 /// the guest runs with (an [`Outbound::route`](crate::Outbound::route), for a guest that
 /// may move on again); `resumed` is called once the migration has committed and its
@@ -67,6 +71,7 @@ pub fn receive_with<F: FnMut(Captured<'_>) -> Checkpoint>(
     listener: TcpListener,
     engine: &tern_runtime::Engine,
     rewriter: &crate::Rewriter,
+    module: Option<&str>,
     dirs: &[Preopen],
     limits: &Limits,
     progress: impl Fn(&str),
@@ -80,7 +85,8 @@ pub fn receive_with<F: FnMut(Captured<'_>) -> Checkpoint>(
     let accepted_with = accepted;
     let (peer, accepted) = loop {
         let (stream, peer) = listener.accept().map_err(local)?;
-        match greet(&stream).and_then(|()| accept(stream, engine, rewriter, dirs, limits, trigger))
+        match greet(&stream)
+            .and_then(|()| accept(stream, engine, rewriter, module, dirs, limits, trigger))
         {
             Ok(a) => break (peer, a),
             Err(e) => progress(&format!(
@@ -171,6 +177,7 @@ fn accept(
     stream: TcpStream,
     engine: &tern_runtime::Engine,
     rewriter: &crate::Rewriter,
+    module_wanted: Option<&str>,
     dirs: &[Preopen],
     limits: &Limits,
     trigger: &Trigger,
@@ -180,6 +187,17 @@ fn accept(
     let mut replies = stream;
     let (tag, body) = read_frame(&mut reader)?;
     let (hello, module) = parse_hello(tag, &body).map_err(|e| refuse(&mut replies, e))?;
+    if let Some(want) = module_wanted
+        && hello.module_digest != want
+    {
+        return Err(refuse(
+            &mut replies,
+            local(format!(
+                "the migration brings module sha256:{}, not the app's sha256:{want}: refused",
+                hello.module_digest
+            )),
+        ));
+    }
     crate::sync::clear_stale_stages(dirs);
     let staging = match Staging::new(dirs, &hello.volumes) {
         Ok(s) => s,

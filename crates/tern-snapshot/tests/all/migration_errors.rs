@@ -22,8 +22,17 @@ const GUEST: &str = r#"(module
 
 /// Migrates the guest to `addr` at once; returns the failure the source reports.
 fn migrate_to(addr: &str) -> MigrationError {
+    match migrate_wat_to(GUEST, addr) {
+        Err(e) => e,
+        Ok(()) => panic!("expected a failed migration"),
+    }
+}
+
+/// Migrates the guest `wat` to `addr` at once: `Ok` when it moved, or the failure the
+/// source reports (the guest then ran to its end here).
+fn migrate_wat_to(wat: &str, addr: &str) -> Result<(), MigrationError> {
     let engine = Engine::new(EngineOptions::default()).expect("engine");
-    let wasm = wat::parse_str(GUEST).expect("wat");
+    let wasm = wat::parse_str(wat).expect("wat");
     let migratable = Migratable::new(&engine, &Rewriter::new(None), &wasm).expect("migratable");
     let end = tern_snapshot::migrate_run(
         &migratable,
@@ -35,11 +44,14 @@ fn migrate_to(addr: &str) -> MigrationError {
     )
     .expect("the guest runs");
     match end {
+        MigrateEnd::Migrated(_) => Ok(()),
         MigrateEnd::Finished {
             outcome: Outcome::Exited(0),
             failure: Some(SnapshotError::Migration(e)),
-        } => e,
-        other => panic!("expected a failed migration and a guest run to its end: {other:?}"),
+        } => Err(e),
+        other => {
+            panic!("expected a migration, or a failed one and a guest run to its end: {other:?}")
+        }
     }
 }
 
@@ -144,4 +156,58 @@ fn a_destination_that_hangs_up_is_a_lost_connection() {
     assert!(matches!(e.failure, MigrationFailure::Lost { .. }), "{e}");
     assert!(e.to_string().contains("closed the connection"), "{e}");
     assert_eq!(e.peer.as_deref(), Some(addr.as_str()));
+}
+
+/// A receiver waiting for one app's migration refuses a peer that brings another
+/// module (anyone who reaches its port could otherwise run their own code as the app):
+/// the peer is told why, its guest runs on where it was, and the receiver listens on
+/// and takes the app's own migration.
+#[test]
+fn a_peer_bringing_another_module_is_refused_and_the_receiver_listens_on() {
+    let engine = Engine::new(EngineOptions::default()).expect("engine");
+    let app = tern_runtime::digest(&wat::parse_str(GUEST).expect("wat"));
+    let forged = GUEST.replace("300000000", "300000001");
+    let other = tern_runtime::digest(&wat::parse_str(&forged).expect("wat"));
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = listener.local_addr().expect("addr").to_string();
+    let lines = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let receiver = {
+        let (app, lines) = (app.clone(), lines.clone());
+        std::thread::spawn(move || {
+            tern_snapshot::receive_with(
+                listener,
+                &engine,
+                &Rewriter::new(None),
+                Some(&app),
+                &[],
+                &Limits::default(),
+                |line| lines.lock().expect("lines").push(line.to_owned()),
+                &tern_snapshot::Trigger::new(),
+                |_| |_: tern_snapshot::Captured<'_>| tern_snapshot::Checkpoint::Continue,
+                || {},
+            )
+        })
+    };
+    let refused = migrate_wat_to(&forged, &addr).expect_err("refused");
+    let reason =
+        format!("the migration brings module sha256:{other}, not the app's sha256:{app}: refused");
+    assert_eq!(
+        refused.failure,
+        MigrationFailure::Refused {
+            reason: reason.clone()
+        }
+    );
+    migrate_wat_to(GUEST, &addr).expect("the app's own migration is taken");
+    let end = receiver.join().expect("receiver").expect("received");
+    assert!(
+        matches!(end, tern_snapshot::RunEnd::Finished(Outcome::Exited(0))),
+        "{end:?}"
+    );
+    let lines = lines.lock().expect("lines");
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.contains(&reason) && l.ends_with("still listening")),
+        "{lines:?}"
+    );
 }
