@@ -227,7 +227,10 @@ async fn a_move_asked_while_the_app_starts_waits_for_it_to_run() {
     let d = scratch();
     let fleet = Fleet::start(d.path(), None).await;
     let _controller = fleet.controller(&[]);
-    let reference = deploy(&fleet, "early", &guest("steps"), &["20", "40000000"], 3);
+    // Long enough (about 9 s on a quiet machine) that the move, which waits for the app
+    // to run and then starts a destination, finishes first on a loaded one too: 1 s was
+    // not (the app ended before its move, twice, with the suite running beside it).
+    let reference = deploy(&fleet, "early", &guest("steps"), &["20", "300000000"], 3);
     // At once: the app is placed, not running yet (its node compiles it first).
     let row = fleet.app("early").expect("deployed");
     let to = if row["node"] == "a" { "b" } else { "a" };
