@@ -98,6 +98,15 @@ async fn connect(url: &str, creds: &str) -> Result<(async_nats::Client, Errors),
     Ok((client, errors))
 }
 
+/// Whether the server told the client an error that contains `needle`.
+fn told(errors: &Errors, needle: &str) -> bool {
+    errors
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .iter()
+        .any(|e| e.contains(needle))
+}
+
 async fn wait_for(what: &str, mut ready: impl FnMut() -> bool) {
     let deadline = Instant::now() + Duration::from_secs(60);
     while !ready() {
@@ -137,22 +146,20 @@ async fn a_user_publishes_only_where_its_jwt_allows() {
     let first = beats.next().await.expect("a heartbeat");
     assert_eq!(first.subject.as_str(), "tern.alive.edge");
     wait_for("the server's refusal", || {
-        errors
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .iter()
-            .any(|e| e.contains("Permissions Violation for Publish to \"tern.alive.cloud\""))
+        told(
+            &errors,
+            "Permissions Violation for Publish to \"tern.alive.cloud\"",
+        )
     })
     .await;
     // Nor may it listen where it has no right.
     let _ = edge.subscribe("tern.alive.*").await;
     edge.flush().await.ok();
     wait_for("the refusal of the subscription", || {
-        errors
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .iter()
-            .any(|e| e.contains("Permissions Violation for Subscription to \"tern.alive.*\""))
+        told(
+            &errors,
+            "Permissions Violation for Subscription to \"tern.alive.*\"",
+        )
     })
     .await;
 

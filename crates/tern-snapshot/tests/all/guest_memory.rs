@@ -87,6 +87,13 @@ fn unwind_records_that_are_missing_or_too_large_are_refused_before_the_guest_run
         .expect("runs");
     assert!(matches!(end, RunEnd::Stopped));
     let snapshot = snapshot.take().expect("a snapshot");
+    let limits = Limits::default();
+    let place = tern_snapshot::Placement {
+        dirs: &[],
+        inherit_stdio: false,
+        skip_stdin: false,
+        limits: &limits,
+    };
     for (records, why) in [
         (Vec::new(), "it holds no unwind records"),
         (
@@ -100,12 +107,7 @@ fn unwind_records_that_are_missing_or_too_large_are_refused_before_the_guest_run
         let err = migratable
             .restore(
                 &bad,
-                &tern_snapshot::Placement {
-                    dirs: &[],
-                    inherit_stdio: false,
-                    skip_stdin: false,
-                    limits: &Limits::default(),
-                },
+                &place,
                 &Trigger::new(),
                 || {
                     ran.set(true);
@@ -124,12 +126,7 @@ fn unwind_records_that_are_missing_or_too_large_are_refused_before_the_guest_run
     let end = migratable
         .restore(
             &snapshot,
-            &tern_snapshot::Placement {
-                dirs: &[],
-                inherit_stdio: false,
-                skip_stdin: false,
-                limits: &Limits::default(),
-            },
+            &place,
             &Trigger::new(),
             || Ok(()),
             |_| Checkpoint::Continue,
