@@ -103,17 +103,7 @@ impl Authority {
                 what,
                 reason: "missing".into(),
             })?;
-            let pair = KeyPair::from_seed(line.trim()).map_err(|e| NatsError::Seed {
-                what,
-                reason: e.to_string(),
-            })?;
-            if pair.key_pair_type() != kind {
-                return Err(NatsError::Seed {
-                    what,
-                    reason: "a seed of another kind of key".into(),
-                });
-            }
-            Ok(pair)
+            key_of_seed(line, what, kind)
         };
         let operator = key("operator", KeyPairType::Operator)?;
         let account = key("account", KeyPairType::Account)?;
@@ -304,17 +294,22 @@ pub fn new_user() -> Result<(String, String), NatsError> {
 /// # Errors
 /// [`NatsError::Seed`] when `seed` is not a user's seed.
 pub fn user_of_seed(seed: &str) -> Result<String, NatsError> {
+    Ok(key_of_seed(seed, "user", KeyPairType::User)?.public_key())
+}
+
+/// The key pair of `seed`, which must be a `kind` key's (`what` names it in errors).
+fn key_of_seed(seed: &str, what: &'static str, kind: KeyPairType) -> Result<KeyPair, NatsError> {
     let pair = KeyPair::from_seed(seed.trim()).map_err(|e| NatsError::Seed {
-        what: "user",
+        what,
         reason: e.to_string(),
     })?;
-    if pair.key_pair_type() != KeyPairType::User {
+    if pair.key_pair_type() != kind {
         return Err(NatsError::Seed {
-            what: "user",
+            what,
             reason: "a seed of another kind of key".into(),
         });
     }
-    Ok(pair.public_key())
+    Ok(pair)
 }
 
 /// A credentials file in NATS's format (JWT, then seed), as clients read it.
