@@ -62,7 +62,7 @@ print({x["name"]: x for x in json.load(sys.stdin)}[sys.argv[1]]["node"] or "")' 
 nodes_measured() {
   # The API needs a token for reads too: the one `tern up` keeps, once it is there.
   export TERN_TOKEN
-  TERN_TOKEN=$(cat "$demo/state/nats/join-token" 2>/dev/null || true)
+  TERN_TOKEN=$(cat "$demo/state/api/token" 2>/dev/null || true)
   [ "$("$tern" nodes --json | grep -c '"name"')" = "$1" ] &&
     [ "$("$tern" nodes --latency --json | grep -c '"ms"')" = "$2" ]
 }
@@ -95,7 +95,7 @@ show tern up --state "$demo/state" --listen "127.0.0.1:$port" '&'
 up_pid=$!
 wait_for 300 "three nodes to join, and their round trips to be measured" nodes_measured 3 3
 export TERN_TOKEN
-TERN_TOKEN=$(cat "$demo/state/nats/join-token")
+TERN_TOKEN=$(cat "$demo/state/api/token")
 head -n 1 "$demo/up.log"
 show tern nodes
 "$tern" nodes

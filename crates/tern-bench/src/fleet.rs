@@ -362,6 +362,9 @@ async fn fleet(o: &FleetOptions, progress: &dyn Fn(&str)) -> anyhow::Result<Flee
     })
 }
 
+/// The API token of the bench's controller.
+const BENCH_TOKEN: &str = "the-fleet-bench-token";
+
 async fn measure(
     o: &FleetOptions,
     progress: &dyn Fn(&str),
@@ -376,7 +379,8 @@ async fn measure(
         child: Command::new(&o.tern)
             .args(["controller", "--nats", server.url(), "--listen"])
             .arg(format!("127.0.0.1:{port}"))
-            .env("TERN_JOIN_TOKEN", server.token())
+            .env("TERN_CREDS", server.control_credentials_file())
+            .env("TERN_TOKEN", BENCH_TOKEN)
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log)
@@ -390,7 +394,7 @@ async fn measure(
         .timeout_global(Some(Duration::from_secs(60)))
         .build()
         .into();
-    let token = server.token().to_owned();
+    let token = BENCH_TOKEN.to_owned();
     let get_nodes = {
         let (http, api, token) = (http.clone(), controller.api.clone(), token.clone());
         move || -> Option<usize> {
@@ -419,17 +423,14 @@ async fn measure(
         let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
         alive.push(flag.clone());
         tell.insert(node_name(i), tx);
-        let (url, token, seen, connect) = (
-            server.url().to_owned(),
-            token.clone(),
-            seen.clone(),
-            connect.clone(),
-        );
+        // Each node has credentials of its own, with its rights only, as a real one.
+        let creds = std::fs::read_to_string(server.node_credentials(&node_name(i))?)?;
+        let (url, seen, connect) = (server.url().to_owned(), seen.clone(), connect.clone());
         tokio::spawn(async move {
             let backbone = {
                 let _slot = connect.acquire().await;
                 loop {
-                    match Backbone::join(&url, Some(&token)).await {
+                    match Backbone::join_as_node(&url, &creds, &node_name(i)).await {
                         Ok(b) => break b,
                         Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
                     }

@@ -644,6 +644,15 @@ impl Backbone {
             .await
             .map_err(|e| js_err(format!("read {}", path.display()), e))?;
         let digest = tern_runtime::digest(&bytes);
+        // The same bytes are there already (an app at rest checkpoints the same state
+        // again): storing them again would replace the object, which deletes its old
+        // chunks, and a node may not delete.
+        if let Ok(info) = self.snapshots.info(digest.as_str()).await
+            && !info.deleted
+            && info.size == bytes.len()
+        {
+            return Ok((digest, bytes.len() as u64));
+        }
         let mut reader = bytes.as_slice();
         self.snapshots
             .put(digest.as_str(), &mut reader)

@@ -22,9 +22,11 @@ use async_nats::jetstream::{self, kv, object_store, stream};
 use futures_util::StreamExt as _;
 use tokio::io::AsyncReadExt as _;
 
+use tern_trust::nats::{Authority, NatsError, Rights};
+
 use crate::model::{Heartbeat, NodeDescriptor, NodeLoad};
 use crate::protocol::{
-    ALIVE_ALL, ALIVE_PREFIX, APPS, DRAINS, LOG_SUBJECTS, LOGS, MODULES, REGISTRY, SNAPSHOTS,
+    self, ALIVE_ALL, ALIVE_PREFIX, APPS, DRAINS, LOG_SUBJECTS, LOGS, MODULES, REGISTRY, SNAPSHOTS,
     STATUS, alive_subject,
 };
 
@@ -54,9 +56,11 @@ pub enum BackboneError {
     #[error("cannot reach NATS at {url}: {reason}")]
     Connect { url: String, reason: String },
     #[error(
-        "NATS at {url} refused the join token; give the one `tern up` printed (kept in STATE/nats/join-token) with --join or TERN_JOIN_TOKEN"
+        "NATS at {url} refused these credentials: {reason}; give the file `tern up` or enrolment made (--creds or TERN_CREDS)"
     )]
-    Refused { url: String },
+    Refused { url: String, reason: String },
+    #[error("bad credentials: {0}")]
+    Credentials(String),
     #[error("JetStream {what}: {reason}")]
     JetStream { what: String, reason: String },
     #[error("{what} is not in the backbone")]
@@ -65,6 +69,12 @@ pub enum BackboneError {
     Corrupt { what: String },
     #[error("a node entry that is not a node descriptor: {reason}")]
     BadEntry { reason: String },
+    /// A store a node needs is not on the backbone yet: only the control plane makes
+    /// them.
+    #[error(
+        "the backbone has no {store} yet ({reason}); the control plane makes it when it starts (`tern controller` or `tern up`)"
+    )]
+    Unmade { store: String, reason: String },
     /// The control plane's API could not serve.
     #[error("the API {0}")]
     Api(String),
@@ -110,16 +120,26 @@ pub enum Durability {
 }
 
 /// A `nats-server` child with JetStream, stopped when dropped.
+///
+/// The server runs in NATS's operator mode: it trusts the continuum's [`Authority`]
+/// (kept in `STATE/authority`, 0600) and takes only users whose JWT Tern's account
+/// signed, each with its own rights, which the server enforces.
 #[derive(Debug)]
 pub struct NatsServer {
     child: tokio::process::Child,
     url: String,
-    token: String,
-    token_file: PathBuf,
     state: PathBuf,
     port: u16,
     started: Instant,
+    authority: Authority,
+    /// The control plane's credentials (`STATE/control.creds`).
+    control: String,
 }
+
+/// The file of a continuum's authority, in the server's state directory.
+pub const AUTHORITY_FILE: &str = "authority";
+/// The file of the control plane's credentials, in the server's state directory.
+pub const CONTROL_CREDS: &str = "control.creds";
 
 impl NatsServer {
     /// Starts nats-server with JetStream storing in `state`, listening on
@@ -153,10 +173,7 @@ impl NatsServer {
             0 => free_port().map_err(|e| start_err(format!("no free port: {e}")))?,
             p => p,
         };
-        let token = join_token(state).map_err(|e| start_err(format!("join token: {e}")))?;
-        // The token goes in a file only its owner reads, not on the command line that
-        // `ps` shows every user.
-        let conf = state.join("server.conf");
+        let authority = authority(&state.join(AUTHORITY_FILE)).map_err(start_err)?;
         // `sync_interval: always`: JetStream acknowledges a write only once it is on
         // disk (fsync), so an app record, a move or a checkpoint acknowledged before a
         // power loss or an OS crash is still there after it. The server's default
@@ -165,20 +182,36 @@ impl NatsServer {
             Durability::Synced => "jetstream {\n  sync_interval: always\n}\n",
             Durability::Default => "",
         };
-        write_private(
-            &conf,
-            &format!("authorization {{\n  token: \"{token}\"\n}}\n{jetstream}"),
+        let trust = authority
+            .server_config(&state.join("accounts"))
+            .map_err(|e| start_err(e.to_string()))?;
+        // The server's log (refused credentials and rights among it) stays in the state
+        // directory, at most 10 MB of it.
+        let log = format!(
+            "log_file: {:?}\nlogfile_size_limit: 10MB\nlogfile_max_num: 2\n",
+            state.join("nats-server.log").display().to_string()
+        );
+        let conf = state.join("server.conf");
+        write_private(&conf, &format!("{trust}{jetstream}{log}"))
+            .map_err(|e| start_err(format!("{}: {e}", conf.display())))?;
+        let control = issue(
+            &authority,
+            "control-plane",
+            &protocol::control_plane_rights(),
         )
-        .map_err(|e| start_err(format!("{}: {e}", conf.display())))?;
+        .map_err(|e| start_err(e.to_string()))?;
+        let control_file = state.join(CONTROL_CREDS);
+        write_private(&control_file, &control)
+            .map_err(|e| start_err(format!("{}: {e}", control_file.display())))?;
         let child = spawn_server(state, port).await?;
         Ok(NatsServer {
             child,
             url: format!("nats://127.0.0.1:{port}"),
-            token,
-            token_file: state.join(TOKEN_FILE),
             state: state.to_owned(),
             port,
             started: Instant::now(),
+            authority,
+            control,
         })
     }
 
@@ -208,22 +241,59 @@ impl NatsServer {
         &self.url
     }
 
-    /// The token every client must give (`state/join-token`).
-    pub fn token(&self) -> &str {
-        &self.token
+    /// The continuum's authority, which signs every user's credentials.
+    pub fn authority(&self) -> &Authority {
+        &self.authority
     }
 
-    /// Where the token is kept.
-    pub fn token_file(&self) -> &Path {
-        &self.token_file
+    /// Where the continuum's authority is kept (`STATE/authority`, 0600): a control
+    /// plane that reads it enrols and revokes nodes.
+    pub fn authority_file(&self) -> PathBuf {
+        self.state.join(AUTHORITY_FILE)
     }
 
-    /// A connection to this server's backbone.
+    /// The control plane's credentials: every right on the backbone.
+    pub fn control_credentials(&self) -> &str {
+        &self.control
+    }
+
+    /// Where the control plane's credentials are kept (`STATE/control.creds`, 0600).
+    pub fn control_credentials_file(&self) -> PathBuf {
+        self.state.join(CONTROL_CREDS)
+    }
+
+    /// Credentials for node `node`, with its rights only
+    /// ([`protocol::node_rights`]), written to `STATE/nodes/NODE.creds` (0600), whose
+    /// path is returned. A node that has a file there keeps its key.
+    ///
+    /// # Errors
+    /// [`BackboneError::Start`] when the file cannot be written or the key is bad.
+    pub fn node_credentials(&self, node: &str) -> Result<PathBuf, BackboneError> {
+        let err = |reason: String| BackboneError::Start {
+            path: self.state.clone(),
+            reason,
+        };
+        let dir = self.state.join("nodes");
+        std::fs::create_dir_all(&dir).map_err(|e| err(format!("{}: {e}", dir.display())))?;
+        let file = dir.join(format!("{node}.creds"));
+        let seed = std::fs::read_to_string(&file)
+            .ok()
+            .and_then(|t| tern_trust::nats::seed_of_credentials(&t));
+        let creds = match seed {
+            Some(seed) => reissue(&self.authority, node, &seed, &protocol::node_rights(node)),
+            None => issue(&self.authority, node, &protocol::node_rights(node)),
+        }
+        .map_err(|e| err(e.to_string()))?;
+        write_private(&file, &creds).map_err(|e| err(format!("{}: {e}", file.display())))?;
+        Ok(file)
+    }
+
+    /// A connection to this server's backbone, as the control plane.
     ///
     /// # Errors
     /// As [`Backbone::join`].
     pub async fn backbone(&self) -> Result<Backbone, BackboneError> {
-        Backbone::join(&self.url, Some(&self.token)).await
+        Backbone::join(&self.url, Some(&self.control)).await
     }
 
     /// The server's process id, while it runs.
@@ -336,6 +406,14 @@ fn write_private(path: &Path, text: &str) -> std::io::Result<()> {
     std::io::Write::write_all(&mut f, text.as_bytes())
 }
 
+/// Writes `text` to `path` as [`write_private`] does, through a file beside it renamed
+/// over it: a reader sees the old text or the new, never a part.
+pub(crate) fn write_private_atomic(path: &Path, text: &str) -> std::io::Result<()> {
+    let tmp = path.with_extension(format!("{}.tmp", std::process::id()));
+    write_private(&tmp, text)?;
+    std::fs::rename(&tmp, path)
+}
+
 /// Waits up to `grace` for `child` to end, then kills it.
 pub(crate) async fn reap(child: &mut tokio::process::Child, grace: Duration) {
     if tokio::time::timeout(grace, child.wait()).await.is_err() {
@@ -343,13 +421,36 @@ pub(crate) async fn reap(child: &mut tokio::process::Child, grace: Duration) {
     }
 }
 
-/// The file of the join token, in the server's state directory.
-const TOKEN_FILE: &str = "join-token";
+/// The authority kept in `path`, made and written there (0600) when the file has none.
+fn authority(path: &Path) -> Result<Authority, String> {
+    match std::fs::read_to_string(path) {
+        Ok(text) => Authority::from_text(&text).map_err(|e| format!("{}: {e}", path.display())),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let authority = Authority::generate();
+            let text = authority.to_text().map_err(|e| e.to_string())?;
+            write_private(path, &text).map_err(|e| format!("{}: {e}", path.display()))?;
+            Ok(authority)
+        }
+        Err(e) => Err(format!("{}: {e}", path.display())),
+    }
+}
 
-/// The continuum's join token, in `state/join-token` (readable by its owner only): made
-/// of 32 random bytes the first time, kept across restarts.
-fn join_token(state: &Path) -> std::io::Result<String> {
-    secret_token(&state.join(TOKEN_FILE))
+/// Credentials of a new user named `name` with `rights`.
+fn issue(authority: &Authority, name: &str, rights: &Rights) -> Result<String, NatsError> {
+    let (seed, _) = tern_trust::nats::new_user()?;
+    reissue(authority, name, &seed, rights)
+}
+
+/// Credentials of the user whose seed is `seed`, named `name`, with `rights`.
+fn reissue(
+    authority: &Authority,
+    name: &str,
+    seed: &str,
+    rights: &Rights,
+) -> Result<String, NatsError> {
+    let user = tern_trust::nats::user_of_seed(seed)?;
+    let jwt = authority.user_jwt(name, &user, rights)?;
+    Ok(tern_trust::nats::credentials(&jwt, seed))
 }
 
 /// The token kept in `path` (64 hex digits), made from 32 random bytes and written
@@ -364,11 +465,19 @@ pub fn secret_token(path: &Path) -> std::io::Result<String> {
             return Ok(t.to_owned());
         }
     }
-    let mut bytes = [0u8; 32];
-    std::io::Read::read_exact(&mut std::fs::File::open("/dev/urandom")?, &mut bytes)?;
-    let token: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    let token = random_hex()?;
     write_private(path, &token)?;
     Ok(token)
+}
+
+/// 32 random bytes, as 64 hex digits.
+///
+/// # Errors
+/// When the system's randomness cannot be read.
+pub fn random_hex() -> std::io::Result<String> {
+    let mut bytes = [0u8; 32];
+    std::io::Read::read_exact(&mut std::fs::File::open("/dev/urandom")?, &mut bytes)?;
+    Ok(hex::encode(bytes))
 }
 
 fn free_port() -> std::io::Result<u16> {
@@ -418,28 +527,56 @@ impl Backbone {
         Backbone::join(url, None).await
     }
 
-    /// [`Backbone::connect`], giving `token` (the continuum's join token) to the server.
+    /// [`Backbone::connect`] with `creds`, a credentials file's text (a user's JWT and
+    /// seed), as the control plane: it makes the stores that are missing.
     ///
     /// # Errors
-    /// [`BackboneError::Refused`] for a wrong or missing token, and as
+    /// [`BackboneError::Refused`] for credentials the server does not take, and as
     /// [`Backbone::connect`].
-    pub async fn join(url: &str, token: Option<&str>) -> Result<Backbone, BackboneError> {
+    pub async fn join(url: &str, creds: Option<&str>) -> Result<Backbone, BackboneError> {
+        Backbone::open(url, creds, None).await
+    }
+
+    /// [`Backbone::join`] as node `node`, whose credentials allow it its own names
+    /// only: its requests' answers come to its own inboxes, and it makes no store (the
+    /// control plane does).
+    ///
+    /// # Errors
+    /// As [`Backbone::join`], and [`BackboneError::JetStream`] when a store is missing.
+    pub async fn join_as_node(
+        url: &str,
+        creds: &str,
+        node: &str,
+    ) -> Result<Backbone, BackboneError> {
+        Backbone::open(url, Some(creds), Some(node)).await
+    }
+
+    async fn open(
+        url: &str,
+        creds: Option<&str>,
+        node: Option<&str>,
+    ) -> Result<Backbone, BackboneError> {
         // A connection that drops is made again forever (async-nats' default), tried
         // at most a second apart, so a restarted nats-server is back in use at once;
         // what is published meanwhile waits in the client's buffer.
-        let mut options = async_nats::ConnectOptions::new()
-            .connection_timeout(Duration::from_secs(5))
-            .max_reconnects(None)
-            .reconnect_delay_callback(|attempts| {
-                Duration::from_millis((100 * attempts as u64).min(1000))
-            });
-        if let Some(t) = token {
-            options = options.token(t.to_owned());
+        let mut options = match creds {
+            Some(c) => async_nats::ConnectOptions::with_credentials(c)
+                .map_err(|e| BackboneError::Credentials(e.to_string()))?,
+            None => async_nats::ConnectOptions::new(),
+        }
+        .connection_timeout(Duration::from_secs(5))
+        .max_reconnects(None)
+        .reconnect_delay_callback(|attempts| {
+            Duration::from_millis((100 * attempts as u64).min(1000))
+        });
+        if let Some(node) = node {
+            options = options.custom_inbox_prefix(protocol::node_inbox(node));
         }
         let client = options.connect(url).await.map_err(|e| {
             if e.kind() == async_nats::ConnectErrorKind::AuthorizationViolation {
                 BackboneError::Refused {
                     url: url.to_owned(),
+                    reason: e.to_string(),
                 }
             } else {
                 BackboneError::Connect {
@@ -449,8 +586,10 @@ impl Backbone {
             }
         })?;
         let js = jetstream::new(client.clone());
+        let make = node.is_none();
         let nodes = bucket(
             &js,
+            make,
             kv::Config {
                 bucket: REGISTRY.into(),
                 description: "Tern nodes: each node's descriptor, while it is in the continuum"
@@ -467,9 +606,10 @@ impl Backbone {
             moves,
             logs,
             snapshots,
-        } = open(&js).await?;
+        } = open(&js, make).await?;
         let modules = match js.get_object_store(MODULES).await {
             Ok(s) => s,
+            Err(e) if !make => return Err(unmade(MODULES, e)),
             Err(_) => js
                 .create_object_store(object_store::Config {
                     bucket: MODULES.into(),
@@ -648,9 +788,10 @@ pub(crate) struct Stores {
     pub snapshots: object_store::ObjectStore,
 }
 
-pub(crate) async fn open(js: &jetstream::Context) -> Result<Stores, BackboneError> {
+pub(crate) async fn open(js: &jetstream::Context, make: bool) -> Result<Stores, BackboneError> {
     let apps = bucket(
         js,
+        make,
         kv::Config {
             bucket: APPS.into(),
             description: "Tern deployments: manifests and the node each should run on".into(),
@@ -661,6 +802,7 @@ pub(crate) async fn open(js: &jetstream::Context) -> Result<Stores, BackboneErro
     .await?;
     let status = bucket(
         js,
+        make,
         kv::Config {
             bucket: STATUS.into(),
             description: "Tern instances: what each is doing, by app".into(),
@@ -671,6 +813,7 @@ pub(crate) async fn open(js: &jetstream::Context) -> Result<Stores, BackboneErro
     .await?;
     let drains = bucket(
         js,
+        make,
         kv::Config {
             bucket: DRAINS.into(),
             description: "Tern nodes drained: no app is placed on them".into(),
@@ -679,8 +822,8 @@ pub(crate) async fn open(js: &jetstream::Context) -> Result<Stores, BackboneErro
         },
     )
     .await?;
-    let logs = js
-        .get_or_create_stream(stream::Config {
+    let logs = if make {
+        js.get_or_create_stream(stream::Config {
             name: LOGS.into(),
             subjects: vec![LOG_SUBJECTS.into()],
             max_bytes: LOG_BYTES,
@@ -689,9 +832,13 @@ pub(crate) async fn open(js: &jetstream::Context) -> Result<Stores, BackboneErro
             ..Default::default()
         })
         .await
-        .map_err(|e| js_err("stream tern-logs", e))?;
+        .map_err(|e| js_err("stream tern-logs", e))?
+    } else {
+        js.get_stream(LOGS).await.map_err(|e| unmade(LOGS, e))?
+    };
     let snapshots = match js.get_object_store(SNAPSHOTS).await {
         Ok(s) => s,
+        Err(e) if !make => return Err(unmade(SNAPSHOTS, e)),
         Err(_) => js
             .create_object_store(object_store::Config {
                 bucket: SNAPSHOTS.into(),
@@ -701,7 +848,7 @@ pub(crate) async fn open(js: &jetstream::Context) -> Result<Stores, BackboneErro
             .await
             .map_err(|e| js_err("object store tern-snapshots", e))?,
     };
-    let moves = crate::moves::open(js).await?;
+    let moves = crate::moves::open(js, make).await?;
     Ok(Stores {
         apps,
         status,
@@ -917,15 +1064,27 @@ pub(crate) fn js_err(what: impl Into<String>, e: impl std::fmt::Display) -> Back
 
 pub(crate) async fn bucket(
     js: &jetstream::Context,
+    make: bool,
     config: kv::Config,
 ) -> Result<kv::Store, BackboneError> {
-    if let Ok(store) = js.get_key_value(&config.bucket).await {
-        return Ok(store);
-    }
+    let opened = js.get_key_value(&config.bucket).await;
     let name = config.bucket.clone();
+    match opened {
+        Ok(store) => return Ok(store),
+        Err(e) if !make => return Err(unmade(&name, e)),
+        Err(_) => {}
+    }
     js.create_key_value(config)
         .await
         .map_err(|e| js_err(format!("bucket {name}"), e))
+}
+
+/// Why a node could not open store `name`, which only the control plane makes.
+fn unmade(name: &str, e: impl std::fmt::Display) -> BackboneError {
+    BackboneError::Unmade {
+        store: name.to_owned(),
+        reason: e.to_string(),
+    }
 }
 
 fn decode_node(bytes: &[u8]) -> Result<NodeDescriptor, BackboneError> {

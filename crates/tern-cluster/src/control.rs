@@ -19,6 +19,9 @@
 //! | `GET /v1/apps/{name}/files?path=/guest/path` 🔑 | — | the file's bytes, from the node that has them (at most [`MAX_COPY`]) |
 //! | `POST /v1/nodes/{name}/drain` 🔑 | — | JSON array of the moves recorded (202): every app off the node, which takes no more |
 //! | `DELETE /v1/nodes/{name}/drain` 🔑 | — | the node takes apps again |
+//! | `POST /v1/join-tokens` 🔑 | JSON [`enrol::TokenRequest`] (optional) | JSON [`JoinToken`] (201): one enrolment, within an hour by default |
+//! | `POST /v1/enrol` (no API token) | JSON [`EnrolRequest`]: join token, name, public key | JSON [`Enrolled`]: the node's user JWT and the backbone's URL |
+//! | `POST /v1/nodes/{name}/revoke` 🔑 | — | JSON [`Revoked`]: the node's key is revoked at the server, its apps placed elsewhere |
 //!
 //! Every request must carry `Authorization: Bearer TOKEN` when the control plane has a
 //! token ([`Access`]): the continuum's token, or the read-only token, which reads what
@@ -32,10 +35,12 @@
 //! Besides serving, the control plane keeps apps placed: see `recover`.
 
 mod apps;
+mod enrol;
 mod liveness;
 mod mover;
 mod moves;
 mod recover;
+mod sweep;
 mod view;
 
 pub use apps::{DeployRequest, Deployed, MAX_MODULE};
@@ -59,6 +64,7 @@ use crate::backbone::{Backbone, NodeEvent};
 use crate::manifest;
 use crate::model::NodeDescriptor;
 use crate::scheduler::{Explanation, Request, Scheduler};
+pub use enrol::{EnrolRequest, Enrolled, Enrolment, JoinToken, Revoked};
 use view::View;
 
 /// The largest request body the API reads: a manifest is a few hundred bytes.
@@ -100,6 +106,9 @@ struct Shared {
 pub struct Access {
     pub token: Option<String>,
     pub read_token: Option<String>,
+    /// Enrolment of nodes (`POST /v1/enrol`, join tokens, revocation), when the
+    /// control plane holds the continuum's authority.
+    pub enrolment: Option<Enrolment>,
 }
 
 /// What a request's token lets it do.
@@ -138,7 +147,7 @@ impl Access {
 pub fn exposure(addr: SocketAddr, access: &Access) -> Result<(), String> {
     if access.token.is_none() && !addr.ip().is_loopback() {
         return Err(format!(
-            "refuses to serve on {addr} without a token: anyone who reaches it could act on the continuum; give the continuum's token (--join or TERN_JOIN_TOKEN), or listen on 127.0.0.1"
+            "refuses to serve on {addr} without a token: anyone who reaches it could act on the continuum; give it a token (--token or TERN_TOKEN), or listen on 127.0.0.1"
         ));
     }
     Ok(())
@@ -154,7 +163,7 @@ fn same(a: &str, b: &str) -> bool {
             == 0
 }
 
-const NO_TOKEN: &str = "this request needs a token: pass --token or TERN_TOKEN (the join token `tern up` keeps in STATE/nats/join-token, or the read-only token in STATE/nats/read-token)";
+const NO_TOKEN: &str = "this request needs a token: pass --token or TERN_TOKEN (the one `tern up` keeps in STATE/api/token, or the read-only one in STATE/api/read-token)";
 
 impl Shared {
     /// Refuses a request that may not act (or read an app's output).
@@ -287,6 +296,7 @@ pub async fn serve(
     });
     let keeping = tokio::spawn(recover::keep_placed(shared.clone()));
     let moving = tokio::spawn(mover::drive(shared.clone()));
+    let sweeping = tokio::spawn(sweep::sweep(shared.clone()));
     let b = backbone.clone();
     let mut events = Box::pin(crate::backbone::rewatch("node registry", move || {
         let b = b.clone();
@@ -316,7 +326,7 @@ pub async fn serve(
     let beats = tokio::spawn(follow_heartbeats(backbone.clone(), shared.view.clone()));
     let echoes = tokio::spawn(echo(backbone.clone(), shared.view.clone()));
     let declaring = tokio::spawn(declare_lost(backbone.clone(), shared.view.clone()));
-    let app = Router::new()
+    let guarded = Router::new()
         .route("/v1/nodes", get(nodes))
         .route("/v1/plan", post(plan))
         .route("/v1/latency", get(latency))
@@ -336,12 +346,18 @@ pub async fn serve(
             "/v1/nodes/{name}/drain",
             post(moves::drain).delete(moves::undrain),
         )
+        .route("/v1/nodes/{name}/revoke", post(enrol::revoke))
+        .route("/v1/join-tokens", post(enrol::make_token))
         .fallback(not_found)
-        .layer(DefaultBodyLimit::max(MAX_BODY))
         .layer(axum::middleware::from_fn_with_state(
             shared.clone(),
             require_token,
-        ))
+        ));
+    // Enrolment alone needs no API token: the join token in its body is its authority.
+    let app = Router::new()
+        .route("/v1/enrol", post(enrol::enrol))
+        .merge(guarded)
+        .layer(DefaultBodyLimit::max(MAX_BODY))
         .with_state(shared);
     let served = accept(listener, app, stop).await;
     follow.abort();
@@ -350,6 +366,7 @@ pub async fn serve(
     declaring.abort();
     follow_apps.abort();
     follow_statuses.abort();
+    sweeping.abort();
     follow_drains.abort();
     keeping.abort();
     moving.abort();

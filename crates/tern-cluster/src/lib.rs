@@ -5,6 +5,7 @@ pub mod apps;
 pub mod backbone;
 pub mod control;
 pub mod emulate;
+pub mod identity;
 pub mod instance;
 pub mod link;
 pub mod manifest;

@@ -126,9 +126,13 @@ impl MoveRecord {
     }
 }
 
-pub(crate) async fn open(js: &async_nats::jetstream::Context) -> Result<kv::Store, BackboneError> {
+pub(crate) async fn open(
+    js: &async_nats::jetstream::Context,
+    make: bool,
+) -> Result<kv::Store, BackboneError> {
     crate::backbone::bucket(
         js,
+        make,
         kv::Config {
             bucket: MOVES.into(),
             description: "Tern moves: each app's latest move and where it stands".into(),

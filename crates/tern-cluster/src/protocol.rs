@@ -18,6 +18,11 @@ pub const REGISTRY: &str = "tern-registry";
 pub const DRAINS: &str = "tern-drains";
 /// Moves: one key per move, its [`crate::moves::MoveRecord`].
 pub const MOVES: &str = "tern-moves";
+/// Node identities: one key per node, its [`crate::identity::Identity`] (the key its
+/// name is bound to).
+pub const IDENTITIES: &str = "tern-identities";
+/// Join tokens not spent yet: one key per token, the SHA-256 of the token.
+pub const JOIN_TOKENS: &str = "tern-join-tokens";
 /// Object store of modules and seed files, by SHA-256.
 pub const MODULES: &str = "tern-modules";
 /// Object store of checkpoints, by SHA-256.
@@ -140,6 +145,18 @@ pub const NAMES: &[Name] = &[
         readers: "the control plane",
     },
     Name {
+        name: IDENTITIES,
+        kind: "KV bucket",
+        writer: Writer::ControlPlane,
+        readers: "the control plane",
+    },
+    Name {
+        name: JOIN_TOKENS,
+        kind: "KV bucket",
+        writer: Writer::ControlPlane,
+        readers: "the control plane",
+    },
+    Name {
         name: MODULES,
         kind: "object store",
         writer: Writer::ControlPlane,
@@ -188,6 +205,98 @@ pub const NAMES: &[Name] = &[
         readers: "the control plane that sent it",
     },
 ];
+
+/// The prefix of node `node`'s inboxes, where the answers to its requests (JetStream's
+/// acknowledgements, a watch's messages) come: a node receives on its own inboxes only,
+/// never on another's.
+pub fn node_inbox(node: &str) -> String {
+    format!("_INBOX.node.{node}")
+}
+
+/// Every stream behind Tern's buckets and object stores, and the [`LOGS`] stream.
+const STREAMS: [&str; 8] = [
+    "KV_tern-apps",
+    "KV_tern-status",
+    "KV_tern-registry",
+    "KV_tern-drains",
+    "KV_tern-moves",
+    "OBJ_tern-modules",
+    "OBJ_tern-snapshots",
+    LOGS,
+];
+
+/// The streams a node reads: the apps it is to run and their statuses, its peers, the
+/// modules and checkpoints it starts from, and its apps' output (where it stands).
+const NODE_READS: [&str; 6] = [
+    "KV_tern-apps",
+    "KV_tern-status",
+    "KV_tern-registry",
+    "OBJ_tern-modules",
+    "OBJ_tern-snapshots",
+    LOGS,
+];
+
+/// What node `node`'s credentials allow, made from [`NAMES`]: it publishes the names
+/// whose writer is [`Writer::TheNode`] for its own `NODE` only, the app-keyed names
+/// whose writer is the app's node, and the JetStream API calls that read the streams a
+/// node reads (never one that makes, changes or deletes a stream); it takes its own
+/// command subject and its own inboxes; it answers the requests it receives.
+pub fn node_rights(node: &str) -> tern_trust::nats::Rights {
+    let mut publish = Vec::new();
+    for n in NAMES {
+        let subjects = match (n.kind, n.writer) {
+            (_, Writer::ControlPlane) => continue,
+            ("KV bucket", Writer::TheNode) => vec![format!("$KV.{}.{node}", n.name)],
+            ("KV bucket", _) => vec![format!("$KV.{}.*", n.name)],
+            ("object store", _) => vec![format!("$O.{}.C.>", n.name), format!("$O.{}.M.>", n.name)],
+            (_, Writer::TheNode) => vec![n.name.replace("NODE", node)],
+            (_, _) => vec![pattern(n.name)],
+        };
+        publish.extend(subjects);
+    }
+    for stream in STREAMS {
+        publish.push(format!("$JS.API.STREAM.INFO.{stream}"));
+    }
+    for stream in NODE_READS {
+        publish.extend([
+            format!("$JS.API.CONSUMER.CREATE.{stream}"),
+            format!("$JS.API.CONSUMER.CREATE.{stream}.>"),
+            format!("$JS.API.CONSUMER.DELETE.{stream}.>"),
+            format!("$JS.API.CONSUMER.INFO.{stream}.>"),
+            format!("$JS.API.DIRECT.GET.{stream}"),
+            format!("$JS.API.DIRECT.GET.{stream}.>"),
+            format!("$JS.API.STREAM.MSG.GET.{stream}"),
+            format!("$JS.FC.{stream}.>"),
+        ]);
+    }
+    tern_trust::nats::Rights {
+        publish,
+        subscribe: vec![format!("{}.>", node_inbox(node)), command_subject(node)],
+        replies: true,
+    }
+}
+
+/// What the control plane's credentials allow: everything, since it makes the streams,
+/// writes the apps and the moves, and removes a lost node's entries.
+pub fn control_plane_rights() -> tern_trust::nats::Rights {
+    tern_trust::nats::Rights {
+        publish: vec![">".into()],
+        subscribe: vec![">".into()],
+        replies: true,
+    }
+}
+
+/// The subject pattern of a [`Name`]: each `APP`, `NODE` or `ID` is one token, `out|err`
+/// either.
+fn pattern(name: &str) -> String {
+    name.split('.')
+        .map(|t| match t {
+            "APP" | "NODE" | "ID" | "out|err" => "*",
+            t => t,
+        })
+        .collect::<Vec<_>>()
+        .join(".")
+}
 
 /// A request of the control plane to a node, on [`command_subject`].
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -286,7 +395,17 @@ mod tests {
                 .count();
             assert_eq!(named, 1, "{subject} is named {named} times in NAMES");
         }
-        for bucket in [APPS, STATUS, REGISTRY, DRAINS, MOVES, MODULES, SNAPSHOTS] {
+        for bucket in [
+            APPS,
+            STATUS,
+            REGISTRY,
+            DRAINS,
+            MOVES,
+            IDENTITIES,
+            JOIN_TOKENS,
+            MODULES,
+            SNAPSHOTS,
+        ] {
             assert!(
                 NAMES.iter().any(|n| n.name == bucket),
                 "{bucket} is not in NAMES"

@@ -354,7 +354,24 @@ impl Continuum {
     ) -> Result<Backbone, String> {
         let backbone = self.server.backbone().await.map_err(|e| e.to_string())?;
         let mut events = Box::pin(backbone.watch_nodes().await.map_err(|e| e.to_string())?);
+        let identities = crate::identity::Identities::open(&backbone)
+            .await
+            .map_err(|e| e.to_string())?;
         for spec in &config.nodes {
+            // Its name is bound to its key, as an enrolled node's: no other may take it.
+            let creds = self
+                .server
+                .node_credentials(&spec.name)
+                .map_err(|e| format!("node {}: {e}", spec.name))?;
+            let key = std::fs::read_to_string(&creds)
+                .ok()
+                .and_then(|t| tern_trust::nats::seed_of_credentials(&t))
+                .and_then(|seed| tern_trust::nats::user_of_seed(&seed).ok())
+                .ok_or_else(|| format!("node {}: no key in {}", spec.name, creds.display()))?;
+            identities
+                .bind(&spec.name, &key)
+                .await
+                .map_err(|e| format!("node {}: {e}", spec.name))?;
             let (mut child, log) = self.spawn_node(config, spec, state, tern)?;
             let joined = joined(&mut events, &mut child, &spec.name, &log, within).await;
             // Kept even when it failed to join, so that `stop` ends it.
@@ -389,13 +406,17 @@ impl Continuum {
         let err = out
             .try_clone()
             .map_err(|e| format!("{}: {e}", log.display()))?;
-        // The token goes in the environment, not on the command line `ps` shows.
+        let creds = self
+            .server
+            .node_credentials(&spec.name)
+            .map_err(|e| format!("node {}: {e}", spec.name))?;
         let mut command = tokio::process::Command::new(tern);
         command
             .args(node_args(config, spec, self.server.url()))
             .arg("--state")
             .arg(state.join("nodes").join(&spec.name))
-            .env("TERN_JOIN_TOKEN", self.server.token())
+            .arg("--creds")
+            .arg(creds)
             .stdin(Stdio::null())
             .stdout(out)
             .stderr(err)
@@ -547,6 +568,11 @@ async fn joined(
         }
     }
 }
+
+/// The API's token, which acts on the continuum, in `tern up`'s state directory.
+pub const API_TOKEN_FILE: &str = "api/token";
+/// The API's read-only token, in `tern up`'s state directory.
+pub const READ_TOKEN_FILE: &str = "api/read-token";
 
 /// Where `tern up` keeps its state when not told: `$XDG_STATE_HOME/tern` or
 /// `~/.local/state/tern`.

@@ -122,6 +122,7 @@ async fn a_user_publishes_only_where_its_jwt_allows() {
     let everything = Rights {
         publish: vec![">".into()],
         subscribe: vec![">".into()],
+        ..Rights::default()
     };
     let (_, watcher_creds) = user(&authority, "watcher", &everything);
     let (watcher, _) = connect(&server.url, &watcher_creds).await.expect("watcher");
@@ -131,6 +132,7 @@ async fn a_user_publishes_only_where_its_jwt_allows() {
     let edge_rights = Rights {
         publish: vec!["tern.alive.edge".into()],
         subscribe: vec!["_INBOX.>".into()],
+        ..Rights::default()
     };
     let (_, edge_creds) = user(&authority, "edge", &edge_rights);
     let (edge, errors) = connect(&server.url, &edge_creds).await.expect("edge");
@@ -180,6 +182,7 @@ async fn a_revoked_user_is_cut_off_at_once_and_cannot_come_back() {
     let rights = Rights {
         publish: vec!["tern.alive.edge".into()],
         subscribe: vec!["_INBOX.>".into()],
+        ..Rights::default()
     };
     let (edge_key, edge_creds) = user(&authority, "edge", &rights);
     let (edge, _) = connect(&server.url, &edge_creds).await.expect("edge");
@@ -224,4 +227,110 @@ async fn a_revoked_user_is_cut_off_at_once_and_cannot_come_back() {
     connect(&server.url, &other_creds)
         .await
         .expect("another user");
+}
+
+fn descriptor(name: &str) -> tern_cluster::NodeDescriptor {
+    tern_cluster::NodeDescriptor {
+        name: name.into(),
+        arch: std::env::consts::ARCH.into(),
+        tier: tern_cluster::Tier::Edge,
+        engine: Default::default(),
+        cores: 1,
+        memory: 1 << 30,
+        site: name.into(),
+        labels: std::collections::BTreeMap::new(),
+        tee: tern_cluster::Tee::None,
+        compute_score: 1.0,
+        load: tern_cluster::NodeLoad::default(),
+        link: None,
+        rtt_ms: std::collections::BTreeMap::new(),
+    }
+}
+
+/// A node's own credentials, made from the protocol's table, on the server `tern up`
+/// runs: it writes its own registry key, and the server refuses its writes to another
+/// node's key, to the deployments and to the join tokens, and its subscription to
+/// another node's commands.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_node_writes_its_own_names_and_nothing_else() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let server = tern_cluster::backbone::NatsServer::start(&dir.path().join("nats"), 0)
+        .await
+        .expect("nats-server starts");
+    let control = server.backbone().await.expect("the control plane joins");
+    let creds =
+        std::fs::read_to_string(server.node_credentials("edge").expect("creds")).expect("read");
+    let edge = tern_cluster::backbone::Backbone::join_as_node(server.url(), &creds, "edge")
+        .await
+        .expect("edge joins");
+    edge.register(&descriptor("edge"))
+        .await
+        .expect("its own key");
+    let names: Vec<String> = control
+        .nodes()
+        .await
+        .expect("nodes")
+        .into_iter()
+        .map(|n| n.name)
+        .collect();
+    assert_eq!(names, ["edge"]);
+
+    // Posing as cloud: the server refuses the write, so no acknowledgement comes.
+    let refused =
+        tokio::time::timeout(Duration::from_secs(5), edge.register(&descriptor("cloud"))).await;
+    assert!(!matches!(refused, Ok(Ok(()))), "edge wrote cloud's key");
+    let js = async_nats::jetstream::new(edge.client.clone());
+    for subject in [
+        "$KV.tern-apps.ticker",
+        "$KV.tern-join-tokens.x",
+        "$KV.tern-identities.edge",
+        "$JS.API.STREAM.DELETE.KV_tern-apps",
+    ] {
+        let acked = async { js.publish(subject, "{}".into()).await.ok()?.await.ok() };
+        let acked = tokio::time::timeout(Duration::from_secs(5), acked).await;
+        assert!(
+            matches!(acked, Ok(None) | Err(_)),
+            "edge's write to {subject} was acknowledged"
+        );
+    }
+    assert!(control.apps().await.expect("apps").is_empty());
+    let names: Vec<String> = control
+        .nodes()
+        .await
+        .expect("nodes")
+        .into_iter()
+        .map(|n| n.name)
+        .collect();
+    assert_eq!(names, ["edge"]);
+    // Another node's commands do not reach it; its own do.
+    let mut theirs = edge
+        .client
+        .subscribe(tern_cluster::protocol::command_subject("cloud"))
+        .await
+        .expect("subscribe is sent");
+    let mut own = edge
+        .client
+        .subscribe(tern_cluster::protocol::command_subject("edge"))
+        .await
+        .expect("subscribe");
+    edge.client.flush().await.expect("flush");
+    for node in ["cloud", "edge"] {
+        control
+            .client
+            .publish(tern_cluster::protocol::command_subject(node), node.into())
+            .await
+            .expect("publish");
+    }
+    control.client.flush().await.expect("flush");
+    let got = tokio::time::timeout(Duration::from_secs(20), own.next())
+        .await
+        .expect("its own command arrives")
+        .expect("a message");
+    assert_eq!(&got.payload[..], b"edge");
+    let leaked = tokio::time::timeout(Duration::from_secs(2), theirs.next()).await;
+    assert!(
+        !matches!(leaked, Ok(Some(_))),
+        "edge read cloud's command subject"
+    );
+    server.stop().await;
 }

@@ -42,6 +42,9 @@ pub enum NatsError {
 pub struct Rights {
     pub publish: Vec<String>,
     pub subscribe: Vec<String>,
+    /// Whether the user may answer the requests it receives, on their reply subjects
+    /// (one answer each), whatever `publish` says.
+    pub replies: bool,
 }
 
 /// The keys at the root of a continuum's backbone, and the users it revoked.
@@ -203,23 +206,23 @@ impl Authority {
     }
 
     /// A JWT for the user of public key `user` (a `U…` nkey), named `name`, in Tern's
-    /// account, with `rights`. Its replies to requests are allowed too (`resp`).
+    /// account, with `rights`.
     ///
     /// # Errors
     /// [`NatsError::PublicKey`] when `user` is not a user's public key.
     pub fn user_jwt(&self, name: &str, user: &str, rights: &Rights) -> Result<String, NatsError> {
         user_public_key(user)?;
-        encode(
-            &self.account,
-            user,
-            name,
-            json!({
-                "type": "user", "version": 2,
-                "pub": {"allow": rights.publish},
-                "sub": {"allow": rights.subscribe},
-                "subs": -1, "data": -1, "payload": -1,
-            }),
-        )
+        let mut claims = json!({
+            "type": "user", "version": 2,
+            "pub": {"allow": rights.publish},
+            "sub": {"allow": rights.subscribe},
+            "subs": -1, "data": -1, "payload": -1,
+        });
+        if rights.replies {
+            // One answer per request received, within the server's default window.
+            claims["resp"] = json!({"max": 1, "ttl": 0});
+        }
+        encode(&self.account, user, name, claims)
     }
 
     /// A JWT for a user of the system account (the one that pushes account updates),
@@ -324,6 +327,26 @@ pub fn credentials(jwt: &str, seed: &str) -> String {
     )
 }
 
+/// The user seed of a credentials file's text, if it has one.
+pub fn seed_of_credentials(text: &str) -> Option<String> {
+    let seed = text
+        .lines()
+        .skip_while(|l| !l.contains("BEGIN USER NKEY SEED"))
+        .nth(1)?
+        .trim();
+    user_of_seed(seed).ok().map(|_| seed.to_owned())
+}
+
+/// The user JWT of a credentials file's text, if it has one.
+pub fn jwt_of_credentials(text: &str) -> Option<String> {
+    let jwt = text
+        .lines()
+        .skip_while(|l| !l.contains("BEGIN NATS USER JWT"))
+        .nth(1)?
+        .trim();
+    (jwt.split('.').count() == 3).then(|| jwt.to_owned())
+}
+
 fn user_public_key(user: &str) -> Result<(), NatsError> {
     let pair = KeyPair::from_public_key(user).map_err(|e| NatsError::PublicKey {
         key: user.to_owned(),
@@ -413,8 +436,13 @@ mod tests {
         let rights = Rights {
             publish: vec!["tern.alive.edge".into()],
             subscribe: vec!["_INBOX.>".into()],
+            ..Rights::default()
         };
         let jwt = authority.user_jwt("edge", &user, &rights).expect("jwt");
+        let creds = credentials(&jwt, &seed);
+        assert_eq!(seed_of_credentials(&creds).as_deref(), Some(seed.as_str()));
+        assert_eq!(jwt_of_credentials(&creds).as_deref(), Some(jwt.as_str()));
+        assert_eq!(seed_of_credentials("garbage"), None);
         let claims = decode(&jwt).expect("verifies");
         assert_eq!(claims["iss"], authority.account());
         assert_eq!(claims["sub"], user);

@@ -19,8 +19,7 @@ pub struct ApiArgs {
     )]
     pub api: String,
     /// The continuum's token, which requests that act or read an app's output need
-    /// [default: the one in ~/.local/state/tern/nats/join-token, where `tern up` keeps
-    /// it].
+    /// [default: the one in ~/.local/state/tern/api/token, where `tern up` keeps it].
     #[arg(long, value_name = "TOKEN", env = "TERN_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
 }
@@ -32,7 +31,7 @@ impl ApiArgs {
 
     fn bearer(&self) -> Option<String> {
         let token = self.token.clone().or_else(|| {
-            let file = tern_cluster::up::default_state().join("nats/join-token");
+            let file = tern_cluster::up::default_state().join(tern_cluster::up::API_TOKEN_FILE);
             std::fs::read_to_string(file)
                 .ok()
                 .map(|t| t.trim().to_owned())
@@ -66,6 +65,20 @@ impl ApiArgs {
         if let Some(b) = self.bearer() {
             request = request.header("Authorization", b);
         }
+        let text = self.answer(request.send(body))?;
+        self.decode(&text)
+    }
+
+    /// POSTs the JSON `body` to `path` without any token (enrolment carries its own in
+    /// the body) and decodes the JSON answer.
+    pub fn post_without_token<T: DeserializeOwned>(
+        &self,
+        path: &str,
+        body: &[u8],
+    ) -> anyhow::Result<T> {
+        let request = agent()
+            .post(self.url(path))
+            .content_type("application/json");
         let text = self.answer(request.send(body))?;
         self.decode(&text)
     }

@@ -237,30 +237,42 @@ pub fn stopped() -> impl std::future::Future<Output = ()> {
 /// Where the continuum's backbone is.
 #[derive(Debug, clap::Args)]
 pub struct NatsArgs {
-    /// The backbone's NATS URL.
-    #[arg(
-        long,
-        value_name = "URL",
-        default_value = "nats://127.0.0.1:4222",
-        env = "TERN_NATS"
-    )]
-    pub nats: String,
-    /// The continuum's join token (printed by `tern up`, kept in `STATE/nats/join-token`).
-    #[arg(
-        long = "join",
-        value_name = "TOKEN",
-        env = "TERN_JOIN_TOKEN",
-        hide_env_values = true
-    )]
-    pub token: Option<String>,
+    /// The backbone's NATS URL [default: nats://127.0.0.1:4222, or for an enrolled
+    /// node the one its enrolment gave].
+    #[arg(long, value_name = "URL", env = "TERN_NATS")]
+    pub nats: Option<String>,
+    /// The credentials file this process joins the backbone with: a user's JWT and
+    /// seed, as `tern up` writes them (`STATE/nats/control.creds` for a control plane,
+    /// `STATE/nats/nodes/NAME.creds` for a node) or enrolment does.
+    #[arg(long, value_name = "FILE", env = "TERN_CREDS")]
+    pub creds: Option<std::path::PathBuf>,
 }
 
+/// Where the backbone is when not told.
+pub const DEFAULT_NATS: &str = "nats://127.0.0.1:4222";
+
 impl NatsArgs {
-    /// Joins the backbone.
-    pub async fn backbone(
-        &self,
-    ) -> Result<tern_cluster::backbone::Backbone, tern_cluster::backbone::BackboneError> {
-        tern_cluster::backbone::Backbone::join(&self.nats, self.token.as_deref()).await
+    /// The backbone's URL: the one given, or the default.
+    pub fn url(&self) -> &str {
+        self.nats.as_deref().unwrap_or(DEFAULT_NATS)
+    }
+
+    /// The credentials file's text, if one was given.
+    pub fn credentials(&self) -> anyhow::Result<Option<String>> {
+        use anyhow::Context as _;
+        self.creds
+            .as_ref()
+            .map(|p| {
+                std::fs::read_to_string(p)
+                    .with_context(|| format!("cannot read the credentials {}", p.display()))
+            })
+            .transpose()
+    }
+
+    /// Joins the backbone as the control plane.
+    pub async fn backbone(&self) -> anyhow::Result<tern_cluster::backbone::Backbone> {
+        let creds = self.credentials()?;
+        Ok(tern_cluster::backbone::Backbone::join(self.url(), creds.as_deref()).await?)
     }
 }
 

@@ -8,7 +8,7 @@
 //! placements must leave out (drained ones), so that `plan`, `deploy`, `explain`,
 //! recovery, `migrate` and `drain` all see the same continuum.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
 use super::Settings;
 use super::liveness::Liveness;
@@ -56,6 +56,8 @@ pub(super) struct View {
     /// do not all take the same room. A claim ends when the record or move that names
     /// its node arrives, or after [`CLAIM_FOR`].
     claims: HashMap<String, Claim>,
+    /// The last two checkpoints each app's statuses named, newest first.
+    kept: HashMap<String, [Option<String>; 2]>,
 }
 
 /// A node chosen for an app, not yet written.
@@ -121,6 +123,7 @@ impl View {
             reserved: HashMap::new(),
             moves: HashMap::new(),
             claims: HashMap::new(),
+            kept: HashMap::new(),
         }
     }
 
@@ -252,6 +255,18 @@ impl View {
         self.unreserve(name);
         self.settle(name, None);
         self.apps.remove(name);
+        self.kept.remove(name);
+    }
+
+    /// The checkpoints something may still restore from: each app's last two, and the
+    /// one each record restores from.
+    pub fn kept_checkpoints(&self) -> HashSet<String> {
+        let kept = self.kept.values().flatten().flatten().cloned();
+        let restores = self
+            .apps
+            .values()
+            .filter_map(|p| p.record.restore.as_ref().map(|c| c.digest.clone()));
+        kept.chain(restores).collect()
     }
 
     /// Takes a status: an app whose incarnation ended reserves nothing any more.
@@ -264,6 +279,12 @@ impl View {
             return;
         }
         let app = status.app.clone();
+        if let Some(c) = &status.checkpoint {
+            let kept = self.kept.entry(app.clone()).or_default();
+            if kept[0].as_deref() != Some(c.digest.as_str()) {
+                kept[1] = kept[0].replace(c.digest.clone());
+            }
+        }
         self.unreserve(&app);
         self.statuses.insert(app.clone(), status);
         self.reserve(&app);

@@ -152,7 +152,6 @@ impl Task {
         // The checkpoint before the last: kept one period more, since a restore elsewhere
         // (this node taken for lost while it still ran) may have been asked from it just
         // as this node stored the next one.
-        let mut previous: Option<CheckpointRef> = None;
         let mut killed = false;
         let status = loop {
             tokio::select! {
@@ -184,14 +183,9 @@ impl Task {
                             }
                             match self.store(&path).await {
                                 Ok(c) => {
-                                    let before = last_checkpoint.replace(c.clone());
-                                    if let Some(old) = std::mem::replace(&mut previous, before)
-                                        && old.digest != c.digest
-                                        && previous.as_ref().is_none_or(|p| p.digest != old.digest)
-                                        && self.record.restore.as_ref().is_none_or(|r| r.digest != old.digest)
-                                    {
-                                        self.backbone.drop_snapshot(&old.digest).await;
-                                    }
+                                    // The checkpoints it replaces are the control
+                                    // plane's to delete: a node may not.
+                                    last_checkpoint = Some(c.clone());
                                     self.status(InstanceState::Running, Some(c), &self.note.clone()).await;
                                 }
                                 Err(e) => tracing::warn!(app = %self.record.name, error = %e, "checkpoint not stored"),

@@ -12,10 +12,14 @@ use clap::Args;
 pub struct ControllerCommand {
     #[command(flatten)]
     nats: crate::common::NatsArgs,
-    /// Address the API listens on. Beyond loopback only with a token (--join): without
+    /// Address the API listens on. Beyond loopback only with a token (--token): without
     /// one, anyone who reaches the API could act on the continuum.
     #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:7680")]
     listen: SocketAddr,
+    /// The API's token: requests that act on the continuum, or read an app's output or
+    /// files, need it. Without one (and only on loopback) the API asks for none.
+    #[arg(long, value_name = "TOKEN", env = "TERN_TOKEN", hide_env_values = true)]
+    token: Option<String>,
     /// A read-only token for the API: it reads the continuum (nodes, apps, moves,
     /// plans, explanations) and acts on nothing, nor reads apps' output. For dashboards.
     #[arg(
@@ -25,15 +29,33 @@ pub struct ControllerCommand {
         hide_env_values = true
     )]
     read_token: Option<String>,
+    /// The continuum's authority (`STATE/nats/authority`, which `tern up` makes): with
+    /// it, the control plane enrols nodes with one-time join tokens and revokes them.
+    #[arg(long, value_name = "FILE", env = "TERN_AUTHORITY")]
+    authority: Option<std::path::PathBuf>,
     #[command(flatten)]
     settings: crate::common::ControlArgs,
 }
 
 impl ControllerCommand {
     pub fn execute(self) -> anyhow::Result<ExitCode> {
+        if let Some(path) = &self.authority {
+            let text = std::fs::read_to_string(path).map_err(|e| {
+                anyhow::anyhow!("cannot read the authority {}: {e}", path.display())
+            })?;
+            tern_trust::nats::Authority::from_text(&text)
+                .map_err(|e| anyhow::anyhow!("the authority {}: {e}", path.display()))?;
+        }
         let access = tern_cluster::control::Access {
-            token: self.nats.token.clone(),
+            token: self.token.clone(),
             read_token: self.read_token.clone(),
+            enrolment: self
+                .authority
+                .clone()
+                .map(|authority| tern_cluster::control::Enrolment {
+                    authority,
+                    nats: self.nats.url().to_owned(),
+                }),
         };
         tern_cluster::control::exposure(self.listen, &access)
             .map_err(|e| anyhow::anyhow!("the API {e}"))?;
@@ -47,7 +69,7 @@ impl ControllerCommand {
             eprintln!(
                 "control plane: API on http://{}, nodes from {}",
                 listener.local_addr().unwrap_or(self.listen),
-                self.nats.nats
+                self.nats.url()
             );
             tern_cluster::control::serve(
                 backbone,

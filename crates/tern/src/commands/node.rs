@@ -16,13 +16,35 @@ use tern_runtime::EngineKind;
 /// without leaving is declared lost by the control plane once it has been silent for
 /// the control plane's --lost-after (4 s by default), and its apps start elsewhere; a
 /// slow or absent backbone never ends a node or its apps.
+///
+/// A node joins with credentials of its own: the file `tern up` wrote for it
+/// (--creds), or those its enrolment made. To enrol, it makes its own key pair and
+/// gives its public key, its name and a one-time join token (`tern node token`) to the
+/// control plane (--join URL --token TOKEN), which binds the name to the key and signs
+/// the node's credentials; they are kept in the node's state (`identity.creds`, 0600),
+/// and the token is spent.
 #[derive(Debug, Args)]
+#[command(args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
 pub struct NodeCommand {
+    #[command(subcommand)]
+    action: Option<NodeAction>,
     /// The node's name, unique in the continuum.
-    #[arg(long, value_parser = node_name)]
-    name: String,
+    #[arg(long, value_parser = node_name, required = true)]
+    name: Option<String>,
     #[command(flatten)]
     nats: crate::common::NatsArgs,
+    /// Enrol through the control plane's API at URL (with --token), once: later starts
+    /// use the credentials kept in the node's state.
+    #[arg(long, value_name = "URL", requires = "token")]
+    join: Option<String>,
+    /// A one-time join token (`tern node token` makes one), spent by enrolment.
+    #[arg(
+        long,
+        value_name = "TOKEN",
+        env = "TERN_JOIN_TOKEN",
+        hide_env_values = true
+    )]
+    token: Option<String>,
     /// Where the node is; nodes of a site share its links [default: the node's name].
     #[arg(long, value_parser = site_name)]
     site: Option<String>,
@@ -58,6 +80,126 @@ pub struct NodeCommand {
     /// [default: ~/.local/state/tern/nodes/NAME].
     #[arg(long, value_name = "DIR")]
     state: Option<std::path::PathBuf>,
+}
+
+/// What `tern node` does besides running an agent.
+#[derive(Debug, clap::Subcommand)]
+enum NodeAction {
+    /// Make a one-time join token: it enrols one node, within --ttl.
+    Token {
+        /// How long it enrols.
+        #[arg(long, value_name = "DURATION", default_value = "1h", value_parser = crate::common::positive_duration)]
+        ttl: std::time::Duration,
+        #[command(flatten)]
+        api: crate::api::ApiArgs,
+    },
+    /// Revoke node NAME: the server cuts its connections at once and refuses its key
+    /// from then on, and its apps are placed elsewhere. The name may then be enrolled
+    /// again, with another key.
+    Revoke {
+        #[arg(value_parser = node_name)]
+        name: String,
+        #[command(flatten)]
+        api: crate::api::ApiArgs,
+    },
+}
+
+impl NodeAction {
+    fn execute(self) -> anyhow::Result<ExitCode> {
+        match self {
+            NodeAction::Token { ttl, api } => {
+                let body = serde_json::json!({ "ttl_s": ttl.as_secs().max(1) });
+                let made: tern_cluster::control::JoinToken = api.post(
+                    "/v1/join-tokens",
+                    "application/json",
+                    body.to_string().as_bytes(),
+                )?;
+                // The token alone on stdout, for `$(tern node token)`.
+                println!("{}", made.token);
+                Ok(ExitCode::SUCCESS)
+            }
+            NodeAction::Revoke { name, api } => {
+                let revoked: tern_cluster::control::Revoked =
+                    api.post(&format!("/v1/nodes/{name}/revoke"), "application/json", b"")?;
+                println!(
+                    "node {} revoked (key {}): cut off, its apps are placed elsewhere",
+                    revoked.node, revoked.key
+                );
+                Ok(ExitCode::SUCCESS)
+            }
+        }
+    }
+}
+
+/// The node's credentials, and the backbone's URL: from --creds, from an earlier
+/// enrolment kept in `state`, or from enrolling now.
+fn identity(
+    name: &str,
+    nats: &crate::common::NatsArgs,
+    join: Option<&str>,
+    token: Option<&str>,
+    state: &std::path::Path,
+) -> anyhow::Result<(String, String)> {
+    use anyhow::Context as _;
+    if let Some(creds) = nats.credentials()? {
+        return Ok((creds, nats.url().to_owned()));
+    }
+    let kept = state.join("identity.creds");
+    let kept_url = state.join("identity.nats");
+    let url_of = |enrolled: Option<String>| {
+        nats.nats
+            .clone()
+            .or(enrolled)
+            .unwrap_or_else(|| crate::common::DEFAULT_NATS.to_owned())
+    };
+    if let Ok(creds) = std::fs::read_to_string(&kept) {
+        let enrolled = std::fs::read_to_string(&kept_url)
+            .ok()
+            .map(|u| u.trim().to_owned());
+        return Ok((creds, url_of(enrolled)));
+    }
+    let (Some(join), Some(token)) = (join, token) else {
+        anyhow::bail!(
+            "node {name} has no credentials for the backbone: enrol it with --join URL --token TOKEN (`tern node token` makes one), or give --creds FILE (`tern up` writes STATE/nats/nodes/NAME.creds)"
+        );
+    };
+    let (seed, key) = tern_trust::nats::new_user()?;
+    let api = crate::api::ApiArgs {
+        api: join.to_owned(),
+        token: None,
+    };
+    let request = tern_cluster::control::EnrolRequest {
+        token: token.trim().to_owned(),
+        name: name.to_owned(),
+        key,
+    };
+    let enrolled: tern_cluster::control::Enrolled = api
+        .post_without_token("/v1/enrol", &serde_json::to_vec(&request)?)
+        .with_context(|| format!("node {name} could not enrol at {join}"))?;
+    let creds = tern_trust::nats::credentials(&enrolled.jwt, &seed);
+    std::fs::create_dir_all(state).with_context(|| format!("cannot make {}", state.display()))?;
+    write_private(&kept, &creds)?;
+    write_private(&kept_url, &enrolled.nats)?;
+    eprintln!(
+        "node {name} enrolled at {join}: its credentials are in {}",
+        kept.display()
+    );
+    Ok((creds, url_of(Some(enrolled.nats))))
+}
+
+/// Writes `text` to `path`, readable by its owner only.
+fn write_private(path: &std::path::Path, text: &str) -> anyhow::Result<()> {
+    use std::io::Write as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(|e| anyhow::anyhow!("cannot write {}: {e}", path.display()))?;
+    f.write_all(text.as_bytes())
+        .map_err(|e| anyhow::anyhow!("cannot write {}: {e}", path.display()))
 }
 
 fn node_name(s: &str) -> Result<String, String> {
@@ -102,19 +244,53 @@ fn label(s: &str) -> Result<(String, String), String> {
     }
 }
 
+/// Joins the backbone as node `name`, waiting (and saying so once) while the control
+/// plane has not made its stores yet: a node may start before the control plane.
+async fn join(
+    url: &str,
+    creds: &str,
+    name: &str,
+) -> anyhow::Result<tern_cluster::backbone::Backbone> {
+    use tern_cluster::backbone::{Backbone, BackboneError};
+    let mut said = false;
+    loop {
+        match Backbone::join_as_node(url, creds, name).await {
+            Err(e @ BackboneError::Unmade { .. }) => {
+                if !said {
+                    eprintln!("node {name} waits: {e}");
+                    said = true;
+                }
+                tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+            }
+            joined => return Ok(joined?),
+        }
+    }
+}
+
 impl NodeCommand {
     pub fn execute(self) -> anyhow::Result<ExitCode> {
+        if let Some(action) = self.action {
+            return action.execute();
+        }
+        let Some(name) = self.name else {
+            anyhow::bail!("a node needs --name");
+        };
         let cores = self.cores.unwrap_or_else(|| {
             std::thread::available_parallelism().map_or(1, |n| u32::try_from(n.get()).unwrap_or(1))
         });
-        let state = self.state.unwrap_or_else(|| {
-            tern_cluster::up::default_state()
-                .join("nodes")
-                .join(&self.name)
-        });
+        let state = self
+            .state
+            .unwrap_or_else(|| tern_cluster::up::default_state().join("nodes").join(&name));
+        let (creds, url) = identity(
+            &name,
+            &self.nats,
+            self.join.as_deref(),
+            self.token.as_deref(),
+            &state,
+        )?;
         let config = NodeConfig {
-            site: self.site.unwrap_or_else(|| self.name.clone()),
-            name: self.name,
+            site: self.site.unwrap_or_else(|| name.clone()),
+            name,
             tier: self.tier,
             engine: self.engine,
             cores,
@@ -129,13 +305,13 @@ impl NodeCommand {
         let runtime = crate::common::runtime()?;
         runtime.block_on(async move {
             let stop = crate::common::stopped();
-            let backbone = self.nats.backbone().await?;
+            let backbone = join(&url, &creds, &config.name).await?;
             let name = config.name.clone();
             agent::run(config, &backbone, stop, |node| {
                 eprintln!(
                     "node {} joined {}: {} {}, {} on {}, {} cores, {} MiB, compute score {:.0}",
                     node.name,
-                    self.nats.nats,
+                    url,
                     node.tier,
                     node.site,
                     node.engine,

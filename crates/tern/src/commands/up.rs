@@ -64,14 +64,26 @@ impl UpCommand {
                 continuum.server.url(),
                 state.display()
             );
-            let read_file = state.join("nats/read-token");
-            let read_token = tern_cluster::backbone::secret_token(&read_file)
-                .with_context(|| format!("cannot keep the read-only token in {}", read_file.display()))?;
-            // Only where the tokens are: a log that keeps stderr keeps no secret.
+            let token_file = state.join(tern_cluster::up::API_TOKEN_FILE);
+            let read_file = state.join(tern_cluster::up::READ_TOKEN_FILE);
+            let mut tokens = Vec::new();
+            for file in [&token_file, &read_file] {
+                if let Some(dir) = file.parent() {
+                    std::fs::create_dir_all(dir)
+                        .with_context(|| format!("cannot make {}", dir.display()))?;
+                }
+                tokens.push(tern_cluster::backbone::secret_token(file).with_context(|| {
+                    format!("cannot keep the API's token in {}", file.display())
+                })?);
+            }
+            let read_token = tokens.pop();
+            let token = tokens.pop();
+            // Only where the secrets are: a log that keeps stderr keeps no secret.
             eprintln!(
-                "the join token is in {} (other machines join with `tern node --nats URL --join \"$(cat FILE)\" --name NAME`); a read-only token for the API, in {}",
-                continuum.server.token_file().display(),
-                read_file.display()
+                "the API's token is in {} (`tern` reads it there), a read-only one in {}; the control plane's NATS credentials in {}",
+                token_file.display(),
+                read_file.display(),
+                continuum.server.control_credentials_file().display()
             );
             eprintln!(
                 "try `tern nodes --latency`, `tern deploy app.toml`, `tern ps`, `tern explain APP`; Ctrl-C stops it"
@@ -79,8 +91,14 @@ impl UpCommand {
             let serving = tokio::spawn(tern_cluster::control::serve(
                 backbone,
                 tern_cluster::control::Access {
-                    token: Some(continuum.server.token().to_owned()),
-                    read_token: Some(read_token),
+                    token,
+                    read_token,
+                    enrolment: Some(tern_cluster::control::Enrolment {
+                        authority: state
+                            .join("nats")
+                            .join(tern_cluster::backbone::AUTHORITY_FILE),
+                        nats: continuum.server.url().to_owned(),
+                    }),
                 },
                 listener,
                 self.settings.settings(),

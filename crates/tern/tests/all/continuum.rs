@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 
 use crate::support::{
-    Run, Running, free_addr, guest, scratch, signal, signal_pid, sqlite_guest, tern,
+    Run, Running, TOKEN, free_addr, guest, scratch, signal, signal_pid, sqlite_guest, tern,
 };
 
 /// A `tern up` of this test, and how to talk to it.
@@ -57,7 +57,8 @@ impl Up {
     }
 
     pub(crate) fn token(&self) -> String {
-        std::fs::read_to_string(self.state.join("nats/join-token")).unwrap_or_default()
+        std::fs::read_to_string(self.state.join(tern_cluster::up::API_TOKEN_FILE))
+            .unwrap_or_default()
     }
 
     /// `tern ARGS --api … --token …`.
@@ -749,7 +750,7 @@ async fn the_control_plane_killed_and_restarted_leaves_running_apps_alone() {
         tern(d.path())
             .args(args)
             .args(["--api", &api])
-            .env("TERN_TOKEN", server.token())
+            .env("TERN_TOKEN", TOKEN)
             .run()
     };
     let deadline = Instant::now() + Duration::from_secs(60);

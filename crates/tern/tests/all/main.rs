@@ -9,6 +9,7 @@ mod continuum;
 mod controller;
 mod errors;
 mod faults;
+mod identity;
 mod limits;
 mod migrate;
 mod moves;

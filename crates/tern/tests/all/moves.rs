@@ -13,7 +13,7 @@ use tern_cluster::backbone::NatsServer;
 
 use crate::continuum::write_app;
 use crate::support::{
-    Run, Running, free_addr, guest, log_tail, scratch, signal_pid, spawn_node, tern,
+    Run, Running, TOKEN, free_addr, guest, log_tail, scratch, signal_pid, spawn_node, tern,
 };
 
 /// A nats-server, two nodes (`a` and `b`, sites of their own, a link of `link` between
@@ -58,7 +58,11 @@ impl Fleet {
     /// A `tern controller` on the fleet's address, with `env` set.
     fn controller(&self, env: &[(&str, &str)]) -> Running {
         let mut t = tern(&self.dir)
-            .env("TERN_JOIN_TOKEN", self.server.token())
+            .env(
+                "TERN_CREDS",
+                &self.server.control_credentials_file().display().to_string(),
+            )
+            .env("TERN_TOKEN", TOKEN)
             .args([
                 "controller",
                 "--nats",
@@ -76,7 +80,7 @@ impl Fleet {
         tern(&self.dir)
             .args(args)
             .args(["--api", &format!("http://{}", self.addr)])
-            .env("TERN_TOKEN", self.server.token())
+            .env("TERN_TOKEN", TOKEN)
             .run()
     }
 

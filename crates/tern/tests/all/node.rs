@@ -43,7 +43,10 @@ async fn a_node_joins_measured_and_is_declared_lost_seconds_after_a_kill() {
     let lost_after = Duration::from_secs(2);
     let _controller = Running(
         tern(d.path())
-            .env("TERN_JOIN_TOKEN", server.token())
+            .env(
+                "TERN_CREDS",
+                &server.control_credentials_file().display().to_string(),
+            )
             .args([
                 "controller",
                 "--nats",
@@ -106,19 +109,37 @@ async fn a_node_joins_measured_and_is_declared_lost_seconds_after_a_kill() {
 async fn a_stopped_node_leaves_at_once() {
     let d = scratch();
     let (server, bb) = backbone(d.path()).await;
-    // A wrong join token, or none, is refused before the node does anything.
-    for token in [Some("0".repeat(64)), None] {
-        let mut t = tern(d.path());
-        if let Some(token) = &token {
-            t = t.env("TERN_JOIN_TOKEN", token);
-        }
-        t.args(["node", "--nats", server.url(), "--name", "intruder"])
-            .run()
-            .fails_with(
-                1,
-                &format!("NATS at {} refused the join token", server.url()),
-            );
-    }
+    // Credentials another continuum's authority signed are refused before the node
+    // does anything, and so is a node with none.
+    let (seed, user) = tern_trust::nats::new_user().expect("user");
+    let stranger = tern_trust::nats::Authority::generate()
+        .user_jwt(
+            "intruder",
+            &user,
+            &tern_cluster::protocol::node_rights("intruder"),
+        )
+        .expect("jwt");
+    let forged = d.path().join("forged.creds");
+    std::fs::write(&forged, tern_trust::nats::credentials(&stranger, &seed)).expect("write");
+    tern(d.path())
+        .args([
+            "node",
+            "--nats",
+            server.url(),
+            "--name",
+            "intruder",
+            "--creds",
+        ])
+        .arg(&forged)
+        .run()
+        .fails_with(
+            1,
+            &format!("NATS at {} refused these credentials", server.url()),
+        );
+    tern(d.path())
+        .args(["node", "--nats", server.url(), "--name", "intruder"])
+        .run()
+        .fails_with(1, "node intruder has no credentials for the backbone");
     assert!(bb.nodes().await.expect("nodes").is_empty());
     let mut events = Box::pin(bb.watch_nodes().await.expect("watch"));
     let mut node = spawn_node(
@@ -159,8 +180,19 @@ async fn a_stopped_node_leaves_at_once() {
 fn bad_node_flags_and_an_unreachable_backbone_are_one_line() {
     let d = scratch();
     let url = format!("nats://{}", free_addr());
+    let (seed, user) = tern_trust::nats::new_user().expect("user");
+    let jwt = tern_trust::nats::Authority::generate()
+        .user_jwt(
+            "edge-1",
+            &user,
+            &tern_cluster::protocol::node_rights("edge-1"),
+        )
+        .expect("jwt");
+    let creds = d.path().join("edge-1.creds");
+    std::fs::write(&creds, tern_trust::nats::credentials(&jwt, &seed)).expect("write");
     tern(d.path())
-        .args(["node", "--nats", &url, "--name", "edge-1"])
+        .args(["node", "--nats", &url, "--name", "edge-1", "--creds"])
+        .arg(&creds)
         .run()
         .fails_with(1, &format!("error: cannot reach NATS at {url}: "));
     let cases: &[(&[&str], &str)] = &[

@@ -5,7 +5,7 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use crate::support::{free_addr, guest, scratch, spawn_controller, spawn_node, tern};
+use crate::support::{TOKEN, free_addr, guest, scratch, spawn_controller, spawn_node, tern};
 
 /// Makes a key in `dir` and returns its file and public key.
 fn keygen(dir: &Path, name: &str) -> (String, String) {
@@ -101,7 +101,7 @@ async fn a_signed_module_runs_and_a_node_refuses_one_whose_signature_fails_befor
         tern(d.path())
             .args(args)
             .args(["--api", &api])
-            .env("TERN_TOKEN", server.token())
+            .env("TERN_TOKEN", TOKEN)
             .run()
     };
     let (key, public) = keygen(d.path(), "release");

@@ -287,28 +287,34 @@ impl Drop for Running {
     }
 }
 
-/// Starts `tern node --nats URL --name NAME` with the join token and `flags`, as a
-/// process killed when the test ends.
+/// Starts `tern node --nats URL --name NAME` with its own credentials and `flags`, as
+/// a process killed when the test ends.
 pub fn spawn_node(
     dir: &Path,
     server: &tern_cluster::backbone::NatsServer,
     name: &str,
     flags: &[&str],
 ) -> Running {
+    let creds = server.node_credentials(name).expect("node credentials");
     Running(
         tern(dir)
-            .env("TERN_JOIN_TOKEN", server.token())
+            .env("TERN_CREDS", &creds.display().to_string())
             .args(["node", "--nats", server.url(), "--name", name])
             .args(flags)
             .spawn_logged(&dir.join(format!("node-{name}.log"))),
     )
 }
 
+/// The token of the API of every [`spawn_controller`].
+pub const TOKEN: &str = "the-api-token-of-the-tests";
+
 /// The read-only token of the API of every [`spawn_controller`].
 pub const READ_TOKEN: &str = "a-read-only-token-for-dashboards";
 
-/// A `tern controller` on `server`, serving the API on `addr` (with the server's token,
-/// and [`READ_TOKEN`] for reads), logging to `dir/controller.log`.
+/// A `tern controller` on `server` with the control plane's credentials and the
+/// continuum's authority (it enrols and revokes nodes), serving the
+/// API on `addr` (with [`TOKEN`], and [`READ_TOKEN`] for reads), logging to
+/// `dir/controller.log`.
 pub fn spawn_controller(
     dir: &Path,
     server: &tern_cluster::backbone::NatsServer,
@@ -316,8 +322,16 @@ pub fn spawn_controller(
 ) -> Running {
     Running(
         tern(dir)
-            .env("TERN_JOIN_TOKEN", server.token())
+            .env(
+                "TERN_CREDS",
+                &server.control_credentials_file().display().to_string(),
+            )
+            .env("TERN_TOKEN", TOKEN)
             .env("TERN_READ_TOKEN", READ_TOKEN)
+            .env(
+                "TERN_AUTHORITY",
+                &server.authority_file().display().to_string(),
+            )
             .args(["controller", "--nats", server.url(), "--listen", addr])
             .spawn_logged(&dir.join("controller.log")),
     )

@@ -33,9 +33,9 @@ fn up_starts_three_node_processes_and_ctrl_c_stops_them_all() {
     );
     let deadline = Instant::now() + Duration::from_secs(90);
     let nodes = loop {
-        // The read-only token `tern up` keeps beside the join token reads the API.
+        // The read-only token `tern up` keeps beside the API's token reads the API.
         let read =
-            std::fs::read_to_string(d.path().join("state/nats/read-token")).unwrap_or_default();
+            std::fs::read_to_string(d.path().join("state/api/read-token")).unwrap_or_default();
         let r = tern(d.path())
             .env("TERN_TOKEN", read.trim())
             .args(["nodes", "--json", "--api", &api])
@@ -86,14 +86,27 @@ fn up_starts_three_node_processes_and_ctrl_c_stops_them_all() {
         stderr.contains("continuum up: nodes cloud, edge, iot"),
         "{stderr}"
     );
-    let kept = state.join("nats/join-token");
-    let token = std::fs::read_to_string(&kept).expect("the join token is kept");
-    // Where the token is, never the token: a log that keeps stderr keeps no secret.
-    let told = format!("the join token is in {}", kept.display());
+    let kept = state.join("api/token");
+    let token = std::fs::read_to_string(&kept).expect("the API's token is kept");
+    // Where the secrets are, never a secret: a log that keeps stderr keeps none.
+    let told = format!("the API's token is in {}", kept.display());
     assert!(stderr.contains(&told), "{stderr}");
     assert!(!stderr.contains(token.trim()), "{stderr}");
-    let read = std::fs::read_to_string(state.join("nats/read-token")).expect("kept");
+    let read = std::fs::read_to_string(state.join("api/read-token")).expect("kept");
     assert!(!stderr.contains(read.trim()), "{stderr}");
+    let creds = std::fs::read_to_string(state.join("nats/control.creds")).expect("kept");
+    let seed = tern_trust::nats::seed_of_credentials(&creds).expect("a seed");
+    assert!(!stderr.contains(&seed), "{stderr}");
+    // Each node has its own credentials, which only its owner reads.
+    for node in ["cloud", "edge", "iot"] {
+        let file = state.join(format!("nats/nodes/{node}.creds"));
+        let mode = std::os::unix::fs::PermissionsExt::mode(
+            &std::fs::metadata(&file)
+                .expect("node credentials")
+                .permissions(),
+        );
+        assert_eq!(mode & 0o077, 0, "{} is mode {mode:o}", file.display());
+    }
     assert!(stderr.ends_with("continuum stopped\n"), "{stderr}");
     let url = stderr
         .split("NATS on ")
