@@ -368,7 +368,19 @@ pub async fn run(
             let _ = instances_stop.await;
         },
     ));
-    stop.await;
+    tokio::select! {
+        () = stop => {}
+        () = backbone.revoked() => {
+            // Nothing it does reaches the continuum any more, and its apps are placed
+            // elsewhere: they stop here at once (each instance dies with its agent).
+            following.abort();
+            pinging.abort();
+            beating.abort();
+            answering.abort();
+            instances.abort();
+            return Err(BackboneError::Revoked { node: node.name.clone() }.into());
+        }
+    }
     let _ = stop_instances.send(());
     // Heartbeats go on while the instances stop (they are checkpointed first), so
     // that the continuum does not take the node for lost and start them elsewhere.

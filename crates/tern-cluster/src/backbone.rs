@@ -75,6 +75,11 @@ pub enum BackboneError {
         "the backbone has no {store} yet ({reason}); the control plane makes it when it starts (`tern controller` or `tern up`)"
     )]
     Unmade { store: String, reason: String },
+    /// The server revoked this process's credentials (`tern node revoke`).
+    #[error(
+        "node {node} was revoked: the backbone refuses its credentials from now on; its apps were stopped here and are placed elsewhere"
+    )]
+    Revoked { node: String },
     /// The control plane's API could not serve.
     #[error("the API {0}")]
     Api(String),
@@ -507,6 +512,8 @@ pub struct Backbone {
     pub(crate) logs: jetstream::stream::Stream,
     modules: object_store::ObjectStore,
     pub(crate) snapshots: object_store::ObjectStore,
+    /// Set once the server said this connection's user was revoked.
+    revoked: tokio::sync::watch::Receiver<bool>,
 }
 
 impl std::fmt::Debug for Backbone {
@@ -572,6 +579,20 @@ impl Backbone {
         if let Some(node) = node {
             options = options.custom_inbox_prefix(protocol::node_inbox(node));
         }
+        // The server tells a revoked user so, then closes its connection; every later
+        // attempt is refused.
+        let (said_revoked, revoked) = tokio::sync::watch::channel(false);
+        let said_revoked = std::sync::Arc::new(said_revoked);
+        options = options.event_callback(move |event| {
+            let said_revoked = said_revoked.clone();
+            async move {
+                if let async_nats::Event::ServerError(async_nats::ServerError::Other(e)) = &event
+                    && e.to_ascii_lowercase().contains("revoked")
+                {
+                    said_revoked.send_replace(true);
+                }
+            }
+        });
         let client = options.connect(url).await.map_err(|e| {
             if e.kind() == async_nats::ConnectErrorKind::AuthorizationViolation {
                 BackboneError::Refused {
@@ -630,7 +651,15 @@ impl Backbone {
             logs,
             modules,
             snapshots,
+            revoked,
         })
+    }
+
+    /// Resolves once the server has said that this connection's user is revoked: its
+    /// credentials open nothing any more, now or later.
+    pub async fn revoked(&self) {
+        let mut revoked = self.revoked.clone();
+        let _ = revoked.wait_for(|r| *r).await;
     }
 
     /// Writes `node`'s descriptor in the registry: the node joins (or changed). Its

@@ -194,13 +194,28 @@ async fn a_revoked_node_is_cut_off_and_its_app_runs_elsewhere() {
         .arg(d.path().join("a/identity.creds"))
         .run()
         .fails_with(1, "refused these credentials");
+    // The node learns it was revoked, stops its app and exits, in one line.
+    let mut a = a;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let status = loop {
+        if let Some(status) = a.try_wait().expect("wait") {
+            break status;
+        }
+        assert!(Instant::now() < deadline, "the revoked node did not exit");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert_eq!(status.code(), Some(1), "{status:?}");
+    let log = std::fs::read_to_string(d.path().join("node-a.log")).expect("log");
+    assert!(
+        log.contains("error: node a was revoked: the backbone refuses its credentials"),
+        "{log}"
+    );
     // Its app goes on elsewhere, from its last checkpoint.
     wait_for("steady running on b", Duration::from_secs(120), || {
         app(d.path()).filter(|a| a["state"] == "running" && a["node"] == "b")
     });
     assert!(!nodes(d.path(), &api).contains(&"a".to_owned()));
     // The name may be enrolled again, with another key.
-    drop(a);
     let token = join_token(d.path(), &api);
     let _again = enrol_in(d.path(), &server, &api, &token, "a", "a-again");
     wait_for("a to join again", Duration::from_secs(60), || {
