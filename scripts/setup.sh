@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # Installs what Tern's build, tests and demo need on Debian/Ubuntu, skipping what is
 # already there: clang-19 and lld-19 with Debian's wasi-libc and wasm32 compiler-rt to
-# build C guests, Binaryen, and nats-server for the continuum. The Rust toolchain (cargo) must already be installed.
+# build C guests, Binaryen, nats-server for the continuum, and iproute2 (the tests make
+# network namespaces: a second machine). The Rust toolchain (cargo) must already be installed.
 set -euo pipefail
 
-packages=(clang-19 lld-19 wasi-libc libclang-rt-19-dev-wasm32 binaryen fonts-dejavu-core python3-venv)
+packages=(clang-19 lld-19 wasi-libc libclang-rt-19-dev-wasm32 binaryen fonts-dejavu-core python3-venv iproute2)
 
 missing=()
 for p in "${packages[@]}"; do

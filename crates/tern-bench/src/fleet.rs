@@ -380,6 +380,7 @@ async fn measure(
             .args(["controller", "--nats", server.url(), "--listen"])
             .arg(format!("127.0.0.1:{port}"))
             .env("TERN_CREDS", server.control_credentials_file())
+            .env("TERN_CA", server.ca_file())
             .env("TERN_TOKEN", BENCH_TOKEN)
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
@@ -424,13 +425,18 @@ async fn measure(
         alive.push(flag.clone());
         tell.insert(node_name(i), tx);
         // Each node has credentials of its own, with its rights only, as a real one.
-        let creds = std::fs::read_to_string(server.node_credentials(&node_name(i))?)?;
+        let login = tern_cluster::backbone::Login {
+            creds: Some(std::fs::read_to_string(
+                server.node_credentials(&node_name(i))?,
+            )?),
+            ca: Some(server.ca_file()),
+        };
         let (url, seen, connect) = (server.url().to_owned(), seen.clone(), connect.clone());
         tokio::spawn(async move {
             let backbone = {
                 let _slot = connect.acquire().await;
                 loop {
-                    match Backbone::join_as_node(&url, &creds, &node_name(i)).await {
+                    match Backbone::join_as_node(&url, &login, &node_name(i)).await {
                         Ok(b) => break b,
                         Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
                     }

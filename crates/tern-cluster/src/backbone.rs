@@ -23,6 +23,7 @@ use futures_util::StreamExt as _;
 use tokio::io::AsyncReadExt as _;
 
 use tern_trust::nats::{Authority, NatsError, Rights};
+use tern_trust::write_private;
 
 use crate::model::{Heartbeat, NodeDescriptor, NodeLoad};
 use crate::protocol::{
@@ -135,6 +136,7 @@ pub struct NatsServer {
     url: String,
     state: PathBuf,
     port: u16,
+    ip: std::net::IpAddr,
     started: Instant,
     authority: Authority,
     /// The control plane's credentials (`STATE/control.creds`).
@@ -157,6 +159,22 @@ impl NatsServer {
         NatsServer::start_with(state, port, Durability::Synced).await
     }
 
+    /// [`NatsServer::start`] listening on `ip` (`0.0.0.0`: every interface), its
+    /// certificate and URL naming `advertise` too: the host other machines reach it by.
+    /// With port 0, the port is the one this state used before, if any, so that the
+    /// backbone's address is the same across restarts.
+    ///
+    /// # Errors
+    /// As [`NatsServer::start`].
+    pub async fn start_listening(
+        state: &Path,
+        ip: std::net::IpAddr,
+        port: u16,
+        advertise: Option<&str>,
+    ) -> Result<NatsServer, BackboneError> {
+        NatsServer::start_full(state, ip, port, advertise, Durability::Synced).await
+    }
+
     /// [`NatsServer::start`] with JetStream's writes reaching the disk as `durability`
     /// says (`tern bench cluster` measures what [`Durability::Synced`] costs).
     ///
@@ -167,6 +185,17 @@ impl NatsServer {
         port: u16,
         durability: Durability,
     ) -> Result<NatsServer, BackboneError> {
+        let loopback = std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST);
+        NatsServer::start_full(state, loopback, port, None, durability).await
+    }
+
+    async fn start_full(
+        state: &Path,
+        ip: std::net::IpAddr,
+        port: u16,
+        advertise: Option<&str>,
+        durability: Durability,
+    ) -> Result<NatsServer, BackboneError> {
         let path = find_nats_server()?;
         let start_err = |reason: String| BackboneError::Start {
             path: path.clone(),
@@ -174,10 +203,39 @@ impl NatsServer {
         };
         std::fs::create_dir_all(state)
             .map_err(|e| start_err(format!("{}: {e}", state.display())))?;
+        let kept_port = state.join("port");
         let port = match port {
-            0 => free_port().map_err(|e| start_err(format!("no free port: {e}")))?,
+            0 => match std::fs::read_to_string(&kept_port)
+                .ok()
+                .and_then(|p| p.trim().parse::<u16>().ok())
+                .filter(|p| *p != 0)
+            {
+                Some(p) => p,
+                None => free_port(ip).map_err(|e| start_err(format!("no free port: {e}")))?,
+            },
             p => p,
         };
+        std::fs::write(&kept_port, port.to_string())
+            .map_err(|e| start_err(format!("{}: {e}", kept_port.display())))?;
+        // Where clients reach it: the host it was told, else the address it listens
+        // on, else loopback.
+        let host = match advertise {
+            Some(h) => h.to_owned(),
+            None if ip.is_unspecified() => "127.0.0.1".to_owned(),
+            None => ip.to_string(),
+        };
+        let mut names = vec!["localhost".to_owned(), "127.0.0.1".to_owned()];
+        for n in [
+            Some(host.clone()),
+            (!ip.is_unspecified()).then(|| ip.to_string()),
+        ]
+        .into_iter()
+        .flatten()
+        {
+            if !names.contains(&n) {
+                names.push(n);
+            }
+        }
         let authority = authority(&state.join(AUTHORITY_FILE)).map_err(start_err)?;
         // `sync_interval: always`: JetStream acknowledges a write only once it is on
         // disk (fsync), so an app record, a move or a checkpoint acknowledged before a
@@ -196,8 +254,25 @@ impl NatsServer {
             "log_file: {:?}\nlogfile_size_limit: 10MB\nlogfile_max_num: 2\n",
             state.join("nats-server.log").display().to_string()
         );
+        // Every connection is encrypted, loopback too: the server's certificate is the
+        // continuum CA's, made again at each start.
+        let tls_dir = state.join("tls");
+        let ca = tern_trust::tls::Ca::in_dir(&tls_dir).map_err(|e| start_err(e.to_string()))?;
+        let issued = ca
+            .issue_server(&names)
+            .map_err(|e| start_err(e.to_string()))?;
+        let (cert, key) = (tls_dir.join("server.pem"), tls_dir.join("server.key"));
+        std::fs::write(&cert, &issued.cert_pem)
+            .map_err(|e| start_err(format!("{}: {e}", cert.display())))?;
+        write_private(&key, &issued.key_pem)
+            .map_err(|e| start_err(format!("{}: {e}", key.display())))?;
+        let tls = format!(
+            "tls {{\n  cert_file: {:?}\n  key_file: {:?}\n  timeout: 5\n}}\n",
+            cert.display().to_string(),
+            key.display().to_string()
+        );
         let conf = state.join("server.conf");
-        write_private(&conf, &format!("{trust}{jetstream}{log}"))
+        write_private(&conf, &format!("{trust}{jetstream}{log}{tls}"))
             .map_err(|e| start_err(format!("{}: {e}", conf.display())))?;
         let control = issue(
             &authority,
@@ -208,12 +283,13 @@ impl NatsServer {
         let control_file = state.join(CONTROL_CREDS);
         write_private(&control_file, &control)
             .map_err(|e| start_err(format!("{}: {e}", control_file.display())))?;
-        let child = spawn_server(state, port).await?;
+        let child = spawn_server(state, ip, port).await?;
         Ok(NatsServer {
             child,
-            url: format!("nats://127.0.0.1:{port}"),
+            url: format!("tls://{}", host_port(&host, port)),
             state: state.to_owned(),
             port,
+            ip,
             started: Instant::now(),
             authority,
             control,
@@ -236,7 +312,7 @@ impl NatsServer {
     /// # Errors
     /// As [`NatsServer::start`].
     pub async fn restart(&mut self) -> Result<(), BackboneError> {
-        self.child = spawn_server(&self.state, self.port).await?;
+        self.child = spawn_server(&self.state, self.ip, self.port).await?;
         self.started = Instant::now();
         Ok(())
     }
@@ -298,7 +374,21 @@ impl NatsServer {
     /// # Errors
     /// As [`Backbone::join`].
     pub async fn backbone(&self) -> Result<Backbone, BackboneError> {
-        Backbone::join(&self.url, Some(&self.control)).await
+        Backbone::join(&self.url, &self.login()).await
+    }
+
+    /// The control plane's login: its credentials, and the continuum's CA.
+    pub fn login(&self) -> Login {
+        Login {
+            creds: Some(self.control.clone()),
+            ca: Some(self.ca_file()),
+        }
+    }
+
+    /// The continuum's CA certificate (`STATE/tls/ca.pem`): clients trust the server's
+    /// certificate by it.
+    pub fn ca_file(&self) -> PathBuf {
+        self.state.join("tls").join(tern_trust::tls::CA_CERT)
     }
 
     /// The server's process id, while it runs.
@@ -315,7 +405,11 @@ impl NatsServer {
 
 /// Starts nats-server on `127.0.0.1:port` with the configuration in `state` and
 /// JetStream's files there, and waits until it takes connections.
-async fn spawn_server(state: &Path, port: u16) -> Result<tokio::process::Child, BackboneError> {
+async fn spawn_server(
+    state: &Path,
+    ip: std::net::IpAddr,
+    port: u16,
+) -> Result<tokio::process::Child, BackboneError> {
     let path = find_nats_server()?;
     let start_err = |reason: String| BackboneError::Start {
         path: path.clone(),
@@ -323,7 +417,9 @@ async fn spawn_server(state: &Path, port: u16) -> Result<tokio::process::Child, 
     };
     let mut command = tokio::process::Command::new(&path);
     command
-        .args(["--jetstream", "--addr", "127.0.0.1", "--port"])
+        .args(["--jetstream", "--addr"])
+        .arg(ip.to_string())
+        .arg("--port")
         .arg(port.to_string())
         .arg("--config")
         .arg(state.join("server.conf"))
@@ -349,10 +445,12 @@ async fn spawn_server(state: &Path, port: u16) -> Result<tokio::process::Child, 
                 .unwrap_or("");
             return Err(start_err(format!("it exited ({status}): {last}")));
         }
-        if tokio::net::TcpStream::connect(("127.0.0.1", port))
-            .await
-            .is_ok()
-        {
+        let reach = if ip.is_unspecified() {
+            std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST)
+        } else {
+            ip
+        };
+        if tokio::net::TcpStream::connect((reach, port)).await.is_ok() {
             break;
         }
         if Instant::now() > deadline {
@@ -397,18 +495,6 @@ pub(crate) fn die_with_parent(
                 .map_err(std::io::Error::from)
         });
     }
-}
-
-/// Writes `text` to `path`, readable and writable by its owner only.
-fn write_private(path: &Path, text: &str) -> std::io::Result<()> {
-    use std::os::unix::fs::OpenOptionsExt as _;
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(path)?;
-    std::io::Write::write_all(&mut f, text.as_bytes())
 }
 
 /// Writes `text` to `path` as [`write_private`] does, through a file beside it renamed
@@ -485,10 +571,26 @@ pub fn random_hex() -> std::io::Result<String> {
     Ok(hex::encode(bytes))
 }
 
-fn free_port() -> std::io::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port())
+fn free_port(ip: std::net::IpAddr) -> std::io::Result<u16> {
+    Ok(std::net::TcpListener::bind((ip, 0))?.local_addr()?.port())
+}
+
+/// `host:port`, with an IPv6 address in brackets.
+fn host_port(host: &str, port: u16) -> String {
+    if host.contains(':') {
+        format!("[{host}]:{port}")
+    } else {
+        format!("{host}:{port}")
+    }
+}
+
+/// What a process gives the backbone's server: its credentials (a credentials file's
+/// text: a user's JWT and seed), and the continuum's CA certificate, which the server's
+/// certificate must chain to.
+#[derive(Debug, Clone, Default)]
+pub struct Login {
+    pub creds: Option<String>,
+    pub ca: Option<PathBuf>,
 }
 
 /// A node that appeared, changed or went away in the registry.
@@ -531,7 +633,7 @@ impl Backbone {
     /// [`BackboneError::Connect`], or [`BackboneError::JetStream`] when JetStream is
     /// off or a bucket cannot be made.
     pub async fn connect(url: &str) -> Result<Backbone, BackboneError> {
-        Backbone::join(url, None).await
+        Backbone::join(url, &Login::default()).await
     }
 
     /// [`Backbone::connect`] with `creds`, a credentials file's text (a user's JWT and
@@ -540,8 +642,8 @@ impl Backbone {
     /// # Errors
     /// [`BackboneError::Refused`] for credentials the server does not take, and as
     /// [`Backbone::connect`].
-    pub async fn join(url: &str, creds: Option<&str>) -> Result<Backbone, BackboneError> {
-        Backbone::open(url, creds, None).await
+    pub async fn join(url: &str, login: &Login) -> Result<Backbone, BackboneError> {
+        Backbone::open(url, login, None).await
     }
 
     /// [`Backbone::join`] as node `node`, whose credentials allow it its own names
@@ -552,21 +654,17 @@ impl Backbone {
     /// As [`Backbone::join`], and [`BackboneError::JetStream`] when a store is missing.
     pub async fn join_as_node(
         url: &str,
-        creds: &str,
+        login: &Login,
         node: &str,
     ) -> Result<Backbone, BackboneError> {
-        Backbone::open(url, Some(creds), Some(node)).await
+        Backbone::open(url, login, Some(node)).await
     }
 
-    async fn open(
-        url: &str,
-        creds: Option<&str>,
-        node: Option<&str>,
-    ) -> Result<Backbone, BackboneError> {
+    async fn open(url: &str, login: &Login, node: Option<&str>) -> Result<Backbone, BackboneError> {
         // A connection that drops is made again forever (async-nats' default), tried
         // at most a second apart, so a restarted nats-server is back in use at once;
         // what is published meanwhile waits in the client's buffer.
-        let mut options = match creds {
+        let mut options = match &login.creds {
             Some(c) => async_nats::ConnectOptions::with_credentials(c)
                 .map_err(|e| BackboneError::Credentials(e.to_string()))?,
             None => async_nats::ConnectOptions::new(),
@@ -578,6 +676,11 @@ impl Backbone {
         });
         if let Some(node) = node {
             options = options.custom_inbox_prefix(protocol::node_inbox(node));
+        }
+        if let Some(ca) = &login.ca {
+            // The server's certificate must chain to the continuum's CA, and to no
+            // other root.
+            options = options.add_root_certificates(ca.clone()).require_tls(true);
         }
         // The server tells a revoked user so, then closes its connection; every later
         // attempt is refused.

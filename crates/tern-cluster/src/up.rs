@@ -261,6 +261,24 @@ pub struct Continuum {
     _lock: StateLock,
 }
 
+/// Where the continuum's backbone listens, and the host other machines reach it by.
+#[derive(Debug, Clone)]
+pub struct Reach {
+    /// The address it listens on (`0.0.0.0`: every interface).
+    pub ip: std::net::IpAddr,
+    /// The host other machines reach this one by, when not `ip`.
+    pub advertise: Option<String>,
+}
+
+impl Default for Reach {
+    fn default() -> Reach {
+        Reach {
+            ip: std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST),
+            advertise: None,
+        }
+    }
+}
+
 /// One node's process, and when it is to be started again if it ended.
 #[derive(Debug)]
 pub struct NodeProcess {
@@ -325,12 +343,18 @@ impl Continuum {
         config: &ContinuumConfig,
         state: &Path,
         tern: &Path,
+        reach: &Reach,
         within: Duration,
     ) -> Result<(Continuum, Backbone), String> {
         let lock = StateLock::take(state)?;
-        let server = NatsServer::start(&state.join("nats"), 0)
-            .await
-            .map_err(|e| e.to_string())?;
+        let server = NatsServer::start_listening(
+            &state.join("nats"),
+            reach.ip,
+            0,
+            reach.advertise.as_deref(),
+        )
+        .await
+        .map_err(|e| e.to_string())?;
         let mut continuum = Continuum {
             server,
             nodes: Vec::new(),
@@ -417,6 +441,8 @@ impl Continuum {
             .arg(state.join("nodes").join(&spec.name))
             .arg("--creds")
             .arg(creds)
+            .arg("--ca")
+            .arg(self.server.ca_file())
             .stdin(Stdio::null())
             .stdout(out)
             .stderr(err)

@@ -246,6 +246,11 @@ pub struct NatsArgs {
     /// `STATE/nats/nodes/NAME.creds` for a node) or enrolment does.
     #[arg(long, value_name = "FILE", env = "TERN_CREDS")]
     pub creds: Option<std::path::PathBuf>,
+    /// The continuum's CA certificate, which the backbone server's certificate must
+    /// chain to (`tern up` keeps it in STATE/nats/tls/ca.pem; an enrolled node, in its
+    /// state).
+    #[arg(long, value_name = "FILE", env = "TERN_CA")]
+    pub ca: Option<std::path::PathBuf>,
 }
 
 /// Where the backbone is when not told.
@@ -272,7 +277,11 @@ impl NatsArgs {
     /// Joins the backbone as the control plane.
     pub async fn backbone(&self) -> anyhow::Result<tern_cluster::backbone::Backbone> {
         let creds = self.credentials()?;
-        Ok(tern_cluster::backbone::Backbone::join(self.url(), creds.as_deref()).await?)
+        let login = tern_cluster::backbone::Login {
+            creds,
+            ca: self.ca.clone(),
+        };
+        Ok(tern_cluster::backbone::Backbone::join(self.url(), &login).await?)
     }
 }
 

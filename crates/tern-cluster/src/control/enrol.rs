@@ -25,6 +25,8 @@ pub struct Enrolment {
     pub authority: PathBuf,
     /// The backbone's URL, as nodes reach it.
     pub nats: String,
+    /// The continuum's CA certificate, which an enrolled node trusts the backbone by.
+    pub ca: Option<PathBuf>,
 }
 
 /// `POST /v1/join-tokens`'s body.
@@ -59,6 +61,9 @@ pub struct EnrolRequest {
 pub struct Enrolled {
     pub jwt: String,
     pub nats: String,
+    /// The continuum's CA certificate (PEM), when the backbone uses TLS.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca: Option<String>,
 }
 
 /// `POST /v1/nodes/{name}/revoke`'s answer.
@@ -156,9 +161,19 @@ pub(super) async fn enrol(
         Err(EnrolError::Backbone(e)) => return Err(backbone_down(e)),
     }
     tracing::info!(node = %request.name, key = %request.key, "node enrolled");
+    let ca = match &enrolment.ca {
+        Some(path) => Some(std::fs::read_to_string(path).map_err(|e| {
+            bad(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!("the CA {}: {e}", path.display()),
+            )
+        })?),
+        None => None,
+    };
     Ok(Json(Enrolled {
         jwt,
         nats: enrolment.nats,
+        ca,
     }))
 }
 
@@ -192,7 +207,7 @@ pub(super) async fn revoke(
             format!("the authority {}: {e}", enrolment.authority.display()),
         )
     })?;
-    push_account(&authority, &enrolment.nats)
+    push_account(&authority, &enrolment.nats, enrolment.ca.as_deref())
         .await
         .map_err(|e| bad(StatusCode::SERVICE_UNAVAILABLE, e))?;
     ids.revoke(&node).await.map_err(backbone_down)?;
@@ -208,14 +223,24 @@ pub(super) async fn revoke(
 
 /// Sends the account's JWT, with its revocations, to the server at `url` as a user of
 /// the system account; the server applies it to the connections already open.
-async fn push_account(authority: &Authority, url: &str) -> Result<(), String> {
+async fn push_account(
+    authority: &Authority,
+    url: &str,
+    ca: Option<&FilePath>,
+) -> Result<(), String> {
     let (seed, user) = tern_trust::nats::new_user().map_err(|e| e.to_string())?;
     let jwt = authority
         .system_user_jwt("tern-control", &user)
         .map_err(|e| e.to_string())?;
     let creds = tern_trust::nats::credentials(&jwt, &seed);
-    let client = async_nats::ConnectOptions::with_credentials(&creds)
-        .map_err(|e| e.to_string())?
+    let mut options =
+        async_nats::ConnectOptions::with_credentials(&creds).map_err(|e| e.to_string())?;
+    if let Some(ca) = ca {
+        options = options
+            .add_root_certificates(ca.to_owned())
+            .require_tls(true);
+    }
+    let client = options
         .connection_timeout(Duration::from_secs(5))
         .connect(url)
         .await

@@ -55,6 +55,7 @@ impl ControllerCommand {
                 .map(|authority| tern_cluster::control::Enrolment {
                     authority,
                     nats: self.nats.url().to_owned(),
+                    ca: self.nats.ca.clone(),
                 }),
         };
         tern_cluster::control::exposure(self.listen, &access)

@@ -45,6 +45,10 @@ pub struct NodeCommand {
         hide_env_values = true
     )]
     token: Option<String>,
+    /// The fingerprint (`sha256:…`) the continuum's CA must have: enrolment refuses a
+    /// control plane that gives another (`tern up` prints it in its join command).
+    #[arg(long, value_name = "SHA256")]
+    ca_fingerprint: Option<String>,
     /// Where the node is; nodes of a site share its links [default: the node's name].
     #[arg(long, value_parser = site_name)]
     site: Option<String>,
@@ -131,32 +135,49 @@ impl NodeAction {
     }
 }
 
-/// The node's credentials, and the backbone's URL: from --creds, from an earlier
-/// enrolment kept in `state`, or from enrolling now.
+/// The node's login (credentials and CA) and the backbone's URL: from --creds and --ca,
+/// from an earlier enrolment kept in `state`, or from enrolling now. A CA given by
+/// enrolment must have the fingerprint `pin` when one is given.
 fn identity(
     name: &str,
     nats: &crate::common::NatsArgs,
     join: Option<&str>,
     token: Option<&str>,
+    pin: Option<&str>,
     state: &std::path::Path,
-) -> anyhow::Result<(String, String)> {
+) -> anyhow::Result<(tern_cluster::backbone::Login, String)> {
     use anyhow::Context as _;
+    use tern_cluster::backbone::Login;
     if let Some(creds) = nats.credentials()? {
-        return Ok((creds, nats.url().to_owned()));
+        let login = Login {
+            creds: Some(creds),
+            ca: nats.ca.clone(),
+        };
+        return Ok((login, nats.url().to_owned()));
     }
     let kept = state.join("identity.creds");
     let kept_url = state.join("identity.nats");
+    let kept_ca = state.join("ca.pem");
     let url_of = |enrolled: Option<String>| {
         nats.nats
             .clone()
             .or(enrolled)
             .unwrap_or_else(|| crate::common::DEFAULT_NATS.to_owned())
     };
+    let ca_of = || {
+        nats.ca
+            .clone()
+            .or_else(|| kept_ca.is_file().then(|| kept_ca.clone()))
+    };
     if let Ok(creds) = std::fs::read_to_string(&kept) {
         let enrolled = std::fs::read_to_string(&kept_url)
             .ok()
             .map(|u| u.trim().to_owned());
-        return Ok((creds, url_of(enrolled)));
+        let login = Login {
+            creds: Some(creds),
+            ca: ca_of(),
+        };
+        return Ok((login, url_of(enrolled)));
     }
     let (Some(join), Some(token)) = (join, token) else {
         anyhow::bail!(
@@ -176,29 +197,40 @@ fn identity(
     let enrolled: tern_cluster::control::Enrolled = api
         .post_without_token("/v1/enrol", &serde_json::to_vec(&request)?)
         .with_context(|| format!("node {name} could not enrol at {join}"))?;
+    if let Some(pin) = pin {
+        let got = enrolled
+            .ca
+            .as_deref()
+            .and_then(tern_trust::tls::fingerprint_of_pem);
+        if got.as_deref() != Some(pin) {
+            anyhow::bail!(
+                "node {name} did not enrol: the control plane at {join} gave a CA of fingerprint {}, not {pin}; it is not the continuum's",
+                got.as_deref().unwrap_or("(none)")
+            );
+        }
+    }
     let creds = tern_trust::nats::credentials(&enrolled.jwt, &seed);
     std::fs::create_dir_all(state).with_context(|| format!("cannot make {}", state.display()))?;
+    if let Some(ca) = &enrolled.ca {
+        std::fs::write(&kept_ca, ca)
+            .with_context(|| format!("cannot write {}", kept_ca.display()))?;
+    }
     write_private(&kept, &creds)?;
     write_private(&kept_url, &enrolled.nats)?;
     eprintln!(
         "node {name} enrolled at {join}: its credentials are in {}",
         kept.display()
     );
-    Ok((creds, url_of(Some(enrolled.nats))))
+    let login = Login {
+        creds: Some(creds),
+        ca: ca_of(),
+    };
+    Ok((login, url_of(Some(enrolled.nats))))
 }
 
 /// Writes `text` to `path`, readable by its owner only.
 fn write_private(path: &std::path::Path, text: &str) -> anyhow::Result<()> {
-    use std::io::Write as _;
-    use std::os::unix::fs::OpenOptionsExt as _;
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(path)
-        .map_err(|e| anyhow::anyhow!("cannot write {}: {e}", path.display()))?;
-    f.write_all(text.as_bytes())
+    tern_trust::write_private(path, text)
         .map_err(|e| anyhow::anyhow!("cannot write {}: {e}", path.display()))
 }
 
@@ -248,13 +280,13 @@ fn label(s: &str) -> Result<(String, String), String> {
 /// plane has not made its stores yet: a node may start before the control plane.
 async fn join(
     url: &str,
-    creds: &str,
+    login: &tern_cluster::backbone::Login,
     name: &str,
 ) -> anyhow::Result<tern_cluster::backbone::Backbone> {
     use tern_cluster::backbone::{Backbone, BackboneError};
     let mut said = false;
     loop {
-        match Backbone::join_as_node(url, creds, name).await {
+        match Backbone::join_as_node(url, login, name).await {
             Err(e @ BackboneError::Unmade { .. }) => {
                 if !said {
                     eprintln!("node {name} waits: {e}");
@@ -281,11 +313,12 @@ impl NodeCommand {
         let state = self
             .state
             .unwrap_or_else(|| tern_cluster::up::default_state().join("nodes").join(&name));
-        let (creds, url) = identity(
+        let (login, url) = identity(
             &name,
             &self.nats,
             self.join.as_deref(),
             self.token.as_deref(),
+            self.ca_fingerprint.as_deref(),
             &state,
         )?;
         let config = NodeConfig {
@@ -305,7 +338,7 @@ impl NodeCommand {
         let runtime = crate::common::runtime()?;
         runtime.block_on(async move {
             let stop = crate::common::stopped();
-            let backbone = join(&url, &creds, &config.name).await?;
+            let backbone = join(&url, &login, &config.name).await?;
             let name = config.name.clone();
             agent::run(config, &backbone, stop, |node| {
                 eprintln!(

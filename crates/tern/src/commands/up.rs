@@ -21,9 +21,15 @@ pub struct UpCommand {
     /// cores, labels) [default: cloud, edge and iot].
     #[arg(long, value_name = "FILE.toml")]
     config: Option<PathBuf>,
-    /// Address the API listens on.
+    /// Address the API listens on; the backbone (NATS, TLS) listens on the same IP, on
+    /// a port kept in the state directory. Beyond loopback (`0.0.0.0:7680`), other
+    /// machines can join: `tern up` writes a join command for them.
     #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:7680")]
     listen: SocketAddr,
+    /// The host name or address other machines reach this one by [default: the
+    /// --listen address, or this machine's host name when it is 0.0.0.0].
+    #[arg(long, value_name = "HOST")]
+    advertise: Option<String>,
     /// Where the backbone's files and the nodes' logs live [default:
     /// ~/.local/state/tern].
     #[arg(long, value_name = "DIR")]
@@ -52,8 +58,20 @@ impl UpCommand {
             let listener = tern_cluster::control::bind(self.listen)
                 .await
                 .map_err(anyhow::Error::msg)?;
+            let advertise = self.advertise.clone().or_else(|| {
+                self.listen
+                    .ip()
+                    .is_unspecified()
+                    .then(|| std::fs::read_to_string("/proc/sys/kernel/hostname").ok())
+                    .flatten()
+                    .map(|h| h.trim().to_owned())
+            });
+            let reach = tern_cluster::up::Reach {
+                ip: self.listen.ip(),
+                advertise: advertise.clone(),
+            };
             let (mut continuum, backbone) =
-                Continuum::start(&config, &state, &tern, Duration::from_secs(60))
+                Continuum::start(&config, &state, &tern, &reach, Duration::from_secs(60))
                     .await
                     .map_err(anyhow::Error::msg)?;
             let names: Vec<&str> = config.nodes.iter().map(|n| n.name.as_str()).collect();
@@ -85,6 +103,25 @@ impl UpCommand {
                 read_file.display(),
                 continuum.server.control_credentials_file().display()
             );
+            // A join command for another machine, with a one-time token: kept in a file
+            // only its owner reads, and shown on a terminal, never in a log.
+            let api_host = advertise.clone().unwrap_or_else(|| self.listen.ip().to_string());
+            let api_url = format!("http://{api_host}:{}", self.listen.port());
+            let join_file = state.join("api/join-command");
+            match join_command(&backbone, &api_url, &continuum.server.ca_file()).await {
+                Ok(command) => {
+                    tern_trust::write_private(&join_file, &format!("{command}\n"))
+                        .with_context(|| format!("cannot write {}", join_file.display()))?;
+                    eprintln!(
+                        "another machine joins with the command in {} (a one-time token, good for an hour; `tern node token` makes more)",
+                        join_file.display()
+                    );
+                    if std::io::IsTerminal::is_terminal(&std::io::stdout()) {
+                        println!("{command}");
+                    }
+                }
+                Err(e) => eprintln!("no join command for other machines: {e}"),
+            }
             eprintln!(
                 "try `tern nodes --latency`, `tern deploy app.toml`, `tern ps`, `tern explain APP`; Ctrl-C stops it"
             );
@@ -98,6 +135,7 @@ impl UpCommand {
                             .join("nats")
                             .join(tern_cluster::backbone::AUTHORITY_FILE),
                         nats: continuum.server.url().to_owned(),
+                        ca: Some(continuum.server.ca_file()),
                     }),
                 },
                 listener,
@@ -113,4 +151,24 @@ impl UpCommand {
             Ok(ExitCode::SUCCESS)
         })
     }
+}
+
+/// `tern node --join …` for another machine: the API's URL, a new one-time join token
+/// and the fingerprint of the continuum's CA.
+async fn join_command(
+    backbone: &tern_cluster::backbone::Backbone,
+    api: &str,
+    ca: &std::path::Path,
+) -> anyhow::Result<String> {
+    let pem =
+        std::fs::read_to_string(ca).with_context(|| format!("cannot read {}", ca.display()))?;
+    let fingerprint = tern_trust::tls::fingerprint_of_pem(&pem)
+        .with_context(|| format!("{} holds no certificate", ca.display()))?;
+    let identities = tern_cluster::identity::Identities::open(backbone).await?;
+    let (token, _) = identities
+        .make_token(tern_cluster::identity::JOIN_TOKEN_TTL)
+        .await?;
+    Ok(format!(
+        "tern node --join {api} --token {token} --ca-fingerprint {fingerprint} --name NAME --site SITE --tier edge"
+    ))
 }

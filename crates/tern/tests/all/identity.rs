@@ -10,7 +10,7 @@ use tern_cluster::backbone::NatsServer;
 
 use crate::continuum::write_app;
 use crate::support::{
-    READ_TOKEN, Run, Running, TOKEN, free_addr, guest, scratch, spawn_controller, tern,
+    READ_TOKEN, Run, Running, TOKEN, free_addr, guest, scratch, spawn_controller, tern, wait_until,
 };
 
 /// A verb against the API at `api`, with the API's token.
@@ -24,7 +24,7 @@ fn verb(dir: &Path, api: &str, args: &[&str]) -> Run {
 
 /// A one-time join token, once the control plane answers.
 fn join_token(dir: &Path, api: &str) -> String {
-    wait_for("a join token", Duration::from_secs(60), || {
+    wait_until("a join token", Duration::from_secs(60), || {
         let r = verb(dir, api, &["node", "token"]);
         (r.code == Some(0)).then(|| r.stdout.trim().to_owned())
     })
@@ -62,15 +62,11 @@ fn enrol_in(
     )
 }
 
-fn wait_for<T>(what: &str, within: Duration, mut f: impl FnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + within;
-    loop {
-        if let Some(t) = f() {
-            return t;
-        }
-        assert!(Instant::now() < deadline, "waited {within:?} for {what}");
-        std::thread::sleep(Duration::from_millis(200));
-    }
+/// Waits until node `name` is listed.
+fn joined(dir: &Path, api: &str, name: &str) {
+    wait_until(&format!("{name} to join"), Duration::from_secs(60), || {
+        nodes(dir, api).iter().any(|n| n == name).then_some(())
+    });
 }
 
 fn nodes(dir: &Path, api: &str) -> Vec<String> {
@@ -85,22 +81,24 @@ fn nodes(dir: &Path, api: &str) -> Vec<String> {
         .unwrap_or_default()
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn a_node_enrols_once_and_its_name_is_bound_to_its_key() {
-    let d = scratch();
-    let server = NatsServer::start(&d.path().join("nats"), 0)
+/// A nats-server in `dir` and a control plane that enrols nodes: the server, the API's
+/// URL and the control plane's process.
+async fn continuum(dir: &Path) -> (NatsServer, String, Running) {
+    let server = NatsServer::start(&dir.join("nats"), 0)
         .await
         .expect("nats-server starts");
     let addr = free_addr();
-    let api = format!("http://{addr}");
-    let _controller = spawn_controller(d.path(), &server, &addr);
+    let controller = spawn_controller(dir, &server, &addr);
+    (server, format!("http://{addr}"), controller)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_node_enrols_once_and_its_name_is_bound_to_its_key() {
+    let d = scratch();
+    let (server, api, _controller) = continuum(d.path()).await;
     let token = join_token(d.path(), &api);
     let _edge = enrol(d.path(), &server, &api, &token, "edge");
-    wait_for("edge to join", Duration::from_secs(60), || {
-        nodes(d.path(), &api)
-            .contains(&"edge".to_owned())
-            .then_some(())
-    });
+    joined(d.path(), &api, "edge");
     let creds = std::fs::read_to_string(d.path().join("edge/identity.creds")).expect("kept");
     let seed = tern_trust::nats::seed_of_credentials(&creds).expect("a seed");
     let log = std::fs::read_to_string(d.path().join("node-edge.log")).expect("log");
@@ -130,11 +128,7 @@ async fn a_node_enrols_once_and_its_name_is_bound_to_its_key() {
     );
     assert!(!d.path().join("impostor/identity.creds").exists());
     let _iot = enrol(d.path(), &server, &api, &fresh, "iot");
-    wait_for("iot to join", Duration::from_secs(60), || {
-        nodes(d.path(), &api)
-            .contains(&"iot".to_owned())
-            .then_some(())
-    });
+    joined(d.path(), &api, "iot");
     // Only the API's token makes join tokens.
     let r = tern(d.path())
         .args(["node", "token", "--api", &api])
@@ -148,18 +142,9 @@ async fn a_node_enrols_once_and_its_name_is_bound_to_its_key() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_revoked_node_is_cut_off_and_its_app_runs_elsewhere() {
     let d = scratch();
-    let server = NatsServer::start(&d.path().join("nats"), 0)
-        .await
-        .expect("nats-server starts");
-    let addr = free_addr();
-    let api = format!("http://{addr}");
-    let _controller = spawn_controller(d.path(), &server, &addr);
+    let (server, api, _controller) = continuum(d.path()).await;
     let a = enrol(d.path(), &server, &api, &join_token(d.path(), &api), "a");
-    wait_for("a to join", Duration::from_secs(60), || {
-        nodes(d.path(), &api)
-            .contains(&"a".to_owned())
-            .then_some(())
-    });
+    joined(d.path(), &api, "a");
     let m = write_app(
         d.path(),
         "steady",
@@ -175,15 +160,11 @@ async fn a_revoked_node_is_cut_off_and_its_app_runs_elsewhere() {
             .find(|a| a["name"] == "steady")
             .cloned()
     };
-    wait_for("steady running on a", Duration::from_secs(120), || {
+    wait_until("steady running on a", Duration::from_secs(120), || {
         app(d.path()).filter(|a| a["state"] == "running" && a["node"] == "a")
     });
     let _b = enrol(d.path(), &server, &api, &join_token(d.path(), &api), "b");
-    wait_for("b to join", Duration::from_secs(60), || {
-        nodes(d.path(), &api)
-            .contains(&"b".to_owned())
-            .then_some(())
-    });
+    joined(d.path(), &api, "b");
 
     let r = verb(d.path(), &api, &["node", "revoke", "a"]);
     assert_eq!(r.code, Some(0), "{r:?}");
@@ -192,6 +173,8 @@ async fn a_revoked_node_is_cut_off_and_its_app_runs_elsewhere() {
     tern(d.path())
         .args(["node", "--nats", server.url(), "--name", "a", "--creds"])
         .arg(d.path().join("a/identity.creds"))
+        .arg("--ca")
+        .arg(server.ca_file())
         .run()
         .fails_with(1, "refused these credentials");
     // The node learns it was revoked, stops its app and exits, in one line.
@@ -211,17 +194,13 @@ async fn a_revoked_node_is_cut_off_and_its_app_runs_elsewhere() {
         "{log}"
     );
     // Its app goes on elsewhere, from its last checkpoint.
-    wait_for("steady running on b", Duration::from_secs(120), || {
+    wait_until("steady running on b", Duration::from_secs(120), || {
         app(d.path()).filter(|a| a["state"] == "running" && a["node"] == "b")
     });
     assert!(!nodes(d.path(), &api).contains(&"a".to_owned()));
     // The name may be enrolled again, with another key.
     let token = join_token(d.path(), &api);
     let _again = enrol_in(d.path(), &server, &api, &token, "a", "a-again");
-    wait_for("a to join again", Duration::from_secs(60), || {
-        nodes(d.path(), &api)
-            .contains(&"a".to_owned())
-            .then_some(())
-    });
+    joined(d.path(), &api, "a");
     server.stop().await;
 }

@@ -13,6 +13,7 @@ mod identity;
 mod limits;
 mod migrate;
 mod moves;
+mod netns;
 mod node;
 mod run;
 mod sandbox;

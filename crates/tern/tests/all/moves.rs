@@ -62,6 +62,7 @@ impl Fleet {
                 "TERN_CREDS",
                 &self.server.control_credentials_file().display().to_string(),
             )
+            .env("TERN_CA", &self.server.ca_file().display().to_string())
             .env("TERN_TOKEN", TOKEN)
             .args([
                 "controller",
@@ -231,10 +232,11 @@ async fn a_move_asked_while_the_app_starts_waits_for_it_to_run() {
     let d = scratch();
     let fleet = Fleet::start(d.path(), None).await;
     let _controller = fleet.controller(&[]);
-    // Long enough (about 9 s on a quiet machine) that the move, which waits for the app
-    // to run and then starts a destination, finishes first on a loaded one too: 1 s was
-    // not (the app ended before its move, twice, with the suite running beside it).
-    let reference = deploy(&fleet, "early", &guest("steps"), &["20", "300000000"], 3);
+    // 20 s of ticks, asleep between them: as long on a loaded machine as on a quiet
+    // one, so that the move, which waits for the app to run and then starts a
+    // destination, finishes first. A CPU-bound app of 9 s did not always outlast it
+    // with the suite and other work beside it (1 s seldom did).
+    let reference = deploy(&fleet, "early", &guest("ticks"), &["200", "100"], 0);
     // At once: the app is placed, not running yet (its node compiles it first).
     let row = fleet.app("early").expect("deployed");
     let to = if row["node"] == "a" { "b" } else { "a" };
@@ -246,7 +248,7 @@ async fn a_move_asked_while_the_app_starts_waits_for_it_to_run() {
         )),
         "{moved:?}"
     );
-    let done = ran_once(&fleet, "early", &reference, 3);
+    let done = ran_once(&fleet, "early", &reference, 0);
     assert_eq!(
         (&done["node"], &done["incarnation"]),
         (&to.into(), &2.into()),

@@ -26,6 +26,18 @@ async fn next_about(
         .expect("a node event")
 }
 
+/// Credentials for node `name` that another continuum's authority signed, in
+/// `dir/NAME.creds`.
+fn stranger_credentials(dir: &std::path::Path, name: &str) -> std::path::PathBuf {
+    let (seed, user) = tern_trust::nats::new_user().expect("user");
+    let jwt = tern_trust::nats::Authority::generate()
+        .user_jwt(name, &user, &tern_cluster::protocol::node_rights(name))
+        .expect("jwt");
+    let file = dir.join(format!("{name}.creds"));
+    std::fs::write(&file, tern_trust::nats::credentials(&jwt, &seed)).expect("write");
+    file
+}
+
 /// A nats-server in `dir` and a connection to its backbone.
 async fn backbone(dir: &std::path::Path) -> (NatsServer, tern_cluster::backbone::Backbone) {
     let server = NatsServer::start(&dir.join("nats"), 0)
@@ -47,6 +59,7 @@ async fn a_node_joins_measured_and_is_declared_lost_seconds_after_a_kill() {
                 "TERN_CREDS",
                 &server.control_credentials_file().display().to_string(),
             )
+            .env("TERN_CA", &server.ca_file().display().to_string())
             .args([
                 "controller",
                 "--nats",
@@ -111,16 +124,7 @@ async fn a_stopped_node_leaves_at_once() {
     let (server, bb) = backbone(d.path()).await;
     // Credentials another continuum's authority signed are refused before the node
     // does anything, and so is a node with none.
-    let (seed, user) = tern_trust::nats::new_user().expect("user");
-    let stranger = tern_trust::nats::Authority::generate()
-        .user_jwt(
-            "intruder",
-            &user,
-            &tern_cluster::protocol::node_rights("intruder"),
-        )
-        .expect("jwt");
-    let forged = d.path().join("forged.creds");
-    std::fs::write(&forged, tern_trust::nats::credentials(&stranger, &seed)).expect("write");
+    let forged = stranger_credentials(d.path(), "intruder");
     tern(d.path())
         .args([
             "node",
@@ -131,6 +135,8 @@ async fn a_stopped_node_leaves_at_once() {
             "--creds",
         ])
         .arg(&forged)
+        .arg("--ca")
+        .arg(server.ca_file())
         .run()
         .fails_with(
             1,
@@ -158,7 +164,7 @@ async fn a_stopped_node_leaves_at_once() {
     let stderr = std::fs::read_to_string(d.path().join("node-iot-1.log")).expect("the node's log");
     assert!(status.success(), "{status:?}: {stderr}");
     assert!(
-        stderr.contains("node iot-1 joined nats://127.0.0.1:"),
+        stderr.contains("node iot-1 joined tls://127.0.0.1:"),
         "{stderr}"
     );
     assert!(stderr.contains("node iot-1 left"), "{stderr}");
@@ -180,16 +186,7 @@ async fn a_stopped_node_leaves_at_once() {
 fn bad_node_flags_and_an_unreachable_backbone_are_one_line() {
     let d = scratch();
     let url = format!("nats://{}", free_addr());
-    let (seed, user) = tern_trust::nats::new_user().expect("user");
-    let jwt = tern_trust::nats::Authority::generate()
-        .user_jwt(
-            "edge-1",
-            &user,
-            &tern_cluster::protocol::node_rights("edge-1"),
-        )
-        .expect("jwt");
-    let creds = d.path().join("edge-1.creds");
-    std::fs::write(&creds, tern_trust::nats::credentials(&jwt, &seed)).expect("write");
+    let creds = stranger_credentials(d.path(), "edge-1");
     tern(d.path())
         .args(["node", "--nats", &url, "--name", "edge-1", "--creds"])
         .arg(&creds)

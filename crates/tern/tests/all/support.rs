@@ -5,6 +5,7 @@ use std::hash::{Hash, Hasher};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::sync::Mutex;
+use std::time::Duration;
 
 /// The repository root.
 pub fn repo() -> PathBuf {
@@ -85,6 +86,17 @@ impl Tern {
     pub fn new(cache: &Path) -> Tern {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_tern"));
         cmd.env_clear()
+            .env("TERN_CACHE_DIR", cache)
+            .env("PATH", std::env::var_os("PATH").unwrap_or_default());
+        Tern { cmd, stdin: None }
+    }
+
+    /// [`Tern::new`], run inside network namespace `ns` (`ip netns exec`): a second
+    /// machine, for a test.
+    pub fn in_namespace(cache: &Path, ns: &str) -> Tern {
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", ns, env!("CARGO_BIN_EXE_tern")])
+            .env_clear()
             .env("TERN_CACHE_DIR", cache)
             .env("PATH", std::env::var_os("PATH").unwrap_or_default());
         Tern { cmd, stdin: None }
@@ -299,6 +311,7 @@ pub fn spawn_node(
     Running(
         tern(dir)
             .env("TERN_CREDS", &creds.display().to_string())
+            .env("TERN_CA", &server.ca_file().display().to_string())
             .args(["node", "--nats", server.url(), "--name", name])
             .args(flags)
             .spawn_logged(&dir.join(format!("node-{name}.log"))),
@@ -332,9 +345,25 @@ pub fn spawn_controller(
                 "TERN_AUTHORITY",
                 &server.authority_file().display().to_string(),
             )
+            .env("TERN_CA", &server.ca_file().display().to_string())
             .args(["controller", "--nats", server.url(), "--listen", addr])
             .spawn_logged(&dir.join("controller.log")),
     )
+}
+
+/// Calls `f` until it gives something, every 200 ms, for at most `within`.
+pub fn wait_until<T>(what: &str, within: Duration, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = std::time::Instant::now() + within;
+    loop {
+        if let Some(t) = f() {
+            return t;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "waited {within:?} for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
 }
 
 /// The last `lines` lines of a daemon's log, for a failure message.

@@ -97,6 +97,20 @@ fn up_starts_three_node_processes_and_ctrl_c_stops_them_all() {
     let creds = std::fs::read_to_string(state.join("nats/control.creds")).expect("kept");
     let seed = tern_trust::nats::seed_of_credentials(&creds).expect("a seed");
     assert!(!stderr.contains(&seed), "{stderr}");
+    // A join command for another machine, with a one-time token kept out of the log.
+    let join = std::fs::read_to_string(state.join("api/join-command")).expect("join command");
+    assert!(
+        join.starts_with("tern node --join http://127.0.0.1:"),
+        "{join}"
+    );
+    assert!(join.contains(" --ca-fingerprint sha256:"), "{join}");
+    let one_time = join
+        .split(" --token ")
+        .nth(1)
+        .and_then(|t| t.split(' ').next())
+        .expect("a token");
+    assert_eq!(one_time.len(), 64, "{join}");
+    assert!(!stderr.contains(one_time), "{stderr}");
     // Each node has its own credentials, which only its owner reads.
     for node in ["cloud", "edge", "iot"] {
         let file = state.join(format!("nats/nodes/{node}.creds"));

@@ -1,0 +1,185 @@
+//! Another machine, as a network namespace joined to this one by a veth link: a node
+//! there joins the continuum with the command `tern up --listen 0.0.0.0:PORT` wrote,
+//! over the link's real addresses (TLS to the backbone), and runs an app placed on it.
+
+use std::process::Command;
+use std::time::Duration;
+
+use serde_json::Value;
+
+use crate::continuum::write_app;
+use crate::support::{Running, Tern, free_addr, guest, scratch, tern, wait_until};
+
+/// A network namespace and the veth link to it, removed when dropped (the namespace's
+/// end of the link goes with it).
+struct Namespace {
+    name: String,
+    host_link: String,
+    /// This machine's address on the link, and the namespace's.
+    host_ip: String,
+    ns_ip: String,
+}
+
+fn ip(args: &[&str]) {
+    let out = Command::new("ip")
+        .args(args)
+        .output()
+        .expect("the ip command (iproute2; scripts/setup.sh installs it)");
+    assert!(
+        out.status.success(),
+        "ip {}: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+impl Namespace {
+    fn new() -> Namespace {
+        let id = std::process::id() % 10_000;
+        let octet = id % 250 + 1;
+        let ns = Namespace {
+            name: format!("tern-t{id}"),
+            host_link: format!("tvh{id}"),
+            host_ip: format!("10.231.{octet}.1"),
+            ns_ip: format!("10.231.{octet}.2"),
+        };
+        let peer = format!("tvn{id}");
+        // Left from an earlier run with the same pid: gone first.
+        let _ = Command::new("ip").args(["netns", "del", &ns.name]).output();
+        let _ = Command::new("ip")
+            .args(["link", "del", &ns.host_link])
+            .output();
+        ip(&["netns", "add", &ns.name]);
+        ip(&[
+            "link",
+            "add",
+            &ns.host_link,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            &peer,
+        ]);
+        ip(&["link", "set", &peer, "netns", &ns.name]);
+        ip(&[
+            "addr",
+            "add",
+            &format!("{}/24", ns.host_ip),
+            "dev",
+            &ns.host_link,
+        ]);
+        ip(&["link", "set", &ns.host_link, "up"]);
+        let inside = |args: &[&str]| {
+            let mut all = vec!["netns", "exec", &ns.name, "ip"];
+            all.extend_from_slice(args);
+            ip(&all);
+        };
+        inside(&["addr", "add", &format!("{}/24", ns.ns_ip), "dev", &peer]);
+        inside(&["link", "set", &peer, "up"]);
+        inside(&["link", "set", "lo", "up"]);
+        ns
+    }
+}
+
+impl Drop for Namespace {
+    fn drop(&mut self) {
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .output();
+        let _ = Command::new("ip")
+            .args(["link", "del", &self.host_link])
+            .output();
+    }
+}
+
+#[test]
+fn a_node_in_another_namespace_joins_with_the_printed_command_and_runs_an_app() {
+    let d = scratch();
+    let net = Namespace::new();
+    let port = free_addr().rsplit(':').next().expect("a port").to_owned();
+    let state = d.path().join("state");
+    let _up = Running(
+        tern(d.path())
+            .inherit(&["HOME"])
+            .args([
+                "up",
+                "--listen",
+                &format!("0.0.0.0:{port}"),
+                "--advertise",
+                &net.host_ip,
+            ])
+            .arg("--state")
+            .arg(&state)
+            .spawn_logged(&d.path().join("up.log")),
+    );
+    let command = wait_until("the join command", Duration::from_secs(120), || {
+        std::fs::read_to_string(state.join("api/join-command")).ok()
+    });
+    let expected = format!("tern node --join http://{}:{port} --token ", net.host_ip);
+    assert!(command.starts_with(&expected), "{command}");
+    // The command, as another machine's operator would type it.
+    let words: Vec<String> = command
+        .trim()
+        .split(' ')
+        .skip(2)
+        .map(|w| match w {
+            "NAME" | "SITE" => "far".to_owned(),
+            w => w.to_owned(),
+        })
+        .collect();
+    let far_state = d.path().join("far");
+    let far = Running(
+        Tern::in_namespace(&d.path().join("cache-far"), &net.name)
+            .arg("node")
+            .args(&words)
+            .args(["--label", "where=far", "--memory", "256MiB", "--state"])
+            .arg(&far_state)
+            .spawn_logged(&d.path().join("far.log")),
+    );
+    let api = format!("http://127.0.0.1:{port}");
+    let token = std::fs::read_to_string(state.join("api/token")).expect("the API's token");
+    let verb = |args: &[&str]| {
+        tern(d.path())
+            .args(args)
+            .args(["--api", &api])
+            .env("TERN_TOKEN", token.trim())
+            .run()
+    };
+    wait_until("far to join", Duration::from_secs(120), || {
+        let r = verb(&["nodes", "--json"]);
+        let v: Value = serde_json::from_str(&r.stdout).ok()?;
+        v.as_array()?
+            .iter()
+            .any(|n| n["name"] == "far")
+            .then_some(())
+    });
+    let log = std::fs::read_to_string(d.path().join("far.log")).expect("far's log");
+    assert!(
+        log.contains(&format!("node far joined tls://{}:", net.host_ip)),
+        "{log}"
+    );
+    assert!(far_state.join("identity.creds").is_file());
+
+    let steps = guest("steps");
+    let reference = tern(d.path())
+        .arg("run")
+        .arg(&steps)
+        .args(["5", "1000"])
+        .run();
+    let m = write_app(
+        d.path(),
+        "there",
+        &steps,
+        "name = \"there\"\nargs = [\"5\", \"1000\"]\n[constraints]\nlabels = { where = \"far\" }\n",
+    );
+    verb(&["deploy", m.to_str().expect("utf-8")]).succeeds();
+    let done = wait_until("the app to end on far", Duration::from_secs(180), || {
+        let r = verb(&["ps", "--json"]);
+        let v: Value = serde_json::from_str(&r.stdout).ok()?;
+        let a = v.as_array()?.iter().find(|a| a["name"] == "there")?.clone();
+        (a["state"] == "exited").then_some(a)
+    });
+    assert_eq!(done["node"], "far", "{done}");
+    assert_eq!(verb(&["logs", "there"]).succeeds(), reference.stdout);
+    drop(far);
+}
