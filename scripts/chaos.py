@@ -86,36 +86,65 @@ class Continuum:
         self.tern, self.state = tern, state
         os.makedirs(state, exist_ok=True)
         self.token = os.urandom(32).hex()
-        self.nats_port = free_port()
         self.api_port = free_port()
-        conf = os.path.join(state, "server.conf")
-        with open(conf, "w") as f:
-            f.write('authorization {\n  token: "%s"\n}\njetstream {\n  sync_interval: always\n}\n'
-                    % self.token)
-        os.chmod(conf, 0o600)
-        env = dict(os.environ, TERN_JOIN_TOKEN=self.token)
-        url = "nats://127.0.0.1:%d" % self.nats_port
+        nodes = [("cloud", "cloud", []), ("edge", "edge", ["--cores", "1"]),
+                 ("gateway", "edge", ["--cores", "1"])]
+        backbone = self.bootstrap(tern, state, [n for n, _, _ in nodes])
+        with open(os.path.join(backbone, "port")) as f:
+            self.nats_port = int(f.read().strip())
+        ca = os.path.join(backbone, "tls", "ca.pem")
+        url = "tls://127.0.0.1:%d" % self.nats_port
         logs = os.path.join(state, "logs")
         os.makedirs(logs, exist_ok=True)
+        # The backbone `tern up` set up (operator mode, TLS, the stores), run by itself.
         self.procs = {
             "nats": Proc("nats", [nats_server(), "--jetstream", "--addr", "127.0.0.1", "--port",
-                                  str(self.nats_port), "--config", conf, "--store_dir",
-                                  os.path.join(state, "nats")], env,
+                                  str(self.nats_port), "--config",
+                                  os.path.join(backbone, "server.conf"), "--store_dir",
+                                  backbone], dict(os.environ),
                          os.path.join(logs, "nats.log")),
         }
         self.wait_port(self.nats_port)
+        control_env = dict(os.environ, TERN_CREDS=os.path.join(backbone, "control.creds"),
+                           TERN_CA=ca, TERN_TOKEN=self.token,
+                           TERN_AUTHORITY=os.path.join(backbone, "authority"))
         self.procs["controller"] = Proc(
             "controller", [tern, "controller", "--nats", url, "--listen",
-                           "127.0.0.1:%d" % self.api_port], env,
+                           "127.0.0.1:%d" % self.api_port], control_env,
             os.path.join(logs, "controller.log"))
-        for name, tier, extra in [("cloud", "cloud", []), ("edge", "edge", ["--cores", "1"]),
-                                  ("gateway", "edge", ["--cores", "1"])]:
+        for name, tier, extra in nodes:
+            env = dict(os.environ, TERN_CA=ca,
+                       TERN_CREDS=os.path.join(backbone, "nodes", name + ".creds"))
             self.procs[name] = Proc(
                 name, [tern, "node", "--nats", url, "--name", name, "--site", name, "--tier",
                        tier, "--memory", "2GiB", "--state", os.path.join(state, "nodes", name)]
                 + extra, env, os.path.join(logs, name + ".log"))
         self.env = dict(os.environ, TERN_API="http://127.0.0.1:%d" % self.api_port,
                         TERN_TOKEN=self.token)
+
+    @staticmethod
+    def bootstrap(tern, state, names):
+        """Runs `tern up` once with nodes of these names, until it is up, and stops it:
+        it leaves the backbone's authority, configuration (operator mode, TLS), stores
+        and every process's credentials in STATE/up/nats, which the soak runs by itself.
+        Returns that directory."""
+        up = os.path.join(state, "up")
+        config = os.path.join(state, "bootstrap.toml")
+        with open(config, "w") as f:
+            for n in names:
+                f.write('[[node]]\nname = "%s"\ntier = "edge"\nmemory = "256MiB"\n' % n)
+        log = open(os.path.join(state, "bootstrap.log"), "w")
+        proc = subprocess.Popen([tern, "up", "--config", config, "--state", up, "--listen",
+                                 "127.0.0.1:%d" % free_port()], stdout=log, stderr=log)
+        deadline = time.time() + 300
+        while not os.path.exists(os.path.join(up, "api", "join-command")):
+            if proc.poll() is not None or time.time() > deadline:
+                proc.kill()
+                sys.exit("chaos: `tern up` did not set the backbone up; see %s" % log.name)
+            time.sleep(0.5)
+        proc.send_signal(signal.SIGINT)
+        proc.wait(timeout=120)
+        return os.path.join(up, "nats")
 
     @staticmethod
     def wait_port(port, within=30):
