@@ -70,9 +70,19 @@ impl Namespace {
         ]);
         ip(&["link", "set", &ns.host_link, "up"]);
         let inside = |args: &[&str]| {
-            let mut all = vec!["netns", "exec", &ns.name, "ip"];
-            all.extend_from_slice(args);
-            ip(&all);
+            let out = Command::new("nsenter")
+                .arg(format!("--net=/run/netns/{}", ns.name))
+                .arg("ip")
+                .args(args)
+                .output()
+                .expect("nsenter (util-linux)");
+            assert!(
+                out.status.success(),
+                "ip {} in {}: {}",
+                args.join(" "),
+                ns.name,
+                String::from_utf8_lossy(&out.stderr)
+            );
         };
         inside(&["addr", "add", &format!("{}/24", ns.ns_ip), "dev", &peer]);
         inside(&["link", "set", &peer, "up"]);

@@ -91,11 +91,13 @@ impl Tern {
         Tern { cmd, stdin: None }
     }
 
-    /// [`Tern::new`], run inside network namespace `ns` (`ip netns exec`): a second
-    /// machine, for a test.
+    /// [`Tern::new`], run inside network namespace `ns` (made by `ip netns add`): a
+    /// second machine, for a test. `nsenter` enters the network namespace alone (`ip
+    /// netns exec` also remounts `/`, which a chroot does not allow).
     pub fn in_namespace(cache: &Path, ns: &str) -> Tern {
-        let mut cmd = Command::new("ip");
-        cmd.args(["netns", "exec", ns, env!("CARGO_BIN_EXE_tern")])
+        let mut cmd = Command::new("nsenter");
+        cmd.arg(format!("--net=/run/netns/{ns}"))
+            .arg(env!("CARGO_BIN_EXE_tern"))
             .env_clear()
             .env("TERN_CACHE_DIR", cache)
             .env("PATH", std::env::var_os("PATH").unwrap_or_default());
