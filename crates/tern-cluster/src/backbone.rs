@@ -236,7 +236,8 @@ impl NatsServer {
                 names.push(n);
             }
         }
-        let authority = authority(&state.join(AUTHORITY_FILE)).map_err(start_err)?;
+        let authority = Authority::load_or_make(&state.join(AUTHORITY_FILE))
+            .map_err(|e| start_err(e.to_string()))?;
         // `sync_interval: always`: JetStream acknowledges a write only once it is on
         // disk (fsync), so an app record, a move or a checkpoint acknowledged before a
         // power loss or an OS crash is still there after it. The server's default
@@ -317,9 +318,20 @@ impl NatsServer {
         Ok(())
     }
 
-    /// Where clients connect.
+    /// Where clients connect: the advertised host, which other machines reach.
     pub fn url(&self) -> &str {
         &self.url
+    }
+
+    /// Where clients on this machine connect: by loopback when the server listens
+    /// there, so that they need no name resolution nor route to the advertised host.
+    pub fn local_url(&self) -> String {
+        let host = if self.ip.is_unspecified() || self.ip.is_loopback() {
+            "127.0.0.1".to_owned()
+        } else {
+            self.ip.to_string()
+        };
+        format!("tls://{}", host_port(&host, self.port))
     }
 
     /// The continuum's authority, which signs every user's credentials.
@@ -374,7 +386,7 @@ impl NatsServer {
     /// # Errors
     /// As [`Backbone::join`].
     pub async fn backbone(&self) -> Result<Backbone, BackboneError> {
-        Backbone::join(&self.url, &self.login()).await
+        Backbone::join(&self.local_url(), &self.login()).await
     }
 
     /// The control plane's login: its credentials, and the continuum's CA.
@@ -509,20 +521,6 @@ pub(crate) fn write_private_atomic(path: &Path, text: &str) -> std::io::Result<(
 pub(crate) async fn reap(child: &mut tokio::process::Child, grace: Duration) {
     if tokio::time::timeout(grace, child.wait()).await.is_err() {
         let _ = child.kill().await;
-    }
-}
-
-/// The authority kept in `path`, made and written there (0600) when the file has none.
-fn authority(path: &Path) -> Result<Authority, String> {
-    match std::fs::read_to_string(path) {
-        Ok(text) => Authority::from_text(&text).map_err(|e| format!("{}: {e}", path.display())),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            let authority = Authority::generate();
-            let text = authority.to_text().map_err(|e| e.to_string())?;
-            write_private(path, &text).map_err(|e| format!("{}: {e}", path.display()))?;
-            Ok(authority)
-        }
-        Err(e) => Err(format!("{}: {e}", path.display())),
     }
 }
 

@@ -389,8 +389,7 @@ impl Continuum {
                 .map_err(|e| format!("node {}: {e}", spec.name))?;
             let key = std::fs::read_to_string(&creds)
                 .ok()
-                .and_then(|t| tern_trust::nats::seed_of_credentials(&t))
-                .and_then(|seed| tern_trust::nats::user_of_seed(&seed).ok())
+                .and_then(|t| tern_trust::nats::user_of_credentials(&t))
                 .ok_or_else(|| format!("node {}: no key in {}", spec.name, creds.display()))?;
             identities
                 .bind(&spec.name, &key)
@@ -436,7 +435,7 @@ impl Continuum {
             .map_err(|e| format!("node {}: {e}", spec.name))?;
         let mut command = tokio::process::Command::new(tern);
         command
-            .args(node_args(config, spec, self.server.url()))
+            .args(node_args(config, spec, &self.server.local_url()))
             .arg("--state")
             .arg(state.join("nodes").join(&spec.name))
             .arg("--creds")

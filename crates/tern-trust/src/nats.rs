@@ -33,6 +33,8 @@ pub enum NatsError {
     PublicKey { key: String, reason: String },
     #[error("cannot sign: {0}")]
     Sign(String),
+    #[error("the authority {path}: {reason}")]
+    File { path: String, reason: String },
 }
 
 /// What a user may publish and subscribe to: NATS subjects, with `*` and `>` wildcards.
@@ -137,6 +139,35 @@ impl Authority {
             system,
             revoked,
         })
+    }
+
+    /// The authority kept in `path` (as [`Authority::to_text`] wrote it).
+    ///
+    /// # Errors
+    /// [`NatsError::File`] naming the file and why it cannot be read or used.
+    pub fn load(path: &std::path::Path) -> Result<Authority, NatsError> {
+        let file = |reason: String| NatsError::File {
+            path: path.display().to_string(),
+            reason,
+        };
+        let text = std::fs::read_to_string(path).map_err(|e| file(e.to_string()))?;
+        Authority::from_text(&text).map_err(|e| file(e.to_string()))
+    }
+
+    /// The authority kept in `path`, made and written there (0600) when there is none.
+    ///
+    /// # Errors
+    /// [`NatsError::File`] when the file cannot be read, used or written.
+    pub fn load_or_make(path: &std::path::Path) -> Result<Authority, NatsError> {
+        if path.exists() {
+            return Authority::load(path);
+        }
+        let authority = Authority::generate();
+        crate::write_private(path, &authority.to_text()?).map_err(|e| NatsError::File {
+            path: path.display().to_string(),
+            reason: e.to_string(),
+        })?;
+        Ok(authority)
     }
 
     /// Tern's account, by its public key.
@@ -337,6 +368,11 @@ pub fn seed_of_credentials(text: &str) -> Option<String> {
     user_of_seed(seed).ok().map(|_| seed.to_owned())
 }
 
+/// The public key of the user a credentials file's text is for, if it has a seed.
+pub fn user_of_credentials(text: &str) -> Option<String> {
+    user_of_seed(&seed_of_credentials(text)?).ok()
+}
+
 /// The user JWT of a credentials file's text, if it has one.
 pub fn jwt_of_credentials(text: &str) -> Option<String> {
     let jwt = text
@@ -477,6 +513,24 @@ mod tests {
         );
         assert!(Authority::from_text("SOXX\n").is_err());
         assert!(authority.revoke("not-a-key").is_err());
+        // Kept in a file only its owner reads, made once and read back after.
+        let dir = tempfile::tempdir().expect("dir");
+        let path = dir.path().join("authority");
+        let err = Authority::load(&path).expect_err("no file");
+        assert!(
+            err.to_string()
+                .starts_with(&format!("the authority {}: ", path.display())),
+            "{err}"
+        );
+        let made = Authority::load_or_make(&path).expect("made");
+        let kept = Authority::load_or_make(&path).expect("kept");
+        assert_eq!(made.account(), kept.account());
+        use std::os::unix::fs::PermissionsExt as _;
+        let mode = std::fs::metadata(&path).expect("file").permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+        std::fs::write(&path, "garbage\n").expect("write");
+        let err = Authority::load(&path).expect_err("garbage");
+        assert!(err.to_string().contains("bad operator seed"), "{err}");
         assert!(
             authority
                 .user_jwt("x", &authority.account(), &Rights::default())

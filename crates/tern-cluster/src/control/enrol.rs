@@ -83,18 +83,7 @@ fn enrolment(s: &Shared) -> Result<&Enrolment, ApiError> {
 }
 
 fn load(path: &FilePath) -> Result<Authority, ApiError> {
-    let text = std::fs::read_to_string(path).map_err(|e| {
-        bad(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            format!("the authority {}: {e}", path.display()),
-        )
-    })?;
-    Authority::from_text(&text).map_err(|e| {
-        bad(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            format!("the authority {}: {e}", path.display()),
-        )
-    })
+    Authority::load(path).map_err(|e| bad(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))
 }
 
 async fn identities(s: &Shared) -> Result<Identities, ApiError> {

@@ -40,11 +40,7 @@ pub struct ControllerCommand {
 impl ControllerCommand {
     pub fn execute(self) -> anyhow::Result<ExitCode> {
         if let Some(path) = &self.authority {
-            let text = std::fs::read_to_string(path).map_err(|e| {
-                anyhow::anyhow!("cannot read the authority {}: {e}", path.display())
-            })?;
-            tern_trust::nats::Authority::from_text(&text)
-                .map_err(|e| anyhow::anyhow!("the authority {}: {e}", path.display()))?;
+            tern_trust::nats::Authority::load(path)?;
         }
         let access = tern_cluster::control::Access {
             token: self.token.clone(),

@@ -152,6 +152,21 @@ fn ran_once(fleet: &Fleet, name: &str, reference: &str, code: i32) -> Value {
     done
 }
 
+/// The lines of `log` that warn or err (a process's own words on what went wrong).
+fn warnings(log: &Path) -> String {
+    let text = std::fs::read_to_string(log).unwrap_or_default();
+    let bad: Vec<&str> = text
+        .lines()
+        .filter(|l| {
+            l.contains("WARN")
+                || l.contains("ERROR")
+                || l.contains("[ERR]")
+                || l.contains("Violation")
+        })
+        .collect();
+    bad[bad.len().saturating_sub(40)..].join("\n")
+}
+
 /// Kills the controller right after `point` of a live move, starts another, and checks
 /// that the move completes and the app runs once.
 async fn crash_after(point: &str) {
@@ -430,7 +445,15 @@ async fn a_drain_of_fifty_apps_moves_them_all_once() {
         }
     }
     eprintln!("restarted instead of moved live: {restarted:?}");
-    assert!(restarted.len() <= APPS / 10, "{restarted:?}");
+    assert!(
+        restarted.len() <= APPS / 10,
+        "{} restarted: {restarted:?}\ncontroller: {}\nnode a: {}\nnode b: {}\nbackbone: {}",
+        restarted.len(),
+        warnings(&fleet.dir.join("controller.log")),
+        warnings(&fleet.dir.join("node-a.log")),
+        warnings(&fleet.dir.join("node-b.log")),
+        warnings(&fleet.dir.join("nats/nats-server.log")),
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
