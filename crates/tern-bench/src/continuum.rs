@@ -400,7 +400,7 @@ pub fn run(
                 &dir,
                 &workset,
                 &["16".to_owned(), "1600000".to_owned()],
-                Some(tern_cluster::emulate::Shape::of_rtt(20.0, 100.0)),
+                crate::migration::Way::Link(tern_cluster::emulate::Shape::of_rtt(20.0, 100.0)),
             )?;
             direct.push(m.downtime);
             bar.inc(1);

@@ -9,7 +9,9 @@
 //!   256 MiB with a small hot set) between two real `tern` processes on loopback: snapshot
 //!   size, downtime, total time, rounds and bytes, with the guest's result checked
 //!   against an uninterrupted run; then the same through an emulated 100 Mbit/s link
-//!   with 20 ms of one-way delay ([`crate::link`]).
+//!   with 20 ms of one-way delay ([`crate::link`]); with `tls`, also through two nodes'
+//!   TLS migration streams on loopback (`tern_cluster::tunnel`, as a continuum's nodes
+//!   carry them), interleaved run by run with the plain ones.
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -59,6 +61,8 @@ pub struct MigrationOptions {
     pub dataset: Dataset,
     /// Also migrate through the emulated link ([`LINK`]).
     pub link: bool,
+    /// Also migrate through two nodes' TLS streams, interleaved with the plain runs.
+    pub tls: bool,
 }
 
 /// One working-set size.
@@ -82,6 +86,8 @@ pub struct MigrationReport {
     pub sizes: Vec<SizeRow>,
     /// The same migrations through the emulated link (empty when not measured).
     pub link_sizes: Vec<SizeRow>,
+    /// The same migrations through two nodes' TLS streams (empty when not measured).
+    pub tls_sizes: Vec<SizeRow>,
 }
 
 /// Runs the benchmark.
@@ -120,13 +126,19 @@ pub fn run(opts: &MigrationOptions, progress: &Progress) -> anyhow::Result<Migra
     let src = scratch.path().join("workset.c");
     std::fs::write(&src, WORKSET_C)?;
     toolchain::wasm(&src, &workset, &["-O2"])?;
-    let per_size = if opts.link { 2 } else { 1 };
+    let per_size = 1 + usize::from(opts.link) + usize::from(opts.tls);
+    let streams = if opts.tls {
+        Some(Streams::new()?)
+    } else {
+        None
+    };
     let bar = progress.bar(
         "migrating",
         (opts.sizes.len() * opts.runs * per_size) as u64,
     );
     let mut sizes = Vec::new();
     let mut link_sizes = Vec::new();
+    let mut tls_sizes = Vec::new();
     for &mib in &opts.sizes {
         let args = [mib.to_string(), WORKSET_ROUNDS.to_owned()];
         let snap = scratch.path().join("w.snap");
@@ -148,26 +160,34 @@ pub fn run(opts: &MigrationOptions, progress: &Progress) -> anyhow::Result<Migra
         let snapshot_bytes = std::fs::metadata(&snap)
             .with_context(|| format!("the {mib} MiB workset ended before its checkpoint"))?
             .len();
-        let mut kinds = vec![(None, WORKSET_ROUNDS)];
-        if opts.link {
-            kinds.push((Some(LINK), WORKSET_ROUNDS_LINK));
+        // On loopback, plain and (with --tls) through the nodes' streams, run by run.
+        let mut ways = vec![Way::Plain];
+        if let Some(s) = &streams {
+            ways.push(Way::Streams(s));
         }
-        for (link, rounds) in kinds {
+        let mut kinds = vec![(ways, WORKSET_ROUNDS)];
+        if opts.link {
+            kinds.push((vec![Way::Link(LINK)], WORKSET_ROUNDS_LINK));
+        }
+        for (ways, rounds) in kinds {
             let args = [mib.to_string(), rounds.to_owned()];
             let expected = run_tern(&opts.tern, scratch.path(), &["run"], &workset, &args)?;
-            let row = migrations(
+            let rows = migrations(
                 opts,
                 scratch.path(),
                 &workset,
                 (mib, snapshot_bytes),
                 &args,
                 &expected,
-                link,
+                &ways,
                 &bar,
             )?;
-            match link {
-                None => sizes.push(row),
-                Some(_) => link_sizes.push(row),
+            for (way, row) in ways.iter().zip(rows) {
+                match way {
+                    Way::Plain => sizes.push(row),
+                    Way::Link(_) => link_sizes.push(row),
+                    Way::Streams(_) => tls_sizes.push(row),
+                }
             }
         }
     }
@@ -179,11 +199,76 @@ pub fn run(opts: &MigrationOptions, progress: &Progress) -> anyhow::Result<Migra
         overhead,
         sizes,
         link_sizes,
+        tls_sizes,
     })
 }
 
-/// `opts.runs` migrations of the workset guest of `mib` MiB, on loopback or through
-/// `link`, each checked against `expected`.
+/// How a migration reaches its destination.
+#[derive(Clone, Copy)]
+pub(crate) enum Way<'a> {
+    /// Straight to it, on loopback.
+    Plain,
+    /// Through an emulated link.
+    Link(Shape),
+    /// Through two nodes' TLS migration streams, on loopback.
+    Streams(&'a Streams),
+}
+
+/// Two nodes' TLS identities, from a CA made for the benchmark, and the runtime their
+/// streams run on.
+pub(crate) struct Streams {
+    runtime: tokio::runtime::Runtime,
+    source: tern_trust::tls::NodeTls,
+    destination: tern_trust::tls::NodeTls,
+}
+
+impl Streams {
+    pub(crate) fn new() -> anyhow::Result<Streams> {
+        let ca = tern_trust::tls::Ca::generate()?;
+        let node = |name: &str| -> anyhow::Result<tern_trust::tls::NodeTls> {
+            let (seed, key) = tern_trust::nats::new_user()?;
+            let cert = ca.issue_node(name, &key)?;
+            Ok(tern_trust::tls::NodeTls::new(&cert, &seed, ca.cert_pem())?)
+        };
+        Ok(Streams {
+            runtime: tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()?,
+            source: node("source")?,
+            destination: node("destination")?,
+        })
+    }
+
+    /// The source's way in to the destination listening at `addr`: what the source
+    /// connects to, and the two ends, which live until dropped.
+    fn open(
+        &self,
+        addr: String,
+    ) -> anyhow::Result<(
+        String,
+        tern_cluster::tunnel::Inbound,
+        tern_cluster::tunnel::Outbound,
+    )> {
+        use tern_cluster::tunnel::{Inbound, Outbound};
+        let inbound = self.runtime.block_on(Inbound::start(
+            &self.destination,
+            "127.0.0.1",
+            "source",
+            addr,
+            "workset",
+        ))?;
+        let outbound = self.runtime.block_on(Outbound::start(
+            &self.source,
+            inbound.addr.clone(),
+            "destination",
+        ))?;
+        Ok((outbound.addr.clone(), inbound, outbound))
+    }
+}
+
+/// `opts.runs` migrations of the workset guest of `mib` MiB each way of `ways`, one
+/// way after the other in each run, each checked against `expected`: a row per way.
 #[allow(clippy::too_many_arguments)]
 fn migrations(
     opts: &MigrationOptions,
@@ -192,34 +277,41 @@ fn migrations(
     (mib, snapshot_bytes): (u32, u64),
     args: &[String],
     expected: &str,
-    link: Option<Shape>,
+    ways: &[Way<'_>],
     bar: &indicatif::ProgressBar,
-) -> anyhow::Result<SizeRow> {
-    let (mut down, mut total, mut rounds, mut sent) = (vec![], vec![], vec![], vec![]);
+) -> anyhow::Result<Vec<SizeRow>> {
+    let mut samples = vec![(vec![], vec![], vec![], vec![]); ways.len()];
     for _ in 0..opts.runs {
-        let m = migrate_once(&opts.tern, dir, workset, args, link)?;
-        if m.output != expected {
-            bail!(
-                "the {mib} MiB workset migrated gives {:?}, uninterrupted {:?}",
-                m.output,
-                expected
-            );
+        for (way, (down, total, rounds, sent)) in ways.iter().zip(samples.iter_mut()) {
+            let m = migrate_once(&opts.tern, dir, workset, args, *way)?;
+            if m.output != expected {
+                bail!(
+                    "the {mib} MiB workset migrated gives {:?}, uninterrupted {:?}",
+                    m.output,
+                    expected
+                );
+            }
+            down.push(m.downtime);
+            total.push(m.total);
+            rounds.push(m.rounds);
+            sent.push(m.kib_sent);
+            bar.inc(1);
         }
-        down.push(m.downtime);
-        total.push(m.total);
-        rounds.push(m.rounds);
-        sent.push(m.kib_sent);
-        bar.inc(1);
     }
     let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len().max(1) as f64;
-    Ok(SizeRow {
-        mib,
-        snapshot_bytes,
-        downtime: Summary::of(&down).context("no samples")?,
-        total: Summary::of(&total).context("no samples")?,
-        rounds: mean(&rounds),
-        kib_sent: mean(&sent),
-    })
+    samples
+        .into_iter()
+        .map(|(down, total, rounds, sent)| {
+            Ok(SizeRow {
+                mib,
+                snapshot_bytes,
+                downtime: Summary::of(&down).context("no samples")?,
+                total: Summary::of(&total).context("no samples")?,
+                rounds: mean(&rounds),
+                kib_sent: mean(&sent),
+            })
+        })
+        .collect()
 }
 
 fn shell(p: &Path) -> String {
@@ -314,14 +406,13 @@ pub(crate) struct Migration {
     kib_sent: f64,
 }
 
-/// One live migration between two `tern` processes on loopback, directly or through
-/// an emulated `link`.
+/// One live migration between two `tern` processes on loopback, the `way` it says.
 pub(crate) fn migrate_once(
     tern: &Path,
     dir: &Path,
     wasm: &Path,
     args: &[String],
-    link: Option<Shape>,
+    way: Way<'_>,
 ) -> anyhow::Result<Migration> {
     let mut receiver = Command::new(tern)
         .args(["receive", "--listen", "127.0.0.1:0"])
@@ -338,12 +429,20 @@ pub(crate) fn migrate_once(
         .strip_prefix("receive: listening on ")
         .with_context(|| format!("tern receive said {line:?}"))?
         .to_owned();
-    // The relay lives until the migration is measured.
-    let relay = match link {
-        Some(shape) => Some(Link::start(addr.clone(), shape)?),
-        None => None,
+    // The relay or the streams live until the migration is measured.
+    let relay = match way {
+        Way::Link(shape) => Some(Link::start(addr.clone(), shape)?),
+        _ => None,
     };
-    let addr = relay.as_ref().map_or(addr, |r| r.addr.clone());
+    let streams = match way {
+        Way::Streams(s) => Some(s.open(addr.clone())?),
+        _ => None,
+    };
+    let addr = match (&relay, &streams) {
+        (Some(r), _) => r.addr.clone(),
+        (_, Some((a, ..))) => a.clone(),
+        _ => addr,
+    };
     std::thread::spawn(move || {
         let mut rest = String::new();
         let _ = std::io::Read::read_to_string(&mut err, &mut rest);
@@ -407,6 +506,21 @@ impl MigrationReport {
                 LINK.delay.as_millis()
             ));
             out.push_str(&size_table(&self.link_sizes));
+        }
+        if !self.tls_sizes.is_empty() {
+            out.push_str(
+                "\nlive migration on loopback through two nodes' TLS migration streams, interleaved run by run with the plain ones above (workset guest):\n\n",
+            );
+            out.push_str(&size_table(&self.tls_sizes));
+            for (tls, plain) in self.tls_sizes.iter().zip(&self.sizes) {
+                out.push_str(&format!(
+                    "\n{} MiB: downtime {:.2}×, total {:.2}× plain",
+                    tls.mib,
+                    tls.downtime.median / plain.downtime.median.max(f64::MIN_POSITIVE),
+                    tls.total.median / plain.total.median.max(f64::MIN_POSITIVE),
+                ));
+            }
+            out.push('\n');
         }
         out
     }

@@ -10,7 +10,7 @@ use crate::backbone::{Backbone, BackboneError, HEARTBEAT, NodeEvent};
 use crate::model::{Heartbeat, NodeDescriptor, NodeLoad, Tee, Tier};
 
 /// What a node declares about itself.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone)]
 pub struct NodeConfig {
     pub name: String,
     pub site: String,
@@ -30,6 +30,8 @@ pub struct NodeConfig {
     /// Emulated links to other sites: every byte for a node of such a site (pings,
     /// migrations) goes through a relay of this shape.
     pub links: BTreeMap<String, crate::emulate::Shape>,
+    /// The node's TLS identity for migration streams ([`crate::supervisor::Host::tls`]).
+    pub tls: Option<tern_trust::tls::NodeTls>,
 }
 
 /// Why a node could not join or stay.
@@ -328,6 +330,7 @@ pub async fn run(
         state: config.state,
         tern: config.tern,
         migrated: crate::supervisor::Migrated::default(),
+        tls: config.tls,
     };
     let node = NodeDescriptor {
         name: config.name,

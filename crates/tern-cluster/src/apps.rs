@@ -722,5 +722,11 @@ pub(crate) fn decode<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, 
 }
 
 /// How long a node waits for the previous incarnation's output to be all published
-/// before it publishes its own anyway.
+/// before it publishes its own anyway, when that incarnation's node is gone from the
+/// registry (dead, or declared lost).
 pub const HANDOVER_WAIT: Duration = Duration::from_secs(10);
+
+/// How long a node waits for it while that node is still in the registry: a source
+/// slowed down by a busy machine or backbone still has output to publish, and going on
+/// without it would lose it.
+pub const HANDOVER_LIMIT: Duration = Duration::from_secs(300);

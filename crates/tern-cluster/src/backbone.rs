@@ -224,18 +224,7 @@ impl NatsServer {
             None if ip.is_unspecified() => "127.0.0.1".to_owned(),
             None => ip.to_string(),
         };
-        let mut names = vec!["localhost".to_owned(), "127.0.0.1".to_owned()];
-        for n in [
-            Some(host.clone()),
-            (!ip.is_unspecified()).then(|| ip.to_string()),
-        ]
-        .into_iter()
-        .flatten()
-        {
-            if !names.contains(&n) {
-                names.push(n);
-            }
-        }
+        let names = tern_trust::tls::server_names(ip, Some(&host));
         let authority = Authority::load_or_make(&state.join(AUTHORITY_FILE))
             .map_err(|e| start_err(e.to_string()))?;
         // `sync_interval: always`: JetStream acknowledges a write only once it is on
@@ -357,7 +346,9 @@ impl NatsServer {
 
     /// Credentials for node `node`, with its rights only
     /// ([`protocol::node_rights`]), written to `STATE/nodes/NODE.creds` (0600), whose
-    /// path is returned. A node that has a file there keeps its key.
+    /// path is returned, and its certificate for the same key beside them
+    /// (`NODE.pem`, which `tern node` finds there). A node that has a file there keeps
+    /// its key.
     ///
     /// # Errors
     /// [`BackboneError::Start`] when the file cannot be written or the key is bad.
@@ -377,6 +368,15 @@ impl NatsServer {
             None => issue(&self.authority, node, &protocol::node_rights(node)),
         }
         .map_err(|e| err(e.to_string()))?;
+        let key = tern_trust::nats::user_of_credentials(&creds)
+            .ok_or_else(|| err(format!("no key in the credentials of {node}")))?;
+        let cert = self
+            .ca()
+            .and_then(|ca| ca.issue_node(node, &key))
+            .map_err(|e| err(e.to_string()))?;
+        let cert_file = file.with_extension("pem");
+        std::fs::write(&cert_file, cert)
+            .map_err(|e| err(format!("{}: {e}", cert_file.display())))?;
         write_private(&file, &creds).map_err(|e| err(format!("{}: {e}", file.display())))?;
         Ok(file)
     }
@@ -395,6 +395,20 @@ impl NatsServer {
             creds: Some(self.control.clone()),
             ca: Some(self.ca_file()),
         }
+    }
+
+    /// The continuum's CA (`STATE/tls`), which certifies the backbone's server and the
+    /// API's.
+    ///
+    /// # Errors
+    /// When its files cannot be read.
+    pub fn ca(&self) -> Result<tern_trust::tls::Ca, tern_trust::tls::TlsError> {
+        tern_trust::tls::Ca::in_dir(&self.state.join("tls"))
+    }
+
+    /// The continuum CA's key (`STATE/tls/ca.key`, 0600).
+    pub fn ca_key_file(&self) -> PathBuf {
+        self.state.join("tls").join(tern_trust::tls::CA_KEY)
     }
 
     /// The continuum's CA certificate (`STATE/tls/ca.pem`): clients trust the server's
@@ -855,6 +869,22 @@ impl Backbone {
         }
         out.sort_by(|a, b| a.name.cmp(&b.name));
         Ok(out)
+    }
+
+    /// Node `name`'s registry entry, if it has one.
+    ///
+    /// # Errors
+    /// As [`Backbone::nodes`].
+    pub async fn node(&self, name: &str) -> Result<Option<NodeDescriptor>, BackboneError> {
+        match self
+            .nodes
+            .get(name)
+            .await
+            .map_err(|e| js_err("read node", e))?
+        {
+            Some(bytes) => Ok(Some(decode_node(&bytes)?)),
+            None => Ok(None),
+        }
     }
 
     /// Nodes as they come, change and go: the current ones first, then every change,

@@ -109,6 +109,9 @@ pub struct Access {
     /// Enrolment of nodes (`POST /v1/enrol`, join tokens, revocation), when the
     /// control plane holds the continuum's authority.
     pub enrolment: Option<Enrolment>,
+    /// The API's TLS (its certificate and key), which it needs beyond loopback:
+    /// without it, requests are plain HTTP.
+    pub tls: Option<Arc<rustls::ServerConfig>>,
 }
 
 /// What a request's token lets it do.
@@ -145,9 +148,17 @@ impl Access {
 /// # Errors
 /// The one line that says so.
 pub fn exposure(addr: SocketAddr, access: &Access) -> Result<(), String> {
-    if access.token.is_none() && !addr.ip().is_loopback() {
+    if addr.ip().is_loopback() {
+        return Ok(());
+    }
+    if access.token.is_none() {
         return Err(format!(
             "refuses to serve on {addr} without a token: anyone who reaches it could act on the continuum; give it a token (--token or TERN_TOKEN), or listen on 127.0.0.1"
+        ));
+    }
+    if access.tls.is_none() {
+        return Err(format!(
+            "refuses to serve on {addr} in plain HTTP: its tokens, join tokens and the apps' output would cross the network in clear; give it a certificate (--tls-cert and --tls-key), or listen on 127.0.0.1"
         ));
     }
     Ok(())
@@ -214,7 +225,7 @@ impl IntoResponse for ApiError {
     }
 }
 
-/// Serves the API on `listener`, follows the registry, the heartbeats and the
+/// Serves the API on `listener` (HTTPS when `access` has TLS), follows the registry, the heartbeats and the
 /// deployments, declares nodes lost, and keeps apps placed, until `stop` completes.
 /// Requests must carry a token of `access`. Nothing the backbone does ends it: every
 /// watch is opened again when it fails.
@@ -354,12 +365,14 @@ pub async fn serve(
             require_token,
         ));
     // Enrolment alone needs no API token: the join token in its body is its authority.
+    let tls = shared.access.tls.clone();
     let app = Router::new()
         .route("/v1/enrol", post(enrol::enrol))
+        .route("/v1/ca", get(enrol::ca))
         .merge(guarded)
         .layer(DefaultBodyLimit::max(MAX_BODY))
         .with_state(shared);
-    let served = accept(listener, app, stop).await;
+    let served = accept(listener, app, tls, stop).await;
     follow.abort();
     beats.abort();
     echoes.abort();
@@ -512,14 +525,16 @@ pub const CONNECTION_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// The API's accept loop. axum's own `serve` sets no timeouts, so a client that sends
 /// half a request and stalls would hold its connection forever: here each connection
-/// gets [`HEADER_TIMEOUT`] for its headers and [`CONNECTION_TIMEOUT`] in all, and at
-/// most [`MAX_CONNECTIONS`] are served at once.
+/// gets [`HEADER_TIMEOUT`] for its TLS handshake and its headers and
+/// [`CONNECTION_TIMEOUT`] in all, and at most [`MAX_CONNECTIONS`] are served at once.
 async fn accept(
     listener: tokio::net::TcpListener,
     app: Router,
+    tls: Option<Arc<rustls::ServerConfig>>,
     stop: impl std::future::Future<Output = ()>,
 ) -> std::io::Result<()> {
     let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
+    let tls = tls.map(tokio_rustls::TlsAcceptor::from);
     tokio::pin!(stop);
     loop {
         let (stream, peer) = tokio::select! {
@@ -540,12 +555,32 @@ async fn accept(
             continue;
         };
         let service = hyper_util::service::TowerToHyperService::new(app.clone());
+        let tls = tls.clone();
         tokio::spawn(async move {
             let mut http = hyper::server::conn::http1::Builder::new();
             http.timer(hyper_util::rt::TokioTimer::new())
                 .header_read_timeout(HEADER_TIMEOUT);
-            let conn = http.serve_connection(hyper_util::rt::TokioIo::new(stream), service);
-            if tokio::time::timeout(CONNECTION_TIMEOUT, conn)
+            let served = async {
+                match tls {
+                    Some(acceptor) => {
+                        match tokio::time::timeout(HEADER_TIMEOUT, acceptor.accept(stream)).await {
+                            Ok(Ok(stream)) => {
+                                let io = hyper_util::rt::TokioIo::new(stream);
+                                let _ = http.serve_connection(io, service).await;
+                            }
+                            Ok(Err(e)) => {
+                                tracing::debug!(%peer, error = %e, "API: TLS handshake failed")
+                            }
+                            Err(_) => tracing::debug!(%peer, "API: TLS handshake too slow"),
+                        }
+                    }
+                    None => {
+                        let io = hyper_util::rt::TokioIo::new(stream);
+                        let _ = http.serve_connection(io, service).await;
+                    }
+                }
+            };
+            if tokio::time::timeout(CONNECTION_TIMEOUT, served)
                 .await
                 .is_err()
             {

@@ -14,6 +14,7 @@ pub mod moves;
 pub mod protocol;
 pub mod scheduler;
 pub mod supervisor;
+pub mod tunnel;
 pub mod up;
 
 pub use manifest::{Manifest, ManifestError};

@@ -308,6 +308,9 @@ pub enum NodeCommand {
         app: String,
         incarnation: u64,
         from: u64,
+        /// The source's node: the only peer the destination lets in.
+        #[serde(default)]
+        source: String,
     },
     /// Live-migrate incarnation `incarnation` of `app` to `addr` (node `to`); the
     /// answer comes when the destination has it, or the migration failed.

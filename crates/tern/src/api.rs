@@ -22,6 +22,11 @@ pub struct ApiArgs {
     /// [default: the one in ~/.local/state/tern/api/token, where `tern up` keeps it].
     #[arg(long, value_name = "TOKEN", env = "TERN_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
+    /// The continuum's CA certificate: an https:// API must show a certificate it
+    /// issued, and no other is trusted [default: ~/.local/state/tern/nats/tls/ca.pem,
+    /// where `tern up` keeps it].
+    #[arg(long, value_name = "FILE", env = "TERN_CA")]
+    pub ca: Option<std::path::PathBuf>,
 }
 
 impl ApiArgs {
@@ -47,7 +52,7 @@ impl ApiArgs {
 
     /// GETs `path` and returns the answer's bytes.
     pub fn get_bytes(&self, path: &str) -> anyhow::Result<Vec<u8>> {
-        let mut request = agent().get(self.url(path));
+        let mut request = self.agent()?.get(self.url(path));
         if let Some(b) = self.bearer() {
             request = request.header("Authorization", b);
         }
@@ -61,7 +66,10 @@ impl ApiArgs {
         content_type: &str,
         body: &[u8],
     ) -> anyhow::Result<T> {
-        let mut request = agent().post(self.url(path)).content_type(content_type);
+        let mut request = self
+            .agent()?
+            .post(self.url(path))
+            .content_type(content_type);
         if let Some(b) = self.bearer() {
             request = request.header("Authorization", b);
         }
@@ -76,7 +84,8 @@ impl ApiArgs {
         path: &str,
         body: &[u8],
     ) -> anyhow::Result<T> {
-        let request = agent()
+        let request = self
+            .agent()?
             .post(self.url(path))
             .content_type("application/json");
         let text = self.answer(request.send(body))?;
@@ -85,7 +94,8 @@ impl ApiArgs {
 
     /// PUTs `body` to `path` and decodes the JSON answer.
     pub fn put<T: DeserializeOwned>(&self, path: &str, body: &[u8]) -> anyhow::Result<T> {
-        let mut request = agent()
+        let mut request = self
+            .agent()?
             .put(self.url(path))
             .content_type("application/octet-stream");
         if let Some(b) = self.bearer() {
@@ -97,7 +107,7 @@ impl ApiArgs {
 
     /// DELETEs `path` and decodes the JSON answer.
     pub fn delete<T: DeserializeOwned>(&self, path: &str) -> anyhow::Result<T> {
-        let mut request = agent().delete(self.url(path));
+        let mut request = self.agent()?.delete(self.url(path));
         if let Some(b) = self.bearer() {
             request = request.header("Authorization", b);
         }
@@ -124,6 +134,16 @@ impl ApiArgs {
                 "cannot reach the Tern API at {}: nothing listens there; start one with `tern up` (or `tern controller`), or point --api / TERN_API at it",
                 self.api
             ),
+            Err(ureq::Error::Rustls(e)) => bail!(
+                "cannot reach the Tern API at {}: TLS refused ({e}); the API must show a certificate the continuum's CA (--ca, TERN_CA) issued for the URL's host",
+                self.api
+            ),
+            Err(ureq::Error::Io(e)) if e.get_ref().is_some_and(|i| i.is::<rustls::Error>()) => {
+                bail!(
+                    "cannot reach the Tern API at {}: TLS refused ({e}); the API must show a certificate the continuum's CA (--ca, TERN_CA) issued for the URL's host",
+                    self.api
+                )
+            }
             Err(e) => bail!("cannot reach the Tern API at {}: {e}", self.api),
         };
         let status = response.status();
@@ -139,11 +159,27 @@ impl ApiArgs {
                 .ok()
                 .and_then(|v| v.get("error").and_then(|e| e.as_str()).map(str::to_owned))
                 .unwrap_or_else(|| text.trim().to_owned());
+            if status == ureq::http::StatusCode::SERVICE_UNAVAILABLE {
+                return Err(Unavailable(message).into());
+            }
             bail!("{message}");
         }
         Ok(bytes)
     }
 }
+
+/// The API answered 503: the backbone behind it did not answer in time, which may
+/// pass.
+#[derive(Debug)]
+pub struct Unavailable(pub String);
+
+impl std::fmt::Display for Unavailable {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for Unavailable {}
 
 /// How long `--wait` follows a move.
 pub const MOVE_WAIT: Duration = Duration::from_secs(600);
@@ -162,7 +198,19 @@ impl ApiArgs {
         let mut out = Vec::new();
         for app in apps {
             loop {
-                let mv: tern_cluster::moves::MoveRecord = self.get(&format!("/v1/moves/{app}"))?;
+                // A backbone slow to answer delays the follow; it does not end it.
+                let mv: tern_cluster::moves::MoveRecord =
+                    match self.get(&format!("/v1/moves/{app}")) {
+                        Ok(mv) => mv,
+                        Err(e)
+                            if e.downcast_ref::<Unavailable>().is_some()
+                                && std::time::Instant::now() < deadline =>
+                        {
+                            std::thread::sleep(Duration::from_millis(500));
+                            continue;
+                        }
+                        Err(e) => return Err(e),
+                    };
                 if mv.state.is_over() {
                     out.push(mv);
                     break;
@@ -182,12 +230,86 @@ impl ApiArgs {
     }
 }
 
-fn agent() -> ureq::Agent {
-    ureq::Agent::config_builder()
+impl ApiArgs {
+    /// A client of the API: for https://, one that trusts the continuum's CA alone.
+    fn agent(&self) -> anyhow::Result<ureq::Agent> {
+        let config = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .timeout_global(Some(Duration::from_secs(30)));
+        if !self.api.starts_with("https://") {
+            return Ok(config.build().into());
+        }
+        let file = self.ca.clone().unwrap_or_else(|| {
+            tern_cluster::up::default_state()
+                .join("nats/tls")
+                .join(tern_trust::tls::CA_CERT)
+        });
+        let pem = std::fs::read_to_string(&file).map_err(|e| {
+            anyhow::anyhow!(
+                "the API at {} is HTTPS, and Tern trusts no certificate but the continuum CA's: cannot read it in {} ({e}); pass --ca FILE or TERN_CA (`tern up` keeps it in STATE/nats/tls/ca.pem)",
+                self.api,
+                file.display()
+            )
+        })?;
+        Ok(config.tls_config(trusting(&pem, &file)?).build().into())
+    }
+}
+
+/// The CA certificate the API at `api` (https://) shows at `GET /v1/ca`, if its
+/// fingerprint is `pin`. It is read over a connection that checks nothing, so the pin
+/// is the whole of the trust: a CA of another fingerprint is refused, and nothing
+/// secret has been sent by then.
+///
+/// # Errors
+/// The API unreachable, or a CA that is not the pinned one.
+pub fn pinned_ca(api: &str, pin: &str) -> anyhow::Result<String> {
+    let agent: ureq::Agent = ureq::Agent::config_builder()
         .http_status_as_error(false)
         .timeout_global(Some(Duration::from_secs(30)))
+        .tls_config(
+            ureq::tls::TlsConfig::builder()
+                .provider(ureq::tls::TlsProvider::Rustls)
+                .disable_verification(true)
+                .build(),
+        )
         .build()
-        .into()
+        .into();
+    let url = format!("{}/v1/ca", api.trim_end_matches('/'));
+    let mut response = agent
+        .get(&url)
+        .call()
+        .map_err(|e| anyhow::anyhow!("cannot reach the Tern API at {api}: {e}"))?;
+    let pem = response
+        .body_mut()
+        .with_config()
+        .limit(64 << 10)
+        .read_to_string()
+        .with_context(|| format!("reading the CA certificate of {api}"))?;
+    if !response.status().is_success() {
+        bail!("the API at {api} gave no CA certificate: {}", pem.trim());
+    }
+    let got = tern_trust::tls::fingerprint_of_pem(&pem);
+    if got.as_deref() != Some(pin) {
+        bail!(
+            "the API at {api} shows a CA of fingerprint {}, not {pin}: it is not the continuum's; nothing was sent",
+            got.as_deref().unwrap_or("(none)")
+        );
+    }
+    Ok(pem)
+}
+
+/// A TLS configuration that trusts the CA certificate `pem` (read from `file`) alone.
+pub fn trusting(pem: &str, file: &std::path::Path) -> anyhow::Result<ureq::tls::TlsConfig> {
+    let certs = tern_trust::tls::certificates_of_pem(pem)
+        .map_err(|e| anyhow::anyhow!("the CA certificate {}: {e}", file.display()))?;
+    let roots: Vec<ureq::tls::Certificate<'static>> = certs
+        .iter()
+        .map(|c| ureq::tls::Certificate::from_der(c.as_ref()).to_owned())
+        .collect();
+    Ok(ureq::tls::TlsConfig::builder()
+        .provider(ureq::tls::TlsProvider::Rustls)
+        .root_certs(ureq::tls::RootCerts::Specific(std::sync::Arc::new(roots)))
+        .build())
 }
 
 /// Prints rows under a header, in columns as wide as their widest cell.

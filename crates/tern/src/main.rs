@@ -51,6 +51,11 @@ enum Command {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(cli.command.is_daemon());
+    // Every TLS connection (the API's client, the backbone's) uses ring; set once for
+    // the process, before any is made.
+    let _ = rustls::crypto::CryptoProvider::install_default(
+        tern_trust::tls::provider().as_ref().clone(),
+    );
     if cli.command.prints_for_pipes() {
         // `tern ps | head -n 1`: a reader that stops early ends these verbs as SIGPIPE
         // ends other tools, quietly. (Guest-running verbs keep it ignored: they report

@@ -27,6 +27,9 @@ pub struct Enrolment {
     pub nats: String,
     /// The continuum's CA certificate, which an enrolled node trusts the backbone by.
     pub ca: Option<PathBuf>,
+    /// The CA's key: with it, each enrolled node also gets a certificate for its key,
+    /// which its migration streams are authenticated by.
+    pub ca_key: Option<PathBuf>,
 }
 
 /// `POST /v1/join-tokens`'s body.
@@ -64,6 +67,10 @@ pub struct Enrolled {
     /// The continuum's CA certificate (PEM), when the backbone uses TLS.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ca: Option<String>,
+    /// The node's certificate (PEM) for the key it enrolled, from the continuum's CA,
+    /// when the control plane holds the CA's key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cert: Option<String>,
 }
 
 /// `POST /v1/nodes/{name}/revoke`'s answer.
@@ -71,6 +78,29 @@ pub struct Enrolled {
 pub struct Revoked {
     pub node: String,
     pub key: String,
+}
+
+/// `GET /v1/ca`: the continuum's CA certificate (PEM), which anyone may read. A node
+/// that enrols over HTTPS reads it first, checks it against the fingerprint its join
+/// command pins, and only then sends its join token, to a server that CA certified.
+pub(super) async fn ca(State(s): State<Shared>) -> Result<Response, ApiError> {
+    let path = enrolment(&s)?.ca.clone().ok_or_else(|| {
+        bad(
+            StatusCode::NOT_FOUND,
+            "this control plane knows no CA certificate",
+        )
+    })?;
+    let pem = tokio::fs::read_to_string(&path).await.map_err(|e| {
+        bad(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("the CA certificate {}: {e}", path.display()),
+        )
+    })?;
+    Ok((
+        [(axum::http::header::CONTENT_TYPE, "application/x-pem-file")],
+        pem,
+    )
+        .into_response())
 }
 
 fn enrolment(s: &Shared) -> Result<&Enrolment, ApiError> {
@@ -137,6 +167,14 @@ pub(super) async fn enrol(
     let jwt = authority
         .user_jwt(&request.name, &request.key, &rights)
         .map_err(|e| bad(StatusCode::UNPROCESSABLE_ENTITY, e.to_string()))?;
+    let cert = match (&enrolment.ca, &enrolment.ca_key) {
+        (Some(cert), Some(key)) => Some(
+            tern_trust::tls::Ca::load(cert, key)
+                .and_then(|ca| ca.issue_node(&request.name, &request.key))
+                .map_err(|e| bad(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?,
+        ),
+        _ => None,
+    };
     match identities(&s)
         .await?
         .enrol(&request.token, &request.name, &request.key)
@@ -163,6 +201,7 @@ pub(super) async fn enrol(
         jwt,
         nats: enrolment.nats,
         ca,
+        cert,
     }))
 }
 

@@ -203,6 +203,7 @@ async fn asked(
         app: mv.app.clone(),
         incarnation: mv.incarnation + 1,
         from: mv.incarnation,
+        source: mv.from.clone(),
     };
     match ask(s, &to, &receive, RECEIVE_WAIT).await {
         Ok(NodeReply {

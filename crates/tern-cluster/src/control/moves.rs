@@ -185,12 +185,20 @@ pub(super) async fn list(State(s): State<Shared>) -> Result<Json<Vec<MoveRecord>
     Ok(Json(moves))
 }
 
-/// `GET /v1/moves/{app}`: the app's latest move, as the backbone holds it now.
+/// `GET /v1/moves/{app}`: the app's latest move, as the backbone holds it now; when the
+/// backbone is slow to answer, as the control plane's view last saw it.
 pub(super) async fn one(
     State(s): State<Shared>,
     Path(app): Path<String>,
 ) -> Result<Json<MoveRecord>, ApiError> {
-    match s.backbone.move_of(&app).await.map_err(backbone_down)? {
+    let read = match s.backbone.move_of(&app).await {
+        Ok(read) => read,
+        Err(e) => {
+            let seen = s.view.read().ok().and_then(|v| v.last_move(&app).cloned());
+            return seen.map(Json).ok_or_else(|| backbone_down(e));
+        }
+    };
+    match read {
         Some((mv, _)) => Ok(Json(mv)),
         None => Err(bad(
             StatusCode::NOT_FOUND,

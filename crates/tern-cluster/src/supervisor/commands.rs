@@ -58,6 +58,7 @@ pub(super) async fn command(
             app,
             incarnation,
             from,
+            source,
         } => {
             // Asked again (the control plane lost the answer, or restarted): the same
             // instance answers with where it listens.
@@ -71,6 +72,9 @@ pub(super) async fn command(
             }
             if running.contains_key(&app) {
                 return answer(failed(format!("{app} runs on {} already", host.node))).await;
+            }
+            if let Some(why) = host.migration_refused() {
+                return answer(failed(why)).await;
             }
             if ran.get(&app).is_some_and(|&r| r >= incarnation) {
                 return answer(failed(format!(
@@ -91,6 +95,7 @@ pub(super) async fn command(
             let (tx, rx) = tokio::sync::watch::channel(None);
             let how = Start::Receive {
                 from,
+                source,
                 listening: tx,
             };
             match start(host, backbone, &record, finished.clone(), how) {
@@ -141,6 +146,19 @@ pub(super) async fn command(
                 None => None,
             };
             let addr = relay.as_ref().map_or(addr, |r| r.addr.clone());
+            if let Some(why) = host.migration_refused() {
+                return answer(failed(why)).await;
+            }
+            // Over TLS to the destination node the move names, when this node has a
+            // certificate: the instance connects to a loopback end of it.
+            let outbound = match &host.tls {
+                Some(tls) => match crate::tunnel::Outbound::start(tls, addr.clone(), &to).await {
+                    Ok(o) => Some(o),
+                    Err(e) => return answer(failed(format!("no way out to {to}: {e}"))).await,
+                },
+                None => None,
+            };
+            let addr = outbound.as_ref().map_or(addr, |o| o.addr.clone());
             let (tx, rx) = oneshot::channel();
             let _ = local.orders.send(Order::Migrate {
                 addr,
@@ -155,9 +173,16 @@ pub(super) async fn command(
                         moved: Some(moved),
                         ..NodeReply::default()
                     },
+                    // A destination refused on the way says why, rather than the
+                    // instance's "connection closed".
                     Ok(Err(e)) => NodeReply {
                         ended: e.ended,
-                        ..failed(e.reason)
+                        ..failed(
+                            outbound
+                                .as_ref()
+                                .and_then(crate::tunnel::Outbound::failure)
+                                .unwrap_or(e.reason),
+                        )
                     },
                     // The instance went away without a word on its migration.
                     Err(_) => NodeReply {

@@ -53,6 +53,28 @@ pub struct Host {
     /// a control plane that asks again for one (it lost the answer) is told what it
     /// measured, not that the app is gone.
     pub migrated: Migrated,
+    /// The node's TLS identity for migration streams: with it, every stream goes over
+    /// mutually authenticated TLS between the two nodes the move names
+    /// ([`crate::tunnel`]); without it, the node migrates on loopback only.
+    pub tls: Option<tern_trust::tls::NodeTls>,
+}
+
+impl Host {
+    /// Why this node cannot send or take a migration now, if it cannot: one without a
+    /// certificate does so only on loopback, never in clear across a network.
+    pub(crate) fn migration_refused(&self) -> Option<String> {
+        let loopback = self
+            .link_host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+            || self.link_host == "localhost";
+        (self.tls.is_none() && !loopback).then(|| {
+            format!(
+                "node {} has no certificate (--cert), so it migrates only on loopback, never in clear across a network",
+                self.node
+            )
+        })
+    }
 }
 
 /// See [`Host::migrated`].
@@ -94,7 +116,11 @@ enum Start {
     Run,
     /// As the destination of a migration from incarnation `from`; where it listens is
     /// told on `listening`.
-    Receive { from: u64, listening: Listening },
+    Receive {
+        from: u64,
+        source: String,
+        listening: Listening,
+    },
 }
 
 /// Where a migration's destination listens, once it does (or why it never will): a
@@ -363,13 +389,19 @@ fn start(
                         let _ = tx.send(order);
                     }
                 }
-                let (handover, listening) = match how {
-                    Start::Run => (None, None),
-                    Start::Receive { from, listening } => (Some(from), Some(listening)),
+                let (handover, listening, source) = match how {
+                    Start::Run => (None, None, None),
+                    Start::Receive {
+                        from,
+                        source,
+                        listening,
+                    } => (Some(from), Some((source.clone(), listening)), Some(source)),
                 };
                 let task = Task {
                     handover,
                     listening,
+                    inbound: None,
+                    source,
                     held: Vec::new(),
                     backbone,
                     host,
@@ -574,7 +606,11 @@ async fn prepare(
         engine: host.engine,
         migratable: manifest.migratable,
         restore,
-        receive: receiving.then(|| format!("{}:0", host.link_host)),
+        // Behind the node's TLS listener, the instance listens on loopback alone.
+        receive: receiving.then(|| match host.tls {
+            Some(_) => "127.0.0.1:0".to_owned(),
+            None => format!("{}:0", host.link_host),
+        }),
         checkpoint: dir.join("checkpoint.tar"),
         control: control_path,
         cache: Some(host.state.join("cache")),

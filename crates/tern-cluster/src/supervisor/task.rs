@@ -10,7 +10,9 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::commands::NotMoved;
 use super::{Host, Order, report};
-use crate::apps::{AppRecord, CheckpointRef, HANDOVER_WAIT, LastOutput, LogId, Published, now_ms};
+use crate::apps::{
+    AppRecord, CheckpointRef, HANDOVER_LIMIT, HANDOVER_WAIT, LastOutput, LogId, Published, now_ms,
+};
 use crate::backbone::{Backbone, BackboneError};
 use crate::instance::{Command, Ended, Event};
 use crate::model::InstanceState;
@@ -26,8 +28,13 @@ pub(super) struct Task {
     /// meanwhile.
     pub(super) handover: Option<u64>,
     pub(super) held: Vec<u8>,
-    /// Where a migration's destination listens, once it does.
-    pub(super) listening: Option<super::Listening>,
+    /// For a migration's destination: the source's node, and where to tell that this
+    /// one listens, once it does.
+    pub(super) listening: Option<(String, super::Listening)>,
+    /// The node's TLS listener in front of this destination's, while it waits.
+    pub(super) inbound: Option<crate::tunnel::Inbound>,
+    /// For a migration's destination: the source's node.
+    pub(super) source: Option<String>,
     pub(super) backbone: Backbone,
     pub(super) host: Host,
     pub(super) record: AppRecord,
@@ -197,6 +204,8 @@ impl Task {
                         }
                         Ok(Event::Started) => {
                             started = true;
+                            // Its migration is in: no other peer is let through.
+                            self.inbound = None;
                             tracing::info!(app = %self.record.name, incarnation = self.record.incarnation, note = %self.note, "running");
                             if self.handover.is_some() && self.note.is_empty() {
                                 // A migration's destination runs the guest once the
@@ -207,8 +216,8 @@ impl Task {
                             self.status(InstanceState::Running, last_checkpoint.clone(), &self.note.clone()).await;
                         }
                         Ok(Event::Listening { addr }) => {
-                            if let Some(l) = self.listening.take() {
-                                let _ = l.send(Some(Ok(addr)));
+                            if let Some((source, l)) = self.listening.take() {
+                                let _ = l.send(Some(self.listen_for(&source, addr).await));
                             }
                         }
                         Ok(e @ (Event::Migrated { .. } | Event::MigrationFailed { .. })) => {
@@ -301,7 +310,7 @@ impl Task {
                 _ => break,
             }
         }
-        if let Some(l) = self.listening.take() {
+        if let Some((_, l)) = self.listening.take() {
             let _ = l.send(Some(Err(match &ended {
                 Some(Ended::Failed { reason }) => reason.clone(),
                 _ => "the receiving instance ended".to_owned(),
@@ -332,8 +341,8 @@ impl Task {
                 return;
             }
             let waiting = tokio::time::Instant::now();
-            while self.handover.is_some() && waiting.elapsed() < HANDOVER_WAIT {
-                self.hand_over(Duration::ZERO, last_checkpoint.clone())
+            while self.handover.is_some() && waiting.elapsed() < HANDOVER_LIMIT {
+                self.hand_over(handing_over.elapsed(), last_checkpoint.clone())
                     .await;
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
@@ -377,6 +386,32 @@ impl Task {
         };
         tracing::info!(app = %self.record.name, incarnation = self.record.incarnation, state = state.name(), "{note}");
         self.status(state, last_checkpoint, &note).await;
+    }
+
+    /// Where the source of this destination's migration connects: the node's TLS
+    /// listener, which lets node `source` alone through to the instance at `addr`; or,
+    /// for a node without a certificate, the instance itself.
+    async fn listen_for(&mut self, source: &str, addr: String) -> Result<String, String> {
+        let Some(tls) = &self.host.tls else {
+            return Ok(addr);
+        };
+        let inbound = crate::tunnel::Inbound::start(
+            tls,
+            &self.host.link_host,
+            source,
+            addr,
+            &self.record.name,
+        )
+        .await
+        .map_err(|e| {
+            format!(
+                "cannot listen for the migration on {}: {e}",
+                self.host.link_host
+            )
+        })?;
+        let addr = inbound.addr.clone();
+        self.inbound = Some(inbound);
+        Ok(addr)
     }
 
     /// The migration under way has ended, as the instance reports it (`Migrated` or
@@ -448,8 +483,20 @@ impl Task {
         let Ok(last) = self.backbone.last_output(&self.record.name).await else {
             return;
         };
-        if last.end.is_none_or(|e| e < from) && waited < HANDOVER_WAIT {
-            return;
+        if last.end.is_none_or(|e| e < from) {
+            if waited < HANDOVER_WAIT {
+                return;
+            }
+            // Past the short wait, only for a source whose node is still there: it is
+            // slow, not dead, and its last output is still to come.
+            if waited < HANDOVER_LIMIT && self.source_alive().await {
+                return;
+            }
+            tracing::warn!(
+                app = %self.record.name,
+                waited_s = waited.as_secs(),
+                "the previous incarnation's output never ended; this one's goes on after what it published"
+            );
         }
         self.handover = None;
         self.published = last.offset;
@@ -461,6 +508,15 @@ impl Task {
         if !held.is_empty() {
             self.stdout(&held).await;
         }
+    }
+
+    /// Whether the node of this migration's source is in the registry (or cannot be
+    /// read now: a backbone that does not answer is no sign the source died).
+    async fn source_alive(&self) -> bool {
+        let Some(source) = &self.source else {
+            return false;
+        };
+        !matches!(self.backbone.node(source).await, Ok(None))
     }
 
     /// Publishes what the stream does not hold yet of these stdout bytes.

@@ -69,6 +69,11 @@ struct MigrationArgs {
     /// process; each takes seconds).
     #[arg(long)]
     no_link: bool,
+    /// Also migrate each size through two nodes' TLS migration streams on loopback (as
+    /// a continuum's nodes carry them), interleaved run by run with the plain
+    /// migrations: what encryption and mutual authentication cost.
+    #[arg(long)]
+    tls: bool,
     /// Write every raw sample as JSON to FILE.
     #[arg(long, value_name = "FILE")]
     json: Option<PathBuf>,
@@ -358,6 +363,7 @@ impl BenchCommand {
                         runs: a.runs,
                         dataset: a.size,
                         link: !a.no_link,
+                        tls: a.tls,
                     },
                     &progress,
                 )?;

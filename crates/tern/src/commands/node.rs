@@ -84,6 +84,13 @@ pub struct NodeCommand {
     /// [default: ~/.local/state/tern/nodes/NAME].
     #[arg(long, value_name = "DIR")]
     state: Option<std::path::PathBuf>,
+    /// The node's certificate from the continuum's CA, for the key in its credentials:
+    /// its migration streams go over TLS that it authenticates both ends of. Without
+    /// one, it migrates only on loopback [default: beside --creds, NAME.pem for
+    /// NAME.creds, as `tern up` writes them; for an enrolled node, the one enrolment
+    /// gave].
+    #[arg(long, value_name = "FILE", env = "TERN_CERT")]
+    cert: Option<std::path::PathBuf>,
 }
 
 /// What `tern node` does besides running an agent.
@@ -184,10 +191,35 @@ fn identity(
             "node {name} has no credentials for the backbone: enrol it with --join URL --token TOKEN (`tern node token` makes one), or give --creds FILE (`tern up` writes STATE/nats/nodes/NAME.creds)"
         );
     };
+    // The join token crosses the network only encrypted, to a server the continuum's
+    // CA certified: over https:// with the CA pinned or given, or on loopback.
+    let api_ca = if join.starts_with("https://") {
+        let pem = match (&nats.ca, pin) {
+            (Some(file), _) => std::fs::read_to_string(file)
+                .with_context(|| format!("cannot read the CA certificate {}", file.display()))?,
+            (None, Some(pin)) => crate::api::pinned_ca(join, pin)
+                .with_context(|| format!("node {name} did not enrol"))?,
+            (None, None) => anyhow::bail!(
+                "node {name} cannot tell {join} is the continuum's: give --ca-fingerprint (the join command `tern up` wrote has it) or --ca FILE"
+            ),
+        };
+        std::fs::create_dir_all(state)
+            .with_context(|| format!("cannot make {}", state.display()))?;
+        std::fs::write(&kept_ca, &pem)
+            .with_context(|| format!("cannot write {}", kept_ca.display()))?;
+        Some(kept_ca.clone())
+    } else if !loopback(join) {
+        anyhow::bail!(
+            "node {name} will not send its join token to {join} in plain HTTP, which anyone on the way reads: use the https:// URL `tern up --listen` printed"
+        );
+    } else {
+        None
+    };
     let (seed, key) = tern_trust::nats::new_user()?;
     let api = crate::api::ApiArgs {
         api: join.to_owned(),
         token: None,
+        ca: api_ca,
     };
     let request = tern_cluster::control::EnrolRequest {
         token: token.trim().to_owned(),
@@ -215,6 +247,10 @@ fn identity(
         std::fs::write(&kept_ca, ca)
             .with_context(|| format!("cannot write {}", kept_ca.display()))?;
     }
+    if let Some(cert) = &enrolled.cert {
+        let file = state.join("identity.pem");
+        std::fs::write(&file, cert).with_context(|| format!("cannot write {}", file.display()))?;
+    }
     write_private(&kept, &creds)?;
     write_private(&kept_url, &enrolled.nats)?;
     eprintln!(
@@ -226,6 +262,46 @@ fn identity(
         ca: ca_of(),
     };
     Ok((login, url_of(Some(enrolled.nats))))
+}
+
+/// The node's TLS identity for migration streams: its certificate in `file`, for the
+/// key in its credentials, with the continuum's CA.
+fn node_tls(
+    file: &std::path::Path,
+    login: &tern_cluster::backbone::Login,
+) -> anyhow::Result<tern_trust::tls::NodeTls> {
+    use anyhow::Context as _;
+    let cert = std::fs::read_to_string(file)
+        .with_context(|| format!("cannot read the node's certificate {}", file.display()))?;
+    let seed = login
+        .creds
+        .as_deref()
+        .and_then(tern_trust::nats::seed_of_credentials)
+        .context("the node's credentials hold no key for its certificate")?;
+    let ca = login.ca.as_ref().with_context(|| {
+        format!(
+            "the node's certificate {} needs the continuum's CA to check its peers by (--ca)",
+            file.display()
+        )
+    })?;
+    let ca = std::fs::read_to_string(ca)
+        .with_context(|| format!("cannot read the CA certificate {}", ca.display()))?;
+    tern_trust::tls::NodeTls::new(&cert, &seed, &ca)
+        .map_err(|e| anyhow::anyhow!("the node's certificate {}: {e}", file.display()))
+}
+
+/// Whether `url`'s host is a loopback address (or `localhost`).
+fn loopback(url: &str) -> bool {
+    url.parse::<ureq::http::Uri>()
+        .ok()
+        .and_then(|u| u.host().map(str::to_owned))
+        .is_some_and(|h| {
+            h == "localhost"
+                || h.trim_start_matches('[')
+                    .trim_end_matches(']')
+                    .parse::<std::net::IpAddr>()
+                    .is_ok_and(|ip| ip.is_loopback())
+        })
 }
 
 /// Writes `text` to `path`, readable by its owner only.
@@ -321,7 +397,19 @@ impl NodeCommand {
             self.ca_fingerprint.as_deref(),
             &state,
         )?;
+        let cert = self.cert.clone().or_else(|| {
+            let beside = match &self.nats.creds {
+                Some(creds) => creds.with_extension("pem"),
+                None => state.join("identity.pem"),
+            };
+            beside.is_file().then_some(beside)
+        });
+        let tls = match cert {
+            Some(file) => Some(node_tls(&file, &login)?),
+            None => None,
+        };
         let config = NodeConfig {
+            tls,
             site: self.site.unwrap_or_else(|| name.clone()),
             name,
             tier: self.tier,

@@ -22,8 +22,9 @@ pub struct UpCommand {
     #[arg(long, value_name = "FILE.toml")]
     config: Option<PathBuf>,
     /// Address the API listens on; the backbone (NATS, TLS) listens on the same IP, on
-    /// a port kept in the state directory. Beyond loopback (`0.0.0.0:7680`), other
-    /// machines can join: `tern up` writes a join command for them.
+    /// a port kept in the state directory. Beyond loopback (`0.0.0.0:7680`), the API is
+    /// HTTPS with a certificate from the continuum's CA, and other machines can join:
+    /// `tern up` writes a join command for them.
     #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:7680")]
     listen: SocketAddr,
     /// The host name or address other machines reach this one by [default: the
@@ -74,9 +75,24 @@ impl UpCommand {
                 Continuum::start(&config, &state, &tern, &reach, Duration::from_secs(60))
                     .await
                     .map_err(anyhow::Error::msg)?;
+            // Beyond loopback the API is HTTPS, with a certificate the continuum's CA
+            // issues at each start for the names it is reached by.
+            let tls = if self.listen.ip().is_loopback() {
+                None
+            } else {
+                let names = tern_trust::tls::server_names(self.listen.ip(), advertise.as_deref());
+                let issued = continuum
+                    .server
+                    .ca()
+                    .and_then(|ca| ca.issue_server(&names))
+                    .and_then(|i| tern_trust::tls::server_config(&i.cert_pem, &i.key_pem))
+                    .map_err(|e| anyhow!("cannot certify the API: {e}"))?;
+                Some(issued)
+            };
+            let scheme = if tls.is_some() { "https" } else { "http" };
             let names: Vec<&str> = config.nodes.iter().map(|n| n.name.as_str()).collect();
             eprintln!(
-                "continuum up: nodes {}; API on http://{}; NATS on {}; state in {}",
+                "continuum up: nodes {}; API on {scheme}://{}; NATS on {}; state in {}",
                 names.join(", "),
                 self.listen,
                 continuum.server.url(),
@@ -106,7 +122,7 @@ impl UpCommand {
             // A join command for another machine, with a one-time token: kept in a file
             // only its owner reads, and shown on a terminal, never in a log.
             let api_host = advertise.clone().unwrap_or_else(|| self.listen.ip().to_string());
-            let api_url = format!("http://{api_host}:{}", self.listen.port());
+            let api_url = format!("{scheme}://{api_host}:{}", self.listen.port());
             let join_file = state.join("api/join-command");
             match join_command(&backbone, &api_url, &continuum.server.ca_file()).await {
                 Ok(command) => {
@@ -128,6 +144,7 @@ impl UpCommand {
             let serving = tokio::spawn(tern_cluster::control::serve(
                 backbone,
                 tern_cluster::control::Access {
+                    tls,
                     token,
                     read_token,
                     enrolment: Some(tern_cluster::control::Enrolment {
@@ -136,6 +153,7 @@ impl UpCommand {
                             .join(tern_cluster::backbone::AUTHORITY_FILE),
                         nats: continuum.server.url().to_owned(),
                         ca: Some(continuum.server.ca_file()),
+                        ca_key: Some(continuum.server.ca_key_file()),
                     }),
                 },
                 listener,

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use tern_cluster::backbone::NatsServer;
 
-use crate::support::{READ_TOKEN, Run, free_addr, scratch, signal, spawn_node, tern};
+use crate::support::{READ_TOKEN, Run, TOKEN, free_addr, scratch, signal, spawn_node, tern};
 
 /// Retries `tern nodes --json` until `want` nodes are listed.
 fn wait_for_nodes(dir: &std::path::Path, api: &str, want: usize) -> serde_json::Value {
@@ -309,7 +309,7 @@ async fn nodes_and_plans_through_the_api() {
 }
 
 #[test]
-fn a_controller_without_a_token_serves_only_on_loopback() {
+fn a_controller_serves_beyond_loopback_only_with_a_token_and_tls() {
     let d = scratch();
     tern(d.path())
         .args(["controller", "--nats", "nats://127.0.0.1:9", "--listen", "0.0.0.0:0"])
@@ -318,6 +318,31 @@ fn a_controller_without_a_token_serves_only_on_loopback() {
             1,
             "the API refuses to serve on 0.0.0.0:0 without a token: anyone who reaches it could act on the continuum",
         );
+    let with_token = |extra: &[&str]| {
+        tern(d.path())
+            .env("TERN_TOKEN", TOKEN)
+            .args([
+                "controller",
+                "--nats",
+                "nats://127.0.0.1:9",
+                "--listen",
+                "0.0.0.0:0",
+            ])
+            .args(extra)
+            .run()
+    };
+    with_token(&[]).fails_with(
+        1,
+        "the API refuses to serve on 0.0.0.0:0 in plain HTTP: its tokens, join tokens and the apps' output would cross the network in clear",
+    );
+    // A certificate that is not one is named, before anything listens.
+    let junk = d.path().join("junk.pem");
+    std::fs::write(&junk, "not a certificate\n").expect("write");
+    let junk = junk.display().to_string();
+    let line = with_token(&["--tls-cert", &junk, "--tls-key", &junk])
+        .fails_with(1, "the API's certificate")
+        .to_owned();
+    assert!(line.contains(&junk), "{line}");
 }
 
 #[test]

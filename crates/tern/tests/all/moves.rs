@@ -99,8 +99,9 @@ impl Fleet {
             }
             assert!(
                 Instant::now() < deadline,
-                "waited {within:?} for {what}; ps: {:?}",
-                self.verb(&["ps"])
+                "waited {within:?} for {what}; ps: {:?}\ncontroller: {}",
+                self.verb(&["ps"]),
+                log_tail(&self.dir.join("controller.log"), 20)
             );
             std::thread::sleep(Duration::from_millis(100));
         }
@@ -604,4 +605,144 @@ async fn an_app_that_ends_during_its_migration_shows_its_end() {
         assert_eq!(done["node"], from.as_str(), "{done}");
         assert_eq!(done["incarnation"], 1, "{done}");
     }
+}
+
+fn tls_none(what: &str) -> bool {
+    what == "plain TCP"
+}
+
+/// What a peer at a destination's migration listener gets back, in plaintext: it
+/// connects with `tls` (none: plain TCP), asks for node `node`, sends the start of a
+/// migration stream and reads until the destination closes.
+fn forge(addr: &str, tls: Option<(std::sync::Arc<rustls::ClientConfig>, &str)>) -> Vec<u8> {
+    use std::io::{Read as _, Write as _};
+    let mut tcp = std::net::TcpStream::connect(addr).expect("connect");
+    tcp.set_read_timeout(Some(Duration::from_secs(30)))
+        .expect("timeout");
+    let hello = b"TERNMIG\x02\0\0\0\x10H{\"protocol\":2}";
+    let mut got = Vec::new();
+    match tls {
+        None => {
+            let _ = tcp.write_all(hello);
+            let _ = tcp.read_to_end(&mut got);
+        }
+        Some((config, node)) => {
+            let name =
+                rustls::pki_types::ServerName::try_from(tern_trust::tls::node_dns_name(node))
+                    .expect("name");
+            let conn = rustls::ClientConnection::new(config, name).expect("client");
+            let mut stream = rustls::StreamOwned::new(conn, tcp);
+            let _ = stream.write_all(hello);
+            let _ = stream.flush();
+            let _ = stream.read_to_end(&mut got);
+        }
+    }
+    got
+}
+
+/// A migration's destination lets in only the source node the move names, over TLS
+/// with the continuum CA's certificates: a peer in plain TCP, another node of the
+/// continuum (its own valid certificate) and a certificate of another CA for the right
+/// name are each refused with one line, get nothing back, and the app keeps running
+/// where it was; the move then goes through, and the app runs once.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_forged_migration_peer_is_refused_and_the_app_runs_on() {
+    use tern_cluster::protocol::{NodeCommand, NodeReply, command_subject};
+    let d = scratch();
+    let fleet = Fleet::start(d.path(), None).await;
+    let _controller = fleet.controller(&[]);
+    fleet.wait_ready();
+    let reference = deploy(&fleet, "steady", &guest("steps"), &["30", "40000000"], 3);
+    let row = fleet.wait_for("steady running", Duration::from_secs(120), || {
+        fleet.app("steady").filter(|a| a["state"] == "running")
+    });
+    let from = row["node"].as_str().expect("node").to_owned();
+    let to = if from == "a" { "b" } else { "a" };
+    let incarnation = row["incarnation"].as_u64().expect("incarnation");
+    // The destination listens, as a move from `from` would have it.
+    let backbone = fleet.server.backbone().await.expect("backbone");
+    let receive = NodeCommand::Receive {
+        app: "steady".into(),
+        incarnation: incarnation + 1,
+        from: incarnation,
+        source: from.clone(),
+    };
+    // The node answers once its instance listens, which a busy machine delays.
+    let answer = backbone
+        .client
+        .send_request(
+            command_subject(to),
+            async_nats::Request::new()
+                .payload(serde_json::to_vec(&receive).expect("json").into())
+                .timeout(Some(Duration::from_secs(120))),
+        )
+        .await
+        .expect("an answer");
+    let reply: NodeReply = serde_json::from_slice(&answer.payload).expect("a reply");
+    let addr = reply
+        .addr
+        .clone()
+        .unwrap_or_else(|| panic!("no address: {reply:?}"));
+
+    let ca = std::fs::read_to_string(fleet.server.ca_file()).expect("CA");
+    // Another node of the continuum, with its own valid certificate.
+    let creds = fleet.server.node_credentials("c").expect("c's credentials");
+    let seed =
+        tern_trust::nats::seed_of_credentials(&std::fs::read_to_string(&creds).expect("creds"))
+            .expect("seed");
+    let cert = std::fs::read_to_string(creds.with_extension("pem")).expect("c's certificate");
+    let other_node = tern_trust::tls::NodeTls::new(&cert, &seed, &ca).expect("c's TLS");
+    // The source's name, on a certificate of another CA.
+    let (seed2, key2) = tern_trust::nats::new_user().expect("a key");
+    let stranger = tern_trust::tls::Ca::generate().expect("another CA");
+    let forged = stranger
+        .issue_node(&from, &key2)
+        .expect("a forged certificate");
+    let forger = tern_trust::tls::NodeTls::new(&forged, &seed2, &ca).expect("forger's TLS");
+    let tries = [
+        ("plain TCP", None),
+        ("another node", Some((other_node.client(), to))),
+        ("another CA", Some((forger.client(), to))),
+    ];
+    for (what, tls) in tries {
+        let addr = addr.clone();
+        let got = tokio::task::spawn_blocking(move || forge(&addr, tls))
+            .await
+            .expect("forge");
+        // Nothing of the migration protocol: over TLS not a byte, in plain TCP at most
+        // the TLS alert that ends the handshake (content type 21, one record).
+        let alert = got.first() == Some(&21) && got.len() <= 7;
+        assert!(
+            got.is_empty() || (tls_none(what) && alert),
+            "{what}: the destination said {got:?}"
+        );
+    }
+    let log = format!("node-{to}.log");
+    let refusals = crate::support::wait_until("three refusals", Duration::from_secs(60), || {
+        let text = std::fs::read_to_string(fleet.dir.join(&log)).ok()?;
+        let lines: Vec<String> = text
+            .lines()
+            .filter(|l| l.contains(&format!("migration: refused a peer that is not {from}")))
+            .map(str::to_owned)
+            .collect();
+        (lines.len() >= 3).then_some(lines)
+    });
+    assert!(
+        refusals.iter().any(|l| l.contains("is not node")),
+        "{refusals:?}"
+    );
+    let still = fleet.app("steady").expect("steady");
+    assert_eq!(still["node"], from.as_str(), "{still}");
+    assert_eq!(still["state"], "running", "{still}");
+
+    // The move itself goes through, over the stream the forgers could not open.
+    fleet.verb(&["migrate", "steady", "--to", to]).succeeds();
+    fleet.wait_for(
+        "steady on the destination",
+        Duration::from_secs(120),
+        || fleet.app("steady").filter(|a| a["node"] == to),
+    );
+    let done = ran_once(&fleet, "steady", &reference, 3);
+    assert_eq!(done["node"], to, "{done}");
+    assert_eq!(done["restarts"], 0, "{done}");
 }

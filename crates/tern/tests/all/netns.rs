@@ -1,6 +1,8 @@
 //! Another machine, as a network namespace joined to this one by a veth link: a node
 //! there joins the continuum with the command `tern up --listen 0.0.0.0:PORT` wrote,
-//! over the link's real addresses (TLS to the backbone), and runs an app placed on it.
+//! over the link's real addresses (HTTPS to the API, TLS to the backbone, both to the
+//! continuum's CA), and runs an app placed on it. A join whose pin is wrong, or that
+//! would send its token in plain HTTP, sends nothing.
 
 use std::process::Command;
 use std::time::Duration;
@@ -125,7 +127,7 @@ fn a_node_in_another_namespace_joins_with_the_printed_command_and_runs_an_app() 
     let command = wait_until("the join command", Duration::from_secs(120), || {
         std::fs::read_to_string(state.join("api/join-command")).ok()
     });
-    let expected = format!("tern node --join http://{}:{port} --token ", net.host_ip);
+    let expected = format!("tern node --join https://{}:{port} --token ", net.host_ip);
     assert!(command.starts_with(&expected), "{command}");
     // The command, as another machine's operator would type it.
     let words: Vec<String> = command
@@ -137,6 +139,29 @@ fn a_node_in_another_namespace_joins_with_the_printed_command_and_runs_an_app() 
             w => w.to_owned(),
         })
         .collect();
+    let token_of = |words: &[String]| {
+        let at = words.iter().position(|w| w == "--token").expect("--token");
+        words[at + 1].clone()
+    };
+    let join_token = token_of(&words);
+    // A pin that is not the continuum CA's: refused before the token is sent, which
+    // the printed command then spends as if nothing happened.
+    let wrong_pin = format!("sha256:{}", "0".repeat(64));
+    let pinned = Tern::in_namespace(&d.path().join("cache-far"), &net.name)
+        .args(["node", "--join", &format!("https://{}:{port}", net.host_ip)])
+        .args(["--token", &join_token, "--ca-fingerprint", &wrong_pin])
+        .args(["--name", "thief", "--state"])
+        .arg(d.path().join("thief"))
+        .run();
+    let line = pinned.fails_with(1, "not the continuum's; nothing was sent");
+    assert!(line.contains(&wrong_pin), "{line}");
+    // Nor in plain HTTP beyond loopback, whatever answers there.
+    let plain = Tern::in_namespace(&d.path().join("cache-far"), &net.name)
+        .args(["node", "--join", &format!("http://{}:{port}", net.host_ip)])
+        .args(["--token", &join_token, "--name", "thief", "--state"])
+        .arg(d.path().join("thief"))
+        .run();
+    plain.fails_with(1, "will not send its join token");
     let far_state = d.path().join("far");
     let far = Running(
         Tern::in_namespace(&d.path().join("cache-far"), &net.name)
@@ -146,15 +171,32 @@ fn a_node_in_another_namespace_joins_with_the_printed_command_and_runs_an_app() 
             .arg(&far_state)
             .spawn_logged(&d.path().join("far.log")),
     );
-    let api = format!("http://127.0.0.1:{port}");
+    let api = format!("https://127.0.0.1:{port}");
+    let ca = state.join("nats/tls/ca.pem");
     let token = std::fs::read_to_string(state.join("api/token")).expect("the API's token");
     let verb = |args: &[&str]| {
         tern(d.path())
             .args(args)
             .args(["--api", &api])
             .env("TERN_TOKEN", token.trim())
+            .env("TERN_CA", &ca.display().to_string())
             .run()
     };
+    // The API is HTTPS, and a client trusts no CA but the one it is given.
+    let other = d.path().join("other-ca.pem");
+    let other_ca = tern_trust::tls::Ca::generate().expect("a CA");
+    std::fs::write(&other, other_ca.cert_pem()).expect("write");
+    let refused = tern(d.path())
+        .args(["nodes", "--api", &api])
+        .env("TERN_TOKEN", token.trim())
+        .env("TERN_CA", &other.display().to_string())
+        .run();
+    refused.fails_with(1, "TLS refused");
+    let plain = tern(d.path())
+        .args(["nodes", "--api", &format!("http://127.0.0.1:{port}")])
+        .env("TERN_TOKEN", token.trim())
+        .run();
+    assert_ne!(plain.code, Some(0), "{plain:?}");
     wait_until("far to join", Duration::from_secs(120), || {
         let r = verb(&["nodes", "--json"]);
         let v: Value = serde_json::from_str(&r.stdout).ok()?;
