@@ -134,11 +134,13 @@ impl ApiArgs {
                 "cannot reach the Tern API at {}: nothing listens there; start one with `tern up` (or `tern controller`), or point --api / TERN_API at it",
                 self.api
             ),
-            Err(ureq::Error::Rustls(e)) => bail!(
-                "cannot reach the Tern API at {}: TLS refused ({e}); the API must show a certificate the continuum's CA (--ca, TERN_CA) issued for the URL's host",
-                self.api
-            ),
-            Err(ureq::Error::Io(e)) if e.get_ref().is_some_and(|i| i.is::<rustls::Error>()) => {
+            // ureq reports a refused certificate as its own error, or as I/O around
+            // rustls's.
+            Err(e)
+                if matches!(&e, ureq::Error::Rustls(_))
+                    || matches!(&e, ureq::Error::Io(io)
+                        if io.get_ref().is_some_and(|i| i.is::<rustls::Error>())) =>
+            {
                 bail!(
                     "cannot reach the Tern API at {}: TLS refused ({e}); the API must show a certificate the continuum's CA (--ca, TERN_CA) issued for the URL's host",
                     self.api
