@@ -179,21 +179,18 @@ impl Outbound {
                             .await
                             .map_err(|e| format!("TLS: {e}"))
                     };
-                    let peer = match tokio::time::timeout(HANDSHAKE_TIMEOUT, peer).await {
-                        Ok(Ok(p)) => p,
-                        Ok(Err(e)) => {
-                            let reason = format!("{destination} at {to} refused: {e}");
+                    let reason = match tokio::time::timeout(HANDSHAKE_TIMEOUT, peer).await {
+                        Ok(Ok(p)) => Ok(p),
+                        Ok(Err(e)) => Err(format!("{destination} at {to} refused: {e}")),
+                        Err(_) => Err(format!(
+                            "{destination} at {to} did not answer within {} s",
+                            HANDSHAKE_TIMEOUT.as_secs()
+                        )),
+                    };
+                    let peer = match reason {
+                        Ok(p) => p,
+                        Err(reason) => {
                             tracing::warn!("migration: {reason}");
-                            if let Ok(mut f) = failed.lock() {
-                                *f = Some(reason);
-                            }
-                            return;
-                        }
-                        Err(_) => {
-                            let reason = format!(
-                                "{destination} at {to} did not answer within {} s",
-                                HANDSHAKE_TIMEOUT.as_secs()
-                            );
                             if let Ok(mut f) = failed.lock() {
                                 *f = Some(reason);
                             }

@@ -230,25 +230,6 @@ pub fn server_config(
     Ok(std::sync::Arc::new(config))
 }
 
-/// A TLS client's configuration that trusts the certificates `ca_pem` issued and
-/// nothing else: no system root, no other CA.
-///
-/// # Errors
-/// [`TlsError::Make`] when `ca_pem` holds no usable certificate.
-pub fn client_config(ca_pem: &str) -> Result<std::sync::Arc<rustls::ClientConfig>, TlsError> {
-    let mut roots = rustls::RootCertStore::empty();
-    let (added, _) = roots.add_parsable_certificates(certificates_of_pem(ca_pem)?);
-    if added == 0 {
-        return Err(TlsError::Make("no CA certificate in the PEM text".into()));
-    }
-    let config = rustls::ClientConfig::builder_with_provider(provider())
-        .with_safe_default_protocol_versions()
-        .map_err(make)?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    Ok(std::sync::Arc::new(config))
-}
-
 /// The names a server is certified for when it listens on `ip` and is reached by
 /// `advertise`: loopback's always, then the advertised host and the address itself
 /// (unless it is every interface's).

@@ -395,7 +395,7 @@ fn start(
                         from,
                         source,
                         listening,
-                    } => (Some(from), Some((source.clone(), listening)), Some(source)),
+                    } => (Some(from), Some(listening), Some(source)),
                 };
                 let task = Task {
                     handover,

@@ -28,9 +28,8 @@ pub(super) struct Task {
     /// meanwhile.
     pub(super) handover: Option<u64>,
     pub(super) held: Vec<u8>,
-    /// For a migration's destination: the source's node, and where to tell that this
-    /// one listens, once it does.
-    pub(super) listening: Option<(String, super::Listening)>,
+    /// Where a migration's destination listens, once it does.
+    pub(super) listening: Option<super::Listening>,
     /// The node's TLS listener in front of this destination's, while it waits.
     pub(super) inbound: Option<crate::tunnel::Inbound>,
     /// For a migration's destination: the source's node.
@@ -216,8 +215,8 @@ impl Task {
                             self.status(InstanceState::Running, last_checkpoint.clone(), &self.note.clone()).await;
                         }
                         Ok(Event::Listening { addr }) => {
-                            if let Some((source, l)) = self.listening.take() {
-                                let _ = l.send(Some(self.listen_for(&source, addr).await));
+                            if let Some(l) = self.listening.take() {
+                                let _ = l.send(Some(self.listen_for(addr).await));
                             }
                         }
                         Ok(e @ (Event::Migrated { .. } | Event::MigrationFailed { .. })) => {
@@ -310,7 +309,7 @@ impl Task {
                 _ => break,
             }
         }
-        if let Some((_, l)) = self.listening.take() {
+        if let Some(l) = self.listening.take() {
             let _ = l.send(Some(Err(match &ended {
                 Some(Ended::Failed { reason }) => reason.clone(),
                 _ => "the receiving instance ended".to_owned(),
@@ -389,10 +388,10 @@ impl Task {
     }
 
     /// Where the source of this destination's migration connects: the node's TLS
-    /// listener, which lets node `source` alone through to the instance at `addr`; or,
-    /// for a node without a certificate, the instance itself.
-    async fn listen_for(&mut self, source: &str, addr: String) -> Result<String, String> {
-        let Some(tls) = &self.host.tls else {
+    /// listener, which lets the source's node alone through to the instance at `addr`;
+    /// or, for a node without a certificate, the instance itself.
+    async fn listen_for(&mut self, addr: String) -> Result<String, String> {
+        let (Some(tls), Some(source)) = (&self.host.tls, &self.source) else {
             return Ok(addr);
         };
         let inbound = crate::tunnel::Inbound::start(
