@@ -23,14 +23,29 @@ struct Namespace {
 }
 
 fn ip(args: &[&str]) {
-    let out = Command::new("ip")
+    ip_in(None, args);
+}
+
+/// `ip ARGS`, in namespace `ns` if given (entered with nsenter, which a chroot allows
+/// where `ip netns exec` does not).
+fn ip_in(ns: Option<&str>, args: &[&str]) {
+    let mut command = match ns {
+        Some(ns) => {
+            let mut c = Command::new("nsenter");
+            c.arg(format!("--net=/run/netns/{ns}")).arg("ip");
+            c
+        }
+        None => Command::new("ip"),
+    };
+    let out = command
         .args(args)
         .output()
-        .expect("the ip command (iproute2; scripts/setup.sh installs it)");
+        .expect("ip (iproute2; scripts/setup.sh installs it) and nsenter (util-linux)");
     assert!(
         out.status.success(),
-        "ip {}: {}",
+        "ip {} in {}: {}",
         args.join(" "),
+        ns.unwrap_or("this namespace"),
         String::from_utf8_lossy(&out.stderr)
     );
 }
@@ -71,21 +86,7 @@ impl Namespace {
             &ns.host_link,
         ]);
         ip(&["link", "set", &ns.host_link, "up"]);
-        let inside = |args: &[&str]| {
-            let out = Command::new("nsenter")
-                .arg(format!("--net=/run/netns/{}", ns.name))
-                .arg("ip")
-                .args(args)
-                .output()
-                .expect("nsenter (util-linux)");
-            assert!(
-                out.status.success(),
-                "ip {} in {}: {}",
-                args.join(" "),
-                ns.name,
-                String::from_utf8_lossy(&out.stderr)
-            );
-        };
+        let inside = |args: &[&str]| ip_in(Some(&ns.name), args);
         inside(&["addr", "add", &format!("{}/24", ns.ns_ip), "dev", &peer]);
         inside(&["link", "set", &peer, "up"]);
         inside(&["link", "set", "lo", "up"]);
