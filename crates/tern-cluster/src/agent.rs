@@ -42,6 +42,8 @@ pub enum AgentError {
     Backbone(#[from] BackboneError),
     #[error("cannot measure this node's compute: {reason}")]
     Measure { reason: String },
+    #[error("cannot start this node's heartbeats: {0}")]
+    Heartbeats(String),
     #[error("cannot listen for other nodes on {addr}: {reason}")]
     Link {
         addr: std::net::SocketAddr,
@@ -111,38 +113,136 @@ async fn ping_peers(
     }
 }
 
-/// Says every [`HEARTBEAT`] that the node is alive, with its load and round trips. A
-/// heartbeat that cannot go out is logged and the next one goes on: nothing here ends
-/// the node.
-async fn heartbeat(
-    backbone: Backbone,
-    name: String,
-    load: std::sync::Arc<std::sync::Mutex<NodeLoad>>,
-    rtt: std::sync::Arc<std::sync::Mutex<BTreeMap<String, f64>>>,
-) {
-    let mut beat = tokio::time::interval(HEARTBEAT);
-    beat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut failing = false;
-    loop {
-        beat.tick().await;
-        let b = Heartbeat {
-            name: name.clone(),
-            load: load.lock().map(|l| *l).unwrap_or_default(),
-            rtt_ms: rtt.lock().map(|r| r.clone()).unwrap_or_default(),
-        };
-        match backbone.beat(&b).await {
-            Ok(()) if failing => {
-                failing = false;
-                tracing::info!("heartbeats go out again");
+/// How long the agent's own async runtime may go without running before its
+/// heartbeats stop. A runtime that a busy machine starves for seconds is slow, not
+/// dead, and its apps (processes of their own) run on; one stuck this long is wedged,
+/// and the control plane should place its apps elsewhere.
+pub const WEDGED_AFTER: Duration = Duration::from_secs(60);
+
+/// The node's heartbeats, from a thread of their own with a connection of their own
+/// to the server. On the agent's runtime they waited behind whatever its two workers
+/// were doing: fifty migrations coming in at once on a busy 2-core machine delayed
+/// them past `--lost-after`, and the control plane took a working node for lost and
+/// restarted its apps elsewhere. A task on the agent's runtime stamps the time twice a
+/// second; the heartbeats stop once that stamp is [`WEDGED_AFTER`] old, so a wedged
+/// agent is still found out. They end when this is dropped.
+struct Heartbeats {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    awake: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Heartbeats {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        self.awake.abort();
+    }
+}
+
+impl Heartbeats {
+    /// Starts saying every [`HEARTBEAT`] that node `name` is alive, with its load and
+    /// round trips. A heartbeat that cannot go out is logged and the next one goes on:
+    /// nothing here ends the node.
+    fn start(
+        backbone: &Backbone,
+        name: String,
+        load: std::sync::Arc<std::sync::Mutex<NodeLoad>>,
+        rtt: std::sync::Arc<std::sync::Mutex<BTreeMap<String, f64>>>,
+    ) -> Result<Heartbeats, AgentError> {
+        use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+        let epoch = Instant::now();
+        let stamp = std::sync::Arc::new(AtomicU64::new(0));
+        let stop = std::sync::Arc::new(AtomicBool::new(false));
+        let awake = tokio::spawn({
+            let stamp = stamp.clone();
+            async move {
+                let mut every = tokio::time::interval(HEARTBEAT);
+                loop {
+                    every.tick().await;
+                    stamp.store(millis(epoch.elapsed()), Ordering::Relaxed);
+                }
             }
-            Ok(()) => {}
-            Err(e) if !failing => {
-                failing = true;
-                tracing::warn!(error = %e, "heartbeat not sent; trying again, the apps run on");
+        });
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| AgentError::Heartbeats(e.to_string()))?;
+        let (backbone, stopping) = (backbone.clone(), stop.clone());
+        std::thread::Builder::new()
+            .name("heartbeats".into())
+            .spawn(move || {
+                runtime.block_on(async move {
+                    let stopped = || stopping.load(Ordering::Relaxed);
+                    let Some(client) = second_connection(&backbone, &stopped).await else {
+                        return;
+                    };
+                    let mut beat = tokio::time::interval(HEARTBEAT);
+                    beat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                    let (mut failing, mut wedged) = (false, false);
+                    while !stopped() {
+                        beat.tick().await;
+                        let still = epoch
+                            .elapsed()
+                            .saturating_sub(Duration::from_millis(stamp.load(Ordering::Relaxed)));
+                        if still > WEDGED_AFTER {
+                            if !wedged {
+                                wedged = true;
+                                tracing::error!(
+                                    "this agent has not run for {} s: no heartbeat until it does, so its apps are placed elsewhere",
+                                    still.as_secs()
+                                );
+                            }
+                            continue;
+                        }
+                        wedged = false;
+                        let b = Heartbeat {
+                            name: name.clone(),
+                            load: load.lock().map(|l| *l).unwrap_or_default(),
+                            rtt_ms: rtt.lock().map(|r| r.clone()).unwrap_or_default(),
+                        };
+                        match crate::backbone::beat_on(&client, &b).await {
+                            Ok(()) if failing => {
+                                failing = false;
+                                tracing::info!("heartbeats go out again");
+                            }
+                            Ok(()) => {}
+                            Err(e) if !failing => {
+                                failing = true;
+                                tracing::warn!(error = %e, "heartbeat not sent; trying again, the apps run on");
+                            }
+                            Err(_) => {}
+                        }
+                    }
+                });
+            })
+            .map_err(|e| AgentError::Heartbeats(e.to_string()))?;
+        Ok(Heartbeats { stop, awake })
+    }
+}
+
+/// The heartbeats' connection, tried again every [`HEARTBEAT`] until it is made or
+/// `stopped` says the node is leaving (`None`).
+async fn second_connection(
+    backbone: &Backbone,
+    stopped: &impl Fn() -> bool,
+) -> Option<async_nats::Client> {
+    let mut said = false;
+    while !stopped() {
+        match backbone.second_connection().await {
+            Ok(c) => return Some(c),
+            Err(e) if !said => {
+                said = true;
+                tracing::warn!(error = %e, "heartbeats: no connection yet; trying again, the apps run on");
             }
             Err(_) => {}
         }
+        tokio::time::sleep(HEARTBEAT).await;
     }
+    None
+}
+
+/// `d` in whole milliseconds.
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 
 /// Follows the registry for the other nodes' links, and joins again if this node's own
@@ -354,12 +454,12 @@ pub async fn run(
     let peers: std::sync::Arc<Peers> = std::sync::Arc::default();
     // Heartbeats, pings and the registry each run on their own, so that none waits
     // for another, and none can end the node: only `stop` does.
-    let beating = tokio::spawn(heartbeat(
-        backbone.clone(),
+    let beating = Heartbeats::start(
+        backbone,
         node.name.clone(),
         load.clone(),
         std::sync::Arc::clone(&rtt),
-    ));
+    )?;
     let pinging = tokio::spawn(ping_peers(peers.clone(), links, rtt));
     let following = tokio::spawn(follow_registry(backbone.clone(), node.clone(), peers));
     let (stop_instances, instances_stop) = tokio::sync::oneshot::channel::<()>();
@@ -378,7 +478,7 @@ pub async fn run(
             // elsewhere: they stop here at once (each instance dies with its agent).
             following.abort();
             pinging.abort();
-            beating.abort();
+            drop(beating);
             answering.abort();
             instances.abort();
             return Err(BackboneError::Revoked { node: node.name.clone() }.into());
@@ -390,7 +490,7 @@ pub async fn run(
     let stopped = instances.await;
     following.abort();
     pinging.abort();
-    beating.abort();
+    drop(beating);
     answering.abort();
     if let Err(e) = stopped {
         tracing::error!(error = %e, "the instances' supervisor failed");

@@ -596,6 +596,35 @@ fn host_port(host: &str, port: u16) -> String {
     }
 }
 
+/// Logs what happens to a connection that its user should know of: it dropped or came
+/// back, the server sent an error, or messages for a subscription read too slowly were
+/// dropped.
+fn log_event(connection: &str, event: &async_nats::Event) {
+    match event {
+        async_nats::Event::Connected => tracing::info!("{connection}: connected"),
+        async_nats::Event::Disconnected => {
+            tracing::warn!("{connection}: disconnected; connecting again");
+        }
+        async_nats::Event::SlowConsumer(_)
+        | async_nats::Event::ServerError(_)
+        | async_nats::Event::ClientError(_)
+        | async_nats::Event::LameDuckMode => tracing::warn!("{connection}: {event}"),
+        async_nats::Event::Draining | async_nats::Event::Closed => {}
+    }
+}
+
+/// [`Backbone::beat`] on `client` (a [`Backbone::second_connection`]).
+///
+/// # Errors
+/// As [`Backbone::beat`].
+pub async fn beat_on(client: &async_nats::Client, beat: &Heartbeat) -> Result<(), BackboneError> {
+    let json = serde_json::to_vec(beat).map_err(|e| js_err("encode heartbeat", e))?;
+    client
+        .publish(alive_subject(&beat.name), json.into())
+        .await
+        .map_err(|e| js_err("heartbeat", e))
+}
+
 /// What a process gives the backbone's server: its credentials (a credentials file's
 /// text: a user's JWT and seed), and the continuum's CA certificate, which the server's
 /// certificate must chain to.
@@ -628,6 +657,10 @@ pub struct Backbone {
     pub(crate) snapshots: object_store::ObjectStore,
     /// Set once the server said this connection's user was revoked.
     revoked: tokio::sync::watch::Receiver<bool>,
+    /// How it connected, for [`Backbone::second_connection`].
+    url: String,
+    login: Login,
+    node: Option<String>,
 }
 
 impl std::fmt::Debug for Backbone {
@@ -672,7 +705,12 @@ impl Backbone {
         Backbone::open(url, login, Some(node)).await
     }
 
-    async fn open(url: &str, login: &Login, node: Option<&str>) -> Result<Backbone, BackboneError> {
+    /// How a process connects: with `login`, as `node` (its answers come to its own
+    /// inboxes) or as the control plane.
+    fn options(
+        login: &Login,
+        node: Option<&str>,
+    ) -> Result<async_nats::ConnectOptions, BackboneError> {
         // A connection that drops is made again forever (async-nats' default), tried
         // at most a second apart, so a restarted nats-server is back in use at once;
         // what is published meanwhile waits in the client's buffer.
@@ -694,6 +732,30 @@ impl Backbone {
             // other root.
             options = options.add_root_certificates(ca.clone()).require_tls(true);
         }
+        Ok(options)
+    }
+
+    /// A second connection to the same server as the same user, for plain messages
+    /// only: a node's heartbeats go out on one of their own, from a thread of their own,
+    /// so that nothing queued on the main connection delays them. It is made on the
+    /// async runtime that awaits it, and lives on that runtime.
+    ///
+    /// # Errors
+    /// As [`Backbone::join`].
+    pub async fn second_connection(&self) -> Result<async_nats::Client, BackboneError> {
+        let options = Backbone::options(&self.login, self.node.as_deref())?
+            .event_callback(|event| async move { log_event("second connection", &event) });
+        options
+            .connect(self.url.as_str())
+            .await
+            .map_err(|e| BackboneError::Connect {
+                url: self.url.clone(),
+                reason: e.to_string(),
+            })
+    }
+
+    async fn open(url: &str, login: &Login, node: Option<&str>) -> Result<Backbone, BackboneError> {
+        let mut options = Backbone::options(login, node)?;
         // The server tells a revoked user so, then closes its connection; every later
         // attempt is refused.
         let (said_revoked, revoked) = tokio::sync::watch::channel(false);
@@ -706,6 +768,7 @@ impl Backbone {
                 {
                     said_revoked.send_replace(true);
                 }
+                log_event("backbone", &event);
             }
         });
         let client = options.connect(url).await.map_err(|e| {
@@ -723,18 +786,21 @@ impl Backbone {
         })?;
         let js = jetstream::new(client.clone());
         let make = node.is_none();
-        let nodes = bucket(
-            &js,
-            make,
-            kv::Config {
-                bucket: REGISTRY.into(),
-                description: "Tern nodes: each node's descriptor, while it is in the continuum"
-                    .into(),
-                history: 1,
-                ..Default::default()
-            },
-        )
-        .await?;
+        // A server under load may not answer JetStream's API in time, or not have
+        // JetStream ready just after it started ("error creating store for stream"):
+        // the control plane, which makes the stores, tries again before it gives up.
+        let mut tries = 1;
+        let (nodes, stores, modules) = loop {
+            match open_all(&js, make).await {
+                Ok(opened) => break opened,
+                Err(e) if make && tries < STORE_TRIES => {
+                    tracing::warn!(error = %e, "JetStream's stores are not ready; trying again");
+                    tokio::time::sleep(Duration::from_millis(500 * u64::from(tries))).await;
+                    tries += 1;
+                }
+                Err(e) => return Err(e),
+            }
+        };
         let Stores {
             apps,
             status,
@@ -742,19 +808,7 @@ impl Backbone {
             moves,
             logs,
             snapshots,
-        } = open(&js, make).await?;
-        let modules = match js.get_object_store(MODULES).await {
-            Ok(s) => s,
-            Err(e) if !make => return Err(unmade(MODULES, e)),
-            Err(_) => js
-                .create_object_store(object_store::Config {
-                    bucket: MODULES.into(),
-                    description: Some("Tern modules, by SHA-256".into()),
-                    ..Default::default()
-                })
-                .await
-                .map_err(|e| js_err("object store tern-modules", e))?,
-        };
+        } = stores;
         Ok(Backbone {
             client,
             js,
@@ -767,6 +821,9 @@ impl Backbone {
             modules,
             snapshots,
             revoked,
+            url: url.to_owned(),
+            login: login.clone(),
+            node: node.map(str::to_owned),
         })
     }
 
@@ -802,11 +859,7 @@ impl Backbone {
     /// # Errors
     /// [`BackboneError::JetStream`] when the client is closed or its buffer is full.
     pub async fn beat(&self, beat: &Heartbeat) -> Result<(), BackboneError> {
-        let json = serde_json::to_vec(beat).map_err(|e| js_err("encode heartbeat", e))?;
-        self.client
-            .publish(alive_subject(&beat.name), json.into())
-            .await
-            .map_err(|e| js_err("heartbeat", e))
+        beat_on(&self.client, beat).await
     }
 
     /// Every node's heartbeats, as they come. A message that is not a heartbeat (or is
@@ -1017,6 +1070,42 @@ pub(crate) async fn open(js: &jetstream::Context, make: bool) -> Result<Stores, 
         logs,
         snapshots,
     })
+}
+
+/// How many times the control plane tries to open or make its stores.
+const STORE_TRIES: u32 = 6;
+
+/// The registry, the other stores and the modules' object store, made where missing
+/// when `make`.
+async fn open_all(
+    js: &jetstream::Context,
+    make: bool,
+) -> Result<(kv::Store, Stores, object_store::ObjectStore), BackboneError> {
+    let nodes = bucket(
+        js,
+        make,
+        kv::Config {
+            bucket: REGISTRY.into(),
+            description: "Tern nodes: each node's descriptor, while it is in the continuum".into(),
+            history: 1,
+            ..Default::default()
+        },
+    )
+    .await?;
+    let stores = open(js, make).await?;
+    let modules = match js.get_object_store(MODULES).await {
+        Ok(s) => s,
+        Err(e) if !make => return Err(unmade(MODULES, e)),
+        Err(_) => js
+            .create_object_store(object_store::Config {
+                bucket: MODULES.into(),
+                description: Some("Tern modules, by SHA-256".into()),
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| js_err("object store tern-modules", e))?,
+    };
+    Ok((nodes, stores, modules))
 }
 
 /// Reads the object `digest` of `store` and checks its bytes against it.

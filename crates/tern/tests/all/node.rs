@@ -222,3 +222,92 @@ fn bad_node_flags_and_an_unreachable_backbone_are_one_line() {
         );
     }
 }
+
+/// A node whose own async runtime is held up (here its only worker is blocked for
+/// longer than the control plane waits for a heartbeat, as fifty migrations coming in
+/// on a busy machine held it) still says it is alive: its heartbeats go out from a
+/// thread and a connection of their own.
+#[test]
+fn heartbeats_go_on_while_the_agents_runtime_is_held_up() {
+    let d = scratch();
+    let outer = tokio::runtime::Runtime::new().expect("runtime");
+    let (server, watcher) = outer.block_on(backbone(d.path()));
+    let name = "held";
+    let creds = server.node_credentials(name).expect("node credentials");
+    let login = tern_cluster::backbone::Login {
+        creds: Some(std::fs::read_to_string(creds).expect("creds")),
+        ca: Some(server.ca_file()),
+    };
+    let mut beats = outer.block_on(async {
+        watcher
+            .client
+            .subscribe(tern_cluster::protocol::alive_subject(name))
+            .await
+            .expect("subscribe")
+    });
+    // The agent's runtime has one worker, which the test blocks.
+    let agent = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let config = tern_cluster::agent::NodeConfig {
+        name: name.into(),
+        site: name.into(),
+        tier: Tier::Edge,
+        engine: tern_runtime::EngineKind::Cranelift,
+        cores: 1,
+        memory: 256 << 20,
+        labels: Default::default(),
+        link_listen: "127.0.0.1:0".parse().expect("addr"),
+        link_advertise: None,
+        state: d.path().join("node"),
+        tern: env!("CARGO_BIN_EXE_tern").into(),
+        links: Default::default(),
+        tls: None,
+    };
+    let url = server.url().to_owned();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let running = agent.spawn(async move {
+        let bb = tern_cluster::backbone::Backbone::join_as_node(&url, &login, name)
+            .await
+            .expect("joins");
+        tern_cluster::agent::run(config, &bb, async { drop(stopped.await) }, |_| {})
+            .await
+            .expect("the agent runs");
+    });
+    let first = outer
+        .block_on(async { tokio::time::timeout(Duration::from_secs(120), beats.next()).await });
+    assert!(matches!(first, Ok(Some(_))), "no first heartbeat");
+    let held = tern_cluster::backbone::LOST_AFTER + Duration::from_secs(2);
+    agent.spawn(async move { std::thread::sleep(held) });
+    // While the worker is held, heartbeats keep coming, none further apart than the
+    // control plane's patience.
+    let (started, mut last, mut count, mut widest) =
+        (Instant::now(), Instant::now(), 0, Duration::ZERO);
+    while started.elapsed() < held {
+        let beat = outer.block_on(async {
+            tokio::time::timeout(tern_cluster::backbone::LOST_AFTER, beats.next()).await
+        });
+        match beat {
+            Ok(Some(_)) => {
+                widest = widest.max(last.elapsed());
+                last = Instant::now();
+                count += 1;
+            }
+            _ => panic!(
+                "no heartbeat for {:?} while the agent's runtime was held ({count} before)",
+                tern_cluster::backbone::LOST_AFTER
+            ),
+        }
+    }
+    assert!(count >= 2, "{count} heartbeats in {held:?}");
+    eprintln!("{count} heartbeats while the runtime was held for {held:?}; widest gap {widest:?}");
+    let _ = stop.send(());
+    outer
+        .block_on(async { tokio::time::timeout(Duration::from_secs(60), running).await })
+        .expect("the agent leaves")
+        .expect("the agent's task");
+    // The client's subscription and connection end within their runtime.
+    outer.block_on(async move { drop((beats, watcher)) });
+}
