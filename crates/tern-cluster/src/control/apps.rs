@@ -117,6 +117,11 @@ pub(super) async fn deploy(
     }
     check_signatures(&req, &m)?;
     check_module(&s, &req.module, m.migratable, m.memory).await?;
+    // The same deployment again (a client that timed out and tried again, or a script
+    // run twice) changes nothing and says so: deploying is safe to repeat.
+    if let Some(same) = deployed_already(&s, &req, &names)? {
+        return Ok((StatusCode::OK, Json(same)).into_response());
+    }
     // The view answers at once for the usual new name; the create below is the
     // authority for one app. Replicas are written one by one, so their names are read
     // from the backbone first: a deployment is not left half written.
@@ -167,6 +172,50 @@ pub(super) async fn deploy(
         }),
     )
         .into_response())
+}
+
+/// When every one of `names` is deployed already from this very request (the same
+/// manifest, module, seed files and signatures), what `deploy` answered, with a note
+/// that nothing changed.
+fn deployed_already(
+    s: &Shared,
+    req: &DeployRequest,
+    names: &[String],
+) -> Result<Option<Deployed>, ApiError> {
+    let v = s.view.read().map_err(|_| unavailable())?;
+    let mut nodes = Vec::new();
+    for name in names {
+        let Some(placed) = v.app(name) else {
+            return Ok(None);
+        };
+        let r = &placed.record;
+        if (&r.manifest, &r.module, &r.seeds, &r.signatures)
+            != (&req.manifest, &req.module, &req.seeds, &req.signatures)
+        {
+            return Ok(None);
+        }
+        nodes.push(r.node.clone().unwrap_or_else(|| "—".to_owned()));
+    }
+    let Some(first) = names.first() else {
+        return Ok(None);
+    };
+    let name = v
+        .app(first)
+        .and_then(|p| p.record.replica_of.clone())
+        .unwrap_or_else(|| first.clone());
+    Ok(Some(Deployed {
+        name,
+        node: nodes[0].clone(),
+        note: format!(
+            "deployed already with this manifest and module, unchanged: {}",
+            names
+                .iter()
+                .zip(&nodes)
+                .map(|(n, node)| format!("{n} on {node}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+    }))
 }
 
 /// Writes the records of `names` placed on `placed`; what was written, one `NAME on

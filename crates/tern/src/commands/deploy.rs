@@ -91,6 +91,8 @@ impl DeployCommand {
         )?;
         if self.json {
             println!("{}", serde_json::to_string_pretty(&deployed)?);
+        } else if deployed.note.starts_with("deployed already") {
+            println!("{}: {}", deployed.name, deployed.note);
         } else if deployed.note.starts_with("placed on") {
             println!(
                 "deployed {} on {}; `tern logs {}` shows its output",

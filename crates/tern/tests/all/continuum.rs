@@ -403,7 +403,8 @@ fn bad_manifests_modules_and_requests_are_refused_and_nothing_is_deployed() {
         assert!(up.app(name).is_none(), "{name} is still there");
     }
 
-    // A second deploy under a taken name.
+    // The same deploy again (a client that timed out tries again) changes nothing and
+    // says so; another deploy under a taken name is refused.
     let ok = write_app(
         d.path(),
         "twice",
@@ -411,7 +412,28 @@ fn bad_manifests_modules_and_requests_are_refused_and_nothing_is_deployed() {
         "name = \"twice\"\nargs = [\"1\", \"1\"]\n",
     );
     up.verb(&["deploy", ok.to_str().expect("utf-8")]).succeeds();
-    up.verb(&["deploy", ok.to_str().expect("utf-8")])
+    let placed = up.app("twice").expect("deployed");
+    let again = up.verb(&["deploy", ok.to_str().expect("utf-8")]);
+    let again = again.succeeds();
+    assert!(
+        again.starts_with(
+            "twice: deployed already with this manifest and module, unchanged: twice on "
+        ),
+        "{again}"
+    );
+    let after = up.app("twice").expect("still deployed");
+    assert_eq!(
+        (&after["node"], &after["incarnation"]),
+        (&placed["node"], &placed["incarnation"]),
+        "{after}"
+    );
+    let other = write_app(
+        d.path(),
+        "twice",
+        &steps,
+        "name = \"twice\"\nargs = [\"2\", \"1\"]\n",
+    );
+    up.verb(&["deploy", other.to_str().expect("utf-8")])
         .fails_with(1, "an app named twice is deployed already");
 
     // Without the token, nothing that acts is done.
