@@ -1049,18 +1049,13 @@ pub(crate) async fn open(js: &jetstream::Context, make: bool) -> Result<Stores, 
     } else {
         js.get_stream(LOGS).await.map_err(|e| unmade(LOGS, e))?
     };
-    let snapshots = match js.get_object_store(SNAPSHOTS).await {
-        Ok(s) => s,
-        Err(e) if !make => return Err(unmade(SNAPSHOTS, e)),
-        Err(_) => js
-            .create_object_store(object_store::Config {
-                bucket: SNAPSHOTS.into(),
-                description: Some("Tern checkpoints: snapshot and volumes, by SHA-256".into()),
-                ..Default::default()
-            })
-            .await
-            .map_err(|e| js_err("object store tern-snapshots", e))?,
-    };
+    let snapshots = object_store(
+        js,
+        make,
+        SNAPSHOTS,
+        "Tern checkpoints: snapshot and volumes, by SHA-256",
+    )
+    .await?;
     let moves = crate::moves::open(js, make).await?;
     Ok(Stores {
         apps,
@@ -1093,19 +1088,29 @@ async fn open_all(
     )
     .await?;
     let stores = open(js, make).await?;
-    let modules = match js.get_object_store(MODULES).await {
-        Ok(s) => s,
-        Err(e) if !make => return Err(unmade(MODULES, e)),
+    let modules = object_store(js, make, MODULES, "Tern modules, by SHA-256").await?;
+    Ok((nodes, stores, modules))
+}
+
+/// Object store `name`, made with `description` where missing when `make`.
+async fn object_store(
+    js: &jetstream::Context,
+    make: bool,
+    name: &str,
+    description: &str,
+) -> Result<object_store::ObjectStore, BackboneError> {
+    match js.get_object_store(name).await {
+        Ok(s) => Ok(s),
+        Err(e) if !make => Err(unmade(name, e)),
         Err(_) => js
             .create_object_store(object_store::Config {
-                bucket: MODULES.into(),
-                description: Some("Tern modules, by SHA-256".into()),
+                bucket: name.into(),
+                description: Some(description.into()),
                 ..Default::default()
             })
             .await
-            .map_err(|e| js_err("object store tern-modules", e))?,
-    };
-    Ok((nodes, stores, modules))
+            .map_err(|e| js_err(format!("object store {name}"), e)),
+    }
 }
 
 /// Reads the object `digest` of `store` and checks its bytes against it.

@@ -684,6 +684,9 @@ fn a_second_sigterm_stops_at_once() {
     let mut line = String::new();
     err.read_line(&mut line).expect("first line");
     assert_eq!(line, "waiting for input\n");
+    // The guest says it waits just before its read: a signal before the read is taken
+    // at the safe point on the way in, so wait until the guest's thread is in it.
+    wait_in_read(child.id());
     // The guest is in its read: the first signal cannot stop it there, the second
     // ends the process.
     signal(&child, "-TERM");
@@ -703,6 +706,29 @@ fn a_second_sigterm_stops_at_once() {
         "{rest}"
     );
     assert!(!snap.exists());
+}
+
+/// Waits until a `guest` thread of process `pid` is blocked in `read(2)` (as
+/// `/proc/PID/task/TID/syscall` shows), up to a minute.
+fn wait_in_read(pid: u32) {
+    // read(2)'s number: x86_64 0, aarch64 63.
+    let read = if cfg!(target_arch = "aarch64") {
+        "63"
+    } else {
+        "0"
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while std::time::Instant::now() < deadline {
+        let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).expect("tasks");
+        for task in tasks.flatten() {
+            let at = |f: &str| std::fs::read_to_string(task.path().join(f)).unwrap_or_default();
+            if at("comm").trim() == "guest" && at("syscall").split(' ').next() == Some(read) {
+                return;
+            }
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    panic!("the guest was not in its read within a minute");
 }
 
 /// How the volumes are mapped is checked before anything else: a volume without a
