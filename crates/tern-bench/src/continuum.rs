@@ -191,7 +191,7 @@ impl Up {
     }
 
     fn verb(&self, args: &[&str]) -> anyhow::Result<String> {
-        let token = std::fs::read_to_string(self.state.join("nats/join-token")).unwrap_or_default();
+        let token = std::fs::read_to_string(self.state.join("api/token")).unwrap_or_default();
         let out = Command::new(&self.tern)
             .args(args)
             .args(["--api", &self.api])
@@ -215,13 +215,19 @@ impl Up {
         mut done: impl FnMut() -> anyhow::Result<bool>,
     ) -> anyhow::Result<()> {
         let deadline = Instant::now() + within;
+        let mut last = None;
         while Instant::now() < deadline {
-            if done().unwrap_or(false) {
-                return Ok(());
+            match done() {
+                Ok(true) => return Ok(()),
+                Ok(false) => {}
+                Err(e) => last = Some(e),
             }
             std::thread::sleep(Duration::from_millis(20));
         }
-        bail!("waited {within:?} for {what}")
+        match last {
+            Some(e) => bail!("waited {within:?} for {what}; last: {e:#}"),
+            None => bail!("waited {within:?} for {what}"),
+        }
     }
 
     fn app(&self, name: &str) -> anyhow::Result<Value> {

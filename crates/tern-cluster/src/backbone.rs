@@ -607,8 +607,9 @@ fn log_event(connection: &str, event: &async_nats::Event) {
         }
         async_nats::Event::SlowConsumer(_)
         | async_nats::Event::ServerError(_)
-        | async_nats::Event::ClientError(_)
         | async_nats::Event::LameDuckMode => tracing::warn!("{connection}: {event}"),
+        // Each failed attempt to connect again says so: the drop was logged once.
+        async_nats::Event::ClientError(_) => tracing::debug!("{connection}: {event}"),
         async_nats::Event::Draining | async_nats::Event::Closed => {}
     }
 }
