@@ -164,9 +164,38 @@ impl Measured {
     }
 }
 
+/// Whether `host` (a host name or an IP address, IPv6 in brackets or not) is this
+/// machine's loopback: `localhost`, 127.0.0.0/8 or ::1. What crosses no network needs
+/// no TLS.
+pub fn is_loopback_host(host: &str) -> bool {
+    host == "localhost"
+        || host
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn loopback_hosts_are_named_loopback_and_no_other() {
+        for h in ["localhost", "127.0.0.1", "127.3.2.1", "::1", "[::1]"] {
+            assert!(is_loopback_host(h), "{h}");
+        }
+        for h in [
+            "10.0.0.1",
+            "0.0.0.0",
+            "[::]",
+            "edge.example",
+            "localhost.example",
+            "",
+        ] {
+            assert!(!is_loopback_host(h), "{h}");
+        }
+    }
 
     #[tokio::test]
     async fn pings_are_echoed_and_garbage_is_dropped() {

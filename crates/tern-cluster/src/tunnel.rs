@@ -120,9 +120,18 @@ where
 {
     let mut local = TcpStream::connect(instance).await?;
     let _ = local.set_nodelay(true);
-    tokio::io::copy_bidirectional_with_sizes(&mut peer, &mut local, BUFFER, BUFFER).await?;
+    carry(&mut local, &mut peer).await
+}
+
+/// Copies between the instance's loopback end and the peer's TLS stream until both
+/// close, then ends the TLS session with its close notice.
+async fn carry<S>(local: &mut TcpStream, peer: &mut S) -> std::io::Result<()>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    let copied = tokio::io::copy_bidirectional_with_sizes(local, peer, BUFFER, BUFFER).await;
     let _ = peer.shutdown().await;
-    Ok(())
+    copied.map(|_| ())
 }
 
 /// A source's way out: a loopback listener its instance connects to, each connection
@@ -198,14 +207,9 @@ impl Outbound {
                         }
                     };
                     let (mut peer, mut local) = (peer, local);
-                    if let Err(e) = tokio::io::copy_bidirectional_with_sizes(
-                        &mut local, &mut peer, BUFFER, BUFFER,
-                    )
-                    .await
-                    {
+                    if let Err(e) = carry(&mut local, &mut peer).await {
                         tracing::warn!(%destination, error = %e, "migration: the stream broke");
                     }
-                    let _ = peer.shutdown().await;
                 });
             }
         });

@@ -235,9 +235,7 @@ impl ApiArgs {
 impl ApiArgs {
     /// A client of the API: for https://, one that trusts the continuum's CA alone.
     fn agent(&self) -> anyhow::Result<ureq::Agent> {
-        let config = ureq::Agent::config_builder()
-            .http_status_as_error(false)
-            .timeout_global(Some(Duration::from_secs(30)));
+        let config = client_config();
         if !self.api.starts_with("https://") {
             return Ok(config.build().into());
         }
@@ -257,6 +255,14 @@ impl ApiArgs {
     }
 }
 
+/// How every client of the API is made: an error status is an answer to read (its
+/// JSON says why), and a request has 30 s in all.
+fn client_config() -> ureq::config::ConfigBuilder<ureq::typestate::AgentScope> {
+    ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(Some(Duration::from_secs(30)))
+}
+
 /// The CA certificate the API at `api` (https://) shows at `GET /v1/ca`, if its
 /// fingerprint is `pin`. It is read over a connection that checks nothing, so the pin
 /// is the whole of the trust: a CA of another fingerprint is refused, and nothing
@@ -265,9 +271,7 @@ impl ApiArgs {
 /// # Errors
 /// The API unreachable, or a CA that is not the pinned one.
 pub fn pinned_ca(api: &str, pin: &str) -> anyhow::Result<String> {
-    let agent: ureq::Agent = ureq::Agent::config_builder()
-        .http_status_as_error(false)
-        .timeout_global(Some(Duration::from_secs(30)))
+    let agent: ureq::Agent = client_config()
         .tls_config(
             ureq::tls::TlsConfig::builder()
                 .provider(ureq::tls::TlsProvider::Rustls)

@@ -183,34 +183,31 @@ fn deployed_already(
     names: &[String],
 ) -> Result<Option<Deployed>, ApiError> {
     let v = s.view.read().map_err(|_| unavailable())?;
-    let mut nodes = Vec::new();
+    // The deployment's name (`NAME` of replicas `NAME-1` …), and where each app is.
+    let mut deployment = None;
+    let mut placed = Vec::new();
     for name in names {
-        let Some(placed) = v.app(name) else {
+        let Some(r) = v.app(name).map(|p| &p.record) else {
             return Ok(None);
         };
-        let r = &placed.record;
         if (&r.manifest, &r.module, &r.seeds, &r.signatures)
             != (&req.manifest, &req.module, &req.seeds, &req.signatures)
         {
             return Ok(None);
         }
-        nodes.push(r.node.clone().unwrap_or_else(|| "—".to_owned()));
+        deployment.get_or_insert_with(|| r.replica_of.clone().unwrap_or_else(|| name.clone()));
+        placed.push((name, r.node.clone().unwrap_or_else(|| "—".to_owned())));
     }
-    let Some(first) = names.first() else {
+    let (Some(name), Some((_, node))) = (deployment, placed.first()) else {
         return Ok(None);
     };
-    let name = v
-        .app(first)
-        .and_then(|p| p.record.replica_of.clone())
-        .unwrap_or_else(|| first.clone());
     Ok(Some(Deployed {
         name,
-        node: nodes[0].clone(),
+        node: node.clone(),
         note: format!(
             "deployed already with this manifest and module, unchanged: {}",
-            names
+            placed
                 .iter()
-                .zip(&nodes)
                 .map(|(n, node)| format!("{n} on {node}"))
                 .collect::<Vec<_>>()
                 .join(", ")

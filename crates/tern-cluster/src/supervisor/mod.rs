@@ -63,11 +63,7 @@ impl Host {
     /// Why this node cannot send or take a migration now, if it cannot: one without a
     /// certificate does so only on loopback, never in clear across a network.
     pub(crate) fn migration_refused(&self) -> Option<String> {
-        let loopback = self
-            .link_host
-            .parse::<std::net::IpAddr>()
-            .is_ok_and(|ip| ip.is_loopback())
-            || self.link_host == "localhost";
+        let loopback = crate::link::is_loopback_host(&self.link_host);
         (self.tls.is_none() && !loopback).then(|| {
             format!(
                 "node {} has no certificate (--cert), so it migrates only on loopback, never in clear across a network",

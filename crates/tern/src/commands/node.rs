@@ -295,13 +295,7 @@ fn loopback(url: &str) -> bool {
     url.parse::<ureq::http::Uri>()
         .ok()
         .and_then(|u| u.host().map(str::to_owned))
-        .is_some_and(|h| {
-            h == "localhost"
-                || h.trim_start_matches('[')
-                    .trim_end_matches(']')
-                    .parse::<std::net::IpAddr>()
-                    .is_ok_and(|ip| ip.is_loopback())
-        })
+        .is_some_and(|h| tern_cluster::link::is_loopback_host(&h))
 }
 
 /// Writes `text` to `path`, readable by its owner only.
